@@ -1,0 +1,41 @@
+# Every target creates or reuses the virtual environment and installs what it needs.
+#   make demo        raw sample corpora -> data pipeline -> tiny GPT trained (CPU is fine)
+#   make test        the whole test suite (what CI runs)
+#   make test-fast   the suite without the slow multi-process end-to-end runs
+#   make bench       training throughput: our DeepSpeed stack vs a bare PyTorch loop
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# torch is installed first and pinned, so nothing later pulls another build: 2.13.0 is the local CPU wheel
+# on CPU machines and the CUDA wheel from PyPI on GPU machines. Override e.g. TORCH_SPEC="torch==2.13.0+cu128".
+TORCH_SPEC ?= torch==2.13.0
+DEMO_DIR ?= runs/demo
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: install
+	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m pretrain.train experiment=gpt_tiny run_dir=$(DEMO_DIR)/train
+	@echo "demo done: metrics in $(DEMO_DIR)/train/metrics.jsonl, checkpoint in $(DEMO_DIR)/train/checkpoints"
+
+test: install
+	WANDB_MODE=disabled $(PY) -m pytest tests $(PYTEST_ARGS)
+
+test-fast: install
+	WANDB_MODE=disabled $(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
+
+bench: install
+	$(PY) -m pretrain.bench.train
+
+clean:
+	rm -rf runs outputs .pytest_cache

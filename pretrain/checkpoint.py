@@ -1,0 +1,176 @@
+"""Checkpoints: DeepSpeed's model/optimizer/scheduler shards plus our trainer state, crash-safe.
+
+Layout of ``<checkpoint.dir>``::
+
+    latest                     -> "step_000020" (same format as DeepSpeed's, so its tools work)
+    step_000020/
+        mp_rank_00_model_states.pt, *_optim_states.pt ...   (DeepSpeed)
+        trainer_state.json     step, consumed samples, W&B run id, model shape, world size
+        rng_state_rank{r}.pt   Python/NumPy/torch RNG states of every rank
+        COMPLETE               written last
+
+A save writes everything, waits for all ranks, then rank 0 writes ``COMPLETE`` and only then moves
+``latest`` (write to a temp file, fsync, rename). A crash at any point leaves ``latest`` on the previous
+complete checkpoint; resume ignores tag folders without ``COMPLETE`` and removes them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pretrain.distributed import barrier
+from pretrain.errors import CheckpointError
+from pretrain.models.gpt import GPTArgs
+
+log = logging.getLogger(__name__)
+
+LATEST = "latest"
+COMPLETE = "COMPLETE"
+STATE = "trainer_state.json"
+_TAG = re.compile(r"^step_(\d+)$")
+# Test hook: seconds to sleep after the shards are written and before COMPLETE, so a test can kill -9 a
+# process in the middle of a save.
+_SLOW_SAVE_ENV = "PRETRAIN_TEST_SLOW_SAVE_S"
+
+
+def tag_for(step: int) -> str:
+    return f"step_{step:06d}"
+
+
+def _fsync_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def complete_tags(ckpt_dir: Path) -> list[str]:
+    """Complete checkpoint tags, oldest first."""
+    if not ckpt_dir.is_dir():
+        return []
+    tags = [p.name for p in ckpt_dir.iterdir() if p.is_dir() and _TAG.match(p.name) and (p / COMPLETE).exists()]
+    return sorted(tags, key=lambda t: int(_TAG.match(t).group(1)))
+
+
+def find_resume_tag(ckpt_dir: Path) -> str | None:
+    """The checkpoint to resume from: ``latest`` if it is complete, else the newest complete tag."""
+    pointer = ckpt_dir / LATEST
+    if pointer.is_file():
+        tag = pointer.read_text().strip()
+        if (ckpt_dir / tag / COMPLETE).exists():
+            return tag
+        log.warning("%s points at %s, which is not a complete checkpoint; looking for an older one", pointer, tag)
+    tags = complete_tags(ckpt_dir)
+    return tags[-1] if tags else None
+
+
+def read_state(tag_dir: Path) -> dict[str, Any]:
+    path = tag_dir / STATE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read {path}: {e}") from None
+
+
+def check_model_shape(tag_dir: Path, state: dict[str, Any], args: GPTArgs) -> None:
+    """Refuse to resume a checkpoint of another model shape, naming every key that differs."""
+    saved = state.get("model_args", {})
+    ours = asdict(args)
+    shape_keys = [
+        "vocab_size", "num_layers", "hidden_size", "num_attention_heads", "num_key_value_heads",
+        "ffn_hidden_size", "seq_length", "position_embedding", "normalization", "activation", "bias",
+        "tie_word_embeddings",
+    ]
+    diffs = [f"model.{k}: checkpoint {saved.get(k)!r}, config {ours[k]!r}" for k in shape_keys if saved.get(k) != ours[k]]
+    if diffs:
+        raise CheckpointError(
+            f"the checkpoint {tag_dir} was saved for a different model shape ({'; '.join(diffs)}). "
+            "Use a new run_dir, set checkpoint.resume=never with an empty checkpoint.dir, or match the model config"
+        )
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def save(engine, ckpt_dir: Path, step: int, state: dict[str, Any], rank: int, keep_last: int) -> Path:
+    """Collective: every rank calls it. Returns the tag folder."""
+    tag = tag_for(step)
+    tag_dir = ckpt_dir / tag
+    if rank == 0 and tag_dir.exists():
+        shutil.rmtree(tag_dir)  # a leftover of an interrupted save of the same step
+    barrier()
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"trainer_state": state}, save_latest=False)
+    tag_dir.mkdir(parents=True, exist_ok=True)  # DeepSpeed only creates it on ranks that write shards
+    torch.save(rng_state(), tag_dir / f"rng_state_rank{rank}.pt")
+    if rank == 0:
+        _fsync_write(tag_dir / STATE, json.dumps(state, indent=2, default=str))
+    delay = float(os.environ.get(_SLOW_SAVE_ENV, "0") or 0)
+    if delay:
+        time.sleep(delay)
+    barrier()
+    if rank == 0:
+        _fsync_write(tag_dir / COMPLETE, f"{time.time()}\n")
+        _fsync_write(ckpt_dir / LATEST, tag)
+        _prune(ckpt_dir, keep_last, current=tag)
+    barrier()
+    return tag_dir
+
+
+def _prune(ckpt_dir: Path, keep_last: int, current: str) -> None:
+    tags = complete_tags(ckpt_dir)
+    for old in tags[: max(0, len(tags) - keep_last)]:
+        if old != current:
+            shutil.rmtree(ckpt_dir / old, ignore_errors=True)
+    for p in ckpt_dir.iterdir():  # half-written folders of crashed saves
+        if p.is_dir() and _TAG.match(p.name) and not (p / COMPLETE).exists() and p.name != current:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def load(engine, ckpt_dir: Path, tag: str, rank: int, world_size: int) -> dict[str, Any]:
+    """Collective: restore model, optimizer, LR schedule and loss scaler (DeepSpeed) and this rank's RNG."""
+    load_path, client = engine.load_checkpoint(
+        str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+    )
+    if load_path is None:
+        raise CheckpointError(f"DeepSpeed could not load the checkpoint {ckpt_dir / tag}")
+    state = read_state(ckpt_dir / tag)
+    rng_file = ckpt_dir / tag / f"rng_state_rank{rank}.pt"
+    if state.get("world_size") == world_size and rng_file.exists():
+        set_rng_state(torch.load(rng_file, weights_only=False))
+    else:
+        log.warning(
+            "checkpoint %s was saved with world size %s (now %s): RNG streams restart from the seed",
+            tag, state.get("world_size"), world_size,
+        )
+    return state

@@ -1,0 +1,213 @@
+"""Typed schema of the training config, registered in Hydra's ConfigStore.
+
+``conf/train.yaml`` starts its defaults list with ``train_schema`` (the :class:`TrainConfig` below), so every
+group file merges into a typed node: a misspelt key or a value of the wrong type fails at compose time with
+Hydra's own message (naming the key), before anything is built.
+
+Names follow Megatron/NeMo where users know them (``micro_batch_size``, ``global_batch_size``,
+``tensor_model_parallel_size``...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class PositionEmbedding(str, Enum):
+    learned = "learned"
+    rope = "rope"
+
+
+class Normalization(str, Enum):
+    layernorm = "layernorm"
+    rmsnorm = "rmsnorm"
+
+
+class Activation(str, Enum):
+    gelu = "gelu"
+    swiglu = "swiglu"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class Schedule(str, Enum):
+    cosine = "cosine"
+    linear = "linear"
+    constant = "constant"
+
+
+class WandbMode(str, Enum):
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
+
+@dataclass
+class ModelConfig:
+    family: str = "gpt"
+    # Informative name of the preset (gpt2-125m, llama-7b...); not used for anything but display.
+    name: str = "custom"
+    # null: take the tokenizer's vocabulary, padded up to a multiple of make_vocab_size_divisible_by.
+    vocab_size: Optional[int] = None
+    make_vocab_size_divisible_by: int = 128
+    num_layers: int = 2
+    hidden_size: int = 64
+    num_attention_heads: int = 4
+    # null: multi-head attention (= num_attention_heads); fewer gives grouped-query attention.
+    num_key_value_heads: Optional[int] = None
+    # null: 4*hidden for GELU, LLaMA's 2/3*4*hidden rounded to a multiple of 256 for SwiGLU.
+    ffn_hidden_size: Optional[int] = None
+    seq_length: int = 128
+    position_embedding: PositionEmbedding = PositionEmbedding.learned
+    rotary_base: float = 10000.0
+    normalization: Normalization = Normalization.layernorm
+    norm_eps: float = 1e-5
+    activation: Activation = Activation.gelu
+    bias: bool = True
+    tie_word_embeddings: bool = True
+    hidden_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    init_method_std: float = 0.02
+    # Recompute each transformer layer in the backward pass (less activation memory, ~33% more compute).
+    activation_checkpointing: bool = False
+
+
+@dataclass
+class DataConfig:
+    # Folder holding manifest.json + token shards (written by the data pipeline); null = built-in sample data.
+    path: Optional[str] = None
+    # Mixture weights by corpus name (see the manifest); null = proportional to each corpus's tokens.
+    weights: Optional[Dict[str, float]] = None
+    # Train/validation split of each corpus's documents, Megatron style.
+    split: str = "98,2"
+    num_workers: int = 0
+    # Where the shuffled sample indices are cached; null = <run_dir>/data_index.
+    index_cache_dir: Optional[str] = None
+
+
+@dataclass
+class ParallelConfig:
+    zero_stage: int = 1
+    offload_optimizer: bool = False
+    offload_param: bool = False
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    sequence_parallel: bool = False
+    # null: nccl on CUDA, gloo on CPU.
+    backend: Optional[str] = None
+    # Seconds a collective may wait before the job fails instead of hanging.
+    timeout_s: int = 1800
+
+
+@dataclass
+class SchedConfig:
+    name: Schedule = Schedule.cosine
+    warmup_steps: int = 0
+    # Length of the schedule; null = trainer.max_steps. Set it to resume a run to a larger max_steps on the
+    # same curve.
+    decay_steps: Optional[int] = None
+    min_lr_ratio: float = 0.1
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"
+    lr: float = 3e-4
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    clip_grad: float = 1.0
+    sched: SchedConfig = field(default_factory=SchedConfig)
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 100
+    micro_batch_size: int = 4
+    # null = micro_batch_size * data-parallel size (no accumulation).
+    global_batch_size: Optional[int] = None
+    precision: Precision = Precision.fp32
+    # auto: cuda when available, else cpu.
+    device: str = "auto"
+    eval_interval: int = 50
+    eval_iters: int = 4
+    log_interval: int = 1
+    # Peak dense FLOP/s of one device for MFU; null = from the table of known GPUs, or measured on CPU.
+    peak_flops_per_device: Optional[float] = None
+    deterministic: bool = False
+
+
+@dataclass
+class CheckpointConfig:
+    # Save every N steps (0 = only at the end).
+    interval: int = 0
+    keep_last: int = 2
+    # null = <run_dir>/checkpoints
+    dir: Optional[str] = None
+    # auto: resume from the latest complete checkpoint in dir if there is one; never: start fresh
+    # (refuses a dir that already has checkpoints); or a path to a checkpoint tag directory.
+    resume: str = "auto"
+    save_at_end: bool = True
+
+
+@dataclass
+class WandbConfig:
+    mode: WandbMode = WandbMode.offline
+    project: str = "pretrain"
+    entity: Optional[str] = None
+    name: Optional[str] = None
+    group: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class LoggerConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    console: bool = True
+
+
+@dataclass
+class TrainConfig:
+    name: str = "default"
+    run_dir: str = MISSING
+    seed: int = 1234
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    # Rare DeepSpeed keys merged last into the generated JSON (e.g. {"zero_optimization": {"reduce_bucket_size": 5e8}}).
+    deepspeed_extra: Dict[str, Any] = field(default_factory=dict)
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+
+
+def validate_schema(cfg) -> None:
+    """Re-check a composed config against the schema. Hydra's ``+key=value`` appends keys even to typed
+    nodes; this catches those (and any other unknown key) with a message naming it."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from pretrain.errors import ConfigError
+
+    try:
+        # through a plain container: merging the typed node itself would carry the appended key along
+        OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.create(OmegaConf.to_container(cfg)))
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        raise ConfigError(f"config key '{key}': {str(e).splitlines()[0]}") from None

@@ -1,0 +1,190 @@
+"""The DeepSpeed engine, built from the typed config.
+
+The DeepSpeed JSON is generated here (users never keep ``train_batch_size`` consistent by hand); rare keys
+go through ``deepspeed_extra``. The optimizer (AdamW, no weight decay on biases and norms) and the LR
+schedule are ours and handed to DeepSpeed, which steps, checkpoints and restores them.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from pretrain.errors import ConfigError
+
+
+def _val(x: Any) -> Any:
+    return x.value if hasattr(x, "value") else x
+
+
+@dataclass
+class BatchPlan:
+    micro_batch_size: int
+    global_batch_size: int
+    data_parallel_size: int
+    grad_accum_steps: int
+
+
+def batch_plan(cfg: DictConfig, world_size: int) -> BatchPlan:
+    """Check the parallel layout and batch arithmetic before any process group exists."""
+    p, t = cfg.parallel, cfg.trainer
+    tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
+    if tp < 1 or pp < 1:
+        raise ConfigError("parallel.tensor_model_parallel_size and parallel.pipeline_model_parallel_size must be >= 1")
+    if tp > 1 or pp > 1:
+        raise ConfigError(
+            f"parallel.tensor_model_parallel_size={tp}, parallel.pipeline_model_parallel_size={pp}: this release "
+            "trains with data parallelism (ZeRO) only; set both to 1"
+        )
+    if world_size % (tp * pp):
+        raise ConfigError(f"world size {world_size} is not divisible by tensor x pipeline parallel size {tp}x{pp}")
+    dp = world_size // (tp * pp)
+    micro = t.micro_batch_size
+    if micro < 1:
+        raise ConfigError(f"trainer.micro_batch_size={micro} must be >= 1")
+    gbs = t.global_batch_size if t.global_batch_size is not None else micro * dp
+    if gbs % (micro * dp):
+        raise ConfigError(
+            f"trainer.global_batch_size={gbs} is not divisible by trainer.micro_batch_size x data-parallel size "
+            f"= {micro} x {dp} = {micro * dp}; choose a global batch that is a multiple of {micro * dp}"
+        )
+    if p.zero_stage not in (0, 1, 2, 3):
+        raise ConfigError(f"parallel.zero_stage={p.zero_stage}; expected 0, 1, 2 or 3")
+    if pp > 1 and p.zero_stage > 1:
+        raise ConfigError(
+            f"parallel.pipeline_model_parallel_size={pp} needs parallel.zero_stage <= 1 (DeepSpeed's pipeline "
+            f"engine cannot shard gradients or parameters), got {p.zero_stage}"
+        )
+    if p.offload_param and p.zero_stage != 3:
+        raise ConfigError("parallel.offload_param=true needs parallel.zero_stage=3")
+    if p.offload_optimizer and p.zero_stage == 0:
+        raise ConfigError("parallel.offload_optimizer=true needs parallel.zero_stage >= 1")
+    return BatchPlan(micro, gbs, dp, gbs // (micro * dp))
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("trainer.precision=fp16 needs CUDA (DeepSpeed's CPU accelerator has no fp16); use bf16 or fp32")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("trainer.precision=bf16 but this GPU has no bf16; use fp16 or fp32")
+
+
+def deepspeed_config(cfg: DictConfig, plan: BatchPlan, device: torch.device) -> dict[str, Any]:
+    p = cfg.parallel
+    precision = _val(cfg.trainer.precision)
+    on_gpu = device.type == "cuda"
+    zero: dict[str, Any] = {
+        "stage": p.zero_stage,
+        "contiguous_gradients": True,
+        "overlap_comm": on_gpu,
+        "reduce_bucket_size": 5e8,
+        "allgather_bucket_size": 5e8,
+    }
+    if p.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu}
+    if p.offload_param:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": on_gpu}
+    if p.zero_stage == 3:
+        zero.update(stage3_gather_16bit_weights_on_model_save=False, stage3_param_persistence_threshold=1e5)
+    ds: dict[str, Any] = {
+        "train_batch_size": plan.global_batch_size,
+        "train_micro_batch_size_per_gpu": plan.micro_batch_size,
+        "gradient_accumulation_steps": plan.grad_accum_steps,
+        "gradient_clipping": cfg.optim.clip_grad,
+        "zero_optimization": zero,
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {
+            "enabled": precision == "fp16",
+            "loss_scale": 0,  # dynamic
+            "initial_scale_power": 16,
+            "loss_scale_window": 1000,
+            "hysteresis": 2,
+            "min_loss_scale": 1,
+        },
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**31 - 1,  # we log ourselves
+        "wall_clock_breakdown": False,
+    }
+    extra = OmegaConf.to_container(cfg.deepspeed_extra, resolve=True) if cfg.deepspeed_extra else {}
+    return _deep_merge(ds, extra)
+
+
+def _deep_merge(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in extra.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only (not on biases, norms) — the GPT-2 / Megatron convention."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: torch.nn.Module, cfg: DictConfig, device: torch.device) -> torch.optim.Optimizer:
+    o = cfg.optim
+    if o.name != "adamw":
+        raise ConfigError(f"optim.name={o.name!r}; expected adamw")
+    groups = param_groups(model, o.weight_decay)
+    kw = dict(lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
+    if cfg.parallel.offload_optimizer:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam  # ZeRO-Offload steps the optimizer on the CPU
+
+        return DeepSpeedCPUAdam(groups, adamw_mode=True, **kw)
+    return torch.optim.AdamW(groups, fused=device.type == "cuda", foreach=None if device.type == "cuda" else True, **kw)
+
+
+def lr_lambda(sched: DictConfig, max_steps: int):
+    """Multiplier of optim.lr after ``step`` optimizer steps: linear warm-up, then cosine/linear decay to
+    ``min_lr_ratio`` at ``decay_steps`` (default ``trainer.max_steps``), constant after."""
+    name = _val(sched.name)
+    warmup = sched.warmup_steps
+    decay = sched.decay_steps if sched.decay_steps is not None else max_steps
+    floor = sched.min_lr_ratio
+    if decay < warmup:
+        raise ConfigError(f"optim.sched.decay_steps={decay} is shorter than optim.sched.warmup_steps={warmup}")
+
+    def fn(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if name == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, decay - warmup))
+        if name == "linear":
+            return 1.0 - (1.0 - floor) * progress
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return fn
+
+
+def initialize(model: torch.nn.Module, cfg: DictConfig, ds_config: dict, device: torch.device):
+    import deepspeed
+
+    model.to(device)
+    optimizer = build_optimizer(model, cfg, device)
+    fn = lr_lambda(cfg.optim.sched, cfg.trainer.max_steps)
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, fn),
+        config=ds_config,
+    )
+    return engine, scheduler
+
+
+def current_loss_scale(engine) -> float:
+    opt = engine.optimizer
+    for attr in ("cur_scale", "loss_scale"):
+        v = getattr(opt, attr, None)
+        if isinstance(v, (int, float, torch.Tensor)):
+            return float(v)
+    return 1.0

@@ -1,0 +1,101 @@
+"""FLOPs per token, peak FLOP/s per device and MFU.
+
+Model FLOPs per token (fwd + bwd, the PaLM / Megatron convention)::
+
+    6 * N_layers                 (every weight of the transformer layers: GQA's smaller k/v and SwiGLU's
+                                  three matrices are counted as they are, from the real shape)
+  + 6 * hidden * vocab           (the output projection; tied or not, it is a real matmul)
+  + 12 * layers * hidden * seq   (attention scores and weighted sum: 2·2·seq·hidden forward, x3 with backward;
+                                  counted in full for causal attention, as PaLM does)
+
+Embedding lookups cost no FLOPs and are excluded. Hardware FLOPs add one more forward of every layer when
+activations are recomputed; MFU uses model FLOPs, HFU hardware FLOPs.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from pretrain.models.gpt import GPTArgs, count_parameters
+
+# Dense peak FLOP/s per device, from the vendors' data sheets (no sparsity). fp32 on tensor-core GPUs means
+# plain FP32 (TF32 is off by default in PyTorch for matmuls).
+PEAK_FLOPS: dict[str, dict[str, float]] = {
+    "H200": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12},
+    "H100 SXM": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12},
+    "H100 PCIe": {"bf16": 756e12, "fp16": 756e12, "fp32": 51e12},
+    "H100": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12},
+    "GH200": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12},
+    "B200": {"bf16": 2250e12, "fp16": 2250e12, "fp32": 80e12},
+    "A100": {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12},
+    "A800": {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12},
+    "L40S": {"bf16": 362e12, "fp16": 362e12, "fp32": 91.6e12},
+    "L4": {"bf16": 121e12, "fp16": 121e12, "fp32": 30.3e12},
+    "A10G": {"bf16": 70e12, "fp16": 70e12, "fp32": 31.2e12},
+    "A10": {"bf16": 125e12, "fp16": 125e12, "fp32": 31.2e12},
+    "RTX 4090": {"bf16": 165e12, "fp16": 165e12, "fp32": 82.6e12},
+    "RTX 3090": {"bf16": 71e12, "fp16": 71e12, "fp32": 35.6e12},
+    "V100": {"bf16": 0.0, "fp16": 125e12, "fp32": 15.7e12},
+    "MI300X": {"bf16": 1307e12, "fp16": 1307e12, "fp32": 163e12},
+    "MI250X": {"bf16": 383e12, "fp16": 383e12, "fp32": 47.9e12},
+}
+
+
+def gpt_flops_per_token(args: GPTArgs) -> dict[str, float]:
+    p = count_parameters(args)
+    h, L, s, V = args.hidden_size, args.num_layers, args.seq_length, args.vocab_size
+    layer_params = p["non_embedding"] - (h if args.normalization == "rmsnorm" or not args.bias else 2 * h)
+    attn = 12 * L * h * s
+    model = 6 * layer_params + 6 * h * V + attn
+    recompute = (2 * layer_params + attn / 3) if args.activation_checkpointing else 0.0
+    return {"model": float(model), "hardware": float(model + recompute)}
+
+
+def lookup_peak_flops(device_name: str, precision: str) -> float | None:
+    """Peak of a known GPU by (sub)name, longest match first (so 'H100 PCIe' beats 'H100')."""
+    for key in sorted(PEAK_FLOPS, key=len, reverse=True):
+        if key.lower() in device_name.lower():
+            return PEAK_FLOPS[key].get(precision) or None
+    return None
+
+
+def measure_cpu_peak_flops(precision: str, seconds: float = 0.5) -> float:
+    """Achievable dense matmul FLOP/s of this CPU (all threads), as the MFU denominator on CPU."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float32, "fp32": torch.float32}[precision]
+    n = 1024
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b  # warm-up
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        reps += 1
+    return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def peak_flops_per_device(device: torch.device, precision: str, configured: float | None) -> tuple[float, str]:
+    """(peak FLOP/s, where it came from). ``configured`` (trainer.peak_flops_per_device) wins."""
+    if configured:
+        return float(configured), "configured"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        peak = lookup_peak_flops(name, precision)
+        if peak:
+            return peak, f"table ({name})"
+        return _measure_cuda(device, precision), f"measured ({name})"
+    return measure_cpu_peak_flops(precision), "measured (cpu matmul)"
+
+
+def _measure_cuda(device: torch.device, precision: str) -> float:
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+    n = 8192
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize(device)
+    start, reps = time.perf_counter(), 20
+    for _ in range(reps):
+        a @ b
+    torch.cuda.synchronize(device)
+    return 2 * n**3 * reps / (time.perf_counter() - start)

@@ -1,0 +1,111 @@
+"""Per-step metrics to three places: ``<run_dir>/metrics.jsonl``, Weights & Biases, and a console line.
+
+Only the rank that holds the loss logs (rank 0 while there is no pipeline parallelism).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger("pretrain")
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux -> GiB
+
+
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """On resume, forget records of steps after the checkpoint (they will be logged again)."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= last_step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: Path, enabled: bool, wandb_cfg, config: dict[str, Any], wandb_id: str | None,
+                 resume_step: int, max_steps: int):
+        self.enabled = enabled
+        self.max_steps = max_steps
+        self.run = None
+        self.path = run_dir / METRICS_FILE
+        self._t0 = time.perf_counter()
+        self._start_step = resume_step
+        if not enabled:
+            return
+        truncate_metrics(self.path, resume_step)
+        self._file = open(self.path, "a")
+        mode = wandb_cfg.mode.value if hasattr(wandb_cfg.mode, "value") else str(wandb_cfg.mode)
+        if mode != "disabled":
+            import wandb
+
+            self.run = wandb.init(
+                dir=str(run_dir), project=wandb_cfg.project, entity=wandb_cfg.entity, name=wandb_cfg.name,
+                group=wandb_cfg.group, tags=list(wandb_cfg.tags), id=wandb_id, resume="allow", mode=mode,
+                config=config,
+            )
+            self.run.define_metric("*", step_metric="step")
+
+    @property
+    def wandb_id(self) -> str | None:
+        return self.run.id if self.run is not None else None
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        self._file.write(json.dumps(clean) + "\n")
+        self._file.flush()
+        if self.run is not None:
+            self.run.log({k: v for k, v in record.items() if v is not None})
+        log.info(self._line(record))
+
+    def _line(self, r: dict[str, Any]) -> str:
+        step = r["step"]
+        if "loss" not in r:  # validation-only record
+            return f"step {step:>6}/{self.max_steps} | val_loss {r['val_loss']:.4f} | val_ppl {r['val_ppl']:.2f}"
+        done = step - self._start_step
+        elapsed = time.perf_counter() - self._t0
+        eta = elapsed / max(done, 1) * (self.max_steps - step)
+        parts = [
+            f"step {step:>6}/{self.max_steps}",
+            f"loss {r['loss']:.4f}",
+            f"lr {r['lr']:.2e}",
+            f"gnorm {r['grad_norm']:.3f}" if r.get("grad_norm") is not None else "gnorm -",
+            f"{r['tokens_per_s'] / 1e3:.1f}k tok/s",
+            f"{r['tflops_per_device']:.2f} TFLOP/s/dev",
+            f"MFU {100 * r['mfu']:.1f}%",
+            f"{r['step_time_s']:.3f} s/step",
+            f"mem {r['peak_mem_gb']:.1f} GiB",
+            f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}",
+        ]
+        if "val_loss" in r:
+            parts.append(f"val_loss {r['val_loss']:.4f}")
+        return " | ".join(parts)
+
+    def summary(self, values: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        if self.run is not None:
+            for k, v in values.items():
+                self.run.summary[k] = v
+        log.info("summary: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self._file.close()
+        if self.run is not None:
+            self.run.finish()

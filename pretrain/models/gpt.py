@@ -1,0 +1,221 @@
+"""GPT: a pre-norm decoder-only transformer, GPT-2 style or LLaMA style, selected by config.
+
+GPT-2 style: learned positions, LayerNorm, GELU MLP, biases, tied input/output embeddings.
+LLaMA style: rotary positions (rotate-half convention, as Hugging Face's Llama), RMSNorm, SwiGLU MLP,
+grouped-query attention, no biases, untied output layer.
+
+The file knows nothing about parallelism: tensor/pipeline parallelism is applied to it by a separate step.
+Parameter names follow the Hugging Face Llama layout (``embed_tokens``, ``layers.N.self_attn.q_proj``,
+``layers.N.mlp.down_proj``, ``norm``, ``lm_head``), so export to ``LlamaForCausalLM`` is a rename and
+to ``GPT2LMHeadModel`` a rename plus concatenating q/k/v into ``c_attn`` (and transposing for its Conv1D).
+Attention runs through ``scaled_dot_product_attention`` (flash / memory-efficient kernels on CUDA).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+@dataclass
+class GPTArgs:
+    """Resolved model shape (every ``null`` of the config filled in)."""
+
+    vocab_size: int
+    num_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    ffn_hidden_size: int
+    seq_length: int
+    position_embedding: str = "learned"  # learned | rope
+    rotary_base: float = 10000.0
+    normalization: str = "layernorm"  # layernorm | rmsnorm
+    norm_eps: float = 1e-5
+    activation: str = "gelu"  # gelu | swiglu
+    bias: bool = True
+    tie_word_embeddings: bool = True
+    hidden_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    init_method_std: float = 0.02
+    activation_checkpointing: bool = False
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
+def default_ffn_hidden_size(hidden_size: int, activation: str) -> int:
+    if activation == "swiglu":  # LLaMA: 2/3 of 4h, rounded up to a multiple of 256
+        return 256 * math.ceil(int(8 * hidden_size / 3) / 256)
+    return 4 * hidden_size
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def make_norm(args: GPTArgs) -> nn.Module:
+    if args.normalization == "rmsnorm":
+        return RMSNorm(args.hidden_size, args.norm_eps)
+    return nn.LayerNorm(args.hidden_size, eps=args.norm_eps, bias=args.bias)
+
+
+def rotary_tables(seq_len: int, head_dim: int, base: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    t = torch.arange(seq_len, device=device, dtype=torch.float32)
+    freqs = torch.outer(t, inv_freq)
+    emb = torch.cat((freqs, freqs), dim=-1)  # rotate-half layout
+    return emb.cos(), emb.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [batch, heads, seq, head_dim]; cos/sin: [seq, head_dim]."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, args: GPTArgs):
+        super().__init__()
+        self.num_heads = args.num_attention_heads
+        self.num_kv_heads = args.num_key_value_heads
+        self.head_dim = args.head_dim
+        self.dropout = args.attention_dropout
+        h, kv = args.hidden_size, self.num_kv_heads * self.head_dim
+        self.q_proj = nn.Linear(h, h, bias=args.bias)
+        self.k_proj = nn.Linear(h, kv, bias=args.bias)
+        self.v_proj = nn.Linear(h, kv, bias=args.bias)
+        self.o_proj = nn.Linear(h, h, bias=args.bias)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        b, s, _ = x.shape
+        # Head counts come from the weights so a tensor-parallel shard (fewer local heads) runs unchanged.
+        q = self.q_proj(x).view(b, s, -1, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, s, -1, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, s, -1, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=q.shape[1] != k.shape[1],
+        )
+        return self.o_proj(y.transpose(1, 2).reshape(b, s, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, args: GPTArgs):
+        super().__init__()
+        self.swiglu = args.activation == "swiglu"
+        h, f = args.hidden_size, args.ffn_hidden_size
+        if self.swiglu:
+            self.gate_proj = nn.Linear(h, f, bias=args.bias)
+        self.up_proj = nn.Linear(h, f, bias=args.bias)
+        self.down_proj = nn.Linear(f, h, bias=args.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.swiglu:
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(F.gelu(self.up_proj(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    def __init__(self, args: GPTArgs):
+        super().__init__()
+        self.input_layernorm = make_norm(args)
+        self.self_attn = Attention(args)
+        self.post_attention_layernorm = make_norm(args)
+        self.mlp = MLP(args)
+        self.dropout = nn.Dropout(args.hidden_dropout)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        x = x + self.dropout(self.self_attn(self.input_layernorm(x), rope))
+        return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
+
+
+class GPT(nn.Module):
+    def __init__(self, args: GPTArgs):
+        super().__init__()
+        self.args = args
+        self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
+        self.embed_positions = (
+            nn.Embedding(args.seq_length, args.hidden_size) if args.position_embedding == "learned" else None
+        )
+        self.embed_dropout = nn.Dropout(args.hidden_dropout)
+        self.layers = nn.ModuleList(Block(args) for _ in range(args.num_layers))
+        self.norm = make_norm(args)
+        self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+        if args.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        if args.position_embedding == "rope":
+            cos, sin = rotary_tables(args.seq_length, args.head_dim, args.rotary_base)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2 init: N(0, std) everywhere, output projections scaled by 1/sqrt(2 * layers)."""
+        std = self.args.init_method_std
+        out_std = std / math.sqrt(2.0 * self.args.num_layers)
+        for name, p in self.named_parameters():
+            if p.dim() < 2:
+                if name.endswith("bias"):
+                    nn.init.zeros_(p)
+                else:
+                    nn.init.ones_(p)
+            elif name.endswith(("o_proj.weight", "down_proj.weight")):
+                nn.init.normal_(p, 0.0, out_std)
+            else:
+                nn.init.normal_(p, 0.0, std)
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``[batch, seq, vocab]``, or the mean cross-entropy when ``labels`` are given
+        (label ``-100`` is ignored)."""
+        s = input_ids.shape[1]
+        x = self.embed_tokens(input_ids)
+        rope = None
+        if self.embed_positions is not None:
+            x = x + self.embed_positions(torch.arange(s, device=input_ids.device))
+        else:
+            rope = (self.rope_cos[:s].to(x.dtype), self.rope_sin[:s].to(x.dtype))
+        x = self.embed_dropout(x)
+        for layer in self.layers:
+            if self.args.activation_checkpointing and self.training:
+                x = checkpoint(layer, x, rope, use_reentrant=False)
+            else:
+                x = layer(x, rope)
+        logits = self.lm_head(self.norm(x))
+        if labels is None:
+            return logits
+        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100)
+
+
+def count_parameters(args: GPTArgs) -> dict[str, int]:
+    """Parameter counts from the shape alone (no model built): used for FLOPs/MFU of real-size presets."""
+    h, f, L, V = args.hidden_size, args.ffn_hidden_size, args.num_layers, args.vocab_size
+    kv = args.num_key_value_heads * args.head_dim
+    b = 1 if args.bias else 0
+    attn = h * h + 2 * h * kv + h * h + b * (h + 2 * kv + h)
+    n_mats = 3 if args.activation == "swiglu" else 2
+    mlp = n_mats * h * f + b * ((n_mats - 1) * f + h)
+    norm = h * (2 if args.normalization == "layernorm" and args.bias else 1)
+    per_layer = attn + mlp + 2 * norm
+    embed = V * h + (args.seq_length * h if args.position_embedding == "learned" else 0)
+    head = 0 if args.tie_word_embeddings else V * h
+    total = embed + L * per_layer + norm + head
+    return {"total": total, "embedding": embed, "non_embedding": total - embed - head, "lm_head": head}

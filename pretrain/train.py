@@ -1,0 +1,277 @@
+"""Training entry point.
+
+    python -m pretrain.train experiment=gpt_tiny run_dir=runs/tiny                 # one process
+    torchrun --nproc_per_node 8 -m pretrain.train experiment=gpt_125m data.path=D   # one node
+
+Order of work: check the config and the data (cheap, before any process group or model exists), then
+start the process group, build model and DeepSpeed engine, resume from the latest checkpoint in the run
+directory if there is one, and train.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from pretrain import checkpoint as ckpt
+from pretrain.config import register_configs, validate_schema
+from pretrain.distributed import (
+    all_reduce_mean, barrier, ensure_launcher_env, env_rank, env_world_size, init_distributed, pick_device,
+)
+from pretrain.engine import batch_plan, check_precision, current_loss_scale, deepspeed_config, initialize
+from pretrain.errors import ConfigError, UserError
+from pretrain.flops import gpt_flops_per_token, peak_flops_per_device
+from pretrain.metrics import MetricsLogger, peak_memory_gb
+from pretrain.models import build_model, resolve_args
+
+log = logging.getLogger("pretrain")
+# torch.distributed's deprecation notices for calls made inside DeepSpeed: one per call site per rank.
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
+
+
+def setup_logging(rank: int, run_dir: Path) -> None:
+    """Our messages (the ``pretrain`` logger tree) at INFO on rank 0, to the console and <run_dir>/train.log;
+    other ranks and third-party libraries at WARNING."""
+    fmt = logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S")
+    ours = logging.getLogger("pretrain")
+    ours.handlers.clear()
+    ours.propagate = False
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(fmt)
+    ours.addHandler(console)
+    ours.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(run_dir / "train.log")
+        fh.setFormatter(logging.Formatter("[%(asctime)s] %(levelname)s %(name)s: %(message)s"))
+        ours.addHandler(fh)
+    logging.getLogger().setLevel(logging.WARNING)
+    for noisy in ("DeepSpeed", "deepspeed", "torch.distributed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_resume(cfg: DictConfig, ckpt_dir: Path) -> tuple[Path, str | None]:
+    """(checkpoint folder, tag to resume from or None) per ``checkpoint.resume``."""
+    mode = cfg.checkpoint.resume
+    if mode == "auto":
+        return ckpt_dir, ckpt.find_resume_tag(ckpt_dir)
+    if mode == "never":
+        if ckpt.complete_tags(ckpt_dir):
+            raise ConfigError(
+                f"checkpoint.resume=never but {ckpt_dir} already holds checkpoints; use a new run_dir "
+                "or checkpoint.resume=auto"
+            )
+        return ckpt_dir, None
+    path = Path(mode)
+    if not (path / ckpt.COMPLETE).exists():
+        raise ConfigError(f"checkpoint.resume={mode}: not a complete checkpoint folder (no {ckpt.COMPLETE} file in it)")
+    return path.parent, path.name
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    ensure_launcher_env()
+    rank, world = env_rank(), env_world_size()
+    run_dir = Path(cfg.run_dir).absolute()
+    setup_logging(rank, run_dir)
+
+    # ---- 1. everything that can be checked without a process group or a model ----
+    validate_schema(cfg)
+    device = pick_device(cfg.trainer.device)
+    precision = cfg.trainer.precision.value
+    check_precision(precision, device)
+    plan = batch_plan(cfg, world)
+    if cfg.trainer.max_steps < 1:
+        raise ConfigError(f"trainer.max_steps={cfg.trainer.max_steps} must be >= 1")
+    if cfg.trainer.eval_interval < 0 or cfg.trainer.log_interval < 1:
+        raise ConfigError("trainer.eval_interval must be >= 0 and trainer.log_interval >= 1")
+
+    from pretrain.data.dataset import build_datasets, check_vocab
+
+    seq = cfg.model.seq_length
+    n_eval = cfg.trainer.eval_iters * plan.micro_batch_size * plan.data_parallel_size
+    cache_dir = cfg.data.index_cache_dir or str(run_dir / "data_index")
+    data = build_datasets(
+        cfg.data, seq_length=seq, seed=cfg.seed, num_train_samples=cfg.trainer.max_steps * plan.global_batch_size,
+        num_valid_samples=n_eval, cache_dir=cache_dir,
+    )
+    args = resolve_args(cfg.model, data.vocab_size)
+    check_vocab(data, args.vocab_size)
+
+    ckpt_dir = Path(cfg.checkpoint.dir or run_dir / "checkpoints").absolute()
+    ckpt_dir, resume_tag = resolve_resume(cfg, ckpt_dir)
+    resume_state: dict[str, Any] = {}
+    if resume_tag:
+        resume_state = ckpt.read_state(ckpt_dir / resume_tag)
+        ckpt.check_model_shape(ckpt_dir / resume_tag, resume_state, args)
+
+    # ---- 2. process group, model, engine ----
+    dist = init_distributed(device, cfg.parallel.backend, cfg.parallel.timeout_s)
+    if cfg.trainer.deterministic:
+        torch.use_deterministic_algorithms(True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    seed_everything(cfg.seed)  # identical initial weights on every rank
+    model = build_model(args)
+    n_params = sum(p.numel() for p in model.parameters())
+    ds_cfg = deepspeed_config(cfg, plan, device)
+    engine, scheduler = initialize(model, cfg, ds_cfg, device)
+    seed_everything(cfg.seed + 1000 * dist.rank)  # different dropout masks per rank
+
+    step, consumed = 0, 0
+    if resume_tag:
+        state = ckpt.load(engine, ckpt_dir, resume_tag, dist.rank, dist.world_size)
+        step, consumed = int(state["step"]), int(state["consumed_samples"])
+        log.info("resumed from %s at step %d (%d samples consumed)", ckpt_dir / resume_tag, step, consumed)
+
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        (run_dir / "deepspeed.json").write_text(json.dumps(ds_cfg, indent=2) + "\n")
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    metrics = MetricsLogger(
+        run_dir, dist.is_main, cfg.logger.wandb, resolved, resume_state.get("wandb_id"), step, cfg.trainer.max_steps
+    )
+
+    flops = gpt_flops_per_token(args)
+    peak, peak_src = peak_flops_per_device(device, precision, cfg.trainer.peak_flops_per_device)
+    log.info(
+        "model %s: %.2fM parameters (%d layers, hidden %d, vocab %d) | %s on %d x %s (%s) | ZeRO-%d | "
+        "global batch %d = micro %d x dp %d x accum %d | %.3g model FLOPs/token | peak %.3g FLOP/s/device (%s)",
+        cfg.model.name, n_params / 1e6, args.num_layers, args.hidden_size, args.vocab_size, precision,
+        dist.world_size, device.type, dist.backend, cfg.parallel.zero_stage, plan.global_batch_size,
+        plan.micro_batch_size, plan.data_parallel_size, plan.grad_accum_steps, flops["model"], peak, peak_src,
+    )
+
+    def state_dict(at_step: int, at_consumed: int) -> dict[str, Any]:
+        return {
+            "step": at_step, "consumed_samples": at_consumed, "consumed_tokens": at_consumed * seq,
+            "wandb_id": metrics.wandb_id, "model_args": asdict(args), "world_size": dist.world_size,
+            "seed": cfg.seed, "name": cfg.name,
+        }
+
+    from pretrain.data.sampler import PretrainingSampler, make_loader
+
+    def loader(dataset, total: int, start: int):
+        sampler = PretrainingSampler(total, start, plan.micro_batch_size, dist.rank, plan.data_parallel_size)
+        return make_loader(dataset, sampler, cfg.data.num_workers)
+
+    def evaluate() -> float:
+        engine.eval()
+        total, n = 0.0, 0
+        with torch.no_grad():
+            for batch in loader(data.valid, n_eval, 0):
+                total += engine(batch["input_ids"].to(device), batch["labels"].to(device)).item()
+                n += 1
+        engine.train()
+        return all_reduce_mean([total / max(n, 1)], device)[0]
+
+    # ---- 3. train ----
+    max_steps = cfg.trainer.max_steps
+    tokens_per_step = plan.global_batch_size * seq
+    batches = iter(loader(data.train, max_steps * plan.global_batch_size, consumed))
+    engine.train()
+    t_start, first_step, last_loss, last_val = time.perf_counter(), step, float("nan"), None
+    while step < max_steps:
+        t0 = time.perf_counter()
+        lr = engine.get_lr()[0]
+        loss_sum = torch.zeros((), device=device)
+        checksum = 0  # sum of the token ids this rank trained on: the data order, cheaply comparable
+        for _ in range(plan.grad_accum_steps):
+            batch = next(batches)
+            checksum += int(batch["input_ids"].sum())
+            loss = engine(batch["input_ids"].to(device, non_blocking=True), batch["labels"].to(device, non_blocking=True))
+            engine.backward(loss)
+            engine.step()
+            loss_sum += loss.detach().float()
+        step += 1
+        consumed += plan.global_batch_size
+        do_log = step % cfg.trainer.log_interval == 0 or step == max_steps or step == first_step + 1
+        do_eval = (data.valid is not None and cfg.trainer.eval_interval > 0
+                   and (step % cfg.trainer.eval_interval == 0 or step == max_steps))
+        if do_log:
+            last_loss, mean_checksum = all_reduce_mean([loss_sum.item() / plan.grad_accum_steps, checksum], device)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            dt = time.perf_counter() - t0
+            tok_s = tokens_per_step / dt
+            tflops = flops["model"] * tok_s / dist.world_size / 1e12
+            gnorm = engine.get_global_grad_norm()
+            record = {
+                "step": step,
+                "loss": last_loss,
+                "ppl": float(torch.tensor(last_loss).clamp(max=50).exp()),
+                "lr": lr,
+                "grad_norm": float(gnorm) if gnorm is not None else None,
+                "loss_scale": current_loss_scale(engine),
+                "step_time_s": dt,
+                "tokens_per_s": tok_s,
+                "tokens_per_s_per_device": tok_s / dist.world_size,
+                "tflops_per_device": tflops,
+                "hw_tflops_per_device": flops["hardware"] * tok_s / dist.world_size / 1e12,
+                "mfu": tflops * 1e12 / peak,
+                "consumed_samples": consumed,
+                "consumed_tokens": consumed * seq,
+                "peak_mem_gb": peak_memory_gb(device),
+                "batch_checksum": round(mean_checksum * dist.world_size),
+            }
+        if do_eval:
+            last_val = evaluate()
+            val = {"val_loss": last_val, "val_ppl": float(torch.tensor(last_val).clamp(max=50).exp())}
+            if do_log:
+                record.update(val)
+            else:
+                record = {"step": step, **val}
+        if do_log or do_eval:
+            metrics.log(record)
+        interval = cfg.checkpoint.interval
+        if (interval > 0 and step % interval == 0) or (step == max_steps and cfg.checkpoint.save_at_end):
+            path = ckpt.save(engine, ckpt_dir, step, state_dict(step, consumed), dist.rank, cfg.checkpoint.keep_last)
+            log.info("saved checkpoint %s", path)
+
+    elapsed = time.perf_counter() - t_start
+    summary = {
+        "steps": step, "steps_this_run": step - first_step, "final_loss": last_loss, "final_val_loss": last_val,
+        "consumed_tokens": consumed * seq, "wall_time_s": round(elapsed, 2), "parameters": n_params,
+    }
+    if step == first_step:
+        log.info("nothing to do: the checkpoint is at step %d and trainer.max_steps=%d", step, max_steps)
+    metrics.summary(summary)
+    metrics.close()
+    barrier()
+    torch.distributed.destroy_process_group()
+    return summary
+
+
+@hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+register_configs()
+
+if __name__ == "__main__":
+    main()
