@@ -108,6 +108,22 @@ def check_model_shape(tag_dir: Path, state: dict[str, Any], args: GPTArgs) -> No
         )
 
 
+def check_layout(tag_dir: Path, state: dict[str, Any], world_size: int, zero_stage: int) -> None:
+    """DeepSpeed cannot re-partition ZeRO optimizer shards to another data-parallel size or stage: say so
+    before anything is built, instead of failing deep inside ``load_checkpoint``."""
+    saved_world, saved_stage = state.get("world_size"), state.get("zero_stage")
+    if saved_stage is not None and saved_stage != zero_stage:
+        raise CheckpointError(
+            f"the checkpoint {tag_dir} was saved with parallel.zero_stage={saved_stage}, the config asks for "
+            f"{zero_stage}; resume with parallel.zero_stage={saved_stage}"
+        )
+    if zero_stage >= 1 and saved_world is not None and saved_world != world_size:
+        raise CheckpointError(
+            f"the checkpoint {tag_dir} holds ZeRO-{zero_stage} optimizer shards for {saved_world} processes, this "
+            f"run has {world_size}; resume with {saved_world} processes (or use ZeRO stage 0)"
+        )
+
+
 def rng_state() -> dict[str, Any]:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -157,8 +173,10 @@ def _prune(ckpt_dir: Path, keep_last: int, current: str) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def load(engine, ckpt_dir: Path, tag: str, rank: int, world_size: int) -> dict[str, Any]:
-    """Collective: restore model, optimizer, LR schedule and loss scaler (DeepSpeed) and this rank's RNG."""
+def load(engine, ckpt_dir: Path, tag: str, rank: int, world_size: int) -> tuple[dict[str, Any], dict | None]:
+    """Collective: restore model, optimizer, LR schedule and loss scaler (DeepSpeed). Returns the trainer
+    state and this rank's RNG states, which the caller applies with :func:`set_rng_state` as the very last
+    thing before the first step (anything drawing random numbers in between would shift the stream)."""
     load_path, client = engine.load_checkpoint(
         str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
     )
@@ -167,10 +185,9 @@ def load(engine, ckpt_dir: Path, tag: str, rank: int, world_size: int) -> dict[s
     state = read_state(ckpt_dir / tag)
     rng_file = ckpt_dir / tag / f"rng_state_rank{rank}.pt"
     if state.get("world_size") == world_size and rng_file.exists():
-        set_rng_state(torch.load(rng_file, weights_only=False))
-    else:
-        log.warning(
-            "checkpoint %s was saved with world size %s (now %s): RNG streams restart from the seed",
-            tag, state.get("world_size"), world_size,
-        )
-    return state
+        return state, torch.load(rng_file, weights_only=False)
+    log.warning(
+        "checkpoint %s was saved with world size %s (now %s): RNG streams restart from the seed",
+        tag, state.get("world_size"), world_size,
+    )
+    return state, None

@@ -65,7 +65,8 @@ def measure_cpu_peak_flops(precision: str, seconds: float = 0.5) -> float:
     """Achievable dense matmul FLOP/s of this CPU (all threads), as the MFU denominator on CPU."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float32, "fp32": torch.float32}[precision]
     n = 1024
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    g = torch.Generator().manual_seed(0)  # never the global RNG (training's dropout stream)
+    a, b = torch.randn(n, n, generator=g).to(dtype), torch.randn(n, n, generator=g).to(dtype)
     a @ b  # warm-up
     reps, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
@@ -90,7 +91,9 @@ def peak_flops_per_device(device: torch.device, precision: str, configured: floa
 def _measure_cuda(device: torch.device, precision: str) -> float:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
     n = 8192
-    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    g = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, dtype=dtype, device=device, generator=g)
+    b = torch.randn(n, n, dtype=dtype, device=device, generator=g)
     for _ in range(3):
         a @ b
     torch.cuda.synchronize(device)

@@ -124,6 +124,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if resume_tag:
         resume_state = ckpt.read_state(ckpt_dir / resume_tag)
         ckpt.check_model_shape(ckpt_dir / resume_tag, resume_state, args)
+        ckpt.check_layout(ckpt_dir / resume_tag, resume_state, world, cfg.parallel.zero_stage)
 
     # ---- 2. process group, model, engine ----
     dist = init_distributed(device, cfg.parallel.backend, cfg.parallel.timeout_s)
@@ -137,9 +138,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     engine, scheduler = initialize(model, cfg, ds_cfg, device)
     seed_everything(cfg.seed + 1000 * dist.rank)  # different dropout masks per rank
 
-    step, consumed = 0, 0
+    step, consumed, rng = 0, 0, None
     if resume_tag:
-        state = ckpt.load(engine, ckpt_dir, resume_tag, dist.rank, dist.world_size)
+        state, rng = ckpt.load(engine, ckpt_dir, resume_tag, dist.rank, dist.world_size)
         step, consumed = int(state["step"]), int(state["consumed_samples"])
         log.info("resumed from %s at step %d (%d samples consumed)", ckpt_dir / resume_tag, step, consumed)
 
@@ -166,6 +167,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         return {
             "step": at_step, "consumed_samples": at_consumed, "consumed_tokens": at_consumed * seq,
             "wandb_id": metrics.wandb_id, "model_args": asdict(args), "world_size": dist.world_size,
+            "zero_stage": cfg.parallel.zero_stage,
             "seed": cfg.seed, "name": cfg.name,
         }
 
@@ -190,6 +192,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     tokens_per_step = plan.global_batch_size * seq
     batches = iter(loader(data.train, max_steps * plan.global_batch_size, consumed))
     engine.train()
+    if rng is not None:
+        ckpt.set_rng_state(rng)  # last, so the dropout stream continues exactly where it stopped
     t_start, first_step, last_loss, last_val = time.perf_counter(), step, float("nan"), None
     while step < max_steps:
         t0 = time.perf_counter()

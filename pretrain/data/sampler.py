@@ -67,4 +67,7 @@ def make_loader(dataset: torch.utils.data.Dataset, sampler: PretrainingSampler, 
         collate_fn=collate_tokens,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=num_workers > 0,
+        # its own generator: creating a loader must not advance the global RNG that dropout draws from,
+        # or a resumed run would diverge from an uninterrupted one
+        generator=torch.Generator().manual_seed(0),
     )

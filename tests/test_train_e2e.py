@@ -1,0 +1,87 @@
+"""End-to-end training runs as users launch them: torchrun with 2 processes on CPU (gloo)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from conftest import TINY, losses_by_step, read_metrics, read_wandb_offline_run, run_train
+
+pytestmark = pytest.mark.slow
+
+REQUIRED_KEYS = {
+    "step", "loss", "ppl", "lr", "grad_norm", "loss_scale", "step_time_s", "tokens_per_s", "tokens_per_s_per_device",
+    "tflops_per_device", "mfu", "consumed_tokens", "consumed_samples", "peak_mem_gb", "batch_checksum",
+}
+
+
+@pytest.mark.parametrize(
+    "zero, precision",
+    [(0, "fp32"), (1, "fp32"), (2, "fp32"), (3, "bf16")],
+)
+def test_gpt_trains_with_every_zero_stage(tmp_path, train_env, zero, precision):
+    run_dir = tmp_path / "run"
+    run_train(
+        [*TINY, f"run_dir={run_dir}", f"parallel=zero{zero}", f"trainer.precision={precision}",
+         "trainer.max_steps=30", "trainer.eval_interval=15"],
+        train_env, nproc=2,
+    )
+    records = read_metrics(run_dir)
+    train = [r for r in records if "loss" in r]
+    assert [r["step"] for r in train] == list(range(1, 31))
+    assert REQUIRED_KEYS <= set(train[0])
+    first, last = train[0]["loss"], train[-1]["loss"]
+    assert last < first - 0.8, (first, last)  # ln(4096) = 8.3 at the start; clearly lower after 30 steps
+    assert [r["step"] for r in records if "val_loss" in r] == [15, 30]
+    assert train[-1]["consumed_samples"] == 30 * 8 and train[-1]["consumed_tokens"] == 30 * 8 * 64
+    ds = json.loads((run_dir / "deepspeed.json").read_text())
+    assert ds["zero_optimization"]["stage"] == zero
+    assert ds["train_batch_size"] == 8 and ds["gradient_accumulation_steps"] == 1
+    assert ds["bf16"]["enabled"] == (precision == "bf16")
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert cfg["parallel"]["zero_stage"] == zero and cfg["run_dir"] == str(run_dir)
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step_000030"
+    assert (run_dir / "checkpoints" / "step_000030" / "COMPLETE").exists()
+
+
+def test_llama_style_trains_with_accumulation(tmp_path, train_env):
+    run_dir = tmp_path / "run"
+    run_train(
+        ["experiment=llama_tiny", f"run_dir={run_dir}", "trainer.micro_batch_size=2", "trainer.global_batch_size=8",
+         "trainer.max_steps=30", "trainer.log_interval=1", "trainer.eval_interval=0", "parallel=zero2"],
+        train_env, nproc=2,
+    )
+    ds = json.loads((run_dir / "deepspeed.json").read_text())
+    assert ds["gradient_accumulation_steps"] == 2
+    losses = losses_by_step(run_dir)
+    assert losses[30] < losses[1] - 0.8
+
+
+def test_resume_gives_the_same_losses_data_and_wandb_run(tmp_path, train_env):
+    """20 steps straight vs 10 steps, stop, resume to 20: bitwise-equal losses (CPU, dropout on, so the
+    RNG states must be restored too), the same batches, and one W&B run continued."""
+    env = dict(train_env, WANDB_MODE="offline")
+    common = [*TINY, "model.hidden_dropout=0.1", "model.attention_dropout=0.1", "optim.sched.decay_steps=20",
+              "trainer.eval_interval=5", "parallel=zero1"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    run_train([*common, f"run_dir={straight}", "trainer.max_steps=20"], env, nproc=2)
+    run_train([*common, f"run_dir={split}", "trainer.max_steps=10"], env, nproc=2)
+    out = run_train([*common, f"run_dir={split}", "trainer.max_steps=20"], env, nproc=2)
+    assert "resumed from" in out.stdout and "at step 10" in out.stdout
+
+    a, b = read_metrics(straight), read_metrics(split)
+    key = lambda recs, k: [(r["step"], r.get(k)) for r in recs]  # noqa: E731
+    assert key(a, "loss") == key(b, "loss")  # exact equality, every step
+    assert key(a, "batch_checksum") == key(b, "batch_checksum")
+    assert key(a, "val_loss") == key(b, "val_loss")
+    assert [r["step"] for r in b] == list(range(1, 21))  # no duplicated steps after the resume
+
+    runs = sorted(split.glob("wandb/offline-run-*"))
+    assert len(runs) == 2 and runs[0].name.split("-")[-1] == runs[1].name.split("-")[-1]
+    first = read_wandb_offline_run(split)  # the resumed run's file: steps 11..20 under the same id
+    assert first["run_id"] == runs[0].name.split("-")[-1]
+    logged = {h["step"]: h["loss"] for h in first["history"] if h.get("loss") is not None}
+    assert logged == {s: l for s, l in key(b, "loss") if s > 10}
+    assert first["config"]["trainer"]["max_steps"] == 20  # the resolved config went to W&B
