@@ -1,0 +1,248 @@
+"""What every source reader shares: option checking, counting, size caps, decoding, compressed streams.
+
+Counting convention (the report relies on it): every input unit a reader looks at is one ``docs_in`` (its
+raw bytes in ``bytes_in``), and ends as exactly one of
+
+* a yielded document (``docs_out``/``bytes_out``, the document text's UTF-8 bytes),
+* ``stats.drop(reason)``: a readable record that is not a document we want (redirect, empty text...),
+* ``stats.skip(reason)``: input that could not be read (corrupt gzip, cut WARC record, binary file...).
+
+so ``docs_in == docs_out + sum(dropped) + sum(skipped)`` holds for every reader and every file.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import logging
+import lzma
+import os
+import zlib
+from typing import Any, BinaryIO, ClassVar, Iterator
+
+from data_pipelines.blocks import Reader
+from data_pipelines.document import Document
+from data_pipelines.stats import StageStats
+from pretrain.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+MiB = 1 << 20
+
+# Exceptions a decompressor or parser raises on truncated/corrupt input. Catching these (and only these)
+# keeps a bad file from crashing a shard while real bugs still surface.
+STREAM_ERRORS: tuple[type[BaseException], ...] = (EOFError, OSError, zlib.error, lzma.LZMAError, ValueError)
+
+_MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "xz"))
+
+
+def compression_of(path: str) -> str:
+    """``gzip``/``bz2``/``xz`` from the file's magic bytes (not its name, which lies), else ``none``."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    for magic, name in _MAGIC:
+        if head.startswith(magic):
+            return name
+    return "none"
+
+
+def open_binary(path: str) -> tuple[BinaryIO, str]:
+    """Open ``path`` for streaming reads, decompressing transparently. Returns (stream, compression)."""
+    kind = compression_of(path)
+    if kind == "gzip":
+        return gzip.open(path, "rb"), kind  # type: ignore[return-value]
+    if kind == "bz2":
+        return bz2.open(path, "rb"), kind  # type: ignore[return-value]
+    if kind == "xz":
+        return lzma.open(path, "rb"), kind  # type: ignore[return-value]
+    return open(path, "rb", buffering=MiB), kind
+
+
+class TolerantStream(io.RawIOBase):
+    """A read-only view of a (decompressing) stream that ends cleanly where the data breaks.
+
+    A parser that pulls large blocks (``lxml.iterparse`` asks for 32 KiB at a time) would lose the bytes
+    decompressed in the same call as a truncation error. This wrapper hands out data with ``read1``, so
+    every byte before the break reaches the parser; the error is remembered in :attr:`error` and the
+    stream just ends, letting the parser finish the records it has.
+    """
+
+    def __init__(self, inner: BinaryIO):
+        super().__init__()
+        self.inner = inner
+        self.error: BaseException | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.error is not None:
+            return 0
+        try:
+            data = self.inner.read1(len(buffer))  # type: ignore[attr-defined]
+        except STREAM_ERRORS as exc:
+            self.error = exc
+            return 0
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self.inner.close()
+        super().close()
+
+
+def open_tolerant(path: str) -> tuple[BinaryIO, TolerantStream, str]:
+    """``open_binary`` behind a :class:`TolerantStream` and a buffer (for ``readline``): every complete
+    line before a truncation is delivered; afterwards ``tolerant.error`` says what broke."""
+    inner, compression = open_binary(path)
+    tolerant = TolerantStream(inner)
+    return io.BufferedReader(tolerant, buffer_size=MiB), tolerant, compression  # type: ignore[return-value]
+
+
+def stream_error_reason(exc: BaseException, compression: str, what: str = "file") -> str:
+    """A stable reason name for a read failure: ``truncated_gzip``, ``corrupt_bz2``, ``corrupt_file``..."""
+    label = compression if compression != "none" else what
+    if isinstance(exc, EOFError):
+        return f"truncated_{label}"
+    return f"corrupt_{label}"
+
+
+def iter_capped_lines(
+    stream: BinaryIO, max_bytes: int, tolerant: "TolerantStream | None" = None,
+) -> Iterator[bytes | None]:
+    """Yield the lines of a binary stream (without the newline); ``None`` for a line over ``max_bytes``.
+
+    ``readline(limit)`` never buffers more than ``limit`` bytes, so a 100 MB line costs ``max_bytes`` of
+    memory, not 100 MB: the rest of it is read and thrown away in bounded chunks. With ``tolerant``, a
+    last line cut by a truncation is not yielded (the truncation is counted once, by the caller).
+    """
+    while True:
+        line = stream.readline(max_bytes + 1)
+        if not line:
+            return
+        if line.endswith(b"\n"):
+            yield line[:-1].rstrip(b"\r")
+            continue
+        if len(line) <= max_bytes:  # last line of the file, no trailing newline
+            if tolerant is None or tolerant.error is None:
+                yield line.rstrip(b"\r")
+            return
+        while True:  # too long: discard the remainder of this line
+            rest = stream.readline(MiB)
+            if not rest or rest.endswith(b"\n"):
+                break
+        yield None
+
+
+def read_capped(stream: BinaryIO, max_bytes: int) -> bytes | None:
+    """Read a whole (small) unit, or ``None`` (after draining it in chunks) when it exceeds ``max_bytes``."""
+    data = stream.read(max_bytes + 1)
+    if len(data) <= max_bytes:
+        return data
+    while stream.read(MiB):
+        pass
+    return None
+
+
+def decode_utf8(data: bytes, stats: StageStats, policy: str) -> str | None:
+    """Decode UTF-8. Invalid bytes are replaced (``modified['invalid_utf8']``) or, with policy ``skip``,
+    the caller skips the record (returns ``None``; the caller counts ``skipped['invalid_utf8']``)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        if policy == "skip":
+            return None
+        stats.modify("invalid_utf8")
+        return data.decode("utf-8", errors="replace")
+
+
+class SourceReader(Reader):
+    """Base class of the bundled readers: validated options, counting helpers and path conventions.
+
+    Subclasses declare ``OPTIONS`` (name -> default); an unknown option is a :class:`ConfigError` naming
+    the source, so a typo in a YAML file fails before any data is read.
+    """
+
+    kind: ClassVar[str] = ""
+    #: file name endings a directory expands to (``expand_paths``); empty = every regular file
+    extensions: ClassVar[tuple[str, ...]] = ()
+    #: True when a directory is one unit (a code repository) rather than a folder of input files
+    directory_units: ClassVar[bool] = False
+    COMMON_OPTIONS: ClassVar[dict[str, Any]] = {
+        "max_record_bytes": 64 * MiB,  # a single record/line/page above this is skipped (record_too_large)
+        "min_chars": 1,  # documents whose stripped text is shorter are dropped (empty)
+        "invalid_utf8": "replace",  # replace | skip
+    }
+    OPTIONS: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, source: str, **options: Any):
+        allowed = {**self.COMMON_OPTIONS, **self.OPTIONS}
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            raise ConfigError(
+                f"source {source!r} (kind {self.kind!r}): unknown option(s) {unknown}; "
+                f"expected some of {sorted(allowed)}"
+            )
+        merged = {**allowed, **options}
+        if merged["invalid_utf8"] not in ("replace", "skip"):
+            raise ConfigError(
+                f"source {source!r}: options.invalid_utf8 must be 'replace' or 'skip', got {merged['invalid_utf8']!r}"
+            )
+        for key in ("max_record_bytes", "min_chars"):
+            if not isinstance(merged[key], int) or merged[key] < 0:
+                raise ConfigError(f"source {source!r}: options.{key} must be a non-negative integer, got {merged[key]!r}")
+        super().__init__(source, **merged)
+        self.max_record_bytes: int = merged["max_record_bytes"]
+        self.min_chars: int = merged["min_chars"]
+        self.invalid_utf8: str = merged["invalid_utf8"]
+
+    # -- counting helpers (see the module docstring) -------------------------------------------------
+    @staticmethod
+    def count_in(stats: StageStats, nbytes: int) -> None:
+        stats.docs_in += 1
+        stats.bytes_in += nbytes
+
+    def skip(self, stats: StageStats, reason: str, nbytes: int = 0, where: str = "") -> None:
+        """An input unit that could not be read: counted in ``docs_in`` and ``skipped[reason]``."""
+        self.count_in(stats, nbytes)
+        stats.skip(reason)
+        log.debug("source %s: skipped %s (%s)", self.source, where, reason)
+
+    def drop(self, stats: StageStats, reason: str, nbytes: int = 0) -> None:
+        """A readable record that is not a wanted document: ``docs_in`` and ``dropped[reason]``."""
+        self.count_in(stats, nbytes)
+        stats.drop(reason)
+
+    def emit(self, stats: StageStats, doc_id: str, text: str, nbytes: int, metadata: dict[str, Any]) -> Document | None:
+        """Count one input record and return its document, or ``None`` (dropped as ``empty``)."""
+        self.count_in(stats, nbytes)
+        stripped = text.strip()
+        if not stripped or (self.min_chars > 1 and len(stripped) < self.min_chars):
+            stats.drop("empty")
+            return None
+        stats.kept(text)
+        return Document(id=doc_id, text=text, source=self.source, metadata=metadata)
+
+
+def file_label(path: str) -> str:
+    """The provenance ``file`` value: the absolute, normalised path."""
+    return os.path.abspath(path)
+
+
+def read_text_file(path: str, max_bytes: int) -> tuple[bytes | None, int, str]:
+    """Read a small text unit (a book, a source file) with a size cap. Returns (data, raw_size, compression).
+
+    Raises the stream errors of :data:`STREAM_ERRORS` for the caller to count.
+    """
+    stream, kind = open_binary(path)
+    with stream:
+        data = read_capped(stream, max_bytes)
+    size = os.path.getsize(path) if data is None else len(data)
+    return data, size, kind
+
+
+__all__ = [
+    "MiB", "STREAM_ERRORS", "SourceReader", "TolerantStream", "compression_of", "decode_utf8", "file_label",
+    "iter_capped_lines", "open_binary", "open_tolerant", "read_capped", "read_text_file", "stream_error_reason",
+]
