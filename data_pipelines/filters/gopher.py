@@ -1,0 +1,280 @@
+"""Gopher quality and repetition rules (Rae et al. 2021, "Scaling Language Models", appendix A.1.1).
+
+Defaults are the paper's, as implemented by datatrove's ``GopherQualityFilter``/``GopherRepetitionFilter``.
+Deliberate differences, each because the reference behaviour depends on layout rather than content:
+* words are whitespace tokens with edge punctuation stripped (no nltk, see ``text.py``); stop words match
+  case-insensitively ("The" counts);
+* line statistics skip blank lines (datatrove counts each blank line between paragraphs as a duplicate
+  line, which drops any text with more than a few paragraphs);
+* bullets include the common Unicode bullets and the "-"/"*" list markers that HTML extractors emit;
+* datatrove's misnamed ``max_non_alpha_words_ratio`` (a minimum share of words with a letter) is called
+  ``min_alpha_words_ratio`` here.
+Repetition n-grams are over whitespace tokens, counted exactly as the reference's strings but hashed with
+numpy (:class:`_NGrams`). Any threshold set to ``null`` disables that rule.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from data_pipelines.document import Document
+from data_pipelines.filters.base import DocumentFilter, invalid
+from data_pipelines.filters.text import (
+    PARAGRAPH_SPLIT,
+    PUNCTUATION,
+    count_words_with_letter,
+    find_duplicates,
+    non_empty_lines,
+    words_of,
+)
+from data_pipelines.stats import StageStats
+
+STOP_WORDS = ["the", "be", "to", "of", "and", "that", "have", "with"]
+BULLETS = ["•", "●", "○", "◦", "▪", "▫", "■", "□", "‣", "⁃", "-", "*"]
+_TOKEN = re.compile(r"\S+")
+
+
+def _ratio_ok(name: str, value: float | None) -> None:
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise invalid(name, value, "a fraction between 0 and 1, or null to disable")
+
+
+class GopherQuality(DocumentFilter):
+    """Document-level quality heuristics: length, word shape, symbols, bullets, ellipses, stop words."""
+
+    name = "gopher_quality"
+
+    def __init__(
+        self,
+        *,
+        min_doc_words: int | None = 50,
+        max_doc_words: int | None = 100000,
+        min_avg_word_length: float | None = 3,
+        max_avg_word_length: float | None = 10,
+        max_symbol_word_ratio: float | None = 0.1,
+        max_bullet_lines_ratio: float | None = 0.9,
+        max_ellipsis_lines_ratio: float | None = 0.3,
+        min_alpha_words_ratio: float | None = 0.8,
+        min_stop_words: int | None = 2,
+        stop_words: list[str] | None = None,
+        bullets: list[str] | None = None,
+    ):
+        for key in ("max_bullet_lines_ratio", "max_ellipsis_lines_ratio", "min_alpha_words_ratio"):
+            _ratio_ok(key, locals()[key])
+        if min_doc_words is not None and max_doc_words is not None and min_doc_words > max_doc_words:
+            raise invalid("min_doc_words", min_doc_words, f"at most max_doc_words ({max_doc_words})")
+        self.min_doc_words = min_doc_words
+        self.max_doc_words = max_doc_words
+        self.min_avg_word_length = min_avg_word_length
+        self.max_avg_word_length = max_avg_word_length
+        self.max_symbol_word_ratio = max_symbol_word_ratio
+        self.max_bullet_lines_ratio = max_bullet_lines_ratio
+        self.max_ellipsis_lines_ratio = max_ellipsis_lines_ratio
+        self.min_alpha_words_ratio = min_alpha_words_ratio
+        self.min_stop_words = min_stop_words
+        self.stop_words = [w.lower() for w in (STOP_WORDS if stop_words is None else stop_words)]
+        self.bullets = list(BULLETS if bullets is None else bullets)
+        self._stop_set = frozenset(self.stop_words)
+        self._bullets = tuple(self.bullets)
+
+    def _too_long(self, text: str) -> bool:
+        """Stream-count the words of a huge text, so a 100 MB document never becomes a list of 20 M words."""
+        limit = self.max_doc_words
+        if limit is None or len(text) <= 20 * limit:
+            return False
+        n = 0
+        for m in _TOKEN.finditer(text):
+            if m.group().strip(PUNCTUATION):
+                n += 1
+                if n > limit:
+                    return True
+        return False
+
+    def apply(self, doc: Document, stats: StageStats) -> str | None:
+        text = doc.text
+        if self._too_long(text):
+            return "gopher_long_doc"
+        words = words_of(text)
+        n_words = len(words)
+        if n_words == 0 or (self.min_doc_words is not None and n_words < self.min_doc_words):
+            return "gopher_short_doc"
+        if self.max_doc_words is not None and n_words > self.max_doc_words:
+            return "gopher_long_doc"
+
+        mean_len = sum(map(len, words)) / n_words
+        if self.min_avg_word_length is not None and mean_len < self.min_avg_word_length:
+            return "gopher_short_words"
+        if self.max_avg_word_length is not None and mean_len > self.max_avg_word_length:
+            return "gopher_long_words"
+
+        if self.max_symbol_word_ratio is not None:
+            if text.count("#") / n_words > self.max_symbol_word_ratio:
+                return "gopher_hash_ratio"
+            if (text.count("...") + text.count("…")) / n_words > self.max_symbol_word_ratio:
+                return "gopher_ellipsis_ratio"
+
+        lines = non_empty_lines(text)
+        if self.max_bullet_lines_ratio is not None and self._bullets:
+            bullets = sum(1 for line in lines if line.lstrip().startswith(self._bullets))
+            if bullets / len(lines) > self.max_bullet_lines_ratio:
+                return "gopher_bullet_lines"
+        if self.max_ellipsis_lines_ratio is not None:
+            ellipsis = sum(1 for line in lines if line.rstrip().endswith(("...", "…")))
+            if ellipsis / len(lines) > self.max_ellipsis_lines_ratio:
+                return "gopher_ellipsis_lines"
+
+        if self.min_alpha_words_ratio is not None:
+            if count_words_with_letter(words) / n_words < self.min_alpha_words_ratio:
+                return "gopher_non_alpha_words"
+
+        if self.min_stop_words:
+            found = 0
+            for w in words:
+                if w.lower() in self._stop_set:
+                    found += 1
+                    if found >= self.min_stop_words:
+                        break
+            else:
+                return "gopher_few_stop_words"
+        return None
+
+
+class _NGrams:
+    """The n-grams of a word sequence as 64-bit hashes, built with numpy instead of joining strings.
+
+    Joining every n-gram into a string costs about a microsecond each (nine n's over a 100k-word document is
+    a second); hashing word ids costs nanoseconds. Word ids get a SplitMix64 mix, n-grams a polynomial hash
+    mod 2^64; a collision between two different n-grams of one document is vanishingly unlikely and could
+    only shift a ratio by one n-gram. Characters of the n-gram at ``i`` (words joined by single spaces)
+    come from prefix sums of word lengths, exactly as the string version counts them.
+    """
+
+    _BASE = np.uint64(0x100000001B3)
+
+    def __init__(self, words: list[str]):
+        index = {w: i for i, w in enumerate(dict.fromkeys(words))}
+        ids = np.fromiter(map(index.__getitem__, words), dtype=np.uint64, count=len(words))
+        with np.errstate(over="ignore"):
+            x = (ids + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
+            x ^= x >> np.uint64(30)
+            x *= np.uint64(0xBF58476D1CE4E5B9)
+            x ^= x >> np.uint64(27)
+            x *= np.uint64(0x94D049BB133111EB)
+            x ^= x >> np.uint64(31)
+        self._values = x
+        self._cum_len = np.concatenate(([0], np.cumsum(np.fromiter(map(len, words), dtype=np.int64,
+                                                                    count=len(words)))))
+        self._hashes: dict[int, np.ndarray] = {1: x}
+
+    def hashes(self, n: int) -> np.ndarray:
+        """Hash of the n-gram starting at each word (length ``len(words) - n + 1``)."""
+        if n not in self._hashes:
+            prev = self.hashes(n - 1)
+            with np.errstate(over="ignore"):
+                self._hashes[n] = prev[:-1] * self._BASE + self._values[n - 1:]
+        return self._hashes[n]
+
+    def chars(self, n: int, start: int) -> int:
+        """Characters of the n-gram at ``start`` with its words joined by single spaces."""
+        return int(self._cum_len[start + n] - self._cum_len[start]) + n - 1
+
+    def top_chars(self, n: int) -> int:
+        """Characters covered by the most frequent n-gram (ties: the first seen, as ``Counter.most_common``)."""
+        h = self.hashes(n)
+        order = np.argsort(h, kind="stable")  # stable: each group's first element is its first occurrence
+        ordered = h[order]
+        starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+        counts = np.diff(np.append(starts, len(h)))
+        first = order[starts]
+        best = counts.max()
+        start = int(first[counts == best].min())
+        return self.chars(n, start) * int(best)
+
+    def duplicated_chars(self, n: int) -> int:
+        """Characters in n-grams repeating an earlier one; after a repeat, skip past it (the reference's rule)."""
+        h = self.hashes(n)
+        ordered = np.sort(h)
+        if not (ordered[1:] == ordered[:-1]).any():
+            return 0
+        seen: set[int] = set()
+        chars = idx = 0
+        values = h.tolist()
+        end = len(values)
+        while idx < end:
+            if values[idx] in seen:
+                chars += self.chars(n, idx)
+                idx += n
+            else:
+                seen.add(values[idx])
+                idx += 1
+        return chars
+
+
+def _ngram_table(value: dict[int, float] | None, name: str) -> dict[int, float]:
+    table = {} if value is None else {int(k): float(v) for k, v in value.items()}
+    for n, frac in table.items():
+        if n < 1:
+            raise invalid(name, value, "a mapping {n: fraction} with n >= 1")
+        _ratio_ok(f"{name}[{n}]", frac)
+    return dict(sorted(table.items()))
+
+
+class GopherRepetition(DocumentFilter):
+    """Repeated paragraphs, lines and n-grams (Gopher table A1); ``{}``/``null`` n-gram tables disable those."""
+
+    name = "gopher_repetition"
+
+    def __init__(
+        self,
+        *,
+        dup_line_frac: float | None = 0.3,
+        dup_para_frac: float | None = 0.3,
+        dup_line_char_frac: float | None = 0.2,
+        dup_para_char_frac: float | None = 0.2,
+        top_n_grams: dict[int, float] | None = None,
+        dup_n_grams: dict[int, float] | None = None,
+    ):
+        for key in ("dup_line_frac", "dup_para_frac", "dup_line_char_frac", "dup_para_char_frac"):
+            _ratio_ok(key, locals()[key])
+        self.dup_line_frac = dup_line_frac
+        self.dup_para_frac = dup_para_frac
+        self.dup_line_char_frac = dup_line_char_frac
+        self.dup_para_char_frac = dup_para_char_frac
+        self.top_n_grams = _ngram_table({2: 0.20, 3: 0.18, 4: 0.16} if top_n_grams is None else top_n_grams,
+                                        "top_n_grams")
+        self.dup_n_grams = _ngram_table(
+            {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10} if dup_n_grams is None else dup_n_grams,
+            "dup_n_grams",
+        )
+
+    def apply(self, doc: Document, stats: StageStats) -> str | None:
+        text = doc.text
+        n_chars = len(text)
+
+        paragraphs = [p for p in PARAGRAPH_SPLIT.split(text.strip()) if p.strip()]
+        dup_paras, dup_para_chars = find_duplicates(paragraphs)
+        if self.dup_para_frac is not None and dup_paras / len(paragraphs) > self.dup_para_frac:
+            return "gopher_dup_para_frac"
+        if self.dup_para_char_frac is not None and dup_para_chars / n_chars > self.dup_para_char_frac:
+            return "gopher_dup_para_char_frac"
+
+        lines = non_empty_lines(text)
+        dup_lines, dup_line_chars = find_duplicates(lines)
+        if self.dup_line_frac is not None and dup_lines / len(lines) > self.dup_line_frac:
+            return "gopher_dup_line_frac"
+        if self.dup_line_char_frac is not None and dup_line_chars / n_chars > self.dup_line_char_frac:
+            return "gopher_dup_line_char_frac"
+
+        if not (self.top_n_grams or self.dup_n_grams):
+            return None
+        words = text.split()
+        ngrams = _NGrams(words)
+        for n, frac in self.top_n_grams.items():
+            if len(words) >= n and ngrams.top_chars(n) / n_chars > frac:
+                return f"gopher_top_{n}_gram"
+        for n, frac in self.dup_n_grams.items():
+            if len(words) >= n and ngrams.duplicated_chars(n) / n_chars > frac:
+                return f"gopher_dup_{n}_gram"
+        return None

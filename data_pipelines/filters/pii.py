@@ -1,0 +1,227 @@
+"""PII redaction with stable placeholders: emails, IP addresses, phone numbers, and secrets in code.
+
+Every match is replaced by a fixed placeholder (``<EMAIL>``, ``<IP_ADDRESS>``, ``<PHONE>``, ``<SECRET>``), so
+output is deterministic, dedup still sees equal texts as equal, and redacting twice changes nothing (no
+placeholder matches any pattern). Following the BigCode PII pipeline, IP addresses that are not globally
+routable (private, loopback, link-local, documentation ranges) are left alone by default: they identify no one.
+
+Why regexes and not ``detect-secrets`` (which BigCode used): its plugins scan line by line and report the
+secret's value, not its span, and cost several times more per file; the token formats below are the
+documented, fixed-prefix formats of each provider (the same ones detect-secrets and gitleaks match), applied
+in one pass each over the whole text. The generic rule catches ``password = "..."``-style assignments.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from data_pipelines.document import Document
+from data_pipelines.filters.base import DocumentFilter, add_extra, invalid
+from data_pipelines.stats import StageStats
+
+PLACEHOLDERS = {"email": "<EMAIL>", "ip": "<IP_ADDRESS>", "phone": "<PHONE>", "secret": "<SECRET>"}
+KINDS = ("secret", "email", "ip", "phone")  # application order: a secret may contain an "@" or digits
+
+EMAIL = re.compile(
+    r"(?<![\w.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,24}"
+    r"(?![\w-])"
+)
+_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+IPV4 = re.compile(rf"(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}(?!\w|\.\d)")
+# Candidates only: ``_is_ipv6_match`` and ``ipaddress`` decide.
+IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|" + _OCTET + r"(?:\." + _OCTET +
+                  r"){3})?(?![\w:])")
+PHONE = re.compile(
+    r"(?<![\w+-])(?:"
+    r"\+\d{1,3}(?:[ .-]?\(\d{1,4}\))?(?:[ .-]?\d{1,4}){2,5}"  # international: +44 20 7946 0958
+    r"|(?:1[ .-])?(?:\(\d{3}\) ?|\d{3}[ .-])\d{3}[ .-]\d{4}"  # North American: (415) 555-2671, 415.555.2671
+    r")(?![\w-]|[.]\d)"
+)
+_DIGITS = re.compile(r"\d")
+# Dotted numbers right after these words are versions or section numbers ("version 7.1.4.34"), not hosts.
+_VERSION_CONTEXT = re.compile(r"\b(?:version|release|section|sections|v|ver\.?|rfc)[\s\"'(\[]*$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class SecretRule:
+    """A secret format. It only runs on texts containing one of its literal ``markers`` (a substring test
+    costs next to nothing, a regex pass over a whole file does not). The whole match is the secret unless the
+    pattern has a group named ``value``; then only that group is replaced. ``lowercase`` rules are matched
+    against ``text.lower()`` with a lower-case pattern, 10x faster than ``re.IGNORECASE`` in CPython."""
+
+    name: str
+    markers: tuple[str, ...]
+    pattern: re.Pattern[str]
+    lowercase: bool = False
+
+
+SECRET_RULES: list[SecretRule] = [
+    SecretRule("private_key", ("PRIVATE KEY",), re.compile(
+        r"-----BEGIN[ A-Z0-9]*PRIVATE KEY(?: BLOCK)?-----.*?(?:-----END[ A-Z0-9]*PRIVATE KEY(?: BLOCK)?-----|\Z)",
+        re.DOTALL)),
+    SecretRule("aws_access_key", ("AKIA", "ASIA", "ABIA", "ACCA", "A3T"),
+               re.compile(r"(?<![A-Z0-9])(?:AKIA|ASIA|ABIA|ACCA|A3T[A-Z0-9])[A-Z0-9]{16}(?![A-Z0-9])")),
+    SecretRule("github_token", ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+               re.compile(r"(?<!\w)(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})")),
+    SecretRule("gitlab_token", ("glpat-",), re.compile(r"(?<!\w)glpat-[A-Za-z0-9_-]{20}(?![\w-])")),
+    SecretRule("slack_token", ("xox",), re.compile(r"(?<!\w)xox[abposr]-[A-Za-z0-9-]{10,250}")),
+    SecretRule("slack_webhook", ("hooks.slack.com",),
+               re.compile(r"https://hooks\.slack\.com/services/T[A-Za-z0-9_]+/B[A-Za-z0-9_]+/[A-Za-z0-9_]+")),
+    SecretRule("stripe_key", ("_live_", "_test_"),
+               re.compile(r"(?<!\w)(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,247}(?!\w)")),
+    SecretRule("google_api_key", ("AIza",), re.compile(r"(?<![\w-])AIza[0-9A-Za-z_-]{35}(?![\w-])")),
+    SecretRule("openai_key", ("T3BlbkFJ",),
+               re.compile(r"(?<![\w-])sk-(?:[A-Za-z0-9_-]*-)?[A-Za-z0-9_-]{8,}T3BlbkFJ[A-Za-z0-9_-]{8,}")),
+    SecretRule("anthropic_key", ("sk-ant-",), re.compile(r"(?<![\w-])sk-ant-[A-Za-z0-9_-]{32,}")),
+    SecretRule("huggingface_token", ("hf_",), re.compile(r"(?<!\w)hf_[A-Za-z]{34}(?!\w)")),
+    SecretRule("jwt", ("eyJ",),
+               re.compile(r"(?<![\w-])eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")),
+    # name = "value" / name: 'value' / "name": "value" / name := "value" where the name ends in a secret word
+    # (any case: apiKey, API_KEY, db_password...).
+    SecretRule("assignment", (), re.compile(
+        r"(?:api[_-]?key|apikey|secret(?:[_-]?key)?|access[_-]?key(?:[_-]?id)?|private[_-]?key"
+        r"|client[_-]?secret|token|passw(?:or)?d|passwd|pwd)"
+        r"[\"']?[ \t]*(?::=|=>|=|:)[ \t]*[bru]?(?P<quote>[\"'])(?P<value>[^\"'\s\\]{8,256})(?P=quote)"),
+        lowercase=True),
+    # KEY=value lines of .env files and shell scripts: upper-case names, no spaces, a value with a digit
+    # (so "TOKEN=production" or Python's "cache_token = None" are left alone).
+    SecretRule("env_assignment", ("=",), re.compile(
+        r"(?m)^[ \t]*(?:export[ \t]+)?[A-Z0-9_]*"
+        r"(?:API_?KEY|SECRET(?:_?KEY)?|ACCESS_?KEY(?:_?ID)?|PRIVATE_?KEY|TOKEN|PASSWORD|PASSWD|PWD)"
+        r"=(?P<value>(?=[^\s\"'#]*\d)[A-Za-z0-9_+/=.:~-]{8,256})[ \t]*$")),
+]
+# Values that are references or stand-ins, not secrets: ${VAR}, {{ var }}, %(var)s, <placeholder>, xxxx...
+_NOT_A_SECRET = re.compile(
+    r"^(?:<[^>]*>|\$\{?[\w.]+\}?|\{\{.*\}\}|%\(\w+\)s|\*+|x+|X+|\.+|your[_-].*|.*(?:example|placeholder|changeme|"
+    r"redacted|dummy|xxxx).*)$",
+    re.IGNORECASE,
+)
+
+
+def _is_ip(candidate: str, redact_private: bool) -> bool:
+    try:
+        ip = ipaddress.ip_address(candidate)
+    except ValueError:
+        return False
+    if redact_private:
+        return True
+    return ip.is_global and not ip.is_multicast
+
+
+def _is_ipv4_match(m: re.Match[str], redact_private: bool) -> bool:
+    return _is_ip(m.group(0), redact_private) and not _VERSION_CONTEXT.search(m.string, max(0, m.start() - 16),
+                                                                               m.start())
+
+
+def _is_ipv6_match(m: re.Match[str], redact_private: bool) -> bool:
+    """At least three groups and a digit: keeps C++ ``a::b`` and hex words out; ``ipaddress`` decides the rest."""
+    candidate = m.group(0)
+    groups = [g for g in candidate.split(":") if g]
+    return len(groups) >= 3 and _DIGITS.search(candidate) is not None and _is_ip(candidate, redact_private)
+
+
+def _is_phone_match(m: re.Match[str]) -> bool:
+    return 7 <= len(_DIGITS.findall(m.group(0))) <= 15  # E.164 numbers have at most 15 digits
+
+
+class PIIRedactor(DocumentFilter):
+    """Redact ``kinds`` (any of email, ip, phone, secret) in place; never drops a document.
+
+    Each kind found in a document counts once as ``stats.modify("pii_<kind>")``; the number of replacements
+    per kind (and per secret pattern) goes to ``stats.extra["pii_redactions"]`` / ``["pii_secrets"]``.
+    """
+
+    name = "pii"
+
+    def __init__(self, *, kinds: list[str] | None = None, redact_private_ips: bool = False,
+                 secret_patterns: list[str] | None = None):
+        kinds = ["email", "ip", "phone"] if kinds is None else list(kinds)
+        unknown = sorted(set(kinds) - set(KINDS))
+        if unknown:
+            raise invalid("kinds", unknown, f"a list drawn from {', '.join(KINDS)}")
+        known = [rule.name for rule in SECRET_RULES]
+        patterns = known if secret_patterns is None else list(secret_patterns)
+        unknown = sorted(set(patterns) - set(known))
+        if unknown:
+            raise invalid("secret_patterns", unknown, f"a list drawn from {', '.join(known)}")
+        self.kinds = [k for k in KINDS if k in kinds]
+        self.redact_private_ips = redact_private_ips
+        self.secret_patterns = [name for name in known if name in patterns]
+
+    def redact(self, text: str) -> tuple[str, dict[str, int], dict[str, int]]:
+        """Redacted text, replacements per kind, and secrets per pattern name."""
+        per_kind: dict[str, int] = {}
+        per_secret: dict[str, int] = {}
+
+        def sub(kind: str, pattern: re.Pattern[str], text: str, accept: Callable[[re.Match[str]], bool]) -> str:
+            placeholder = PLACEHOLDERS[kind]
+
+            def replace(m: re.Match[str]) -> str:
+                if not accept(m):
+                    return m.group(0)
+                per_kind[kind] = per_kind.get(kind, 0) + 1
+                return placeholder
+
+            return pattern.sub(replace, text)
+
+        private = self.redact_private_ips
+        for kind in self.kinds:
+            if kind == "secret":
+                text = self._redact_secrets(text, per_kind, per_secret)
+            elif kind == "email":
+                text = sub("email", EMAIL, text, lambda m: True)
+            elif kind == "ip":
+                text = sub("ip", IPV4, text, lambda m: _is_ipv4_match(m, private))
+                text = sub("ip", IPV6, text, lambda m: _is_ipv6_match(m, private))
+            elif kind == "phone":
+                text = sub("phone", PHONE, text, _is_phone_match)
+        return text, per_kind, per_secret
+
+    def _redact_secrets(self, text: str, per_kind: dict[str, int], per_secret: dict[str, int]) -> str:
+        placeholder = PLACEHOLDERS["secret"]
+        wanted = set(self.secret_patterns)
+        for rule in SECRET_RULES:
+            if rule.name not in wanted or (rule.markers and not any(m in text for m in rule.markers)):
+                continue
+            pieces: list[str] = []
+            pos = 0
+            for start, end in self._secret_spans(rule, text):
+                pieces += [text[pos:start], placeholder]
+                pos = end
+                per_kind["secret"] = per_kind.get("secret", 0) + 1
+                per_secret[rule.name] = per_secret.get(rule.name, 0) + 1
+            if pieces:
+                text = "".join(pieces) + text[pos:]
+        return text
+
+    @staticmethod
+    def _secret_spans(rule: SecretRule, text: str) -> Iterator[tuple[int, int]]:
+        """Spans of ``text`` to replace; values that are references or stand-ins are skipped."""
+        haystack = text
+        pattern = rule.pattern
+        if rule.lowercase:
+            haystack = text.lower()
+            if len(haystack) != len(text):  # a few characters ("İ") lower to two: spans would shift
+                haystack, pattern = text, re.compile(pattern.pattern, pattern.flags | re.IGNORECASE)
+        has_value = "value" in pattern.groupindex
+        for m in pattern.finditer(haystack):
+            if not has_value:
+                yield m.span()
+                continue
+            start, end = m.span("value")
+            value = text[start:end]
+            if value != PLACEHOLDERS["secret"] and not _NOT_A_SECRET.match(value):
+                yield start, end
+
+    def apply(self, doc: Document, stats: StageStats) -> str | None:
+        text, per_kind, per_secret = self.redact(doc.text)
+        if per_kind:
+            doc.text = text
+            for kind in sorted(per_kind):
+                stats.modify(f"pii_{kind}")
+            add_extra(stats, "pii_redactions", per_kind)
+            add_extra(stats, "pii_secrets", per_secret)
+        return None
