@@ -1,0 +1,147 @@
+"""Typed schema of the data pipeline's root config (``conf/pipeline.yaml``), registered in Hydra's ConfigStore.
+
+``conf/pipeline.yaml`` starts its defaults list with ``pipeline_schema`` (:class:`PipelineConfig`), so every
+group file (``sources``, ``filters``, ``dedup``, ``tokenizer``, ``executor``) merges into a typed node: a
+misspelt key or a value of the wrong type fails at compose time with Hydra's own message naming the key.
+The group schemas of sources, filters and dedup live with their code; this module owns the root, the
+tokenizer and the executor.
+
+What Hydra cannot check (a source kind that does not exist, a path that matches no file, shard >= num_shards,
+an unknown stage) is checked by :func:`validate` before any work starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from data_pipelines.dedup import DedupConfig
+from data_pipelines.filters import FiltersConfig
+from pretrain.errors import ConfigError
+
+# The stages in the order they run. Per-part stages run once per work part (in parallel, and split across
+# executor.num_shards machines); global stages run once, over everything the previous stage produced.
+STAGES = ("read", "signatures", "cluster", "documents", "tokenizer", "tokenize", "report")
+PER_PART_STAGES = ("read", "signatures", "documents", "tokenize")
+GLOBAL_STAGES = ("cluster", "tokenizer", "report")
+START_METHODS = ("spawn", "fork", "forkserver")
+
+
+@dataclass
+class TokenizerConfig:
+    """The ``tokenizer`` group: train one (``kind``) on the cleaned corpus, or use ``path``."""
+
+    kind: str = "bpe"  # bpe (GPT, byte-level) | wordpiece (BERT) | unigram (T5)
+    # A Hugging Face tokenizer.json to use as it is instead of training one (copied to tokenizer/).
+    path: Optional[str] = None
+    vocab_size: int = 32768
+    min_frequency: int = 2
+    # null: the kind's defaults (bpe: <|endoftext|>; wordpiece: [PAD] [UNK] [CLS] [SEP] [MASK]; unigram: <pad> </s> <unk>)
+    special_tokens: Optional[List[str]] = None
+    # Appended after every document in the token shards; null: <|endoftext|> / [SEP] / </s> by kind.
+    eod_token: Optional[str] = None
+    unk_token: Optional[str] = None
+    # T5-style sentinels <extra_id_0..N-1> at the top of the vocabulary (unigram only).
+    sentinel_tokens: int = 0
+    lowercase: bool = False
+    # Train on a deterministic sample of at most this many bytes of cleaned text (uniform over sources).
+    max_train_bytes: int = 1 << 30
+    # Documents per encode_batch call in the tokenize stage.
+    batch_size: int = 1000
+
+
+@dataclass
+class ExecutorConfig:
+    """The ``executor`` group: how the work is split and run."""
+
+    # Worker processes on this machine (1 = run in this process).
+    workers: int = 1
+    start_method: str = "spawn"  # spawn | fork | forkserver
+    # Run only the parts of per-part stages with index % num_shards == shard (a SLURM array task);
+    # null runs every part. Global stages (cluster, tokenizer, report) run only in runs with shard=null.
+    shard: Optional[int] = None
+    num_shards: int = 1
+    stages: List[str] = field(default_factory=lambda: list(STAGES))
+    # Input files of a source are grouped into parts of about this size (a file is never split).
+    part_size_mb: float = 256.0
+    progress: bool = True
+    # Keep work/ (intermediate documents and dedup signatures) after the report is written.
+    keep_intermediate: bool = True
+    # Documents per written row group / batch.
+    batch_size: int = 1000
+
+
+@dataclass
+class PipelineConfig:
+    output_dir: str = MISSING
+    # name -> {kind, paths, options} (data_pipelines.sources.SourceConfig). Typed as Any because OmegaConf
+    # cannot merge a command-line mapping (+sources.x='{kind: wiki, ...}') into a Dict of dataclasses;
+    # validate() checks every entry (unknown key, unknown kind, missing path) before any work.
+    sources: Dict[str, Any] = field(default_factory=dict)
+    filters: FiltersConfig = field(default_factory=FiltersConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+
+
+def register() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="pipeline_schema", node=PipelineConfig)
+
+
+register()
+
+
+def plain(cfg: Any) -> Any:
+    """OmegaConf node -> plain Python containers (interpolations resolved); anything else unchanged."""
+    if OmegaConf.is_config(cfg):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return cfg
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks Hydra cannot do, run before any work: each raises :class:`ConfigError` naming the key."""
+    from data_pipelines.dedup.config import as_dedup_config
+    from data_pipelines.filters import filters_for_source
+    from data_pipelines.sources import make_reader, source_inputs
+    from data_pipelines.tokenization import TokenizerSpec
+
+    if OmegaConf.is_missing(cfg, "output_dir") or not str(cfg.output_dir).strip():
+        raise ConfigError("output_dir: missing; run `python -m data_pipelines.run output_dir=<dir>`")
+    ex = cfg.executor
+    if ex.workers < 1:
+        raise ConfigError(f"executor.workers: must be >= 1, got {ex.workers}")
+    if ex.start_method not in START_METHODS:
+        raise ConfigError(f"executor.start_method: '{ex.start_method}' is not one of {', '.join(START_METHODS)}")
+    if ex.num_shards < 1:
+        raise ConfigError(f"executor.num_shards: must be >= 1, got {ex.num_shards}")
+    if ex.shard is not None and not 0 <= ex.shard < ex.num_shards:
+        raise ConfigError(f"executor.shard: {ex.shard} is outside [0, executor.num_shards={ex.num_shards})")
+    for s in ex.stages:
+        if s not in STAGES:
+            raise ConfigError(f"executor.stages: unknown stage '{s}'; expected some of {', '.join(STAGES)}")
+    if ex.part_size_mb <= 0:
+        raise ConfigError(f"executor.part_size_mb: must be > 0, got {ex.part_size_mb}")
+    if ex.batch_size < 1:
+        raise ConfigError(f"executor.batch_size: must be >= 1, got {ex.batch_size}")
+    if not cfg.sources:
+        raise ConfigError(
+            "sources: no source configured; pick a preset (sources=samples) or add one, e.g. "
+            "+sources.enwiki='{kind: wiki, paths: [/data/enwiki.xml.bz2]}'"
+        )
+    for name in cfg.sources:
+        src = cfg.sources[name]
+        if not isinstance(src, DictConfig):
+            raise ConfigError(f"sources.{name}: expected a mapping {{kind: ..., paths: [...]}}, got {src!r}")
+        if "kind" not in src or OmegaConf.is_missing(src, "kind"):
+            raise ConfigError(f"sources.{name}.kind: missing; expected one of web, wiki, books, code, jsonl, parquet")
+        make_reader(name, src)  # unknown kind / unknown option
+        source_inputs(name, src)  # missing path / glob matching nothing
+        filters_for_source(cfg.filters, name, src.kind)  # unknown block / parameter
+    as_dedup_config(plain(cfg.dedup)).validate()
+    TokenizerSpec.from_config(cfg.tokenizer)
+    if cfg.tokenizer.batch_size < 1:
+        raise ConfigError(f"tokenizer.batch_size: must be >= 1, got {cfg.tokenizer.batch_size}")

@@ -1,0 +1,122 @@
+"""Parts, shard assignment, completion markers and the local multi-process executor."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from data_pipelines.executor import (
+    LocalExecutor,
+    Progress,
+    atomic_write_bytes,
+    fingerprint,
+    parts_for_shard,
+    plan_parts,
+    read_marker,
+    remove_stale_tmp,
+    summary_table,
+    write_marker,
+)
+from pretrain.errors import DataError
+
+
+def _files(tmp_path, name: str, sizes: list[int]) -> list[str]:
+    d = tmp_path / name
+    d.mkdir()
+    out = []
+    for i, n in enumerate(sizes):
+        p = d / f"f{i:02d}.txt"
+        p.write_bytes(b"x" * n)
+        out.append(str(p))
+    return out
+
+
+def test_parts_group_files_of_a_source_by_size_in_a_fixed_order(tmp_path):
+    web = _files(tmp_path, "web", [60, 50, 10, 200, 5])
+    code = _files(tmp_path, "code", [30])
+    parts = plan_parts([("web", "web", list(reversed(web))), ("code", "code", code)], part_size_bytes=100)
+    assert [(p.source, p.name, len(p.files), p.size) for p in parts] == [
+        ("code", "part-00000", 1, 30),
+        ("web", "part-00000", 2, 110), ("web", "part-00001", 2, 210), ("web", "part-00002", 1, 5),
+    ]
+    assert [p.global_index for p in parts] == [0, 1, 2, 3]
+    assert parts == plan_parts([("code", "code", code), ("web", "web", web)], part_size_bytes=100)
+    # a directory unit (a code repository) counts every file below it
+    repo = tmp_path / "repo" / "src"
+    repo.mkdir(parents=True)
+    (repo / "a.py").write_bytes(b"y" * 7)
+    assert plan_parts([("c", "code", [str(tmp_path / "repo")])], 1)[0].size == 7
+
+
+def test_every_part_belongs_to_exactly_one_shard(tmp_path):
+    parts = plan_parts([("web", "web", _files(tmp_path, "web", [1] * 11))], part_size_bytes=1)
+    shards = [parts_for_shard(parts, s, 4) for s in range(4)]
+    assert sorted(p.global_index for s in shards for p in s) == list(range(11))
+    assert parts_for_shard(parts, None, 4) == parts
+
+
+def test_markers_are_atomic_and_tied_to_the_config(tmp_path):
+    path = tmp_path / "m" / "part-00000.done.json"
+    fp = fingerprint({"a": 1})
+    assert read_marker(path, fp) is None
+    write_marker(path, fp, {"docs": 3})
+    assert read_marker(path, fp)["docs"] == 3
+    assert read_marker(path, fingerprint({"a": 2})) is None  # other config: not complete
+    assert not [f for f in os.listdir(path.parent) if ".tmp" in f]
+    path.write_text("{truncated")
+    assert read_marker(path, fp) is None  # unreadable: redone, never trusted
+    assert fingerprint({"b": [1, 2], "a": 1}) == fingerprint({"a": 1, "b": [1, 2]})
+
+
+def test_stale_temporary_files_of_one_part_are_removed(tmp_path):
+    for name in ("part-00001.parquet.tmp-123", "part-00001.bin.tmp", "part-00002.parquet.tmp-9", "part-00001.parquet"):
+        (tmp_path / name).write_text("x")
+    assert remove_stale_tmp(tmp_path, "part-00001") == 2
+    assert sorted(os.listdir(tmp_path)) == ["part-00001.parquet", "part-00002.parquet.tmp-9"]
+    atomic_write_bytes(tmp_path / "f.json", b"{}")
+    assert (tmp_path / "f.json").read_bytes() == b"{}"
+
+
+# Module-level so spawned workers can import them.
+def square_task(task: int, progress: Progress) -> dict:
+    progress.update(docs=task, units=1)
+    return {"value": task * task, "pid": os.getpid(), "docs": task, "bytes": 10 * task}
+
+
+def failing_task(task: int, progress: Progress) -> int:
+    if task == 3:
+        raise DataError(f"part {task} is corrupt")
+    return task
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_local_executor_runs_tasks_in_workers_and_keeps_order(workers):
+    with LocalExecutor(workers=workers, start_method="spawn", progress=True) as ex:
+        results = ex.map("square", square_task, list(range(6)), total=6, unit="part",
+                         measure=lambda r: (r["docs"], r["bytes"]))
+    assert [r["value"] for r in results] == [i * i for i in range(6)]
+    if workers == 2:
+        assert os.getpid() not in {r["pid"] for r in results}
+    (timing,) = ex.timings
+    assert timing.tasks_run == 6 and timing.docs == 15 and timing.bytes == 150 and timing.task_s > 0
+    table = summary_table(ex.timings)
+    assert "square" in table and "docs/s/worker" in table
+
+
+def test_a_failing_task_stops_the_stage_with_its_error():
+    with LocalExecutor(workers=2, start_method="spawn", progress=False) as ex:
+        with pytest.raises(DataError, match="part 3 is corrupt"):
+            ex.map("fail", failing_task, list(range(8)))
+
+
+def test_progress_flushes_to_its_sink():
+    seen = []
+    p = Progress("read", lambda stage, docs, units: seen.append((stage, docs, units)), interval=3600)
+    p.update(docs=2)
+    p.update(docs=1, units=5)
+    assert seen == []  # buffered
+    p.flush()
+    assert seen == [("read", 3, 5)]
+    json.dumps(seen)

@@ -1,0 +1,348 @@
+"""The pipeline run end to end: determinism, resume after kill -9, shard-of-N runs, config errors, report.
+
+A small JSONL corpus of real English prose (standard-library docstrings, the heapq essay, the PSF licence)
+with planted exact and near duplicates, junk and a broken line is split into one part per file, so every
+stage has several parts to run, skip, kill and resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from data_pipelines.run import Pipeline, run_pipeline
+from pretrain.data.indexed import IndexedDataset
+from pretrain.data.manifest import read_manifest
+from pretrain.errors import ConfigError, DataError
+
+REPO = Path(__file__).resolve().parents[2]
+CONF = REPO / "conf"
+MODULES = ("heapq", "difflib", "argparse", "textwrap", "collections", "functools", "itertools", "string", "bisect",
+           "sched", "statistics", "fractions")
+
+
+def _documents() -> list[str]:
+    """~100-word documents of real prose, in a fixed order."""
+    import heapq
+
+    from data_pipelines.samples.make_samples import psf_license_text
+
+    text = heapq.__about__ + "\n\n" + psf_license_text()
+    for m in MODULES:
+        text += "\n\n" + (__import__(m).__doc__ or "")
+    paras = [" ".join(p.split()) for p in re.split(r"\n\s*\n", text) if len(p.split()) >= 15]
+    docs, cur = [], []
+    for p in paras:
+        cur.append(p)
+        if sum(len(x.split()) for x in cur) >= 90:
+            docs.append("\n\n".join(cur))
+            cur = []
+    return docs
+
+
+def _near(doc: str) -> str:
+    words = doc.split(" ")
+    words[len(words) // 2] = "altered"
+    return " ".join(words)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> dict[str, Path]:
+    """Two JSONL sources: alpha (4 files) and beta (2 files: copies, near copies, junk, a broken line)."""
+    root = tmp_path_factory.mktemp("corpus")
+    docs = _documents()
+    assert len(docs) >= 24, len(docs)
+    alpha, beta = root / "alpha", root / "beta"
+    alpha.mkdir()
+    beta.mkdir()
+    for f in range(4):
+        with open(alpha / f"a{f}.jsonl", "w") as fh:
+            for i in range(f, 20, 4):
+                fh.write(json.dumps({"id": f"a-{i}", "text": docs[i]}) + "\n")
+    with open(beta / "b0.jsonl", "w") as fh:
+        for i in range(20, len(docs)):
+            fh.write(json.dumps({"id": f"b-{i}", "text": docs[i]}) + "\n")
+        fh.write(json.dumps({"id": "b-copy-1", "text": docs[1]}) + "\n")  # exact duplicate of a-1
+        fh.write("{this line is not json\n")  # skipped by the reader
+        fh.write(json.dumps({"id": "b-empty", "text": "   "}) + "\n")  # dropped by the reader (empty)
+    with open(beta / "b1.jsonl", "w") as fh:
+        fh.write(json.dumps({"id": "b-near-2", "text": _near(docs[2])}) + "\n")  # near duplicate of a-2
+        fh.write(json.dumps({"id": "b-copy-3", "text": docs[3]}) + "\n")
+        fh.write(json.dumps({"id": "b-junk", "text": "Buy now! Click here."}) + "\n")  # too short: filtered
+    return {"alpha": alpha, "beta": beta}
+
+
+def _overrides(corpus: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return [
+        f"output_dir={out}", "sources=none",
+        f"+sources.alpha={{kind: jsonl, paths: [{corpus['alpha']}]}}",
+        f"+sources.beta={{kind: jsonl, paths: [{corpus['beta']}]}}",
+        "tokenizer.vocab_size=400", "executor.part_size_mb=0.000001", "executor.progress=false", *extra,
+    ]
+
+
+def _compose(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("pipeline", overrides=overrides)
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root`` except logs/ (run logs and timings are not data)."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_file() and not rel.startswith("logs/"):
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(corpus, tmp_path_factory) -> Path:
+    """One uninterrupted in-process run with a single worker: the bytes every other run must reproduce."""
+    out = tmp_path_factory.mktemp("reference")
+    summary = run_pipeline(_compose(_overrides(corpus, out)))
+    assert summary.complete and summary.parts == 6
+    return out
+
+
+def _cmd(overrides: list[str]) -> list[str]:
+    return [sys.executable, "-m", "data_pipelines.run", *overrides]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+
+
+# --------------------------------------------------------------------------------------------------- tests
+def test_outputs_and_report_counts(reference):
+    report = json.loads((reference / "report.json").read_text())
+    for name, src in report["sources"].items():
+        stages = src["stages"]
+        assert [s["stage"] for s in stages][0] == "read" and stages[-1]["stage"] == "tokenize"
+        for st in stages:  # every stage: in = out + removed, by reason
+            assert st["docs_in"] == st["docs_out"] + sum(st["dropped"].values()) + sum(st["skipped"].values()), (name, st)
+        for a, b in zip(stages, stages[1:]):  # and the stages chain
+            assert b["docs_in"] == a["docs_out"], (name, a["stage"], b["stage"])
+        assert src["documents"] == stages[-1]["docs_out"]
+    beta = report["sources"]["beta"]
+    read = beta["stages"][0]
+    assert read["skipped"] == {"invalid_json": 1} and read["dropped"] == {"empty": 1}
+    dedup = {s["stage"]: s for s in beta["stages"]}["dedup"]
+    assert dedup["dropped"].get("exact_duplicate") == 2 and dedup["dropped"].get("near_duplicate") == 1, dedup
+    sizes = report["dedup"]["extra"]["cluster_sizes"]
+    removed = sum(report["dedup"]["dropped"].values())
+    assert sizes and sum((int(k) - 1) * v for k, v in sizes.items()) == removed  # one kept per cluster
+    per_source = sum(sum(s["dropped"].values()) for src in report["sources"].values() for s in src["stages"]
+                     if s["stage"] == "dedup")
+    assert per_source == removed
+    assert sum(report["totals"]["removed"].values()) >= 5
+
+    manifest = read_manifest(reference)
+    tok = json.loads((reference / "tokenizer" / "tokenizer.json").read_text())
+    eod = {t["content"]: t["id"] for t in tok["added_tokens"]}["<|endoftext|>"]
+    assert manifest.eod_id == eod and manifest.dtype == "uint16"
+    for name, corpus in manifest.corpora.items():
+        assert corpus.documents == report["sources"][name]["documents"]
+        assert corpus.tokens == report["sources"][name]["tokens"] > 0
+        shards = [IndexedDataset(p) for p in corpus.prefixes]
+        assert sum(len(s) for s in shards) == corpus.documents
+        assert all(int(s[i][-1]) == eod for s in shards for i in range(len(s)))
+    md = (reference / "report.md").read_text()
+    assert "## alpha" in md and "exact_duplicate" in md
+    for png in ("funnel", "removals", "clusters", "tokens"):
+        assert (reference / "report" / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rerun_is_a_no_op_and_two_workers_give_identical_bytes(reference, corpus, tmp_path):
+    before = tree_hashes(reference)
+    assert run_pipeline(_compose(_overrides(corpus, reference))).complete
+    assert tree_hashes(reference) == before
+    out = tmp_path / "two-workers"
+    run_pipeline(_compose(_overrides(corpus, out, "executor.workers=2", "executor.start_method=fork")))
+    assert tree_hashes(out) == before
+
+
+def test_resume_after_kill_9_redoes_only_unfinished_parts(reference, corpus, tmp_path):
+    out = tmp_path / "killed"
+    cmd = _cmd(_overrides(corpus, out, "executor.workers=2"))
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    markers = out / "work" / "markers"
+    deadline = time.monotonic() + 120
+    try:
+        while not list((markers / "documents").glob("*/*.done.json")):
+            assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+            assert time.monotonic() < deadline, "no part finished within 120 s"
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole job, workers included, as SLURM or the OOM killer would
+        proc.wait()
+    done = {p: p.stat().st_mtime_ns for p in markers.rglob("*.done.json")}
+    assert not (out / "report.json").exists(), "the run was not interrupted"
+    assert any("documents" in p.parts for p in done)
+    rerun = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    for p, mtime in done.items():  # completed units were not redone
+        assert p.stat().st_mtime_ns == mtime, p
+    assert "already complete" in rerun.stderr
+    assert tree_hashes(out) == tree_hashes(reference)
+
+
+def test_shard_of_n_runs_combine_to_the_same_output(reference, corpus, tmp_path):
+    out = tmp_path / "sharded"
+
+    def run(stages: str, shard: int | None = None):
+        extra = [f"executor.stages=[{stages}]"]
+        if shard is not None:
+            extra += [f"executor.shard={shard}", "executor.num_shards=2"]
+        return run_pipeline(_compose(_overrides(corpus, out, *extra)))
+
+    # A shard run of every stage stops at the first global stage.
+    s0 = run("read,signatures,cluster,documents,tokenizer,tokenize,report", 0)
+    assert s0.stopped_before == "cluster" and s0.parts_in_shard == 3
+    # A per-part stage whose global prerequisite has not run fails with what to run.
+    with pytest.raises(DataError, match="cluster"):
+        run("documents", 0)
+    run("read,signatures", 1)
+    run("cluster")
+    for stage in ("documents", "tokenizer", "tokenize", "report"):
+        if stage in ("tokenizer", "report"):
+            run(stage)
+        else:
+            run(stage, 0)
+            run(stage, 1)
+    assert tree_hashes(out) == tree_hashes(reference)
+
+
+def test_filters_none_dedup_none_and_a_unigram_tokenizer(corpus, tmp_path):
+    out = tmp_path / "raw"
+    overrides = _overrides(corpus, out, "filters=none", "dedup=none", "tokenizer=unigram", "tokenizer.vocab_size=400",
+                           "tokenizer.sentinel_tokens=10", "executor.keep_intermediate=false")
+    run_pipeline(_compose(overrides))
+    assert not (out / "work" / "read").exists()  # intermediate documents removed after the report
+    before = tree_hashes(out)
+    assert run_pipeline(_compose(overrides)).complete and tree_hashes(out) == before
+    report = json.loads((out / "report.json").read_text())
+    for src in report["sources"].values():  # nothing filtered, nothing deduplicated
+        assert [s["stage"] for s in src["stages"]] == ["read", "tokenize"]
+        assert src["documents"] == src["stages"][0]["docs_out"]
+    assert report["sources"]["beta"]["documents"] == 16
+    assert not (out / "work" / "signatures").exists()
+    manifest = read_manifest(out)
+    vocab = json.loads((out / "tokenizer" / "tokenizer.json").read_text())
+    ids = {t["content"]: t["id"] for t in vocab["added_tokens"]}
+    assert manifest.eod_id == ids["</s>"] == 1 and ids["<pad>"] == 0
+    assert ids["<extra_id_0>"] == manifest.vocab_size - 1
+
+
+def test_config_errors_name_the_key_before_any_work(corpus, tmp_path):
+    out = tmp_path / "bad"
+    cases = [
+        (["sources=none", "+sources.enwiki={kind: wiki, paths: [/data/nope/enwiki.xml.bz2]}"], "/data/nope/enwiki.xml.bz2"),
+        (["sources=none", f"+sources.enwiki={{kind: wikipedia, paths: [{corpus['alpha']}]}}"], "wikipedia"),
+    ]
+    for extra, needle in cases:
+        r = subprocess.run(_cmd([f"output_dir={out}", *extra]), cwd=tmp_path, env=_env(), capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode != 0
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and needle in lines[0] and "enwiki" in lines[0], r.stderr
+        assert "Traceback" not in r.stderr
+    assert not (out / "work").exists()
+    # the same checks in-process, plus what the executor validates
+    for extra, match in [
+        (["executor.stages=[read,bogus]"], "executor.stages"),
+        (["executor.shard=2", "executor.num_shards=2"], "executor.shard"),
+        (["tokenizer.path=/nonexistent/tokenizer.json"], "tokenizer.path"),
+        ([f"+sources.gamma={{paths: [{corpus['alpha']}]}}"], "sources.gamma.kind"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(match)):
+            Pipeline(_compose(_overrides(corpus, out, *extra)))
+
+
+def test_end_to_end_on_the_bundled_samples(tmp_path):
+    """`python -m data_pipelines.run` as a user runs it: samples of all four kinds -> everything the trainer needs."""
+    out = tmp_path / "samples"
+    r = subprocess.run(_cmd([f"output_dir={out}", "tokenizer.vocab_size=1000", "--workers", "2"]), cwd=tmp_path,
+                       env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "summary" in r.stderr and "docs/s/worker" in r.stderr
+    import pyarrow.parquet as pq
+
+    manifest = read_manifest(out)
+    assert set(manifest.corpora) == {"web", "wiki", "books", "code"}
+    provenance = {"web": "url", "wiki": "title", "books": "book_id", "code": "path"}
+    for name, field in provenance.items():
+        table = pq.read_table(out / "documents" / name / "part-00000.parquet")
+        assert {"id", "text", "source", "file", field} <= set(table.column_names)
+        rows = table.to_pylist()
+        assert rows and all(row["source"] == name and row["text"] and row["file"] and row[field] for row in rows)
+        assert manifest.corpora[name].documents == len(rows)
+    tok = json.loads((out / "tokenizer" / "tokenizer.json").read_text())
+    assert tok["model"]["type"] == "BPE" and manifest.eod_id == 0 and manifest.tokenizer == out / "tokenizer" / "tokenizer.json"
+    for corpus in manifest.corpora.values():
+        for prefix in corpus.prefixes:
+            assert IndexedDataset(prefix).max_token() < manifest.vocab_size
+    assert (out / "report.md").is_file() and json.loads((out / "report.json").read_text())["totals"]["tokens"] > 0
+    assert not (tmp_path / "outputs").exists() and not (out / ".hydra").exists()  # no Hydra clutter
+    assert (out / "logs" / "run.log").is_file()
+
+
+def test_a_given_tokenizer_file_is_used_as_it_is(reference, corpus, tmp_path):
+    given = reference / "tokenizer" / "tokenizer.json"
+    out = tmp_path / "given"
+    run_pipeline(_compose(_overrides(corpus, out, f"tokenizer.path={given}", "dedup=none")))
+    assert (out / "tokenizer" / "tokenizer.json").read_bytes() == given.read_bytes()
+    report = json.loads((out / "report.json").read_text())
+    assert report["tokenizer"]["given"] == str(given) and report["tokenizer"]["train_docs"] == 0
+    assert read_manifest(out).eod_id == read_manifest(reference).eod_id
+
+
+def test_changed_inputs_drop_parts_that_no_longer_exist(corpus, tmp_path):
+    import shutil
+
+    inputs = {k: tmp_path / "in" / k for k in corpus}
+    for k, v in corpus.items():
+        shutil.copytree(v, inputs[k])
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    run_pipeline(_compose(_overrides(inputs, out)))
+    (inputs["alpha"] / "a3.jsonl").unlink()  # the last alpha part goes away
+    run_pipeline(_compose(_overrides(inputs, out)))
+    assert not (out / "documents" / "alpha" / "part-00003.parquet").exists()
+    run_pipeline(_compose(_overrides(inputs, fresh)))
+    assert tree_hashes(out) == tree_hashes(fresh)
+
+
+def test_command_line_spellings_and_the_slurm_preset(monkeypatch, tmp_path):
+    from data_pipelines.run import _translate_argv
+
+    assert _translate_argv(["output_dir=x", "--shard", "3", "--num-shards=8", "--workers", "4"]) == [
+        "output_dir=x", "executor.shard=3", "executor.num_shards=8", "executor.workers=4"]
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "5")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "16")
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "8")
+    cfg = _compose([f"output_dir={tmp_path}", "executor=slurm"])
+    assert (cfg.executor.shard, cfg.executor.num_shards, cfg.executor.workers) == (5, 16, 8)
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID")
+    cfg = _compose([f"output_dir={tmp_path}", "executor=slurm"])
+    assert cfg.executor.shard is None and cfg.tokenizer.kind == "bpe"
+
+
+def test_bench_prints_stage_throughput_and_the_datasketch_ratio(capsys):
+    from data_pipelines import bench
+
+    assert bench.main(["--copies", "2", "--workers", "1", "--dedup-docs", "40"]) == 0
+    out = capsys.readouterr().out
+    for stage in ("read", "signatures", "cluster", "documents", "tokenizer", "tokenize"):
+        assert re.search(rf"^\| {stage} +\| 1 +\| [\d,]+ ", out, re.M), (stage, out)
+    assert "datasketch (MinHash + MinHashLSH)" in out and re.search(r"speed-up over datasketch: [\d.]+x", out)
