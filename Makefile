@@ -25,8 +25,10 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: install
-	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m pretrain.train experiment=gpt_tiny run_dir=$(DEMO_DIR)/train
-	@echo "demo done: metrics in $(DEMO_DIR)/train/metrics.jsonl, checkpoint in $(DEMO_DIR)/train/checkpoints"
+	$(PY) -m data_pipelines.run output_dir=$(DEMO_DIR)/data
+	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m pretrain.train experiment=gpt_tiny run_dir=$(DEMO_DIR)/train \
+		data.path=$(DEMO_DIR)/data data.split=80/20
+	@echo "demo done: data report $(DEMO_DIR)/data/report.md, metrics $(DEMO_DIR)/train/metrics.jsonl, checkpoints $(DEMO_DIR)/train/checkpoints"
 
 test: install
 	WANDB_MODE=disabled $(PY) -m pytest tests $(PYTEST_ARGS)

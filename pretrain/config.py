@@ -87,7 +87,7 @@ class DataConfig:
     path: Optional[str] = None
     # Mixture weights by corpus name (see the manifest); null = proportional to each corpus's tokens.
     weights: Optional[Dict[str, float]] = None
-    # Train/validation split of each corpus's documents, Megatron style.
+    # Train/validation[/test] split of each corpus's documents, Megatron style ("98,2"; on a command line 98/2).
     split: str = "98,2"
     num_workers: int = 0
     # Where the shuffled sample indices are cached; null = <run_dir>/data_index.

@@ -71,7 +71,7 @@ def parse_split(split: Any) -> tuple[float, ...]:
     if len(values) not in (2, 3) or any(not math.isfinite(v) or v < 0 for v in values) or sum(values) <= 0:
         raise DataError(
             f"data.split={split!r} is malformed: expected 2 or 3 non-negative numbers separated by commas, "
-            f"train,valid[,test] as fractions of each corpus's documents, e.g. '98,2'"
+            f"train,valid[,test] as fractions of each corpus's documents, e.g. '98,2' (on a command line: data.split=98/2)"
         )
     total = sum(values)
     return tuple(v / total for v in values)
