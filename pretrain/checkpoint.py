@@ -112,15 +112,15 @@ def check_layout(tag_dir: Path, state: dict[str, Any], world_size: int, zero_sta
     """DeepSpeed cannot re-partition ZeRO optimizer shards to another data-parallel size or stage: say so
     before anything is built, instead of failing deep inside ``load_checkpoint``."""
     saved_world, saved_stage = state.get("world_size"), state.get("zero_stage")
+    if saved_stage and saved_world != world_size:
+        raise CheckpointError(
+            f"the checkpoint {tag_dir} holds ZeRO-{saved_stage} optimizer shards for {saved_world} processes, "
+            f"this run has {world_size}; resume with {saved_world} processes"
+        )
     if saved_stage is not None and saved_stage != zero_stage:
         raise CheckpointError(
-            f"the checkpoint {tag_dir} was saved with parallel.zero_stage={saved_stage}, the config asks for "
-            f"{zero_stage}; resume with parallel.zero_stage={saved_stage}"
-        )
-    if zero_stage >= 1 and saved_world is not None and saved_world != world_size:
-        raise CheckpointError(
-            f"the checkpoint {tag_dir} holds ZeRO-{zero_stage} optimizer shards for {saved_world} processes, this "
-            f"run has {world_size}; resume with {saved_world} processes (or use ZeRO stage 0)"
+            f"the checkpoint {tag_dir} was saved with ZeRO stage {saved_stage}, this run would use stage "
+            f"{zero_stage}; resume with parallel.zero_stage={saved_stage} and {saved_world} processes"
         )
 
 

@@ -101,6 +101,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     precision = cfg.trainer.precision.value
     check_precision(precision, device)
     plan = batch_plan(cfg, world)
+    if plan.zero_stage != cfg.parallel.zero_stage:
+        log.info("parallel.zero_stage=%d with one data-parallel rank partitions nothing: running ZeRO stage 0",
+                 cfg.parallel.zero_stage)
     if cfg.trainer.max_steps < 1:
         raise ConfigError(f"trainer.max_steps={cfg.trainer.max_steps} must be >= 1")
     if cfg.trainer.eval_interval < 0 or cfg.trainer.log_interval < 1:
@@ -124,7 +127,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if resume_tag:
         resume_state = ckpt.read_state(ckpt_dir / resume_tag)
         ckpt.check_model_shape(ckpt_dir / resume_tag, resume_state, args)
-        ckpt.check_layout(ckpt_dir / resume_tag, resume_state, world, cfg.parallel.zero_stage)
+        ckpt.check_layout(ckpt_dir / resume_tag, resume_state, world, plan.zero_stage)
 
     # ---- 2. process group, model, engine ----
     dist = init_distributed(device, cfg.parallel.backend, cfg.parallel.timeout_s)
@@ -159,7 +162,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "model %s: %.2fM parameters (%d layers, hidden %d, vocab %d) | %s on %d x %s (%s) | ZeRO-%d | "
         "global batch %d = micro %d x dp %d x accum %d | %.3g model FLOPs/token | peak %.3g FLOP/s/device (%s)",
         cfg.model.name, n_params / 1e6, args.num_layers, args.hidden_size, args.vocab_size, precision,
-        dist.world_size, device.type, dist.backend, cfg.parallel.zero_stage, plan.global_batch_size,
+        dist.world_size, device.type, dist.backend, plan.zero_stage, plan.global_batch_size,
         plan.micro_batch_size, plan.data_parallel_size, plan.grad_accum_steps, flops["model"], peak, peak_src,
     )
 
@@ -167,7 +170,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         return {
             "step": at_step, "consumed_samples": at_consumed, "consumed_tokens": at_consumed * seq,
             "wandb_id": metrics.wandb_id, "model_args": asdict(args), "world_size": dist.world_size,
-            "zero_stage": cfg.parallel.zero_stage,
+            "zero_stage": plan.zero_stage,
             "seed": cfg.seed, "name": cfg.name,
         }
 

@@ -93,7 +93,10 @@ def test_appended_unknown_key_is_caught_by_validation(compose_cfg):
 def test_batch_arithmetic(compose_cfg):
     cfg = compose_cfg("trainer.micro_batch_size=4", "trainer.global_batch_size=32")
     plan = batch_plan(cfg, 2)
-    assert (plan.data_parallel_size, plan.grad_accum_steps) == (2, 4)
+    assert (plan.data_parallel_size, plan.grad_accum_steps, plan.zero_stage) == (2, 4, 1)
+    # one data-parallel rank has nothing to partition: stage 0, unless offload needs the ZeRO optimizer
+    assert batch_plan(compose_cfg("parallel=zero3"), 1).zero_stage == 0
+    assert batch_plan(compose_cfg("parallel=zero3_offload"), 1).zero_stage == 3
     cfg = compose_cfg("trainer.micro_batch_size=4", "trainer.global_batch_size=30")
     with pytest.raises(ConfigError, match=r"trainer.global_batch_size=30 .* 4 x 2 = 8"):
         batch_plan(cfg, 2)

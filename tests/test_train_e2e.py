@@ -85,3 +85,13 @@ def test_resume_gives_the_same_losses_data_and_wandb_run(tmp_path, train_env):
     logged = {h["step"]: h["loss"] for h in first["history"] if h.get("loss") is not None}
     assert logged == {s: l for s, l in key(b, "loss") if s > 10}
     assert first["config"]["trainer"]["max_steps"] == 20  # the resolved config went to W&B
+
+
+def test_single_process_launch_without_torchrun(tmp_path, train_env):
+    """`python -m pretrain.train` on its own is a world of one (ZeRO-0: DeepSpeed's gradient all-reduce is
+    switched off, there being nothing to reduce)."""
+    run_dir = tmp_path / "run"
+    run_train([*TINY, f"run_dir={run_dir}", "parallel=zero0", "trainer.max_steps=30"], train_env)
+    losses = losses_by_step(run_dir)
+    assert losses[30] < losses[1] - 0.8
+    assert json.loads((run_dir / "deepspeed.json").read_text())["train_batch_size"] == 4

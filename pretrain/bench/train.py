@@ -1,10 +1,12 @@
 """Throughput benchmark: our full training stack (DeepSpeed engine) vs a bare PyTorch loop.
 
-    python -m pretrain.bench.train [--steps 6] [--rounds 2] [hydra overrides ...]
+    python -m pretrain.bench.train [--steps 4] [--rounds 3] [hydra overrides ...]
 
 Same model (a ~30M-parameter GPT-2 style model by default), same initial weights, same AdamW, same
-batches, same process. Steps alternate between the two in rounds so that drift of the machine (thermal,
-other load) hits both alike. Prints tokens/s, TFLOP/s and MFU of each and the ratio ours / bare.
+batches, same process. With one process there is nothing to shard and the engine runs ZeRO stage 0
+whatever ``parallel.zero_stage`` says (see ``pretrain.engine.batch_plan``), unless offload is on.
+Steps alternate between the two in rounds so that drift of the machine (thermal, other load) hits both
+alike. Prints tokens/s, TFLOP/s and MFU of each and the ratio ours / bare.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pretrain.models import build_model, resolve_args
 CONF = os.path.join(os.path.dirname(__file__), "..", "..", "conf")
 DEFAULTS = [
     "model=gpt/tiny", "model.num_layers=8", "model.hidden_size=512", "model.num_attention_heads=8",
-    "model.seq_length=256", "model.vocab_size=8192", "trainer.micro_batch_size=4", "parallel=zero1",
+    "model.seq_length=256", "model.vocab_size=8192", "trainer.micro_batch_size=4",
     "trainer.max_steps=1000", "run_dir=/tmp/pretrain-bench",
 ]
 
@@ -119,12 +121,12 @@ def main(argv: list[str] | None = None) -> dict:
         res[name] = {"tokens_per_s": tok_s, "tflops": flops * tok_s / 1e12, "mfu": flops * tok_s / peak}
     res["ratio"] = res["deepspeed"]["tokens_per_s"] / res["bare_pytorch"]["tokens_per_s"]
     res["setup"] = {
-        "parameters": n_params, "device": str(device), "precision": precision, "zero_stage": cfg.parallel.zero_stage,
+        "parameters": n_params, "device": str(device), "precision": precision, "zero_stage": plan.zero_stage,
         "micro_batch": plan.micro_batch_size, "seq_length": args.seq_length, "timed_steps": n_steps,
         "peak_flops": peak, "peak_source": peak_src, "threads": torch.get_num_threads(),
     }
     print(f"model: {n_params / 1e6:.1f}M parameters, {args.num_layers} layers x {args.hidden_size}, seq {args.seq_length}, "
-          f"micro batch {plan.micro_batch_size}, {precision}, ZeRO-{cfg.parallel.zero_stage}, {device}, "
+          f"micro batch {plan.micro_batch_size}, {precision}, ZeRO-{plan.zero_stage}, {device}, "
           f"{n_steps} timed steps each; peak {peak / 1e12:.3f} TFLOP/s ({peak_src})")
     print(f"{'':14}{'tokens/s':>12}{'TFLOP/s':>10}{'MFU':>8}")
     for name in ("deepspeed", "bare_pytorch"):
