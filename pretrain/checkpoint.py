@@ -23,7 +23,6 @@ import random
 import re
 import shutil
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,6 @@ import torch
 
 from pretrain.distributed import barrier
 from pretrain.errors import CheckpointError
-from pretrain.models.gpt import GPTArgs
 
 log = logging.getLogger(__name__)
 
@@ -91,16 +89,18 @@ def read_state(tag_dir: Path) -> dict[str, Any]:
         raise CheckpointError(f"cannot read {path}: {e}") from None
 
 
-def check_model_shape(tag_dir: Path, state: dict[str, Any], args: GPTArgs) -> None:
-    """Refuse to resume a checkpoint of another model shape, naming every key that differs."""
+def check_model_shape(tag_dir: Path, state: dict[str, Any], args: Any, family: str) -> None:
+    """Refuse to resume a checkpoint of another model family or shape, naming every key that differs."""
+    from pretrain.models import shape_of
+
+    saved_family = state.get("family", "gpt")
+    if saved_family != family:
+        raise CheckpointError(
+            f"the checkpoint {tag_dir} holds a {saved_family} model, the config asks for model.family={family}; "
+            "use a new run_dir"
+        )
     saved = state.get("model_args", {})
-    ours = asdict(args)
-    shape_keys = [
-        "vocab_size", "num_layers", "hidden_size", "num_attention_heads", "num_key_value_heads",
-        "ffn_hidden_size", "seq_length", "position_embedding", "normalization", "activation", "bias",
-        "tie_word_embeddings",
-    ]
-    diffs = [f"model.{k}: checkpoint {saved.get(k)!r}, config {ours[k]!r}" for k in shape_keys if saved.get(k) != ours[k]]
+    diffs = [f"model.{k}: checkpoint {saved.get(k)!r}, config {v!r}" for k, v in shape_of(args).items() if saved.get(k) != v]
     if diffs:
         raise CheckpointError(
             f"the checkpoint {tag_dir} was saved for a different model shape ({'; '.join(diffs)}). "

@@ -31,9 +31,9 @@ from pretrain.distributed import (
 )
 from pretrain.engine import batch_plan, check_precision, current_loss_scale, deepspeed_config, initialize
 from pretrain.errors import ConfigError, UserError
-from pretrain.flops import gpt_flops_per_token, peak_flops_per_device
+from pretrain.flops import peak_flops_per_device
 from pretrain.metrics import MetricsLogger, peak_memory_gb
-from pretrain.models import build_model, resolve_args
+from pretrain.models import TokenizerInfo, get_family
 
 log = logging.getLogger("pretrain")
 # torch.distributed's deprecation notices for calls made inside DeepSpeed: one per call site per rank.
@@ -109,24 +109,34 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.trainer.eval_interval < 0 or cfg.trainer.log_interval < 1:
         raise ConfigError("trainer.eval_interval must be >= 0 and trainer.log_interval >= 1")
 
-    from pretrain.data.dataset import build_datasets, check_vocab
+    from pretrain.data.dataset import build_datasets, check_vocab, tokenizer_vocab_size
 
-    seq = cfg.model.seq_length
+    family = get_family(cfg.model.family)
     n_eval = cfg.trainer.eval_iters * plan.micro_batch_size * plan.data_parallel_size
     cache_dir = cfg.data.index_cache_dir or str(run_dir / "data_index")
-    data = build_datasets(
-        cfg.data, seq_length=seq, seed=cfg.seed, num_train_samples=cfg.trainer.max_steps * plan.global_batch_size,
-        num_valid_samples=n_eval, cache_dir=cache_dir,
+    build = lambda window: build_datasets(  # noqa: E731
+        cfg.data, seq_length=window - 1, seed=cfg.seed,
+        num_train_samples=cfg.trainer.max_steps * plan.global_batch_size, num_valid_samples=n_eval,
+        cache_dir=cache_dir,
     )
-    args = resolve_args(cfg.model, data.vocab_size)
+    from pretrain.data.manifest import read_manifest
+    from pretrain.data.sample import ensure_sample_data
+
+    manifest = read_manifest(cfg.data.path if cfg.data.path else ensure_sample_data())
+    tokenizer = TokenizerInfo.load(manifest.tokenizer, None, manifest.eod_id)
+    tokenizer.vocab_size = tokenizer_vocab_size(manifest.tokenizer) if manifest.tokenizer else manifest.vocab_size
+    args = family.resolve_args(cfg.model, tokenizer)
+    data = build(family.sample_length(args))
     check_vocab(data, args.vocab_size)
+    transform = family.make_transform(args, tokenizer, cfg.seed)
+    seq = family.tokens_per_sample(args)
 
     ckpt_dir = Path(cfg.checkpoint.dir or run_dir / "checkpoints").absolute()
     ckpt_dir, resume_tag = resolve_resume(cfg, ckpt_dir)
     resume_state: dict[str, Any] = {}
     if resume_tag:
         resume_state = ckpt.read_state(ckpt_dir / resume_tag)
-        ckpt.check_model_shape(ckpt_dir / resume_tag, resume_state, args)
+        ckpt.check_model_shape(ckpt_dir / resume_tag, resume_state, args, family.name)
         ckpt.check_layout(ckpt_dir / resume_tag, resume_state, world, plan.zero_stage)
 
     # ---- 2. process group, model, engine ----
@@ -135,7 +145,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         torch.use_deterministic_algorithms(True)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     seed_everything(cfg.seed)  # identical initial weights on every rank
-    model = build_model(args)
+    model = family.build(args)
     n_params = sum(p.numel() for p in model.parameters())
     ds_cfg = deepspeed_config(cfg, plan, device)
     engine, scheduler = initialize(model, cfg, ds_cfg, device)
@@ -156,12 +166,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         run_dir, dist.is_main, cfg.logger.wandb, resolved, resume_state.get("wandb_id"), step, cfg.trainer.max_steps
     )
 
-    flops = gpt_flops_per_token(args)
+    flops = family.flops_per_token(args)
     peak, peak_src = peak_flops_per_device(device, precision, cfg.trainer.peak_flops_per_device)
     log.info(
-        "model %s: %.2fM parameters (%d layers, hidden %d, vocab %d) | %s on %d x %s (%s) | ZeRO-%d | "
+        "model %s (%s): %.2fM parameters (%d layers, hidden %d, vocab %d) | %s on %d x %s (%s) | ZeRO-%d | "
         "global batch %d = micro %d x dp %d x accum %d | %.3g model FLOPs/token | peak %.3g FLOP/s/device (%s)",
-        cfg.model.name, n_params / 1e6, args.num_layers, args.hidden_size, args.vocab_size, precision,
+        cfg.model.name, family.name, n_params / 1e6, args.num_layers, args.hidden_size, args.vocab_size, precision,
         dist.world_size, device.type, dist.backend, plan.zero_stage, plan.global_batch_size,
         plan.micro_batch_size, plan.data_parallel_size, plan.grad_accum_steps, flops["model"], peak, peak_src,
     )
@@ -169,7 +179,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     def state_dict(at_step: int, at_consumed: int) -> dict[str, Any]:
         return {
             "step": at_step, "consumed_samples": at_consumed, "consumed_tokens": at_consumed * seq,
-            "wandb_id": metrics.wandb_id, "model_args": asdict(args), "world_size": dist.world_size,
+            "wandb_id": metrics.wandb_id, "family": family.name, "model_args": asdict(args),
+            "world_size": dist.world_size, "tokenizer": str(tokenizer.path) if tokenizer.path else None,
             "zero_stage": plan.zero_stage,
             "seed": cfg.seed, "name": cfg.name,
         }
@@ -178,14 +189,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     def loader(dataset, total: int, start: int):
         sampler = PretrainingSampler(total, start, plan.micro_batch_size, dist.rank, plan.data_parallel_size)
-        return make_loader(dataset, sampler, cfg.data.num_workers)
+        return make_loader(dataset, sampler, cfg.data.num_workers, transform)
 
     def evaluate() -> float:
         engine.eval()
         total, n = 0.0, 0
         with torch.no_grad():
             for batch in loader(data.valid, n_eval, 0):
-                total += engine(batch["input_ids"].to(device), batch["labels"].to(device)).item()
+                total += engine(**{k: v.to(device) for k, v in batch.items()}).item()
                 n += 1
         engine.train()
         return all_reduce_mean([total / max(n, 1)], device)[0]
@@ -206,7 +217,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         for _ in range(plan.grad_accum_steps):
             batch = next(batches)
             checksum += int(batch["input_ids"].sum())
-            loss = engine(batch["input_ids"].to(device, non_blocking=True), batch["labels"].to(device, non_blocking=True))
+            loss = engine(**{k: v.to(device, non_blocking=True) for k, v in batch.items()})
             engine.backward(loss)
             engine.step()
             loss_sum += loss.detach().float()

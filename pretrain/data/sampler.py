@@ -54,17 +54,39 @@ def collate_tokens(samples: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
     return {"input_ids": tokens[:, :-1].contiguous(), "labels": tokens[:, 1:].contiguous()}
 
 
-def make_loader(dataset: torch.utils.data.Dataset, sampler: PretrainingSampler, num_workers: int = 0
-                ) -> torch.utils.data.DataLoader:
-    """A DataLoader over ``dataset`` in the sampler's order, yielding ``{"input_ids", "labels"}`` LongTensors
-    of shape ``[micro_batch_size, seq_length]``."""
+class ObjectiveDataset(torch.utils.data.Dataset):
+    """Applies a model family's pretraining objective to each token window: ``transform(index, window)``
+    -> dict of arrays. The index is the global sample index, so the objective's randomness is a function of
+    (seed, index) and a resumed run rebuilds exactly the same batches."""
+
+    def __init__(self, base: torch.utils.data.Dataset, transform):
+        self.base, self.transform = base, transform
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        return self.transform(i, self.base[i])
+
+
+def collate_arrays(samples: Sequence[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.stack([s[k] for s in samples])) for k in samples[0]}
+
+
+def make_loader(dataset: torch.utils.data.Dataset, sampler: PretrainingSampler, num_workers: int = 0,
+                transform=None) -> torch.utils.data.DataLoader:
+    """A DataLoader over ``dataset`` in the sampler's order. Without ``transform`` it yields causal-LM
+    ``{"input_ids", "labels"}`` LongTensors of shape ``[micro_batch_size, seq_length]``; with one, the
+    stacked arrays of the objective (see :class:`ObjectiveDataset`)."""
     if num_workers < 0:
         raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
+    if transform is not None:
+        dataset = ObjectiveDataset(dataset, transform)
     return torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,
         num_workers=num_workers,
-        collate_fn=collate_tokens,
+        collate_fn=collate_tokens if transform is None else collate_arrays,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=num_workers > 0,
         # its own generator: creating a loader must not advance the global RNG that dropout draws from,
