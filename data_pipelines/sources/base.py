@@ -214,6 +214,37 @@ class SourceReader(Reader):
         self.count_in(stats, nbytes)
         stats.drop(reason)
 
+    def iter_json_lines(self, path: str, stats: StageStats) -> Iterator[tuple[Any, str, int, int]]:
+        """``(record, file label, line number, raw bytes)`` for each JSON line of ``path`` (``.gz``/``.bz2``/
+        ``.xz`` read transparently). Oversized lines, invalid UTF-8 (``skip`` policy) and invalid JSON are
+        skipped and counted; a broken compressed stream ends the file, the lines before it kept."""
+        import json
+
+        fname = file_label(path)
+        stream, tolerant, compression = open_tolerant(path)
+        with stream:
+            # JSON escapes can double a text's size, hence twice the cap for the raw line
+            for lineno, raw in enumerate(iter_capped_lines(stream, self.max_record_bytes * 2, tolerant), start=1):
+                if raw is None:
+                    self.skip(stats, "record_too_large", where=f"{fname}:{lineno}")
+                    continue
+                if not raw.strip():
+                    continue  # blank line between records
+                line = decode_utf8(raw, stats, self.invalid_utf8)
+                if line is None:
+                    self.skip(stats, "invalid_utf8", len(raw), f"{fname}:{lineno}")
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    self.skip(stats, "invalid_json", len(raw), f"{fname}:{lineno}")
+                    continue
+                yield record, fname, lineno, len(raw)
+        if tolerant.error is not None:
+            reason = stream_error_reason(tolerant.error, compression, "jsonl")
+            log.warning("source %s: %s in %s: %s; lines before it kept", self.source, reason, path, tolerant.error)
+            self.skip(stats, reason, where=path)
+
     def emit(self, stats: StageStats, doc_id: str, text: str, nbytes: int, metadata: dict[str, Any]) -> Document | None:
         """Count one input record and return its document, or ``None`` (dropped as ``empty``)."""
         self.count_in(stats, nbytes)

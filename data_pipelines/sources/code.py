@@ -9,7 +9,6 @@ and its path inside the repository.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Any, ClassVar, Iterator
@@ -21,8 +20,6 @@ from data_pipelines.sources.base import (
     compression_of,
     decode_utf8,
     file_label,
-    iter_capped_lines,
-    open_tolerant,
     read_text_file,
     stream_error_reason,
 )
@@ -171,45 +168,23 @@ class CodeReader(SourceReader):
         return None
 
     def _read_stack(self, path: str, stats: StageStats) -> Iterator[Document]:
-        fname = file_label(path)
-        stream, tolerant, compression = open_tolerant(path)
-        with stream:
-            # JSON escapes can double a file's size, hence twice the cap for the raw line
-            for lineno, raw in enumerate(iter_capped_lines(stream, self.max_record_bytes * 2, tolerant), start=1):
-                doc = self._stack_record(raw, fname, lineno, stats)
-                if doc is not None:
-                    yield doc
-        if tolerant.error is not None:
-            reason = stream_error_reason(tolerant.error, compression, "jsonl")
-            log.warning("source %s: %s in %s: %s; lines before it kept", self.source, reason, path, tolerant.error)
-            self.skip(stats, reason, where=path)
+        for record, fname, lineno, nbytes in self.iter_json_lines(path, stats):
+            doc = self._stack_record(record, fname, lineno, nbytes, stats)
+            if doc is not None:
+                yield doc
 
-    def _stack_record(self, raw: bytes | None, fname: str, lineno: int, stats: StageStats) -> Document | None:
-        if raw is None:
-            self.skip(stats, "record_too_large", where=f"{fname}:{lineno}")
-            return None
-        if not raw.strip():
-            return None  # blank line between records
-        line = decode_utf8(raw, stats, self.invalid_utf8)
-        if line is None:
-            self.skip(stats, "invalid_utf8", len(raw), f"{fname}:{lineno}")
-            return None
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            self.skip(stats, "invalid_json", len(raw), f"{fname}:{lineno}")
-            return None
+    def _stack_record(self, record: Any, fname: str, lineno: int, nbytes: int, stats: StageStats) -> Document | None:
         content = record.get(self.options["content_field"]) if isinstance(record, dict) else None
         if not isinstance(content, str):
-            self.skip(stats, "missing_text_field", len(raw), f"{fname}:{lineno}")
+            self.skip(stats, "missing_text_field", nbytes, f"{fname}:{lineno}")
             return None
         if len(content) > self.max_record_bytes:
-            self.skip(stats, "record_too_large", len(raw), f"{fname}:{lineno}")
+            self.skip(stats, "record_too_large", nbytes, f"{fname}:{lineno}")
             return None
         rel = str(self._first(record, self.options["path_fields"]) or "")
         language = self._first(record, self.options["language_fields"]) or (language_of(rel) if rel else None)
         if self.languages is not None and language not in self.languages:
-            self.drop(stats, "language_not_selected", len(raw))
+            self.drop(stats, "language_not_selected", nbytes)
             return None
         license_value = self._first(record, self.options["license_fields"])
         if isinstance(license_value, list):
@@ -221,4 +196,4 @@ class CodeReader(SourceReader):
             "file": fname, "repo": repo, "path": rel, "language": str(language or ""),
             "license": str(license_value or "NOASSERTION"), "line": lineno,
         }
-        return self.emit(stats, doc_id, content, len(raw), meta)
+        return self.emit(stats, doc_id, content, nbytes, meta)

@@ -7,20 +7,12 @@ columns into the document metadata.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Any, ClassVar, Iterator
 
 from data_pipelines.document import Document
-from data_pipelines.sources.base import (
-    SourceReader,
-    decode_utf8,
-    file_label,
-    iter_capped_lines,
-    open_tolerant,
-    stream_error_reason,
-)
+from data_pipelines.sources.base import SourceReader, file_label
 from data_pipelines.stats import StageStats
 from pretrain.errors import DataError
 
@@ -60,35 +52,10 @@ class JsonlReader(_RecordOptions):
     )
 
     def read(self, path: str, stats: StageStats) -> Iterator[Document]:
-        fname = file_label(path)
-        stream, tolerant, compression = open_tolerant(path)
-        with stream:
-            # JSON escapes can double a text's size, hence twice the cap for the raw line
-            for lineno, raw in enumerate(iter_capped_lines(stream, self.max_record_bytes * 2, tolerant), start=1):
-                doc = self._line(raw, fname, lineno, stats)
-                if doc is not None:
-                    yield doc
-        if tolerant.error is not None:
-            reason = stream_error_reason(tolerant.error, compression, "jsonl")
-            log.warning("source %s: %s in %s: %s; lines before it kept", self.source, reason, path, tolerant.error)
-            self.skip(stats, reason, where=path)
-
-    def _line(self, raw: bytes | None, fname: str, lineno: int, stats: StageStats) -> Document | None:
-        if raw is None:
-            self.skip(stats, "record_too_large", where=f"{fname}:{lineno}")
-            return None
-        if not raw.strip():
-            return None
-        line = decode_utf8(raw, stats, self.invalid_utf8)
-        if line is None:
-            self.skip(stats, "invalid_utf8", len(raw), f"{fname}:{lineno}")
-            return None
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            self.skip(stats, "invalid_json", len(raw), f"{fname}:{lineno}")
-            return None
-        return self._document(record, fname, lineno, len(raw), stats)
+        for record, fname, lineno, nbytes in self.iter_json_lines(path, stats):
+            doc = self._document(record, fname, lineno, nbytes, stats)
+            if doc is not None:
+                yield doc
 
 
 class ParquetReader(_RecordOptions):
