@@ -18,13 +18,16 @@ REQUIRED_KEYS = {
 
 
 @pytest.mark.parametrize(
-    "zero, precision",
-    [(0, "fp32"), (1, "fp32"), (2, "fp32"), (3, "bf16")],
+    "preset, precision",
+    [("zero0", "fp32"), ("zero1", "fp32"), ("zero2", "fp32"), ("zero3", "bf16"), ("zero3_offload", "fp32")],
 )
-def test_gpt_trains_with_every_zero_stage(tmp_path, train_env, zero, precision):
+def test_gpt_trains_with_every_zero_stage(tmp_path, train_env, preset, precision):
+    """Every ZeRO stage, bf16 on one, and ZeRO-3 with optimizer and parameters offloaded to CPU memory
+    (DeepSpeedCPUAdam: its C++ op is JIT-compiled on first use, a few minutes once per machine)."""
+    zero = int(preset[4])
     run_dir = tmp_path / "run"
     run_train(
-        [*TINY, f"run_dir={run_dir}", f"parallel=zero{zero}", f"trainer.precision={precision}",
+        [*TINY, f"run_dir={run_dir}", f"parallel={preset}", f"trainer.precision={precision}",
          "trainer.max_steps=30", "trainer.eval_interval=15"],
         train_env, nproc=2,
     )
@@ -38,6 +41,7 @@ def test_gpt_trains_with_every_zero_stage(tmp_path, train_env, zero, precision):
     assert train[-1]["consumed_samples"] == 30 * 8 and train[-1]["consumed_tokens"] == 30 * 8 * 64
     ds = json.loads((run_dir / "deepspeed.json").read_text())
     assert ds["zero_optimization"]["stage"] == zero
+    assert ("offload_optimizer" in ds["zero_optimization"]) == preset.endswith("offload")
     assert ds["train_batch_size"] == 8 and ds["gradient_accumulation_steps"] == 1
     assert ds["bf16"]["enabled"] == (precision == "bf16")
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
