@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from omegaconf import DictConfig, OmegaConf
 import torch.utils.data
 
 from pretrain.data.blend import Blend
@@ -92,14 +93,8 @@ def _resolve_weights(raw: Any, manifest: Manifest, tokens: Mapping[str, int] | N
         if tokens is None:
             raise ValueError("token counts are needed for token-proportional weights")
         return {n: float(tokens[n]) for n in names}
-    if not isinstance(raw, Mapping):
-        try:  # OmegaConf DictConfig
-            from omegaconf import DictConfig, OmegaConf
-
-            if isinstance(raw, DictConfig):
-                raw = OmegaConf.to_container(raw, resolve=True)
-        except ImportError:  # pragma: no cover - omegaconf is a dependency
-            pass
+    if isinstance(raw, DictConfig):
+        raw = OmegaConf.to_container(raw, resolve=True)
     if not isinstance(raw, Mapping):
         raise DataError(f"data.weights must map corpus names to numbers (available: {', '.join(names)}), got {raw!r}")
     out = {}
