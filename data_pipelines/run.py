@@ -18,6 +18,7 @@ any run can be killed and started again. The trainer reads the result with ``dat
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import sys
@@ -119,6 +120,8 @@ class Pipeline:
                 {"read": self._fp["read", p.global_index], "dedup": self._fp["cluster", None] if self.dedup_on else self.dedup}
             )
         tok_cfg = {k: v for k, v in self.tokenizer.items() if k != "batch_size"}
+        if tok_cfg.get("path"):  # a given file edited in place must not leave the old shards "complete"
+            tok_cfg["file_sha256"] = hashlib.sha256(Path(tok_cfg["path"]).read_bytes()).hexdigest()
         self._fp["tokenizer", None] = fingerprint(
             {"docs": [self._fp["documents", p.global_index] for p in self.parts], "tokenizer": tok_cfg}
         )
@@ -332,9 +335,11 @@ def _measure(stage: str):
     return measure
 
 
-def run_pipeline(cfg: DictConfig) -> RunSummary:
-    """Run the stages ``cfg.executor.stages`` (all by default) over ``cfg``; see the module docstring."""
-    pipe = Pipeline(cfg)
+def run_pipeline(cfg: DictConfig, pipe: Pipeline | None = None) -> RunSummary:
+    """Run the stages ``cfg.executor.stages`` (all by default) over ``cfg``; see the module docstring.
+
+    ``pipe``: the :class:`Pipeline` of ``cfg`` when the caller already built it (validated and planned)."""
+    pipe = pipe if pipe is not None else Pipeline(cfg)
     ex = cfg.executor
     with LocalExecutor(int(ex.workers), str(ex.start_method), bool(ex.progress)) as executor:
         summary = pipe.run(executor)
@@ -369,11 +374,11 @@ def _setup_logging(cfg: DictConfig) -> None:
 @hydra.main(config_path="../conf", config_name="pipeline", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
     try:
-        validate(cfg)  # before anything is written: a config error stops here, naming the key
+        pipe = Pipeline(cfg)  # validates and plans before anything is written: a config error names the key
         _setup_logging(cfg)
         logs = Path(cfg.output_dir) / "logs"
         atomic_write_bytes(logs / _log_name(cfg).replace(".log", ".config.yaml"), OmegaConf.to_yaml(cfg, resolve=True).encode())
-        summary = run_pipeline(cfg)
+        summary = run_pipeline(cfg, pipe)
         atomic_write_bytes(logs / _log_name(cfg).replace(".log", ".timings.json"), dump_json(
             [t.__dict__ | {"docs_per_s_per_worker": t.per_worker()[0], "mb_per_s_per_worker": t.per_worker()[1]}
              for t in summary.timings]

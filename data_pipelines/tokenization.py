@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -283,11 +282,9 @@ def eod_id(tok, spec: TokenizerSpec, where: str = "tokenizer") -> int:
 
 def save_tokenizer(tok, path: str | os.PathLike) -> None:
     """Write ``tokenizer.json`` atomically (a killed run never leaves a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(tok.to_str(pretty=True), encoding="utf-8")
-    os.replace(tmp, path)
+    from data_pipelines.executor import atomic_write_bytes
+
+    atomic_write_bytes(path, tok.to_str(pretty=True).encode("utf-8"))
 
 
 def encode_documents(tok, texts: Sequence[str], eod: int) -> list[np.ndarray]:

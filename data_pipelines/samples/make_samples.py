@@ -11,7 +11,12 @@
 * ``books/``: two Project Gutenberg style books (current and 2000s licence markers, the older one in
   ISO-8859-1) whose chapters are essays from the standard library's documentation.
 * ``code/``: two repository checkouts copied from the standard library (``json`` under the PSF licence,
-  ``tomllib`` under the MIT licence of tomli, where it came from).
+  ``tomllib`` under the MIT licence of tomli, where it came from); ``tomllib`` carries a vendored copy of
+  ``json/scanner.py``.
+
+Like a real crawl, the samples hold duplicates for the dedup stage to find: a pydoc page served at a second
+URL (exact), the heapq essay reposted with another site's header, footer and a few edits (near), and the
+vendored ``scanner.py`` (near, code parameters).
 
 The builders are importable (tests build their fixtures with them). Output is deterministic for a given
 Python version: fixed record ids and dates, gzip/bz2 without timestamps, sorted iteration.
@@ -65,6 +70,26 @@ def heapq_essay_html(charset_in_meta: str | None) -> str:
         f"<article><h1>{escape(paras[0])}</h1>\n{body}\n</article>\n"
         f"<footer>Copyright notice and site links</footer>\n</body></html>\n"
     )
+
+
+def reposted_heapq_essay_html() -> bytes:
+    """The heapq essay as another site reposts it: its own header, footer and editor's note, and a few
+    sentences edited -- a near duplicate of ``heapq-about.html`` that exact hashing cannot catch."""
+    html = heapq_essay_html(charset_in_meta="utf-8")
+    edits = (
+        ("<nav><a href='/'>Home</a> | <a href='/library'>Library</a></nav>",
+         "<header><a href='/'>Algorithms Weekly</a> | <a href='/archive'>Archive</a> | <a href='/about'>About</a></header>"),
+        ("<footer>Copyright notice and site links</footer>",
+         "<footer>Reposted with permission. Subscribe to Algorithms Weekly for more essays like this one.</footer>"),
+        ("For the sake of comparison,", "For the sake of the comparisons below,"),
+        ("we see in sports,", "we see in tennis or chess,"),
+    )
+    for old, new in edits:
+        assert old in html, old
+        html = html.replace(old, new, 1)
+    note = "<p>Editor's note: this classic explanation first appeared in the Python sources; we reproduce it here.</p>"
+    html = html.replace("</h1>\n", f"</h1>\n{note}\n", 1)
+    return html.encode("utf-8")
 
 
 @dataclass
@@ -134,6 +159,10 @@ def sample_web_records() -> list[WebRecord]:
         recs.append(WebRecord(url, pydoc_page(name)))
     essay = heapq_essay_html(charset_in_meta=None).encode("cp1252")
     recs.append(WebRecord("https://essays.example.org/heapq-about.html", essay, "text/html; charset=windows-1252"))
+    # Duplicates a crawl always has (the demo report shows dedup removing them): the same page served at a
+    # second URL (exact), and the essay reposted elsewhere with other boilerplate and a few edits (near).
+    recs.append(WebRecord("https://mirror.example.net/python3/library/heapq.html", pydoc_page("heapq")))
+    recs.append(WebRecord("https://weekly.example.com/2024/03/heap-queues.html", reposted_heapq_essay_html()))
     recs.append(WebRecord("https://docs.example.org/api/modules.json",
                           json.dumps({"modules": list(WEB_MODULES)}).encode(), "application/json"))
     recs.append(WebRecord("https://docs.example.org/robots.txt", b"User-agent: *\nDisallow: /private/\n", "text/plain"))
@@ -456,6 +485,17 @@ def copy_stdlib_package(package: str, dest: str, license_text: str | None) -> st
     return dest
 
 
+def vendor_file(src: str, dest: str, note: str) -> str:
+    """Copy ``src`` into another repository under a name no vendored-directory rule catches, with a comment
+    line on top: the near duplicate of a source file that a second repository carries."""
+    with open(src, encoding="utf-8") as f:
+        text = f.read()
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    with open(dest, "w", encoding="utf-8") as f:
+        f.write(f"# {note}\n{text}")
+    return dest
+
+
 # -------------------------------------------------------------------------------------------- main
 
 
@@ -471,6 +511,8 @@ def make_samples(out: str = SAMPLES_DIR) -> None:
             f.write(data)
     copy_stdlib_package("json", os.path.join(out, "code", "json"), psf_license_text())
     copy_stdlib_package("tomllib", os.path.join(out, "code", "tomllib"), MIT_TOMLI)
+    vendor_file(os.path.join(STDLIB, "json", "scanner.py"), os.path.join(out, "code", "tomllib", "tomllib", "_json_scanner.py"),
+                "Vendored from CPython (Lib/json/scanner.py) so the parser does not import json; keep in sync.")
 
 
 def main(argv: list[str] | None = None) -> int:

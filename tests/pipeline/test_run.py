@@ -293,7 +293,14 @@ def test_end_to_end_on_the_bundled_samples(tmp_path):
     for corpus in manifest.corpora.values():
         for prefix in corpus.prefixes:
             assert IndexedDataset(prefix).max_token() < manifest.vocab_size
-    assert (out / "report.md").is_file() and json.loads((out / "report.json").read_text())["totals"]["tokens"] > 0
+    report = json.loads((out / "report.json").read_text())
+    assert (out / "report.md").is_file() and report["totals"]["tokens"] > 0
+    # the planted duplicates (make_samples.py): a page at two URLs, a reposted essay, a vendored source file
+    removed = {name: s["removed"] for name, s in report["sources"].items()}
+    assert removed["web"]["exact_duplicate"] == 1 and removed["web"]["near_duplicate"] == 1
+    assert removed["code"]["near_duplicate"] == 1
+    urls = pq.read_table(out / "documents" / "web" / "part-00000.parquet").column("url").to_pylist()
+    assert "https://docs.example.org/library/heapq.html" in urls and not any("mirror." in u or "weekly." in u for u in urls)
     assert not (tmp_path / "outputs").exists() and not (out / ".hydra").exists()  # no Hydra clutter
     assert (out / "logs" / "run.log").is_file()
 
@@ -306,6 +313,23 @@ def test_a_given_tokenizer_file_is_used_as_it_is(reference, corpus, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["tokenizer"]["given"] == str(given) and report["tokenizer"]["train_docs"] == 0
     assert read_manifest(out).eod_id == read_manifest(reference).eod_id
+
+
+def test_a_given_tokenizer_file_edited_in_place_redoes_the_shards(reference, corpus, tmp_path):
+    """The fingerprint holds the given file's content, not only its path: new file -> new tokenizer and shards."""
+    from tokenizers import Tokenizer
+
+    given = tmp_path / "tokenizer.json"
+    given.write_bytes((reference / "tokenizer" / "tokenizer.json").read_bytes())
+    out = tmp_path / "out"
+    overrides = _overrides(corpus, out, f"tokenizer.path={given}", "dedup=none")
+    run_pipeline(_compose(overrides))
+    tok = Tokenizer.from_file(str(given))
+    tok.add_tokens(["heapq", "tournament"])  # same path, different vocabulary
+    tok.save(str(given))
+    run_pipeline(_compose(overrides))
+    assert (out / "tokenizer" / "tokenizer.json").read_bytes() == given.read_bytes()
+    assert read_manifest(out).vocab_size == tok.get_vocab_size(with_added_tokens=True)
 
 
 def test_changed_inputs_drop_parts_that_no_longer_exist(corpus, tmp_path):
