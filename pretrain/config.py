@@ -21,6 +21,7 @@ from omegaconf import MISSING
 class PositionEmbedding(str, Enum):
     learned = "learned"
     rope = "rope"
+    relative = "relative"  # T5's bucketed relative position bias (model.family=t5 only)
 
 
 class Normalization(str, Enum):
@@ -29,8 +30,11 @@ class Normalization(str, Enum):
 
 
 class Activation(str, Enum):
-    gelu = "gelu"
+    gelu = "gelu"  # tanh approximation (GPT-2, Hugging Face "gelu_new")
     swiglu = "swiglu"
+    gelu_exact = "gelu_exact"  # erf GELU (BERT, Hugging Face "gelu")
+    relu = "relu"  # T5 v1.0
+    geglu = "geglu"  # gated tanh-GELU (T5 v1.1 "gated-gelu")
 
 
 class Precision(str, Enum):
@@ -79,6 +83,31 @@ class ModelConfig:
     init_method_std: float = 0.02
     # Recompute each transformer layer in the backward pass (less activation memory, ~33% more compute).
     activation_checkpointing: bool = False
+    # A local Hugging Face model directory (as written by `python -m pretrain.export`) whose weights initialise
+    # the model before training; its architecture and shape must match this config (see pretrain/hf.py).
+    init_from: Optional[str] = None
+    # --- BERT (model.family=bert) ---
+    type_vocab_size: int = 2
+    # Sentence-order prediction (ALBERT): [CLS] A [SEP] B [SEP] from two consecutive pieces of one document,
+    # swapped half of the time; false = one segment [CLS] window [SEP].
+    sop: bool = False
+    # Masked LM: fraction of (non-special) tokens predicted; of those, the fraction replaced by [MASK] and by a
+    # random token (the rest are kept), BERT's 80/10/10.
+    mlm_probability: float = 0.15
+    mask_replace_prob: float = 0.8
+    random_replace_prob: float = 0.1
+    # --- T5 (model.family=t5) ---
+    # Decoder layers; null = num_layers.
+    num_decoder_layers: Optional[int] = None
+    # Per-head dimension; null = hidden_size / num_attention_heads (T5 v1.1 small: 6 heads x 64 on hidden 512).
+    kv_channels: Optional[int] = None
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    # Span corruption: fraction of raw tokens noised, mean noise-span length; the raw window is sized so the
+    # corrupted inputs fill seq_length exactly. target_length null = the length the targets need.
+    noise_density: float = 0.15
+    mean_noise_span_length: float = 3.0
+    target_length: Optional[int] = None
 
 
 @dataclass
@@ -92,6 +121,8 @@ class DataConfig:
     num_workers: int = 0
     # Where the shuffled sample indices are cached; null = <run_dir>/data_index.
     index_cache_dir: Optional[str] = None
+    # Tokenizer of the built-in sample data (data.path=null): bpe (GPT), wordpiece (BERT), unigram (T5).
+    sample_tokenizer: str = "bpe"
 
 
 @dataclass
@@ -145,6 +176,11 @@ class TrainerConfig:
     # Peak dense FLOP/s of one device for MFU; null = from the table of known GPUs, or measured on CPU.
     peak_flops_per_device: Optional[float] = None
     deterministic: bool = False
+    # Seconds of training after which the run saves a checkpoint and stops (then requeues under SLURM), as
+    # SIGUSR1/SIGTERM do; null = no budget. Set it to the job's time limit minus the time a save takes.
+    max_wall_time_s: Optional[float] = None
+    # After a stop by signal or budget, rank 0 runs `scontrol requeue $SLURM_JOB_ID` (only inside a SLURM job).
+    requeue: bool = True
 
 
 @dataclass

@@ -16,8 +16,45 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def first_slurm_host(nodelist: str) -> str:
+    """The first host of a SLURM node list ("gpu[03-05,9],cpu1" -> "gpu03"): ``scontrol show hostnames`` when
+    it is there, else a parse of the compact form."""
+    import re
+    import shutil
+    import subprocess
+
+    if shutil.which("scontrol"):
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=30)
+        if out.returncode == 0 and out.stdout.split():
+            return out.stdout.split()[0]
+    m = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist)
+    if not m:
+        return nodelist
+    prefix, ranges = m.group(1), m.group(2)
+    return prefix + ranges.split(",")[0].split("-")[0] if ranges else prefix
+
+
+def slurm_task_env(env: dict[str, str]) -> dict[str, str]:
+    """torchrun's variables for the one-task-per-GPU pattern (``srun --ntasks-per-node=<gpus> python -m
+    pretrain.train``, or the Hydra SLURM launcher): ranks from ``SLURM_PROCID``/``SLURM_LOCALID``, the world
+    from ``SLURM_NTASKS``, the rendezvous on the first host of the allocation at a port every task derives
+    from the job id (``MASTER_PORT`` wins when set)."""
+    job = int(env.get("SLURM_JOB_ID", "0") or 0)
+    return {
+        "RANK": env["SLURM_PROCID"],
+        "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
+        "WORLD_SIZE": env.get("SLURM_NTASKS", "1"),
+        "LOCAL_WORLD_SIZE": env.get("SLURM_NTASKS_PER_NODE", env.get("SLURM_TASKS_PER_NODE", "1")).split("(")[0],
+        "MASTER_ADDR": env.get("MASTER_ADDR") or first_slurm_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1")),
+        "MASTER_PORT": env.get("MASTER_PORT") or str(20000 + job % 20000),
+    }
+
+
 def ensure_launcher_env() -> None:
-    """A plain ``python -m pretrain.train`` is a world of one: give it the variables torchrun would set."""
+    """A plain ``python -m pretrain.train`` is a world of one: give it the variables torchrun would set. Under
+    ``srun`` (a SLURM task, no torchrun) the ranks come from SLURM instead (:func:`slurm_task_env`)."""
+    if "RANK" not in os.environ and "SLURM_PROCID" in os.environ and "SLURM_JOB_ID" in os.environ:
+        os.environ.update(slurm_task_env(dict(os.environ)))
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
@@ -70,6 +107,26 @@ def init_distributed(device: torch.device, backend: str | None, timeout_s: int) 
     import deepspeed
 
     backend = backend or ("nccl" if device.type == "cuda" else "gloo")
+    # The timeout given here covers only the world group; the data-parallel groups DeepSpeed creates later
+    # with new_group() take torch's module default (30 min for gloo, 10 for nccl). Make that default ours, so a
+    # hung rank ends every collective after parallel.timeout_s, not only the world group's.
+    from torch.distributed import distributed_c10d
+
+    distributed_c10d.default_pg_timeout = distributed_c10d.default_pg_nccl_timeout = timedelta(seconds=timeout_s)
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    if restart > 0 and not torch.distributed.is_initialized():
+        # After a torchrun restart (--max-restarts) the rendezvous store can still hold the first attempt's
+        # keys, and gloo would connect to the dead workers' addresses: keep each attempt's keys apart.
+        rank, world = env_rank(), env_world_size()
+        agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+        store = torch.distributed.TCPStore(
+            os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=not agent_store and rank == 0,
+            timeout=timedelta(seconds=timeout_s), multi_tenant=True,
+        )
+        torch.distributed.init_process_group(
+            backend, store=torch.distributed.PrefixStore(f"/pretrain/attempt_{restart}", store), rank=rank,
+            world_size=world, timeout=timedelta(seconds=timeout_s),
+        )
     deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=timeout_s), verbose=False)
     return DistInfo(
         rank=torch.distributed.get_rank(),

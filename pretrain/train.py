@@ -25,6 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pretrain import checkpoint as ckpt
+from pretrain import preemption
 from pretrain.config import register_configs, validate_schema
 from pretrain.distributed import (
     all_reduce_mean, barrier, ensure_launcher_env, env_rank, env_world_size, init_distributed, pick_device,
@@ -94,6 +95,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     rank, world = env_rank(), env_world_size()
     run_dir = Path(cfg.run_dir).absolute()
     setup_logging(rank, run_dir)
+    # SIGUSR1/SIGTERM and trainer.max_wall_time_s -> checkpoint at a step boundary, then requeue (preemption.py)
+    stop = preemption.StopRequest(cfg.trainer.max_wall_time_s)
 
     # ---- 1. everything that can be checked without a process group or a model ----
     validate_schema(cfg)
@@ -122,7 +125,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from pretrain.data.manifest import read_manifest
     from pretrain.data.sample import ensure_sample_data
 
-    manifest = read_manifest(cfg.data.path if cfg.data.path else ensure_sample_data())
+    manifest = read_manifest(cfg.data.path if cfg.data.path else ensure_sample_data(kind=cfg.data.sample_tokenizer))
     tokenizer = TokenizerInfo.load(manifest.tokenizer, None, manifest.eod_id)
     tokenizer.vocab_size = tokenizer_vocab_size(manifest.tokenizer) if manifest.tokenizer else manifest.vocab_size
     args = family.resolve_args(cfg.model, tokenizer)
@@ -138,6 +141,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         resume_state = ckpt.read_state(ckpt_dir / resume_tag)
         ckpt.check_model_shape(ckpt_dir / resume_tag, resume_state, args, family.name)
         ckpt.check_layout(ckpt_dir / resume_tag, resume_state, world, plan.zero_stage)
+    init_from = cfg.model.init_from if not resume_tag else None  # a checkpoint to resume wins over init_from
+    if init_from:
+        from pretrain import hf
+
+        hf.check_compatible(init_from, family.name, args)  # config.json only: family and shape, before any work
 
     # ---- 2. process group, model, engine ----
     dist = init_distributed(device, cfg.parallel.backend, cfg.parallel.timeout_s)
@@ -146,6 +154,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     seed_everything(cfg.seed)  # identical initial weights on every rank
     model = family.build(args)
+    if init_from:
+        hf.load_into(model, init_from, family.name, args)
     n_params = sum(p.numel() for p in model.parameters())
     ds_cfg = deepspeed_config(cfg, plan, device)
     engine, scheduler = initialize(model, cfg, ds_cfg, device)
@@ -156,6 +166,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         state, rng = ckpt.load(engine, ckpt_dir, resume_tag, dist.rank, dist.world_size)
         step, consumed = int(state["step"]), int(state["consumed_samples"])
         log.info("resumed from %s at step %d (%d samples consumed)", ckpt_dir / resume_tag, step, consumed)
+    lost, last_logged = preemption.steps_lost(run_dir / "metrics.jsonl", step)
+    if resume_tag and dist.is_main:
+        log.info("restart: %d steps lost (logged up to step %d before it, resuming at step %d)%s",
+                 lost, last_logged, step, "".join(f", {k}={v}" for k, v in preemption.restart_info().items()))
 
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -209,7 +223,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if rng is not None:
         ckpt.set_rng_state(rng)  # last, so the dropout stream continues exactly where it stopped
     t_start, first_step, last_loss, last_val = time.perf_counter(), step, float("nan"), None
+    stopped = None
     while step < max_steps:
+        preemption.maybe_hang(step + 1, dist.rank)
         t0 = time.perf_counter()
         lr = engine.get_lr()[0]
         loss_sum = torch.zeros((), device=device)
@@ -262,14 +278,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if do_log or do_eval:
             metrics.log(record)
         interval = cfg.checkpoint.interval
-        if (interval > 0 and step % interval == 0) or (step == max_steps and cfg.checkpoint.save_at_end):
+        stopped = stop.check(device) if step < max_steps else None  # every rank stops after the same step
+        if (interval > 0 and step % interval == 0) or (step == max_steps and cfg.checkpoint.save_at_end) or stopped:
             path = ckpt.save(engine, ckpt_dir, step, state_dict(step, consumed), dist.rank, cfg.checkpoint.keep_last)
             log.info("saved checkpoint %s", path)
+        if stopped:
+            log.info("stopping after step %d of %d (%s); the checkpoint is complete", step, max_steps, stopped)
+            break
 
     elapsed = time.perf_counter() - t_start
     summary = {
         "steps": step, "steps_this_run": step - first_step, "final_loss": last_loss, "final_val_loss": last_val,
         "consumed_tokens": consumed * seq, "wall_time_s": round(elapsed, 2), "parameters": n_params,
+        "stopped": stopped, "steps_lost": lost if resume_tag else 0,
     }
     if step == first_step:
         log.info("nothing to do: the checkpoint is at step %d and trainer.max_steps=%d", step, max_steps)
@@ -277,6 +298,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     metrics.close()
     barrier()
     torch.distributed.destroy_process_group()
+    stop.close()
+    if stopped and dist.is_main and cfg.trainer.requeue:
+        preemption.requeue()
     return summary
 
 
@@ -287,6 +311,13 @@ def main(cfg: DictConfig) -> None:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except RuntimeError as e:
+        if not preemption.is_collective_timeout(e):
+            raise
+        print(f"error: rank {env_rank()}: distributed communication failed: {str(e).splitlines()[0][:300]}. A rank "
+              f"that hangs or dies ends the job after parallel.timeout_s={cfg.parallel.timeout_s} s instead of "
+              "blocking forever; restart it to resume from the last checkpoint", file=sys.stderr)
+        sys.exit(1)
 
 
 register_configs()

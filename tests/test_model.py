@@ -1,5 +1,5 @@
 """The GPT model on its own: shapes, causality, GQA, init, parameter/FLOP counts, and that its layout maps
-onto Hugging Face's GPT2LMHeadModel / LlamaForCausalLM by renaming (same logits)."""
+onto Hugging Face's GPT2LMHeadModel / LlamaForCausalLM by the renaming of pretrain.hf (same logits)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 import transformers  # a test dependency (the [dev] extra)
 
 from pretrain.flops import gpt_flops_per_token, lookup_peak_flops
+from pretrain.hf import to_hf
 from pretrain.models.gpt import GPT, GPTArgs, count_parameters
 
 GPT2 = dict(position_embedding="learned", normalization="layernorm", activation="gelu", bias=True,
@@ -81,34 +82,16 @@ def test_peak_flops_table():
     assert lookup_peak_flops("Some Unknown Accelerator", "bf16") is None
 
 
-def _hf_gpt2_state(model: GPT) -> dict[str, torch.Tensor]:
-    sd, out = model.state_dict(), {}
-    out["transformer.wte.weight"] = sd["embed_tokens.weight"]
-    out["transformer.wpe.weight"] = sd["embed_positions.weight"]
-    for i in range(model.args.num_layers):
-        p, q = f"layers.{i}.", f"transformer.h.{i}."
-        for ours, theirs in (("input_layernorm", "ln_1"), ("post_attention_layernorm", "ln_2")):
-            out[q + theirs + ".weight"], out[q + theirs + ".bias"] = sd[p + ours + ".weight"], sd[p + ours + ".bias"]
-        a = p + "self_attn."
-        out[q + "attn.c_attn.weight"] = torch.cat([sd[a + n + "_proj.weight"] for n in "qkv"]).t()
-        out[q + "attn.c_attn.bias"] = torch.cat([sd[a + n + "_proj.bias"] for n in "qkv"])
-        out[q + "attn.c_proj.weight"], out[q + "attn.c_proj.bias"] = sd[a + "o_proj.weight"].t(), sd[a + "o_proj.bias"]
-        out[q + "mlp.c_fc.weight"], out[q + "mlp.c_fc.bias"] = sd[p + "mlp.up_proj.weight"].t(), sd[p + "mlp.up_proj.bias"]
-        out[q + "mlp.c_proj.weight"] = sd[p + "mlp.down_proj.weight"].t()
-        out[q + "mlp.c_proj.bias"] = sd[p + "mlp.down_proj.bias"]
-    out["transformer.ln_f.weight"], out["transformer.ln_f.bias"] = sd["norm.weight"], sd["norm.bias"]
-    out["lm_head.weight"] = sd["embed_tokens.weight"]
-    return out
-
-
 def test_gpt2_style_is_gpt2lmheadmodel_after_renaming():
     model = make(GPT2)
     cfg = transformers.GPT2Config(vocab_size=97, n_positions=16, n_embd=32, n_layer=2, n_head=4, n_inner=64,
                                   activation_function="gelu_new", resid_pdrop=0, embd_pdrop=0, attn_pdrop=0,
                                   layer_norm_epsilon=1e-5)
     hf = transformers.GPT2LMHeadModel(cfg).eval()
-    missing, unexpected = hf.load_state_dict(_hf_gpt2_state(model), strict=False)
-    assert not unexpected and all("attn.bias" in k or "masked_bias" in k for k in missing), (missing, unexpected)
+    missing, unexpected = hf.load_state_dict(to_hf("GPT2LMHeadModel", model.args, model.state_dict()), strict=False)
+    # lm_head.weight is tied to transformer.wte (the export leaves the copy out)
+    assert not unexpected and all(k == "lm_head.weight" or "attn.bias" in k or "masked_bias" in k for k in missing), (
+        missing, unexpected)
     x = torch.randint(0, 97, (2, 16))
     torch.testing.assert_close(hf(x).logits, model(x), rtol=1e-4, atol=1e-5)
 
@@ -120,8 +103,7 @@ def test_llama_style_is_llamaforcausallm_after_renaming():
                                    rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=False,
                                    attention_bias=False, mlp_bias=False)
     hf = transformers.LlamaForCausalLM(cfg).eval()
-    sd = {("lm_head.weight" if k == "lm_head.weight" else "model." + k): v for k, v in model.state_dict().items()}
-    missing, unexpected = hf.load_state_dict(sd, strict=False)
+    missing, unexpected = hf.load_state_dict(to_hf("LlamaForCausalLM", model.args, model.state_dict()), strict=False)
     assert not missing and not unexpected, (missing, unexpected)
     x = torch.randint(0, 97, (2, 16))
     torch.testing.assert_close(hf(x).logits, model(x), rtol=1e-4, atol=1e-5)

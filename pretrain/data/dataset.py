@@ -444,7 +444,7 @@ def build_datasets(data_cfg: Any, *, seq_length: int, seed: int, num_train_sampl
     if path is None:
         from pretrain.data.sample import ensure_sample_data
 
-        path = ensure_sample_data()
+        path = ensure_sample_data(kind=getattr(data_cfg, "sample_tokenizer", None) or "bpe")
     manifest = read_manifest(Path(str(path)).expanduser())
     mpath = manifest.root / "manifest.json"
     raw_weights = getattr(data_cfg, "weights", None)

@@ -4,7 +4,10 @@ The repository bundles a small corpus (``sample_corpus/{prose,code}.jsonl.gz``: 
 docstrings and sources, PSF licence). :func:`ensure_sample_data` turns it, once per machine, into exactly
 what the data pipeline would hand the trainer: a byte-level BPE tokenizer (Hugging Face ``tokenizers``,
 vocabulary 4096, ``<|endoftext|>`` = id 0 = EOD), one token shard per corpus in the indexed format (EOD
-appended to every document) and a ``manifest.json``.
+appended to every document) and a ``manifest.json``. ``kind="wordpiece"`` (BERT: ``[PAD] [UNK] [CLS] [SEP]
+[MASK]``, ``[SEP]`` = EOD) and ``kind="unigram"`` (T5: ``<pad> </s> <unk>`` + 100 sentinels, ``</s>`` = EOD)
+build the same corpus with the data pipeline's own tokenizer trainer (:mod:`data_pipelines.tokenization`),
+each in its own cache folder (``data.sample_tokenizer``).
 
 Several processes may call it at once (all torchrun ranks do, before any process group exists), so the
 build runs under an ``fcntl`` lock into a temporary folder that is renamed into place: a reader either sees
@@ -55,9 +58,20 @@ def corpus_files() -> list[Path]:
     return files
 
 
-def build_key() -> str:
-    """Hash of the bundled corpus bytes and the builder version: names the default cache folder."""
+KINDS = ("bpe", "wordpiece", "unigram")
+SENTINELS = 100  # T5's <extra_id_0..99> in the unigram variant
+
+
+def check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise DataError(f"data.sample_tokenizer={kind!r}: expected one of {', '.join(KINDS)}")
+
+
+def build_key(kind: str = "bpe") -> str:
+    """Hash of the bundled corpus bytes, the builder version and the tokenizer kind: names the cache folder."""
     h = hashlib.sha256(f"sample-builder-v{BUILDER_VERSION}\n".encode())
+    if kind != "bpe":  # the BPE key predates the other kinds: keep it, so existing caches stay valid
+        h.update(f"kind={kind}\n".encode())
     for f in corpus_files():
         h.update(f.name.encode() + b"\0")
         h.update(f.read_bytes())
@@ -69,18 +83,21 @@ def cache_root() -> Path:
     return Path(os.environ.get("PRETRAIN_CACHE") or Path.home() / ".cache" / "pretrain").expanduser()
 
 
-def default_root() -> Path:
-    return cache_root() / f"sample-v{BUILDER_VERSION}-{build_key()}"
+def default_root(kind: str = "bpe") -> Path:
+    infix = "" if kind == "bpe" else f"{kind}-"
+    return cache_root() / f"sample-v{BUILDER_VERSION}-{infix}{build_key(kind)}"
 
 
-def ensure_sample_data(root: str | os.PathLike | None = None) -> Path:
+def ensure_sample_data(root: str | os.PathLike | None = None, kind: str = "bpe") -> Path:
     """Return a folder holding the sample tokenizer, token shards and ``manifest.json``, building it if needed.
 
     ``root`` defaults to ``$PRETRAIN_CACHE/sample-v1-<hash>`` (``PRETRAIN_CACHE`` defaults to
-    ``~/.cache/pretrain``). Safe to call from many processes at once; cheap when the folder exists.
+    ``~/.cache/pretrain``; ``sample-v1-<kind>-<hash>`` for ``kind`` wordpiece/unigram). Safe to call from many
+    processes at once; cheap when the folder exists.
     """
-    key = build_key()
-    root = Path(root).expanduser().resolve() if root is not None else default_root()
+    check_kind(kind)
+    key = build_key(kind)
+    root = Path(root).expanduser().resolve() if root is not None else default_root(kind)
     if _is_complete(root, key):
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -99,7 +116,7 @@ def ensure_sample_data(root: str | os.PathLike | None = None) -> Path:
         try:
             t0 = time.perf_counter()
             log.info("building sample data in %s", root)
-            _build(tmp, key)
+            _build(tmp, key, kind)
             os.replace(tmp, root)  # also replaces an empty folder of that name
             log.info("built sample data in %.1f s", time.perf_counter() - t0)
         finally:
@@ -159,13 +176,26 @@ def train_tokenizer(texts: list[str], vocab_size: int = VOCAB_SIZE):
     return tok
 
 
-def _build(out: Path, key: str) -> None:
+def _build(out: Path, key: str, kind: str = "bpe") -> None:
     texts = {name: read_corpus(path) for name, path in zip(CORPORA, corpus_files())}
-    tok = train_tokenizer([t for name in CORPORA for t in texts[name]])
+    everything = [t for name in CORPORA for t in texts[name]]
+    if kind == "bpe":
+        tok = train_tokenizer(everything)
+        eod = tok.token_to_id(EOD_TOKEN)
+    else:
+        from data_pipelines.tokenization import TokenizerSpec, eod_id
+        from data_pipelines.tokenization import train_tokenizer as train_pipeline_tokenizer
+
+        spec = TokenizerSpec(kind=kind, vocab_size=VOCAB_SIZE, sentinel_tokens=SENTINELS if kind == "unigram" else 0)
+        spec.validate()
+        # Unigram's EM trainer takes ~70 s on the whole 5 MB here; every fifth document (1 MB, ~5 s) is plenty
+        # for a 4096-piece vocabulary (all documents are still tokenized below).
+        train_texts = everything[::5] if kind == "unigram" else everything
+        tok = train_pipeline_tokenizer(spec, lambda: iter(train_texts))
+        eod = eod_id(tok, spec)
     tok_path = out / TOKENIZER_FILE
     tok_path.parent.mkdir(parents=True)
     tok.save(str(tok_path))
-    eod = tok.token_to_id(EOD_TOKEN)
     vocab = tok.get_vocab_size(with_added_tokens=True)
     dtype = best_dtype(vocab)
     corpora = {}
@@ -188,9 +218,10 @@ def _build(out: Path, key: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description="Build (or find) the built-in sample data and print its folder.")
     ap.add_argument("--root", default=None, help="target folder (default: $PRETRAIN_CACHE/sample-v1-<hash>)")
+    ap.add_argument("--tokenizer", default="bpe", choices=KINDS, help="tokenizer kind (bpe: GPT, wordpiece: BERT, unigram: T5)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    print(ensure_sample_data(args.root))
+    print(ensure_sample_data(args.root, args.tokenizer))
 
 
 if __name__ == "__main__":

@@ -93,7 +93,10 @@ def check_heads(m: DictConfig) -> int:
 # Fields of an args dataclass that do not change the shape of the parameters (a checkpoint of any value
 # of these resumes into any other).
 NON_SHAPE_FIELDS = {"hidden_dropout", "attention_dropout", "init_method_std", "activation_checkpointing",
-                    "norm_eps", "rotary_base"}
+                    "norm_eps", "rotary_base",
+                    # objective settings (BERT masking, T5 span corruption): data, not parameters
+                    "mlm_probability", "mask_replace_prob", "random_replace_prob", "noise_density",
+                    "mean_noise_span_length", "decoder_start_id"}
 
 
 def shape_of(args: Any) -> dict[str, Any]:
@@ -141,6 +144,11 @@ class GPTFamily(ModelFamily):
         kv = check_heads(m)
         act = enum_value(m.activation)
         pos = enum_value(m.position_embedding)
+        if pos not in ("learned", "rope") or act not in ("gelu", "swiglu"):
+            raise ConfigError(
+                f"model.family=gpt takes model.position_embedding learned|rope and model.activation gelu|swiglu, "
+                f"got {pos} and {act} (relative positions, relu and geglu are T5's; gelu_exact is BERT's)"
+            )
         if pos == "rope" and (m.hidden_size // m.num_attention_heads) % 2:
             raise ConfigError(
                 f"rotary embeddings need an even head dimension; hidden_size/heads = {m.hidden_size // m.num_attention_heads}"
@@ -187,7 +195,10 @@ class GPTFamily(ModelFamily):
         return count_parameters(args)["total"]
 
 
-FAMILIES: dict[str, ModelFamily] = {"gpt": GPTFamily()}
+from pretrain.models.bert import BERTFamily  # noqa: E402  (the families build on the classes above)
+from pretrain.models.t5 import T5Family  # noqa: E402
+
+FAMILIES: dict[str, ModelFamily] = {"gpt": GPTFamily(), "bert": BERTFamily(), "t5": T5Family()}
 
 
 def get_family(name: str) -> ModelFamily:

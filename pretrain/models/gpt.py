@@ -166,6 +166,7 @@ class GPT(nn.Module):
             cos, sin = rotary_tables(args.seq_length, args.head_dim, args.rotary_base)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
+        self.loss_fn = F.cross_entropy  # tensor parallelism swaps in the vocabulary-parallel loss
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -202,7 +203,7 @@ class GPT(nn.Module):
         logits = self.lm_head(self.norm(x))
         if labels is None:
             return logits
-        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100)
+        return self.loss_fn(logits.float().view(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100)
 
 
 def count_parameters(args: GPTArgs) -> dict[str, int]:

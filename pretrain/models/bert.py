@@ -1,0 +1,280 @@
+"""BERT: a post-norm bidirectional encoder with learned positions and token types, trained with masked LM
+and, optionally, sentence-order prediction (ALBERT's SOP, on the pooled ``[CLS]``).
+
+Post-norm as in the paper (``x = LN(x + sublayer(x))``), LayerNorm after the embedding sum, GELU MLP, the MLM
+head ``dense -> GELU -> LayerNorm -> decoder`` with the decoder tied to the word embeddings plus an output
+bias. Export to ``BertForMaskedLM`` is a rename (:mod:`pretrain.hf`); the pooler and SOP head have no place
+there and are left out of the export.
+
+FLOPs per token (fwd + bwd; per position of the ``seq_length`` window, as in :mod:`pretrain.flops`)::
+
+    6 * N_layers                      (every weight of the encoder layers, biases and norms included)
+  + 6 * p * (hidden^2 + hidden*vocab) (MLM head: transform dense + decoder, computed only at the masked
+                                       positions, a fraction p = mlm_probability of the tokens)
+  + 12 * layers * hidden * seq        (attention scores and weighted sum, bidirectional: all seq keys)
+  + 6 * hidden^2 / seq                (pooler, once per sample; only with SOP)
+
+Hardware FLOPs add one more forward of every layer (``2 * N_layers + 4 * layers * hidden * seq``) under
+activation checkpointing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from pretrain.errors import ConfigError, DataError
+# pretrain.models imports this module at its end, after these names exist
+from pretrain.models import ModelFamily, TokenizerInfo, Transform, check_heads, enum_value, resolve_vocab
+from pretrain.models.objectives import BertObjective
+
+
+@dataclass
+class BERTArgs:
+    vocab_size: int
+    num_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    ffn_hidden_size: int
+    seq_length: int  # = max positions
+    type_vocab_size: int = 2
+    activation: str = "gelu_exact"  # gelu_exact (BERT) | gelu (tanh approximation)
+    norm_eps: float = 1e-12
+    sop: bool = False
+    mlm_probability: float = 0.15
+    mask_replace_prob: float = 0.8
+    random_replace_prob: float = 0.1
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    init_method_std: float = 0.02
+    activation_checkpointing: bool = False
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
+def gelu(x: torch.Tensor, kind: str) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh" if kind == "gelu" else "none")
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, args: BERTArgs):
+        super().__init__()
+        h = args.hidden_size
+        self.head_dim = args.head_dim
+        self.dropout = args.attention_dropout
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (nn.Linear(h, h) for _ in range(4))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        b, s, _ = x.shape
+        q, k, v = (p(x).view(b, s, -1, self.head_dim).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        return self.o_proj(y.transpose(1, 2).reshape(b, s, -1))
+
+
+class Layer(nn.Module):
+    def __init__(self, args: BERTArgs):
+        super().__init__()
+        self.act = args.activation
+        self.self_attn = SelfAttention(args)
+        self.attn_norm = nn.LayerNorm(args.hidden_size, eps=args.norm_eps)
+        self.up_proj = nn.Linear(args.hidden_size, args.ffn_hidden_size)
+        self.down_proj = nn.Linear(args.ffn_hidden_size, args.hidden_size)
+        self.mlp_norm = nn.LayerNorm(args.hidden_size, eps=args.norm_eps)
+        self.dropout = nn.Dropout(args.hidden_dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        x = self.attn_norm(x + self.dropout(self.self_attn(x, mask)))
+        return self.mlp_norm(x + self.dropout(self.down_proj(gelu(self.up_proj(x), self.act))))
+
+
+class BERT(nn.Module):
+    def __init__(self, args: BERTArgs):
+        super().__init__()
+        self.args = args
+        h = args.hidden_size
+        self.embed_tokens = nn.Embedding(args.vocab_size, h)
+        self.embed_positions = nn.Embedding(args.seq_length, h)
+        self.embed_types = nn.Embedding(args.type_vocab_size, h)
+        self.embed_norm = nn.LayerNorm(h, eps=args.norm_eps)
+        self.embed_dropout = nn.Dropout(args.hidden_dropout)
+        self.layers = nn.ModuleList(Layer(args) for _ in range(args.num_layers))
+        self.head_dense = nn.Linear(h, h)
+        self.head_norm = nn.LayerNorm(h, eps=args.norm_eps)
+        self.lm_head = nn.Linear(h, args.vocab_size)
+        self.lm_head.weight = self.embed_tokens.weight
+        if args.sop:
+            self.pooler = nn.Linear(h, h)
+            self.sop_head = nn.Linear(h, 2)
+        self.loss_fn = F.cross_entropy  # the MLM loss; tensor parallelism swaps in the vocabulary-parallel one
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """BERT init: N(0, 0.02) for matrices and embeddings, zero biases, unit LayerNorm."""
+        for name, p in self.named_parameters():
+            if p.dim() >= 2:
+                nn.init.normal_(p, 0.0, self.args.init_method_std)
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
+            else:
+                nn.init.ones_(p)
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        s = input_ids.shape[1]
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        x = self.embed_tokens(input_ids) + self.embed_positions(torch.arange(s, device=input_ids.device))
+        x = self.embed_dropout(self.embed_norm(x + self.embed_types(token_type_ids)))
+        # keys that are padding are masked out (True = attend); padded queries still see the real tokens
+        mask = None if attention_mask is None else attention_mask[:, None, None, :].bool()
+        for layer in self.layers:
+            if self.args.activation_checkpointing and self.training:
+                x = checkpoint(layer, x, mask, use_reentrant=False)
+            else:
+                x = layer(x, mask)
+        return x
+
+    def mlm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.head_norm(gelu(self.head_dense(hidden), self.args.activation)))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                sop_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """MLM logits ``[batch, seq, vocab]``; with ``labels`` the mean MLM cross-entropy over the masked
+        positions (+ the SOP cross-entropy when the model has the head and ``sop_labels`` are given)."""
+        x = self.encode(input_ids, attention_mask, token_type_ids)
+        if labels is None:
+            return self.mlm_logits(x)
+        # the vocabulary projection only where there is something to predict (~15% of positions)
+        picked = labels.reshape(-1) != -100
+        logits = self.mlm_logits(x.reshape(-1, x.size(-1))[picked])
+        loss = self.loss_fn(logits.float(), labels.reshape(-1)[picked])
+        if self.args.sop and sop_labels is not None:
+            pooled = torch.tanh(self.pooler(x[:, 0]))
+            loss = loss + F.cross_entropy(self.sop_head(pooled).float(), sop_labels.reshape(-1), ignore_index=-100)
+        return loss
+
+
+def count_parameters(args: BERTArgs) -> dict[str, int]:
+    h, f, L, V = args.hidden_size, args.ffn_hidden_size, args.num_layers, args.vocab_size
+    per_layer = 4 * (h * h + h) + 2 * h * f + f + h + 4 * h
+    embed = (V + args.seq_length + args.type_vocab_size) * h + 2 * h
+    head = h * h + h + 2 * h + V  # transform dense, its LayerNorm, decoder bias (decoder weight is tied)
+    sop = (h * h + h + 2 * h + 2) if args.sop else 0
+    total = embed + L * per_layer + head + sop
+    return {"total": total, "embedding": embed, "layers": L * per_layer, "head": head + sop}
+
+
+def bert_flops_per_token(args: BERTArgs) -> dict[str, float]:
+    h, L, s, V = args.hidden_size, args.num_layers, args.seq_length, args.vocab_size
+    layers = count_parameters(args)["layers"]
+    attn = 12 * L * h * s
+    model = 6 * layers + 6 * args.mlm_probability * (h * h + h * V) + attn + (6 * h * h / s if args.sop else 0)
+    recompute = (2 * layers + attn / 3) if args.activation_checkpointing else 0.0
+    return {"model": float(model), "hardware": float(model + recompute)}
+
+
+def default_bert_ffn(hidden_size: int) -> int:
+    return 4 * hidden_size
+
+
+
+
+# ------------------------------------------------------------------------------------------------ family
+
+BERT_SPECIALS = ("[CLS]", "[SEP]", "[MASK]", "[PAD]")
+
+
+def check_probabilities(m) -> None:
+    p, r, k = m.mlm_probability, m.mask_replace_prob, m.random_replace_prob
+    if not (0.0 < p < 1.0) or r < 0 or k < 0 or r + k > 1.0:
+        raise ConfigError(
+            f"model.mlm_probability={p} must be in (0, 1), and model.mask_replace_prob={r} + "
+            f"model.random_replace_prob={k} must be non-negative and sum to at most 1"
+        )
+
+
+def require(tokenizer: TokenizerInfo, tokens: tuple[str, ...], family: str, sample_kind: str) -> list[int]:
+    """``tokenizer.require`` with the hint for the built-in sample data (``data.path=null``)."""
+    try:
+        return tokenizer.require(*tokens, family=family)
+    except DataError as e:
+        raise DataError(f"{e}; for the built-in sample data set data.sample_tokenizer={sample_kind}") from None
+
+
+class BERTFamily(ModelFamily):
+    name = "bert"
+    args_type = BERTArgs
+
+    def resolve_args(self, model_cfg, tokenizer: TokenizerInfo) -> BERTArgs:
+        m = model_cfg
+        kv = check_heads(m)
+        act, pos, norm = enum_value(m.activation), enum_value(m.position_embedding), enum_value(m.normalization)
+        wrong = []
+        if pos != "learned":
+            wrong.append(f"model.position_embedding={pos} (BERT: learned)")
+        if norm != "layernorm":
+            wrong.append(f"model.normalization={norm} (BERT: layernorm)")
+        if act not in ("gelu_exact", "gelu"):
+            wrong.append(f"model.activation={act} (BERT: gelu_exact or gelu)")
+        if not m.bias:
+            wrong.append("model.bias=false (BERT has biases)")
+        if not m.tie_word_embeddings:
+            wrong.append("model.tie_word_embeddings=false (BERT ties the MLM decoder to the embeddings)")
+        if kv != m.num_attention_heads:
+            wrong.append(f"model.num_key_value_heads={kv} (BERT: multi-head attention)")
+        if wrong:
+            raise ConfigError("model.family=bert does not support " + "; ".join(wrong))
+        check_probabilities(m)
+        if m.type_vocab_size < (2 if m.sop else 1):
+            raise ConfigError(f"model.type_vocab_size={m.type_vocab_size} must be >= 2 with model.sop=true (segments A/B)")
+        if m.seq_length < 8:
+            raise ConfigError(f"model.seq_length={m.seq_length} is too short for [CLS] A [SEP] B [SEP] samples (>= 8)")
+        if tokenizer.path is not None:  # a config-only resolve (benchmarks, tests) has no tokenizer to check
+            require(tokenizer, BERT_SPECIALS, self.name, "wordpiece")
+        return BERTArgs(
+            vocab_size=resolve_vocab(m, tokenizer.vocab_size), num_layers=m.num_layers, hidden_size=m.hidden_size,
+            num_attention_heads=m.num_attention_heads, ffn_hidden_size=m.ffn_hidden_size or default_bert_ffn(m.hidden_size),
+            seq_length=m.seq_length, type_vocab_size=m.type_vocab_size, activation=act, norm_eps=m.norm_eps,
+            sop=m.sop, mlm_probability=m.mlm_probability, mask_replace_prob=m.mask_replace_prob,
+            random_replace_prob=m.random_replace_prob, hidden_dropout=m.hidden_dropout,
+            attention_dropout=m.attention_dropout, init_method_std=m.init_method_std,
+            activation_checkpointing=m.activation_checkpointing,
+        )
+
+    def build(self, args: BERTArgs) -> BERT:
+        return BERT(args)
+
+    def objective(self, args: BERTArgs, tokenizer: TokenizerInfo, seed: int) -> BertObjective:
+        cls_id, sep_id, mask_id, pad_id = require(tokenizer, BERT_SPECIALS, self.name, "wordpiece")
+        special = np.array(sorted(set(tokenizer.special_tokens.values()) | {tokenizer.eod_id}), dtype=np.int64)
+        vocab = tokenizer.vocab_size or args.vocab_size
+        random_ids = np.setdiff1d(np.arange(vocab, dtype=np.int64), special)
+        return BertObjective(
+            seq_length=args.seq_length, cls_id=cls_id, sep_id=sep_id, pad_id=pad_id, mask_id=mask_id,
+            eod_id=tokenizer.eod_id, special_ids=special, random_ids=random_ids, seed=seed, sop=args.sop,
+            mlm_probability=args.mlm_probability, mask_replace_prob=args.mask_replace_prob,
+            random_replace_prob=args.random_replace_prob,
+        )
+
+    def sample_length(self, args: BERTArgs) -> int:
+        return args.seq_length - (3 if args.sop else 2)
+
+    def make_transform(self, args: BERTArgs, tokenizer: TokenizerInfo, seed: int) -> Transform:
+        return self.objective(args, tokenizer, seed)
+
+    def flops_per_token(self, args: BERTArgs) -> dict[str, float]:
+        return bert_flops_per_token(args)
+
+    def tokens_per_sample(self, args: BERTArgs) -> int:
+        return args.seq_length
+
+    def num_parameters(self, args: BERTArgs) -> int:
+        return count_parameters(args)["total"]
