@@ -1,0 +1,284 @@
+"""Apply tensor parallelism to a built model of any family, leaving the model files untouched in meaning.
+
+The model is built whole on every rank from the same seed, then :func:`parallelize` replaces its linears and
+embeddings by sharded ones sliced from those very weights: the initial weights of a tp-N run are exactly the
+unsharded model's, and the module and parameter names do not change (a gathered state dict loads into the
+unsharded model; see :func:`full_state_dict`). A plan per family, torchtitan style, says what each module
+becomes:
+
+* attention: q/k/v column-parallel (whole heads per rank; grouped KV heads split the same way, so a rank's
+  query heads find their KV head locally), output projection row-parallel;
+* MLP: up/gate column-parallel, down row-parallel;
+* token embedding vocab-parallel; output layer column-parallel over the vocabulary (not gathered) with
+  :func:`~pretrain.parallel.tensor.vocab_parallel_cross_entropy` as the model's ``loss_fn``; a tied output
+  layer shares the embedding's shard;
+* T5's relative-position bias table split by heads (each rank adds the biases of its own heads);
+* norms, position and token-type embeddings, BERT's MLM transform, pooler and SOP head replicated.
+
+Where several column layers read the same input (q/k/v; MLP up and gate), a forward pre-hook on the
+enclosing module enters the TP region once, so the input gradient costs one all-reduce, as Megatron's fused
+QKV does. Works with activation checkpointing (the recomputed forward repeats its all-reduces).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pretrain.errors import ConfigError
+from pretrain.parallel.tensor import (
+    ColumnParallelLinear,
+    Group,
+    RowParallelLinear,
+    VocabParallelEmbedding,
+    copy_to_tensor_model_parallel_region,
+    gather_tensor_parallel,
+    is_tensor_parallel,
+    rank_in,
+    set_tensor_model_parallel_attributes,
+    shard,
+    vocab_parallel_cross_entropy,
+    world_size,
+)
+from pretrain.parallel.validate import tensor_parallel_problems
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------ plan styles
+
+
+@dataclass(frozen=True)
+class Region:
+    """Enter the TP region once at this module's input: positional args ``args`` (same tensor object once)."""
+
+    args: tuple[int, ...] = (0,)
+
+
+@dataclass(frozen=True)
+class Column:
+    copy_input: bool = True  # False: the enclosing Region already entered
+
+
+@dataclass(frozen=True)
+class Row:
+    pass
+
+
+@dataclass(frozen=True)
+class VocabEmbedding:
+    pass
+
+
+@dataclass(frozen=True)
+class VocabOutput:
+    """The output layer: column-parallel over the vocabulary, logits left split for the loss."""
+
+
+@dataclass(frozen=True)
+class HeadSplit:
+    """A parameter (or an ``nn.Embedding``'s table) whose dimension ``dim`` indexes attention heads."""
+
+    dim: int
+
+
+_ATTN_QKV = Column(copy_input=False)
+
+GPT_PLAN: dict[str, object] = {
+    "embed_tokens": VocabEmbedding(),
+    "layers.*.self_attn": Region((0,)),
+    "layers.*.self_attn.[qkv]_proj": _ATTN_QKV,
+    "layers.*.self_attn.o_proj": Row(),
+    "layers.*.mlp": Region((0,)),
+    "layers.*.mlp.gate_proj": Column(copy_input=False),
+    "layers.*.mlp.up_proj": Column(copy_input=False),
+    "layers.*.mlp.down_proj": Row(),
+    "lm_head": VocabOutput(),
+}
+
+BERT_PLAN: dict[str, object] = {
+    "embed_tokens": VocabEmbedding(),
+    "layers.*.self_attn": Region((0,)),
+    "layers.*.self_attn.[qkv]_proj": _ATTN_QKV,
+    "layers.*.self_attn.o_proj": Row(),
+    "layers.*.up_proj": Column(copy_input=True),  # the MLP is inline in the layer: the column layer enters
+    "layers.*.down_proj": Row(),
+    "lm_head": VocabOutput(),
+}
+
+T5_PLAN: dict[str, object] = {
+    "shared": VocabEmbedding(),
+    "*coder.relative_attention_bias": HeadSplit(dim=1),  # [buckets, heads]
+    "*coder.layers.*.self_attn": Region((0, 1)),  # (x, kv=x, bias): one entry for the one tensor
+    "*coder.layers.*.cross_attn": Region((0, 1)),  # (x, memory, bias): two replicated streams
+    "*coder.layers.*.*_attn.[qkv]": _ATTN_QKV,
+    "*coder.layers.*.*_attn.o": Row(),
+    "*coder.layers.*.mlp": Region((0,)),
+    "*coder.layers.*.mlp.wi*": Column(copy_input=False),
+    "*coder.layers.*.mlp.wo": Row(),
+    "lm_head": VocabOutput(),
+}
+
+
+def plan_for(model: nn.Module) -> dict[str, object]:
+    from pretrain.models.bert import BERT
+    from pretrain.models.gpt import GPT
+    from pretrain.models.t5 import T5
+
+    for cls, plan in ((GPT, GPT_PLAN), (BERT, BERT_PLAN), (T5, T5_PLAN)):
+        if isinstance(model, cls):
+            return plan
+    raise TypeError(f"no tensor-parallel plan for {type(model).__name__}; expected GPT, BERT or T5")
+
+
+def _shape_facts(model: nn.Module) -> dict[str, int]:
+    a = model.args
+    heads = a.num_attention_heads
+    return {"heads": heads, "kv_heads": getattr(a, "num_key_value_heads", heads), "ffn": a.ffn_hidden_size,
+            "vocab": a.vocab_size}
+
+
+# ------------------------------------------------------------------------------------------------ apply
+
+
+def _region_hook(group: Group, indices: tuple[int, ...]):
+    def hook(module: nn.Module, args: tuple) -> tuple:
+        out, entered = list(args), {}
+        for i in indices:
+            if i < len(out) and isinstance(out[i], torch.Tensor):
+                key = id(args[i])
+                if key not in entered:
+                    entered[key] = copy_to_tensor_model_parallel_region(args[i], group)
+                out[i] = entered[key]
+        return tuple(out)
+
+    return hook
+
+
+def _pattern_of(name: str, plan: dict[str, object]) -> str | None:
+    for pattern in plan:
+        if fnmatch.fnmatchcase(name, pattern):
+            return pattern
+    return None
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, new)
+
+
+def _tied_groups(model: nn.Module) -> list[list[tuple[str, str]]]:
+    """(module name, parameter attribute) sets that share one Parameter object."""
+    owners: dict[int, list[tuple[str, str]]] = {}
+    for mname, mod in model.named_modules(remove_duplicate=False):
+        for pname, p in mod.named_parameters(recurse=False):
+            owners.setdefault(id(p), [])
+            if (mname, pname) not in owners[id(p)]:
+                owners[id(p)].append((mname, pname))
+    return [o for o in owners.values() if len(o) > 1]
+
+
+def parallelize(model: nn.Module, group: Group) -> nn.Module:
+    """Shard ``model`` (GPT, BERT or T5, freshly built or loaded, on every rank the same) over the tensor-
+    parallel ``group`` in place, and return it. A group of one rank leaves the model as it is.
+
+    After it, ``model(**batch)`` returns the same loss as before on every rank of the group, each rank holding
+    1/tp of the attention, MLP and vocabulary weights; without labels the models return logits of this rank's
+    vocabulary slice (``[..., vocab/tp]``, ids ``[rank*vocab/tp, (rank+1)*vocab/tp)``).
+    """
+    tp = world_size(group)
+    if tp == 1:
+        return model
+    plan = plan_for(model)
+    problems = tensor_parallel_problems(tp=tp, **_shape_facts(model))
+    if problems:
+        raise ConfigError(f"cannot split {type(model).__name__} over {tp} tensor-parallel ranks: " + "; ".join(problems))
+    if any(is_tensor_parallel(p) for p in model.parameters()):
+        raise ValueError(f"{type(model).__name__} is tensor-parallel already; parallelize() takes the unsharded model")
+    ties = _tied_groups(model)
+    targets = [(name, module, _pattern_of(name, plan)) for name, module in model.named_modules()]
+    targets = [(name, module, pattern) for name, module, pattern in targets if pattern is not None]
+    # the vocabulary pieces must be found, or the vocab-parallel loss would read whole-vocabulary logits
+    unmatched = [p for p, style in plan.items() if isinstance(style, (VocabEmbedding, VocabOutput, Row))
+                 and not any(pattern == p for _, _, pattern in targets)]
+    if unmatched:
+        raise TypeError(f"the tensor-parallel plan of {type(model).__name__} found no module for {unmatched}")
+    for name, module, pattern in targets:  # check everything before changing anything
+        style = plan[pattern]
+        expected = nn.Module if isinstance(style, Region) else (
+            nn.Embedding if isinstance(style, (VocabEmbedding, HeadSplit)) else nn.Linear)
+        if not isinstance(module, expected):
+            raise TypeError(f"plan entry for {name} expects {expected.__name__}, found {type(module).__name__}")
+    for name, module, pattern in targets:
+        style = plan[pattern]
+        if isinstance(style, Region):
+            module.register_forward_pre_hook(_region_hook(group, style.args))
+            continue
+        if isinstance(style, Column):
+            new = ColumnParallelLinear.from_dense(module, group, copy_input=style.copy_input)
+        elif isinstance(style, Row):
+            new = RowParallelLinear.from_dense(module, group)
+        elif isinstance(style, VocabOutput):
+            new = ColumnParallelLinear.from_dense(module, group, copy_input=True, gather_output=False)
+        elif isinstance(style, VocabEmbedding):
+            new = VocabParallelEmbedding.from_dense(module, group)
+        elif isinstance(style, HeadSplit):
+            weight = nn.Parameter(shard(module.weight, style.dim, group))
+            set_tensor_model_parallel_attributes(weight, style.dim)
+            module.weight = weight
+            if isinstance(module, nn.Embedding):
+                module.embedding_dim = weight.shape[1]
+            continue
+        else:  # a plan entry of a kind this function does not know is a programming error
+            raise TypeError(f"unknown plan style {style!r} for {name}")
+        _set_submodule(model, name, new)
+    for tie in ties:  # re-tie shared weights (tied embeddings) to the first owner's shard
+        (m0, p0), *rest = tie
+        shared = getattr(model.get_submodule(m0), p0)
+        for mname, pname in rest:
+            mod = model.get_submodule(mname)
+            if getattr(mod, pname).shape != shared.shape:
+                raise ValueError(f"tied parameters {m0}.{p0} and {mname}.{pname} were sharded differently")
+            setattr(mod, pname, shared)
+    model.loss_fn = functools.partial(vocab_parallel_cross_entropy, group=group)
+    log.info("tensor parallel: %s split over %d ranks (%d modules sharded); rank %d holds %d of its parameters",
+             type(model).__name__, tp, len(targets), rank_in(group), sum(p.numel() for p in model.parameters()))
+    return model
+
+
+# ------------------------------------------------------------------------------------------------ state dicts
+
+
+def full_state_dict(model: nn.Module, group: Group) -> dict[str, torch.Tensor]:
+    """The unsharded model's state dict (same keys) from every rank's shards: collective over ``group``, every
+    rank gets the full tensors. For checkpoint consolidation, export and tests."""
+    out: dict[str, torch.Tensor] = {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        if is_tensor_parallel(t):
+            out[name] = gather_tensor_parallel(t, t.partition_dim, group)
+        else:
+            out[name] = t.detach().clone()
+    return out
+
+
+@torch.no_grad()
+def load_full_state_dict(model: nn.Module, state: dict[str, torch.Tensor], group: Group) -> None:
+    """Load an unsharded state dict into a parallelized model: each rank copies its slice of every sharded
+    tensor (the resharding step of a tp-changing resume or of ``model.init_from``)."""
+    own = model.state_dict(keep_vars=True)
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise KeyError(f"state dict does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    for name, t in own.items():
+        src = state[name]
+        if is_tensor_parallel(t):
+            src = shard(src, t.partition_dim, group)
+        if src.shape != t.shape:
+            raise ValueError(f"{name}: shape {tuple(src.shape)} does not match the model's {tuple(t.shape)}")
+        t.copy_(src)

@@ -1,0 +1,137 @@
+"""Check a parallel layout against the model and batch config before any process group or model exists.
+
+DeepSpeed and the sharded layers would fail on a bad layout too, but late (after minutes of start-up on a
+cluster), on one rank, deep inside (an assert in the pipeline engine, a shape error in a matmul) or not at all
+(a head split in half still multiplies). Here every problem is found at once and each message names the key,
+its value and what to change.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig
+
+from pretrain.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ParallelLayout:
+    tp: int
+    pp: int
+    dp: int
+    micro_batch_size: int
+    global_batch_size: int
+
+    @property
+    def world_size(self) -> int:
+        return self.tp * self.pp * self.dp
+
+    @property
+    def grad_accum_steps(self) -> int:
+        """Micro-batches per step per data-parallel rank (with pp > 1: the micro-batches in the pipeline)."""
+        return self.global_batch_size // (self.micro_batch_size * self.dp)
+
+
+def _val(x: Any) -> Any:
+    return x.value if hasattr(x, "value") else x
+
+
+def tensor_parallel_problems(*, tp: int, heads: int, kv_heads: int, ffn: int, vocab: int | None,
+                             vocab_multiple: int | None = None) -> list[str]:
+    """What keeps a model of this shape from splitting over ``tp`` ranks (empty: it splits). ``vocab`` None:
+    the vocabulary comes from the tokenizer, padded to ``vocab_multiple`` (``model.make_vocab_size_divisible_by``)."""
+    out = []
+    if tp == 1:
+        return out
+    if heads % tp:
+        out.append(f"model.num_attention_heads={heads} is not divisible by parallel.tensor_model_parallel_size={tp} "
+                   f"(each rank holds whole heads); choose a tensor-parallel size that divides {heads}")
+    if kv_heads != heads and kv_heads % tp:
+        out.append(f"model.num_key_value_heads={kv_heads} is not divisible by parallel.tensor_model_parallel_size="
+                   f"{tp}; use a tensor-parallel size that divides {kv_heads} or more key/value heads")
+    if ffn % tp:
+        out.append(f"the MLP width (model.ffn_hidden_size) {ffn} is not divisible by "
+                   f"parallel.tensor_model_parallel_size={tp}; set model.ffn_hidden_size to a multiple of {tp}")
+    if vocab is not None and vocab % tp:
+        out.append(f"model.vocab_size={vocab} is not divisible by parallel.tensor_model_parallel_size={tp}; pad it "
+                   f"to {math.ceil(vocab / tp) * tp} (or set model.vocab_size=null to pad the tokenizer's vocabulary)")
+    if vocab is None and vocab_multiple is not None and vocab_multiple % tp:
+        out.append(f"model.make_vocab_size_divisible_by={vocab_multiple} is not a multiple of "
+                   f"parallel.tensor_model_parallel_size={tp}, so the padded vocabulary may not split evenly; set it "
+                   f"to {math.lcm(vocab_multiple, tp)}")
+    return out
+
+
+def _model_shape(m: DictConfig) -> dict[str, Any]:
+    """Heads, MLP width and layer counts of the model config, nulls resolved as the families resolve them."""
+    family = m.family
+    heads = m.num_attention_heads
+    act = _val(m.activation)
+    if family == "gpt":
+        from pretrain.models.gpt import default_ffn_hidden_size
+
+        ffn = m.ffn_hidden_size or default_ffn_hidden_size(m.hidden_size, act)
+        kv = m.num_key_value_heads or heads
+        layers = {"model.num_layers": m.num_layers}
+    elif family == "bert":
+        ffn, kv, layers = m.ffn_hidden_size or 4 * m.hidden_size, heads, {"model.num_layers": m.num_layers}
+    elif family == "t5":
+        ffn, kv = m.ffn_hidden_size or 4 * m.hidden_size, heads
+        layers = {"model.num_layers": m.num_layers,
+                  "model.num_decoder_layers": m.num_decoder_layers or m.num_layers}
+    else:  # the family registry reports unknown families with its own message
+        ffn, kv, layers = m.ffn_hidden_size or 4 * m.hidden_size, m.num_key_value_heads or heads, {
+            "model.num_layers": m.num_layers}
+    return {"heads": heads, "kv_heads": kv, "ffn": ffn, "layers": layers}
+
+
+def validate_parallel(cfg: DictConfig, world_size: int) -> ParallelLayout:
+    """The layout ``tp x pp x dp`` of ``world_size`` ranks for ``cfg`` (``parallel``, ``trainer``, ``model``),
+    or a :class:`ConfigError` listing every problem with what to change."""
+    p, t, m = cfg.parallel, cfg.trainer, cfg.model
+    tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
+    problems: list[str] = []
+    if tp < 1 or pp < 1:
+        raise ConfigError(f"parallel.tensor_model_parallel_size={tp} and parallel.pipeline_model_parallel_size={pp} "
+                          "must both be >= 1")
+    if world_size % (tp * pp):
+        problems.append(
+            f"the world size {world_size} is not divisible by parallel.tensor_model_parallel_size x "
+            f"parallel.pipeline_model_parallel_size = {tp} x {pp} = {tp * pp}; launch a multiple of {tp * pp} "
+            f"processes or change the sizes"
+        )
+    dp = max(world_size // (tp * pp), 1)
+
+    shape = _model_shape(m)
+    problems += tensor_parallel_problems(tp=tp, heads=shape["heads"], kv_heads=shape["kv_heads"], ffn=shape["ffn"],
+                                         vocab=m.vocab_size, vocab_multiple=m.make_vocab_size_divisible_by)
+    if pp > 1:
+        for key, n in shape["layers"].items():
+            if n % pp:
+                problems.append(f"{key}={n} is not divisible by parallel.pipeline_model_parallel_size={pp} (each "
+                                f"stage holds the same number of layers); choose a pipeline size that divides {n}")
+        if p.zero_stage > 1:
+            problems.append(f"parallel.pipeline_model_parallel_size={pp} needs parallel.zero_stage <= 1 (DeepSpeed's "
+                            f"pipeline engine cannot shard gradients or parameters), got {p.zero_stage}; set "
+                            "parallel.zero_stage=1")
+    if p.sequence_parallel and tp > 1:
+        problems.append("parallel.sequence_parallel=true: sequence parallelism is not available in this release; "
+                        "set parallel.sequence_parallel=false")
+
+    micro = t.micro_batch_size
+    if micro < 1:
+        problems.append(f"trainer.micro_batch_size={micro} must be >= 1")
+        micro = 1
+    gbs = t.global_batch_size if t.global_batch_size is not None else micro * dp
+    if gbs % (micro * dp):
+        problems.append(
+            f"trainer.global_batch_size={gbs} is not divisible by trainer.micro_batch_size x data-parallel size = "
+            f"{micro} x {dp} = {micro * dp} (data-parallel size = world {world_size} / (tp {tp} x pp {pp})); "
+            f"choose a global batch that is a multiple of {micro * dp}"
+        )
+    if problems:
+        raise ConfigError("invalid parallel layout: " + "; ".join(problems))
+    return ParallelLayout(tp=tp, pp=pp, dp=dp, micro_batch_size=micro, global_batch_size=gbs)
