@@ -1,5 +1,5 @@
 # Every target creates or reuses the virtual environment and installs what it needs.
-#   make demo        raw sample corpora -> data pipeline -> tiny GPT trained (CPU is fine)
+#   make demo        raw sample corpora -> data pipeline -> tiny GPT trained -> exported to Hugging Face
 #   make test        the whole test suite (what CI runs)
 #   make test-fast   the suite without the slow multi-process end-to-end runs
 #   make bench       training throughput: our DeepSpeed stack vs a bare PyTorch loop
@@ -28,7 +28,8 @@ demo: install
 	$(PY) -m data_pipelines.run output_dir=$(DEMO_DIR)/data
 	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m pretrain.train experiment=gpt_tiny run_dir=$(DEMO_DIR)/train \
 		data.path=$(DEMO_DIR)/data data.split=80/20
-	@echo "demo done: data report $(DEMO_DIR)/data/report.md, metrics $(DEMO_DIR)/train/metrics.jsonl, checkpoints $(DEMO_DIR)/train/checkpoints"
+	$(PY) -m pretrain.export $(DEMO_DIR)/train $(DEMO_DIR)/hf --overwrite
+	@echo "demo done: data report $(DEMO_DIR)/data/report.md, metrics $(DEMO_DIR)/train/metrics.jsonl, Hugging Face model $(DEMO_DIR)/hf"
 
 test: install
 	WANDB_MODE=disabled $(PY) -m pytest tests $(PYTEST_ARGS)
