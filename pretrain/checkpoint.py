@@ -108,9 +108,17 @@ def check_model_shape(tag_dir: Path, state: dict[str, Any], args: Any, family: s
         )
 
 
-def check_layout(tag_dir: Path, state: dict[str, Any], world_size: int, zero_stage: int) -> None:
-    """DeepSpeed cannot re-partition ZeRO optimizer shards to another data-parallel size or stage: say so
-    before anything is built, instead of failing deep inside ``load_checkpoint``."""
+def check_layout(tag_dir: Path, state: dict[str, Any], world_size: int, zero_stage: int,
+                 tensor_parallel_size: int = 1) -> None:
+    """DeepSpeed cannot re-partition ZeRO optimizer shards to another data-parallel size or stage, nor
+    tensor-parallel shards to another tensor-parallel size: say so before anything is built, instead of
+    failing deep inside ``load_checkpoint``."""
+    saved_tp = state.get("tensor_parallel_size", 1)
+    if saved_tp != tensor_parallel_size:
+        raise CheckpointError(
+            f"the checkpoint {tag_dir} holds tensor-parallel shards for parallel.tensor_model_parallel_size="
+            f"{saved_tp}, this run asks for {tensor_parallel_size}; resume with {saved_tp}"
+        )
     saved_world, saved_stage = state.get("world_size"), state.get("zero_stage")
     if saved_stage and saved_world != world_size:
         raise CheckpointError(

@@ -142,9 +142,10 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
-def all_reduce_mean(values: list[float], device: torch.device) -> list[float]:
+def all_reduce_mean(values: list[float], device: torch.device, group=None) -> list[float]:
+    """Mean over ``group`` (default: every rank) of one float per rank, for each of ``values``."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return values
     t = torch.tensor(values, dtype=torch.float64, device=device)
-    torch.distributed.all_reduce(t)
-    return (t / torch.distributed.get_world_size()).tolist()
+    torch.distributed.all_reduce(t, group=group)
+    return (t / torch.distributed.get_world_size(group)).tolist()

@@ -32,38 +32,23 @@ class BatchPlan:
     # offload has nothing to partition and runs stage 0 (same numerics, no flattening copies: ZeRO-1 at one
     # rank costs ~25% of a step of a 30M model on CPU).
     zero_stage: int = 0
+    tensor_parallel_size: int = 1
 
 
 def batch_plan(cfg: DictConfig, world_size: int) -> BatchPlan:
     """Check the parallel layout and batch arithmetic before any process group exists."""
-    p, t = cfg.parallel, cfg.trainer
-    tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
-    if tp < 1 or pp < 1:
-        raise ConfigError("parallel.tensor_model_parallel_size and parallel.pipeline_model_parallel_size must be >= 1")
-    if tp > 1 or pp > 1:
+    from pretrain.parallel.validate import validate_parallel
+
+    p = cfg.parallel
+    layout = validate_parallel(cfg, world_size)  # every layout problem at once, each with what to change
+    if layout.pp > 1:
         raise ConfigError(
-            f"parallel.tensor_model_parallel_size={tp}, parallel.pipeline_model_parallel_size={pp}: this release "
-            "trains with data parallelism (ZeRO) only; set both to 1"
+            f"parallel.pipeline_model_parallel_size={layout.pp}: the trainer does not run pipeline stages yet "
+            "(tensor and ZeRO data parallelism only); set it to 1"
         )
-    if world_size % (tp * pp):
-        raise ConfigError(f"world size {world_size} is not divisible by tensor x pipeline parallel size {tp}x{pp}")
-    dp = world_size // (tp * pp)
-    micro = t.micro_batch_size
-    if micro < 1:
-        raise ConfigError(f"trainer.micro_batch_size={micro} must be >= 1")
-    gbs = t.global_batch_size if t.global_batch_size is not None else micro * dp
-    if gbs % (micro * dp):
-        raise ConfigError(
-            f"trainer.global_batch_size={gbs} is not divisible by trainer.micro_batch_size x data-parallel size "
-            f"= {micro} x {dp} = {micro * dp}; choose a global batch that is a multiple of {micro * dp}"
-        )
+    tp, dp, micro, gbs = layout.tp, layout.dp, layout.micro_batch_size, layout.global_batch_size
     if p.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"parallel.zero_stage={p.zero_stage}; expected 0, 1, 2 or 3")
-    if pp > 1 and p.zero_stage > 1:
-        raise ConfigError(
-            f"parallel.pipeline_model_parallel_size={pp} needs parallel.zero_stage <= 1 (DeepSpeed's pipeline "
-            f"engine cannot shard gradients or parameters), got {p.zero_stage}"
-        )
     if p.offload_param and p.zero_stage != 3:
         raise ConfigError("parallel.offload_param=true needs parallel.zero_stage=3")
     if p.offload_optimizer and p.zero_stage == 0:
@@ -71,7 +56,7 @@ def batch_plan(cfg: DictConfig, world_size: int) -> BatchPlan:
     stage = p.zero_stage
     if dp == 1 and not (p.offload_optimizer or p.offload_param):
         stage = 0
-    return BatchPlan(micro, gbs, dp, gbs // (micro * dp), stage)
+    return BatchPlan(micro, gbs, dp, gbs // (micro * dp), stage, tp)
 
 
 def check_precision(precision: str, device: torch.device) -> None:
@@ -173,7 +158,9 @@ def lr_lambda(sched: DictConfig, max_steps: int):
     return fn
 
 
-def initialize(model: torch.nn.Module, cfg: DictConfig, ds_config: dict, device: torch.device):
+def initialize(model: torch.nn.Module, cfg: DictConfig, ds_config: dict, device: torch.device, mpu=None):
+    """The DeepSpeed engine; ``mpu`` (a :class:`pretrain.parallel.topology.ParallelGrid`) tells DeepSpeed the
+    data-parallel group to reduce over and the model-parallel group its gradient norm spans."""
     import deepspeed
 
     model.to(device)
@@ -184,12 +171,28 @@ def initialize(model: torch.nn.Module, cfg: DictConfig, ds_config: dict, device:
         optimizer=optimizer,
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, fn),
         config=ds_config,
+        mpu=mpu,
     )
+    if ds_config["zero_optimization"]["stage"] == 0 and not (ds_config["bf16"]["enabled"] or ds_config["fp16"]["enabled"]):
+        _record_fp32_grad_norm(engine)
     if ds_config["zero_optimization"]["stage"] == 0 and engine.dp_world_size == 1:
         # Nothing to all-reduce with one data-parallel rank, but DeepSpeed would still flatten every gradient
         # into a bucket and back each step (~7% of a step of a 30M model on CPU).
         engine.enable_backward_allreduce = False
     return engine, scheduler
+
+
+def _record_fp32_grad_norm(engine) -> None:
+    """DeepSpeed's fp32 stage-0 path clips with ``clip_grad_norm_`` but drops the norm it computed, so
+    ``get_global_grad_norm()`` would be None there (every other path keeps it). Same clipping, norm kept."""
+    from deepspeed.runtime.utils import clip_grad_norm_
+
+    def clip_and_record() -> None:
+        engine._global_grad_norm = clip_grad_norm_(
+            parameters=engine.module.parameters(), max_norm=engine.gradient_clipping(), mpu=engine.mpu
+        )
+
+    engine.clip_fp32_gradients = clip_and_record
 
 
 def current_loss_scale(engine) -> float:

@@ -63,7 +63,13 @@ def find_checkpoint(src: str | Path) -> Source:
                 f"{src}: no complete checkpoint found (expected a run directory with checkpoints/, a checkpoint "
                 f"folder with a '{ckpt.LATEST}' file, or a step_NNNNNN folder)"
             )
-    return Source(ckpt_dir, tag, ckpt.read_state(ckpt_dir / tag))
+    state = ckpt.read_state(ckpt_dir / tag)
+    if state.get("tensor_parallel_size", 1) > 1:
+        raise CheckpointError(
+            f"{ckpt_dir / tag} holds tensor-parallel shards (parallel.tensor_model_parallel_size="
+            f"{state['tensor_parallel_size']}); export consolidates ZeRO shards only so far"
+        )
+    return Source(ckpt_dir, tag, state)
 
 
 def model_args(source: Source):

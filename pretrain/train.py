@@ -35,6 +35,7 @@ from pretrain.errors import ConfigError, UserError
 from pretrain.flops import peak_flops_per_device
 from pretrain.metrics import MetricsLogger, peak_memory_gb
 from pretrain.models import TokenizerInfo, get_family
+from pretrain.parallel.tensor import TP_COMM
 
 log = logging.getLogger("pretrain")
 # torch.distributed's deprecation notices for calls made inside DeepSpeed: one per call site per rank.
@@ -140,7 +141,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if resume_tag:
         resume_state = ckpt.read_state(ckpt_dir / resume_tag)
         ckpt.check_model_shape(ckpt_dir / resume_tag, resume_state, args, family.name)
-        ckpt.check_layout(ckpt_dir / resume_tag, resume_state, world, plan.zero_stage)
+        ckpt.check_layout(ckpt_dir / resume_tag, resume_state, world, plan.zero_stage, plan.tensor_parallel_size)
     init_from = cfg.model.init_from if not resume_tag else None  # a checkpoint to resume wins over init_from
     if init_from:
         from pretrain import hf
@@ -152,14 +153,27 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.trainer.deterministic:
         torch.use_deterministic_algorithms(True)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    from pretrain.parallel.topology import ParallelGrid
+
+    grid = ParallelGrid(plan.tensor_parallel_size, 1)
+    dp_rank, dp_group = grid.get_data_parallel_rank(), grid.get_data_parallel_group()
     seed_everything(cfg.seed)  # identical initial weights on every rank
     model = family.build(args)
     if init_from:
         hf.load_into(model, init_from, family.name, args)
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = family.num_parameters(args)  # the whole model, whatever the sharding
+    if plan.tensor_parallel_size > 1:
+        from pretrain.parallel.parallelize import parallelize
+
+        parallelize(model, grid.get_tensor_model_parallel_group())  # slices the seeded full weights
+    # gradient bytes a ring all-reduce moves per step and rank (ZeRO's reduce-scatter + all-gather: the same)
+    dp = plan.data_parallel_size
+    grad_bytes = 2 if precision in ("bf16", "fp16") else 4
+    dp_bytes_per_step = int(2 * (dp - 1) / dp * sum(p.numel() for p in model.parameters()) * grad_bytes)
     ds_cfg = deepspeed_config(cfg, plan, device)
-    engine, scheduler = initialize(model, cfg, ds_cfg, device)
-    seed_everything(cfg.seed + 1000 * dist.rank)  # different dropout masks per rank
+    engine, scheduler = initialize(model, cfg, ds_cfg, device, mpu=grid)
+    # dropout: different masks per data-parallel rank, the same within a tensor-parallel group
+    seed_everything(grid.dropout_seed(cfg.seed))
 
     step, consumed, rng = 0, 0, None
     if resume_tag:
@@ -195,14 +209,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "step": at_step, "consumed_samples": at_consumed, "consumed_tokens": at_consumed * seq,
             "wandb_id": metrics.wandb_id, "family": family.name, "model_args": asdict(args),
             "world_size": dist.world_size, "tokenizer": str(tokenizer.path) if tokenizer.path else None,
-            "zero_stage": plan.zero_stage,
+            "zero_stage": plan.zero_stage, "tensor_parallel_size": plan.tensor_parallel_size,
             "seed": cfg.seed, "name": cfg.name,
         }
 
     from pretrain.data.sampler import PretrainingSampler, make_loader
 
     def loader(dataset, total: int, start: int):
-        sampler = PretrainingSampler(total, start, plan.micro_batch_size, dist.rank, plan.data_parallel_size)
+        sampler = PretrainingSampler(total, start, plan.micro_batch_size, dp_rank, plan.data_parallel_size)
         return make_loader(dataset, sampler, cfg.data.num_workers, transform)
 
     def evaluate() -> float:
@@ -213,7 +227,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 total += engine(**{k: v.to(device) for k, v in batch.items()}).item()
                 n += 1
         engine.train()
-        return all_reduce_mean([total / max(n, 1)], device)[0]
+        TP_COMM.take()  # evaluation traffic is not a training step's
+        return all_reduce_mean([total / max(n, 1)], device, dp_group)[0]
 
     # ---- 3. train ----
     max_steps = cfg.trainer.max_steps
@@ -223,7 +238,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if rng is not None:
         ckpt.set_rng_state(rng)  # last, so the dropout stream continues exactly where it stopped
     t_start, first_step, last_loss, last_val = time.perf_counter(), step, float("nan"), None
-    stopped = None
+    stopped, last_logged_step = None, step
     while step < max_steps:
         preemption.maybe_hang(step + 1, dist.rank)
         t0 = time.perf_counter()
@@ -243,7 +258,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         do_eval = (data.valid is not None and cfg.trainer.eval_interval > 0
                    and (step % cfg.trainer.eval_interval == 0 or step == max_steps))
         if do_log:
-            last_loss, mean_checksum = all_reduce_mean([loss_sum.item() / plan.grad_accum_steps, checksum], device)
+            last_loss, mean_checksum = all_reduce_mean(
+                [loss_sum.item() / plan.grad_accum_steps, checksum], device, dp_group
+            )
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             dt = time.perf_counter() - t0
@@ -266,7 +283,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 "consumed_samples": consumed,
                 "consumed_tokens": consumed * seq,
                 "peak_mem_gb": peak_memory_gb(device),
-                "batch_checksum": round(mean_checksum * dist.world_size),
+                "batch_checksum": round(mean_checksum * plan.data_parallel_size),
+                # bytes moved per step by each parallel dimension: tensor-parallel collectives as counted by
+                # the sharded layers (forward and backward), data-parallel gradient all-reduce as a ring moves it
+                **{f"comm_tp_{k}_bytes": v // (step - last_logged_step) for k, v in TP_COMM.take().items()},
+                "comm_dp_allreduce_bytes": dp_bytes_per_step,
             }
         if do_eval:
             last_val = evaluate()
@@ -277,6 +298,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 record = {"step": step, **val}
         if do_log or do_eval:
             metrics.log(record)
+        if do_log:
+            last_logged_step = step
         interval = cfg.checkpoint.interval
         stopped = stop.check(device) if step < max_steps else None  # every rank stops after the same step
         if (interval > 0 and step % interval == 0) or (step == max_steps and cfg.checkpoint.save_at_end) or stopped:

@@ -35,6 +35,7 @@ def test_gpt_trains_with_every_zero_stage(tmp_path, train_env, preset, precision
     train = [r for r in records if "loss" in r]
     assert [r["step"] for r in train] == list(range(1, 31))
     assert REQUIRED_KEYS <= set(train[0])
+    assert all(r["grad_norm"] is not None and r["grad_norm"] > 0 for r in train)
     first, last = train[0]["loss"], train[-1]["loss"]
     assert last < first - 0.8, (first, last)  # ln(4096) = 8.3 at the start; clearly lower after 30 steps
     assert [r["step"] for r in records if "val_loss" in r] == [15, 30]
@@ -99,3 +100,22 @@ def test_single_process_launch_without_torchrun(tmp_path, train_env):
     losses = losses_by_step(run_dir)
     assert losses[30] < losses[1] - 0.8
     assert json.loads((run_dir / "deepspeed.json").read_text())["train_batch_size"] == 4
+
+
+def test_tensor_parallel_matches_one_process(tmp_path, train_env):
+    """tp=2 (Megatron column/row-parallel layers, vocab-parallel embedding and loss) gives the per-step losses
+    and gradient norms of one unsharded process, on the same batches."""
+    common = [*TINY, "trainer.max_steps=10", "trainer.eval_interval=5"]
+    one, tp2 = tmp_path / "one", tmp_path / "tp2"
+    run_train([*common, f"run_dir={one}"], train_env)
+    run_train([*common, f"run_dir={tp2}", "parallel.tensor_model_parallel_size=2"], train_env, nproc=2)
+    a, b = [r for r in read_metrics(one) if "loss" in r], [r for r in read_metrics(tp2) if "loss" in r]
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 11))
+    for x, y in zip(a, b):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-5)
+        assert y["grad_norm"] == pytest.approx(x["grad_norm"], rel=1e-4)
+        assert y["batch_checksum"] == x["batch_checksum"]
+        assert y["comm_tp_all_reduce_bytes"] > 0 and "comm_tp_all_reduce_bytes" not in x
+    assert a[-1]["val_loss"] == pytest.approx(b[-1]["val_loss"], rel=1e-5)
+    state = json.loads((tp2 / "checkpoints" / "step_000010" / "trainer_state.json").read_text())
+    assert state["tensor_parallel_size"] == 2

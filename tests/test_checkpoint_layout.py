@@ -1,0 +1,31 @@
+"""Resume refusals that DeepSpeed would only hit deep inside load_checkpoint (fast, no processes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pretrain.checkpoint import check_layout
+from pretrain.errors import CheckpointError
+
+TAG = Path("/runs/x/checkpoints/step_000010")
+
+
+def test_same_layout_resumes():
+    check_layout(TAG, {"world_size": 4, "zero_stage": 1, "tensor_parallel_size": 2}, 4, 1, 2)
+    check_layout(TAG, {"world_size": 1, "zero_stage": 0}, 2, 0, 1)  # stage 0 holds whole states: any dp size
+
+
+@pytest.mark.parametrize(
+    "state, now, fragment",
+    [
+        ({"world_size": 2, "zero_stage": 1, "tensor_parallel_size": 2}, (2, 0, 1), "tensor_model_parallel_size=2, this run asks for 1"),
+        ({"world_size": 2, "zero_stage": 2}, (4, 2, 1), "ZeRO-2 optimizer shards for 2 processes, this run has 4"),
+        ({"world_size": 2, "zero_stage": 0}, (2, 1, 1), "saved with ZeRO stage 0, this run would use stage 1"),
+    ],
+)
+def test_other_layouts_are_refused_with_what_to_do(state, now, fragment):
+    with pytest.raises(CheckpointError) as e:
+        check_layout(TAG, state, *now)
+    assert fragment in str(e.value) and str(TAG) in str(e.value)
