@@ -27,7 +27,6 @@ see half a file. We use the legacy ``RandomState`` because its streams are froze
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -36,8 +35,7 @@ import os
 import re
 import tempfile
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +45,7 @@ from omegaconf import DictConfig, OmegaConf
 import torch.utils.data
 
 from pretrain.data.blend import Blend
+from pretrain.data.locking import file_lock
 from pretrain.data.indexed import IndexedDataset, bin_path, idx_path
 from pretrain.data.manifest import Manifest, read_manifest
 from pretrain.errors import DataError
@@ -200,17 +199,6 @@ def _check_doc_idx(ds: IndexedDataset) -> None:
 # --------------------------------------------------------------------------------------------------- epochs
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
 def _seed_words(seed: int, name: str, split: str, epoch: int) -> np.ndarray:
     h = hashlib.sha256(name.encode()).digest()
     s = int(seed) & 0xFFFFFFFFFFFFFFFF
@@ -289,7 +277,7 @@ class CorpusSplit:
         missing = [e for e in range(n_epochs) if not self._path(e).is_file()]
         if not missing:
             return
-        with _locked(self.dir / ".lock"):
+        with file_lock(self.dir / ".lock"):
             missing = [e for e in missing if not self._path(e).is_file()]
             if not missing:
                 return

@@ -20,7 +20,6 @@ there. The output is byte-identical for the same corpus and builder version.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import gzip
 import hashlib
 import json
@@ -29,12 +28,11 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
+from pretrain.data.locking import file_lock
 from pretrain.data.indexed import IndexedDatasetWriter, best_dtype
 from pretrain.data.manifest import MANIFEST_NAME, write_manifest
 from pretrain.errors import DataError
@@ -101,7 +99,7 @@ def ensure_sample_data(root: str | os.PathLike | None = None, kind: str = "bpe")
     if _is_complete(root, key):
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(root.parent / f".{root.name}.lock"):
+    with file_lock(root.parent / f".{root.name}.lock"):
         if _is_complete(root, key):  # another process built it while we waited for the lock
             return root
         if root.exists() and any(root.iterdir()):
@@ -133,16 +131,6 @@ def _is_complete(root: Path, key: str) -> bool:
         return json.loads(stamp.read_text()).get("key") == key
     except (OSError, json.JSONDecodeError):
         return False
-
-
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    with open(path, "a+") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def read_corpus(path: Path) -> list[str]:
