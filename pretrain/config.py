@@ -37,6 +37,11 @@ class Activation(str, Enum):
     geglu = "geglu"  # gated tanh-GELU (T5 v1.1 "gated-gelu")
 
 
+class RecomputeGranularity(str, Enum):
+    full = "full"  # recompute each whole transformer layer
+    selective = "selective"  # recompute only the core attention (Megatron's selective recomputation)
+
+
 class Precision(str, Enum):
     fp32 = "fp32"
     bf16 = "bf16"
@@ -83,6 +88,9 @@ class ModelConfig:
     init_method_std: float = 0.02
     # Recompute each transformer layer in the backward pass (less activation memory, ~33% more compute).
     activation_checkpointing: bool = False
+    # What activation_checkpointing recomputes: full = every layer; selective = only the core attention (scores,
+    # softmax, weighted sum: the seq x seq part), keeping the linears' activations (pretrain/models/recompute.py).
+    recompute_granularity: RecomputeGranularity = RecomputeGranularity.full
     # A local Hugging Face model directory (as written by `python -m pretrain.export`) whose weights initialise
     # the model before training; its architecture and shape must match this config (see pretrain/hf.py).
     init_from: Optional[str] = None
@@ -132,6 +140,9 @@ class ParallelConfig:
     offload_param: bool = False
     tensor_model_parallel_size: int = 1
     pipeline_model_parallel_size: int = 1
+    # How DeepSpeed cuts the layers into stages: type:<class regex> (as many matching layers per stage),
+    # parameters (balanced parameter counts) or uniform (layer count).
+    pipeline_partition: str = "type:TransformerLayer"
     sequence_parallel: bool = False
     # null: nccl on CUDA, gloo on CPU.
     backend: Optional[str] = None

@@ -8,8 +8,11 @@ Model FLOPs per token (fwd + bwd, the PaLM / Megatron convention)::
   + 12 * layers * hidden * seq   (attention scores and weighted sum: 2·2·seq·hidden forward, x3 with backward;
                                   counted in full for causal attention, as PaLM does)
 
-Embedding lookups cost no FLOPs and are excluded. Hardware FLOPs add one more forward of every layer when
-activations are recomputed; MFU uses model FLOPs, HFU hardware FLOPs.
+Embedding lookups cost no FLOPs and are excluded. Hardware FLOPs add what activation checkpointing
+recomputes (:mod:`pretrain.models.recompute`): under ``model.recompute_granularity=full`` one more forward of
+every layer (``2 * N_layers + 4 * layers * hidden * seq``), under ``selective`` only the attention core's
+forward (``4 * layers * hidden * seq``, the score and weighted-sum matmuls: a third of the attention term).
+MFU uses model FLOPs, HFU hardware FLOPs.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import time
 import torch
 
 from pretrain.models.gpt import GPTArgs, count_parameters
+from pretrain.models.recompute import recompute_flops
 
 # Dense peak FLOP/s per device, from the vendors' data sheets (no sparsity). fp32 on tensor-core GPUs means
 # plain FP32 (TF32 is off by default in PyTorch for matmuls).
@@ -49,7 +53,7 @@ def gpt_flops_per_token(args: GPTArgs) -> dict[str, float]:
     layer_params = p["non_embedding"] - (h if args.normalization == "rmsnorm" or not args.bias else 2 * h)
     attn = 12 * L * h * s
     model = 6 * layer_params + 6 * h * V + attn
-    recompute = (2 * layer_params + attn / 3) if args.activation_checkpointing else 0.0
+    recompute = recompute_flops(args, layers_forward=2 * layer_params + attn / 3, attention_core_forward=attn / 3)
     return {"model": float(model), "hardware": float(model + recompute)}
 
 

@@ -25,6 +25,7 @@ from torch import nn
 
 from pretrain.errors import ConfigError, DataError
 from pretrain.models.gpt import GPT, GPTArgs, count_parameters, default_ffn_hidden_size
+from pretrain.models.recompute import check_granularity
 
 Transform = Callable[[int, np.ndarray], dict[str, np.ndarray]]
 
@@ -93,6 +94,7 @@ def check_heads(m: DictConfig) -> int:
 # Fields of an args dataclass that do not change the shape of the parameters (a checkpoint of any value
 # of these resumes into any other).
 NON_SHAPE_FIELDS = {"hidden_dropout", "attention_dropout", "init_method_std", "activation_checkpointing",
+                    "recompute_granularity",
                     "norm_eps", "rotary_base",
                     # objective settings (BERT masking, T5 span corruption): data, not parameters
                     "mlm_probability", "mask_replace_prob", "random_replace_prob", "noise_density",
@@ -172,6 +174,7 @@ class GPTFamily(ModelFamily):
             attention_dropout=m.attention_dropout,
             init_method_std=m.init_method_std,
             activation_checkpointing=m.activation_checkpointing,
+            recompute_granularity=check_granularity(m.get("recompute_granularity", "full")),
         )
 
     def build(self, args: GPTArgs) -> GPT:

@@ -14,8 +14,9 @@ FLOPs per token (fwd + bwd; per position of the ``seq_length`` window, as in :mo
   + 12 * layers * hidden * seq        (attention scores and weighted sum, bidirectional: all seq keys)
   + 6 * hidden^2 / seq                (pooler, once per sample; only with SOP)
 
-Hardware FLOPs add one more forward of every layer (``2 * N_layers + 4 * layers * hidden * seq``) under
-activation checkpointing.
+Hardware FLOPs add what activation checkpointing recomputes: one more forward of every layer
+(``2 * N_layers + 4 * layers * hidden * seq``) under ``recompute_granularity=full``, only the attention core's
+forward (``4 * layers * hidden * seq``) under ``selective``.
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from pretrain.errors import ConfigError, DataError
 # pretrain.models imports this module at its end, after these names exist
 from pretrain.models import ModelFamily, TokenizerInfo, Transform, check_heads, enum_value, resolve_vocab
 from pretrain.models.objectives import BertObjective
+from pretrain.models.recompute import check_granularity, core_attention, recompute_flops, run_layer
 
 
 @dataclass
@@ -53,6 +54,7 @@ class BERTArgs:
     attention_dropout: float = 0.1
     init_method_std: float = 0.02
     activation_checkpointing: bool = False
+    recompute_granularity: str = "full"  # full | selective (pretrain.models.recompute)
 
     @property
     def head_dim(self) -> int:
@@ -67,15 +69,23 @@ class SelfAttention(nn.Module):
     def __init__(self, args: BERTArgs):
         super().__init__()
         h = args.hidden_size
+        self.args = args
         self.head_dim = args.head_dim
         self.dropout = args.attention_dropout
         self.q_proj, self.k_proj, self.v_proj, self.o_proj = (nn.Linear(h, h) for _ in range(4))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        b, s, _ = x.shape
-        q, k, v = (p(x).view(b, s, -1, self.head_dim).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
-        return self.o_proj(y.transpose(1, 2).reshape(b, s, -1))
+        y = core_attention(self.core, self.q_proj(x), self.k_proj(x), self.v_proj(x), mask,
+                           self.dropout if self.training else 0.0, args=self.args, training=self.training)
+        return self.o_proj(y)
+
+    def core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+             dropout_p: float) -> torch.Tensor:
+        """Core attention on this rank's heads (what selective recomputation checkpoints)."""
+        b, s, _ = q.shape
+        q, k, v = (t.view(b, s, -1, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        return y.transpose(1, 2).reshape(b, s, -1)
 
 
 class Layer(nn.Module):
@@ -135,10 +145,7 @@ class BERT(nn.Module):
         # keys that are padding are masked out (True = attend); padded queries still see the real tokens
         mask = None if attention_mask is None else attention_mask[:, None, None, :].bool()
         for layer in self.layers:
-            if self.args.activation_checkpointing and self.training:
-                x = checkpoint(layer, x, mask, use_reentrant=False)
-            else:
-                x = layer(x, mask)
+            x = run_layer(layer, x, mask, args=self.args, training=self.training)
         return x
 
     def mlm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -177,7 +184,7 @@ def bert_flops_per_token(args: BERTArgs) -> dict[str, float]:
     layers = count_parameters(args)["layers"]
     attn = 12 * L * h * s
     model = 6 * layers + 6 * args.mlm_probability * (h * h + h * V) + attn + (6 * h * h / s if args.sop else 0)
-    recompute = (2 * layers + attn / 3) if args.activation_checkpointing else 0.0
+    recompute = recompute_flops(args, layers_forward=2 * layers + attn / 3, attention_core_forward=attn / 3)
     return {"model": float(model), "hardware": float(model + recompute)}
 
 
@@ -247,6 +254,7 @@ class BERTFamily(ModelFamily):
             random_replace_prob=m.random_replace_prob, hidden_dropout=m.hidden_dropout,
             attention_dropout=m.attention_dropout, init_method_std=m.init_method_std,
             activation_checkpointing=m.activation_checkpointing,
+            recompute_granularity=check_granularity(m.get("recompute_granularity", "full")),
         )
 
     def build(self, args: BERTArgs) -> BERT:

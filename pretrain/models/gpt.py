@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+
+from pretrain.models.recompute import core_attention, run_layer
 
 
 @dataclass
@@ -44,6 +45,7 @@ class GPTArgs:
     attention_dropout: float = 0.0
     init_method_std: float = 0.02
     activation_checkpointing: bool = False
+    recompute_granularity: str = "full"  # full | selective (pretrain.models.recompute)
 
     @property
     def head_dim(self) -> int:
@@ -93,6 +95,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 class Attention(nn.Module):
     def __init__(self, args: GPTArgs):
         super().__init__()
+        self.args = args
         self.num_heads = args.num_attention_heads
         self.num_kv_heads = args.num_key_value_heads
         self.head_dim = args.head_dim
@@ -104,18 +107,24 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(h, h, bias=args.bias)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-        b, s, _ = x.shape
+        y = core_attention(self.core, self.q_proj(x), self.k_proj(x), self.v_proj(x), rope,
+                           self.dropout if self.training else 0.0, args=self.args, training=self.training)
+        return self.o_proj(y)
+
+    def core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+             rope: tuple[torch.Tensor, torch.Tensor] | None, dropout_p: float) -> torch.Tensor:
+        """Core attention, ``[batch, seq, heads*head_dim]`` q/k/v projections to the same-shaped output: what
+        selective recomputation checkpoints (no tensor-parallel collective in here)."""
+        b, s, _ = q.shape
         # Head counts come from the weights so a tensor-parallel shard (fewer local heads) runs unchanged.
-        q = self.q_proj(x).view(b, s, -1, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, s, -1, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, s, -1, self.head_dim).transpose(1, 2)
+        q = q.view(b, s, -1, self.head_dim).transpose(1, 2)
+        k = k.view(b, s, -1, self.head_dim).transpose(1, 2)
+        v = v.view(b, s, -1, self.head_dim).transpose(1, 2)
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=q.shape[1] != k.shape[1],
-        )
-        return self.o_proj(y.transpose(1, 2).reshape(b, s, -1))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p,
+                                           enable_gqa=q.shape[1] != k.shape[1])
+        return y.transpose(1, 2).reshape(b, s, -1)
 
 
 class MLP(nn.Module):
@@ -196,10 +205,7 @@ class GPT(nn.Module):
             rope = (self.rope_cos[:s].to(x.dtype), self.rope_sin[:s].to(x.dtype))
         x = self.embed_dropout(x)
         for layer in self.layers:
-            if self.args.activation_checkpointing and self.training:
-                x = checkpoint(layer, x, rope, use_reentrant=False)
-            else:
-                x = layer(x, rope)
+            x = run_layer(layer, x, rope, args=self.args, training=self.training)
         logits = self.lm_head(self.norm(x))
         if labels is None:
             return logits

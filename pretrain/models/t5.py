@@ -22,7 +22,9 @@ S = encoder length, T = decoder length, d = heads x kv_channels)::
   + 6 * T * hidden * vocab              (output layer)
   + 12 * d * (L_enc * S^2 + L_dec * T^2 + L_dec * T * S)   (self-attention of both stacks, cross-attention)
 
-Hardware FLOPs add one forward of every layer under activation checkpointing.
+Hardware FLOPs add what activation checkpointing recomputes: one forward of every layer (a third of the
+weight and attention terms) under ``recompute_granularity=full``, only the attention cores' forward (a third of
+the attention term: ``4 * d * (...)``) under ``selective``.
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from pretrain.errors import ConfigError
 # pretrain.models imports this module at its end, after these names exist
@@ -42,6 +43,7 @@ from pretrain.models import ModelFamily, TokenizerInfo, Transform, enum_value, r
 from pretrain.models.bert import require
 from pretrain.models.gpt import RMSNorm
 from pretrain.models.objectives import T5Objective, _span_counts, t5_lengths
+from pretrain.models.recompute import check_granularity, core_attention, recompute_flops, run_layer
 
 
 @dataclass
@@ -66,6 +68,7 @@ class T5Args:
     attention_dropout: float = 0.0
     init_method_std: float = 1.0  # T5's initializer_factor
     activation_checkpointing: bool = False
+    recompute_granularity: str = "full"  # full | selective (pretrain.models.recompute)
     decoder_start_id: int = 0  # <pad>, T5's decoder start token
 
     @property
@@ -96,6 +99,7 @@ class Attention(nn.Module):
     def __init__(self, args: T5Args):
         super().__init__()
         h, inner = args.hidden_size, args.inner_dim
+        self.args = args
         self.head_dim = args.kv_channels
         self.dropout = args.attention_dropout
         self.q, self.k, self.v = (nn.Linear(h, inner, bias=False) for _ in range(3))
@@ -103,13 +107,19 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, kv: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """``bias``: additive ``[batch or 1, heads or 1, q, k]`` (position bias + masks)."""
-        b, s, _ = x.shape
-        q = self.q(x).view(b, s, -1, self.head_dim).transpose(1, 2)
-        k = self.k(kv).view(b, kv.shape[1], -1, self.head_dim).transpose(1, 2)
-        v = self.v(kv).view(b, kv.shape[1], -1, self.head_dim).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=1.0,
-                                           dropout_p=self.dropout if self.training else 0.0)
-        return self.o(y.transpose(1, 2).reshape(b, s, -1))
+        y = core_attention(self.core, self.q(x), self.k(kv), self.v(kv), bias,
+                           self.dropout if self.training else 0.0, args=self.args, training=self.training)
+        return self.o(y)
+
+    def core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+             dropout_p: float) -> torch.Tensor:
+        """Core attention on this rank's heads (what selective recomputation checkpoints)."""
+        b, s, _ = q.shape
+        q = q.view(b, s, -1, self.head_dim).transpose(1, 2)
+        k = k.view(b, k.shape[1], -1, self.head_dim).transpose(1, 2)
+        v = v.view(b, v.shape[1], -1, self.head_dim).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=1.0, dropout_p=dropout_p)
+        return y.transpose(1, 2).reshape(b, s, -1)
 
 
 class MLP(nn.Module):
@@ -188,10 +198,7 @@ class Stack(nn.Module):
             cross = torch.zeros(1, 1, 1, memory.shape[1], device=x.device) + _mask_bias(memory_mask, dtype)
         x = self.dropout(x)
         for layer in self.layers:
-            if self.args.activation_checkpointing and self.training:
-                x = checkpoint(layer, x, bias, memory, cross, use_reentrant=False)
-            else:
-                x = layer(x, bias, memory, cross)
+            x = run_layer(layer, x, bias, memory, cross, args=self.args, training=self.training)
         return self.dropout(self.final_norm(x))
 
 
@@ -271,7 +278,8 @@ def t5_flops_per_token(args: T5Args) -> dict[str, float]:
     weights = 6 * S * p["encoder_layers"] + 6 * T * (p["decoder_layers"] - p["cross_kv"]) + 6 * S * p["cross_kv"]
     attn = 12 * d * (Le * S * S + Ld * T * T + Ld * T * S)
     model = (weights + 6 * T * h * V + attn) / (S + T)
-    recompute = (weights / 3 + attn / 3) / (S + T) if args.activation_checkpointing else 0.0
+    recompute = recompute_flops(args, layers_forward=(weights / 3 + attn / 3) / (S + T),
+                                attention_core_forward=attn / 3 / (S + T))
     return {"model": float(model), "hardware": float(model + recompute)}
 
 
@@ -350,6 +358,7 @@ class T5Family(ModelFamily):
             noise_density=m.noise_density, mean_noise_span_length=m.mean_noise_span_length,
             hidden_dropout=m.hidden_dropout, attention_dropout=m.attention_dropout,
             init_method_std=m.init_method_std, activation_checkpointing=m.activation_checkpointing,
+            recompute_granularity=check_granularity(m.get("recompute_granularity", "full")),
             decoder_start_id=start,
         )
 
