@@ -7,6 +7,7 @@ Layout of ``<checkpoint.dir>``::
         mp_rank_00_model_states.pt, *_optim_states.pt ...   (DeepSpeed)
         trainer_state.json     step, consumed samples, W&B run id, model shape, world size
         rng_state_rank{r}.pt   Python/NumPy/torch RNG states of every rank
+        universal/             layout-free weights and Adam moments (pretrain.parallel.reshard)
         COMPLETE               written last
 
 A save writes everything, waits for all ranks, then rank 0 writes ``COMPLETE`` and only then moves
@@ -24,7 +25,7 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -109,27 +110,38 @@ def check_model_shape(tag_dir: Path, state: dict[str, Any], args: Any, family: s
 
 
 def check_layout(tag_dir: Path, state: dict[str, Any], world_size: int, zero_stage: int,
-                 tensor_parallel_size: int = 1) -> None:
-    """DeepSpeed cannot re-partition ZeRO optimizer shards to another data-parallel size or stage, nor
-    tensor-parallel shards to another tensor-parallel size: say so before anything is built, instead of
-    failing deep inside ``load_checkpoint``."""
-    saved_tp = state.get("tensor_parallel_size", 1)
-    if saved_tp != tensor_parallel_size:
-        raise CheckpointError(
-            f"the checkpoint {tag_dir} holds tensor-parallel shards for parallel.tensor_model_parallel_size="
-            f"{saved_tp}, this run asks for {tensor_parallel_size}; resume with {saved_tp}"
-        )
+                 tensor_parallel_size: int = 1, pipeline_parallel_size: int = 1) -> bool:
+    """True if DeepSpeed can load the checkpoint's own files into this layout; False if the layout changed
+    and the run resumes through the checkpoint's layout-free copy (:mod:`pretrain.parallel.reshard`). Without
+    that copy, a changed layout is refused here, before anything is built, instead of failing deep inside
+    ``load_checkpoint`` (DeepSpeed re-partitions neither ZeRO shards nor tensor/pipeline shards)."""
+    from pretrain.parallel import reshard
+
+    saved_tp, saved_pp = state.get("tensor_parallel_size", 1), state.get("pipeline_parallel_size", 1)
     saved_world, saved_stage = state.get("world_size"), state.get("zero_stage")
+    problems = []
+    if saved_tp != tensor_parallel_size:
+        problems.append(f"it holds tensor-parallel shards for parallel.tensor_model_parallel_size={saved_tp}, this "
+                        f"run asks for {tensor_parallel_size}; resume with {saved_tp}")
+    if saved_pp != pipeline_parallel_size:
+        problems.append(f"it holds pipeline stages for parallel.pipeline_model_parallel_size={saved_pp}, this run "
+                        f"asks for {pipeline_parallel_size}; resume with {saved_pp}")
     if saved_stage and saved_world != world_size:
-        raise CheckpointError(
-            f"the checkpoint {tag_dir} holds ZeRO-{saved_stage} optimizer shards for {saved_world} processes, "
-            f"this run has {world_size}; resume with {saved_world} processes"
-        )
+        problems.append(f"it holds ZeRO-{saved_stage} optimizer shards for {saved_world} processes, this run has "
+                        f"{world_size}; resume with {saved_world} processes")
     if saved_stage is not None and saved_stage != zero_stage:
-        raise CheckpointError(
-            f"the checkpoint {tag_dir} was saved with ZeRO stage {saved_stage}, this run would use stage "
-            f"{zero_stage}; resume with parallel.zero_stage={saved_stage} and {saved_world} processes"
-        )
+        problems.append(f"it was saved with ZeRO stage {saved_stage}, this run would use stage {zero_stage}; "
+                        f"resume with parallel.zero_stage={saved_stage} and {saved_world} processes")
+    if not problems:
+        return True
+    if reshard.exists(tag_dir):
+        log.info("checkpoint %s was saved at another layout (%s): resuming through its layout-free copy",
+                 tag_dir, "; ".join(p.split(";")[0] for p in problems))
+        return False
+    raise CheckpointError(
+        f"the checkpoint {tag_dir} cannot be resumed at this layout: " + "; ".join(problems)
+        + f" (it has no layout-free copy {reshard.UNIVERSAL}/, which checkpoint.universal=true writes)"
+    )
 
 
 def rng_state() -> dict[str, Any]:
@@ -147,8 +159,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def save(engine, ckpt_dir: Path, step: int, state: dict[str, Any], rank: int, keep_last: int) -> Path:
-    """Collective: every rank calls it. Returns the tag folder."""
+def save(engine, ckpt_dir: Path, step: int, state: dict[str, Any], rank: int, keep_last: int,
+         write_extra: Callable[[Path], None] | None = None) -> Path:
+    """Collective: every rank calls it. ``write_extra(tag_dir)`` (collective too) adds files before the
+    checkpoint is marked complete (the layout-free copy). Returns the tag folder."""
     tag = tag_for(step)
     tag_dir = ckpt_dir / tag
     if rank == 0 and tag_dir.exists():
@@ -157,6 +171,8 @@ def save(engine, ckpt_dir: Path, step: int, state: dict[str, Any], rank: int, ke
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"trainer_state": state}, save_latest=False)
     tag_dir.mkdir(parents=True, exist_ok=True)  # DeepSpeed only creates it on ranks that write shards
     torch.save(rng_state(), tag_dir / f"rng_state_rank{rank}.pt")
+    if write_extra is not None:
+        write_extra(tag_dir)
     if rank == 0:
         _fsync_write(tag_dir / STATE, json.dumps(state, indent=2, default=str))
     delay = float(os.environ.get(_SLOW_SAVE_ENV, "0") or 0)

@@ -205,6 +205,10 @@ class CheckpointConfig:
     # (refuses a dir that already has checkpoints); or a path to a checkpoint tag directory.
     resume: str = "auto"
     save_at_end: bool = True
+    # Also write the layout-free copy (universal/: weights and Adam moments by parameter name), which lets a
+    # run resume at another tp x pp x dp layout or ZeRO stage and export from tensor/pipeline-parallel
+    # checkpoints. Costs one more copy of the fp32 weights and moments on disk.
+    universal: bool = True
 
 
 @dataclass

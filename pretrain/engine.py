@@ -33,6 +33,7 @@ class BatchPlan:
     # rank costs ~25% of a step of a 30M model on CPU).
     zero_stage: int = 0
     tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
 
 
 def batch_plan(cfg: DictConfig, world_size: int) -> BatchPlan:
@@ -41,12 +42,7 @@ def batch_plan(cfg: DictConfig, world_size: int) -> BatchPlan:
 
     p = cfg.parallel
     layout = validate_parallel(cfg, world_size)  # every layout problem at once, each with what to change
-    if layout.pp > 1:
-        raise ConfigError(
-            f"parallel.pipeline_model_parallel_size={layout.pp}: the trainer does not run pipeline stages yet "
-            "(tensor and ZeRO data parallelism only); set it to 1"
-        )
-    tp, dp, micro, gbs = layout.tp, layout.dp, layout.micro_batch_size, layout.global_batch_size
+    tp, pp, dp, micro, gbs = layout.tp, layout.pp, layout.dp, layout.micro_batch_size, layout.global_batch_size
     if p.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"parallel.zero_stage={p.zero_stage}; expected 0, 1, 2 or 3")
     if p.offload_param and p.zero_stage != 3:
@@ -56,7 +52,7 @@ def batch_plan(cfg: DictConfig, world_size: int) -> BatchPlan:
     stage = p.zero_stage
     if dp == 1 and not (p.offload_optimizer or p.offload_param):
         stage = 0
-    return BatchPlan(micro, gbs, dp, gbs // (micro * dp), stage, tp)
+    return BatchPlan(micro, gbs, dp, gbs // (micro * dp), stage, tp, pp)
 
 
 def check_precision(precision: str, device: torch.device) -> None:
@@ -171,7 +167,7 @@ def initialize(model: torch.nn.Module, cfg: DictConfig, ds_config: dict, device:
         optimizer=optimizer,
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, fn),
         config=ds_config,
-        mpu=mpu,
+        mpu=None if _is_pipeline(model) else mpu,  # a PipelineModule brings its grid (our ParallelGrid)
     )
     if ds_config["zero_optimization"]["stage"] == 0 and not (ds_config["bf16"]["enabled"] or ds_config["fp16"]["enabled"]):
         _record_fp32_grad_norm(engine)
@@ -179,17 +175,52 @@ def initialize(model: torch.nn.Module, cfg: DictConfig, ds_config: dict, device:
         # Nothing to all-reduce with one data-parallel rank, but DeepSpeed would still flatten every gradient
         # into a bucket and back each step (~7% of a step of a 30M model on CPU).
         engine.enable_backward_allreduce = False
+        if hasattr(engine, "pipeline_enable_backward_allreduce"):
+            engine.pipeline_enable_backward_allreduce = False
     return engine, scheduler
+
+
+def grad_norm_and_clip(params: list[torch.Tensor], max_norm: float, mpu) -> torch.Tensor:
+    """The global L2 gradient norm over every rank's parameters, then clipping to ``max_norm``.
+
+    A tensor-sharded parameter counts on every tensor rank (its shards add up), a replicated one on tensor
+    rank 0 only, a tied copy DeepSpeed marks ``ds_pipe_replicated`` on one pipeline stage only; the squares
+    are summed over the model-parallel group (pipeline x tensor ranks). DeepSpeed's ``clip_grad_norm_`` asks
+    ``get_model_parallel_rank() == 0``, which with pipeline stages drops every replicated parameter of the
+    later stages; its ZeRO and bf16 optimizers use the tensor rank, as here."""
+    from deepspeed.runtime.utils import is_model_parallel_parameter
+
+    params = [p for p in params if p.grad is not None]
+    tp_rank = mpu.get_tensor_model_parallel_rank() if mpu is not None else 0
+    device = params[0].grad.device if params else torch.device("cpu")
+    sq = torch.zeros((), dtype=torch.float32, device=device)
+    for p in params:
+        if getattr(p, "ds_pipe_replicated", False) or (tp_rank > 0 and not is_model_parallel_parameter(p)):
+            continue
+        sq += p.grad.detach().float().pow(2).sum()
+    if mpu is not None and mpu.get_model_parallel_world_size() > 1:
+        torch.distributed.all_reduce(sq, group=mpu.get_model_parallel_group())
+    norm = sq.sqrt()
+    coef = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+    for p in params:
+        p.grad.detach().mul_(coef.to(p.grad.dtype))
+    return norm
+
+
+def _is_pipeline(model: torch.nn.Module) -> bool:
+    from deepspeed.pipe import PipelineModule
+
+    return isinstance(model, PipelineModule)
 
 
 def _record_fp32_grad_norm(engine) -> None:
     """DeepSpeed's fp32 stage-0 path clips with ``clip_grad_norm_`` but drops the norm it computed, so
-    ``get_global_grad_norm()`` would be None there (every other path keeps it). Same clipping, norm kept."""
-    from deepspeed.runtime.utils import clip_grad_norm_
+    ``get_global_grad_norm()`` would be None there (every other path keeps it), and that norm misses the
+    later pipeline stages' replicated parameters (see :func:`grad_norm_and_clip`). Same clipping, norm kept."""
 
     def clip_and_record() -> None:
-        engine._global_grad_norm = clip_grad_norm_(
-            parameters=engine.module.parameters(), max_norm=engine.gradient_clipping(), mpu=engine.mpu
+        engine._global_grad_norm = grad_norm_and_clip(
+            list(engine.module.parameters()), engine.gradient_clipping(), engine.mpu
         )
 
     engine.clip_fp32_gradients = clip_and_record

@@ -31,6 +31,7 @@ import torch
 from pretrain import checkpoint as ckpt
 from pretrain import hf
 from pretrain.errors import CheckpointError, UserError
+from pretrain.parallel import reshard
 
 log = logging.getLogger("pretrain.export")
 
@@ -64,10 +65,12 @@ def find_checkpoint(src: str | Path) -> Source:
                 f"folder with a '{ckpt.LATEST}' file, or a step_NNNNNN folder)"
             )
     state = ckpt.read_state(ckpt_dir / tag)
-    if state.get("tensor_parallel_size", 1) > 1:
+    sharded = state.get("tensor_parallel_size", 1) > 1 or state.get("pipeline_parallel_size", 1) > 1
+    if sharded and not reshard.exists(ckpt_dir / tag):
         raise CheckpointError(
-            f"{ckpt_dir / tag} holds tensor-parallel shards (parallel.tensor_model_parallel_size="
-            f"{state['tensor_parallel_size']}); export consolidates ZeRO shards only so far"
+            f"{ckpt_dir / tag} holds tensor/pipeline-parallel shards (tp {state.get('tensor_parallel_size', 1)}, pp "
+            f"{state.get('pipeline_parallel_size', 1)}) and no layout-free copy ({reshard.UNIVERSAL}/, written when "
+            "checkpoint.universal=true); resume it with checkpoint.universal=true for one step to export it"
         )
     return Source(ckpt_dir, tag, state)
 
@@ -83,7 +86,10 @@ def model_args(source: Source):
 
 
 def consolidated_state_dict(source: Source) -> dict[str, torch.Tensor]:
-    """The full model state dict of a checkpoint of any ZeRO stage, on CPU."""
+    """The full model state dict of a checkpoint of any ZeRO stage and tp x pp layout, on CPU: from the
+    layout-free copy when the checkpoint has one (fp32 master weights), else from DeepSpeed's files."""
+    if reshard.exists(source.tag_dir):
+        return reshard.full_state_dict(source.tag_dir)
     stage = int(source.state.get("zero_stage") or 0)
     if stage == 0:
         f = source.tag_dir / "mp_rank_00_model_states.pt"

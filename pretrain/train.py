@@ -35,6 +35,8 @@ from pretrain.errors import ConfigError, UserError
 from pretrain.flops import peak_flops_per_device
 from pretrain.metrics import MetricsLogger, peak_memory_gb
 from pretrain.models import TokenizerInfo, get_family
+from pretrain.parallel import reshard
+from pretrain.parallel.pipeline import PP_COMM, build_pipeline, parameter_names, to_pipe_batch
 from pretrain.parallel.tensor import TP_COMM
 
 log = logging.getLogger("pretrain")
@@ -141,7 +143,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if resume_tag:
         resume_state = ckpt.read_state(ckpt_dir / resume_tag)
         ckpt.check_model_shape(ckpt_dir / resume_tag, resume_state, args, family.name)
-        ckpt.check_layout(ckpt_dir / resume_tag, resume_state, world, plan.zero_stage, plan.tensor_parallel_size)
+        same_layout = ckpt.check_layout(ckpt_dir / resume_tag, resume_state, world, plan.zero_stage,
+                                        plan.tensor_parallel_size, plan.pipeline_parallel_size)
     init_from = cfg.model.init_from if not resume_tag else None  # a checkpoint to resume wins over init_from
     if init_from:
         from pretrain import hf
@@ -155,7 +158,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     from pretrain.parallel.topology import ParallelGrid
 
-    grid = ParallelGrid(plan.tensor_parallel_size, 1)
+    grid = ParallelGrid(plan.tensor_parallel_size, plan.pipeline_parallel_size)
+    pipelined = plan.pipeline_parallel_size > 1
     dp_rank, dp_group = grid.get_data_parallel_rank(), grid.get_data_parallel_group()
     seed_everything(cfg.seed)  # identical initial weights on every rank
     model = family.build(args)
@@ -166,18 +170,29 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         from pretrain.parallel.parallelize import parallelize
 
         parallelize(model, grid.get_tensor_model_parallel_group())  # slices the seeded full weights
+    param_names = parameter_names(model)  # names in the unsharded model, for the layout-free checkpoint
+    if pipelined:  # this rank's stage of the model, wrapping the modules just built (same weights)
+        model = build_pipeline(model, family.name, grid, cfg.parallel.pipeline_partition)
+        PP_COMM.install()
     # gradient bytes a ring all-reduce moves per step and rank (ZeRO's reduce-scatter + all-gather: the same)
     dp = plan.data_parallel_size
     grad_bytes = 2 if precision in ("bf16", "fp16") else 4
     dp_bytes_per_step = int(2 * (dp - 1) / dp * sum(p.numel() for p in model.parameters()) * grad_bytes)
     ds_cfg = deepspeed_config(cfg, plan, device)
     engine, scheduler = initialize(model, cfg, ds_cfg, device, mpu=grid)
+    del model  # the engine holds this rank's part; the rest of the full model is freed
     # dropout: different masks per data-parallel rank, the same within a tensor-parallel group
     seed_everything(grid.dropout_seed(cfg.seed))
 
     step, consumed, rng = 0, 0, None
     if resume_tag:
-        state, rng = ckpt.load(engine, ckpt_dir, resume_tag, dist.rank, dist.world_size)
+        if same_layout:
+            state, rng = ckpt.load(engine, ckpt_dir, resume_tag, dist.rank, dist.world_size)
+        else:  # another tp x pp x dp layout or ZeRO stage: weights and optimizer from the layout-free copy
+            reshard.load(engine, ckpt_dir / resume_tag, param_names, grid)
+            state = resume_state
+            engine.global_steps, engine.global_samples = int(state["step"]), int(state["consumed_samples"])
+            log.warning("the layout changed: RNG streams (dropout) restart from the seed")
         step, consumed = int(state["step"]), int(state["consumed_samples"])
         log.info("resumed from %s at step %d (%d samples consumed)", ckpt_dir / resume_tag, step, consumed)
     lost, last_logged = preemption.steps_lost(run_dir / "metrics.jsonl", step)
@@ -197,10 +212,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     flops = family.flops_per_token(args)
     peak, peak_src = peak_flops_per_device(device, precision, cfg.trainer.peak_flops_per_device)
     log.info(
-        "model %s (%s): %.2fM parameters (%d layers, hidden %d, vocab %d) | %s on %d x %s (%s) | ZeRO-%d | "
+        "model %s (%s): %.2fM parameters (%d layers, hidden %d, vocab %d) | %s on %d x %s (%s) | tp %d x pp %d x dp %d, ZeRO-%d | "
         "global batch %d = micro %d x dp %d x accum %d | %.3g model FLOPs/token | peak %.3g FLOP/s/device (%s)",
         cfg.model.name, family.name, n_params / 1e6, args.num_layers, args.hidden_size, args.vocab_size, precision,
-        dist.world_size, device.type, dist.backend, plan.zero_stage, plan.global_batch_size,
+        dist.world_size, device.type, dist.backend, plan.tensor_parallel_size, plan.pipeline_parallel_size,
+        plan.data_parallel_size, plan.zero_stage, plan.global_batch_size,
         plan.micro_batch_size, plan.data_parallel_size, plan.grad_accum_steps, flops["model"], peak, peak_src,
     )
 
@@ -210,8 +226,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "wandb_id": metrics.wandb_id, "family": family.name, "model_args": asdict(args),
             "world_size": dist.world_size, "tokenizer": str(tokenizer.path) if tokenizer.path else None,
             "zero_stage": plan.zero_stage, "tensor_parallel_size": plan.tensor_parallel_size,
+            "pipeline_parallel_size": plan.pipeline_parallel_size,
             "seed": cfg.seed, "name": cfg.name,
         }
+
+    def write_universal(tag_dir: Path) -> None:
+        if cfg.checkpoint.universal:
+            reshard.save(engine, tag_dir, param_names, grid)
 
     from pretrain.data.sampler import PretrainingSampler, make_loader
 
@@ -219,7 +240,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         sampler = PretrainingSampler(total, start, plan.micro_batch_size, dp_rank, plan.data_parallel_size)
         return make_loader(dataset, sampler, cfg.data.num_workers, transform)
 
+    checksum = [0]  # sum of the token ids this rank trained on: the data order, cheaply comparable
+
+    def pipe_batches(it):
+        """Loader batches as DeepSpeed's pipeline engine takes them (it pulls them on the first and last stage)."""
+        for batch in it:
+            checksum[0] += int(batch["input_ids"].sum())
+            yield to_pipe_batch(family.name, batch)
+
     def evaluate() -> float:
+        if pipelined:
+            loss = engine.eval_batch(pipe_batches(iter(loader(data.valid, n_eval, 0))),
+                                     num_micro_batches=cfg.trainer.eval_iters)
+            TP_COMM.take(), PP_COMM.take()
+            return all_reduce_mean([float(loss)], device, dp_group)[0]
         engine.eval()
         total, n = 0.0, 0
         with torch.no_grad():
@@ -234,6 +268,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     max_steps = cfg.trainer.max_steps
     tokens_per_step = plan.global_batch_size * seq
     batches = iter(loader(data.train, max_steps * plan.global_batch_size, consumed))
+    train_iter = pipe_batches(batches) if pipelined else None
     engine.train()
     if rng is not None:
         ckpt.set_rng_state(rng)  # last, so the dropout stream continues exactly where it stopped
@@ -244,14 +279,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         t0 = time.perf_counter()
         lr = engine.get_lr()[0]
         loss_sum = torch.zeros((), device=device)
-        checksum = 0  # sum of the token ids this rank trained on: the data order, cheaply comparable
-        for _ in range(plan.grad_accum_steps):
-            batch = next(batches)
-            checksum += int(batch["input_ids"].sum())
-            loss = engine(**{k: v.to(device, non_blocking=True) for k, v in batch.items()})
-            engine.backward(loss)
-            engine.step()
-            loss_sum += loss.detach().float()
+        checksum[0] = 0
+        if pipelined:  # 1F1B over the step's micro-batches; the mean loss comes back on every stage
+            loss_sum += engine.train_batch(data_iter=train_iter).float() * plan.grad_accum_steps
+        else:
+            for _ in range(plan.grad_accum_steps):
+                batch = next(batches)
+                checksum[0] += int(batch["input_ids"].sum())
+                loss = engine(**{k: v.to(device, non_blocking=True) for k, v in batch.items()})
+                engine.backward(loss)
+                engine.step()
+                loss_sum += loss.detach().float()
         step += 1
         consumed += plan.global_batch_size
         do_log = step % cfg.trainer.log_interval == 0 or step == max_steps or step == first_step + 1
@@ -259,7 +297,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                    and (step % cfg.trainer.eval_interval == 0 or step == max_steps))
         if do_log:
             last_loss, mean_checksum = all_reduce_mean(
-                [loss_sum.item() / plan.grad_accum_steps, checksum], device, dp_group
+                [loss_sum.item() / plan.grad_accum_steps, checksum[0]], device, dp_group
             )
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -289,6 +327,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 **{f"comm_tp_{k}_bytes": v // (step - last_logged_step) for k, v in TP_COMM.take().items()},
                 "comm_dp_allreduce_bytes": dp_bytes_per_step,
             }
+            if pipelined:  # activations and their gradients this rank sent to its neighbour stages
+                record["comm_pp_send_bytes"] = PP_COMM.take() // (step - last_logged_step)
         if do_eval:
             last_val = evaluate()
             val = {"val_loss": last_val, "val_ppl": float(torch.tensor(last_val).clamp(max=50).exp())}
@@ -303,7 +343,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         interval = cfg.checkpoint.interval
         stopped = stop.check(device) if step < max_steps else None  # every rank stops after the same step
         if (interval > 0 and step % interval == 0) or (step == max_steps and cfg.checkpoint.save_at_end) or stopped:
-            path = ckpt.save(engine, ckpt_dir, step, state_dict(step, consumed), dist.rank, cfg.checkpoint.keep_last)
+            path = ckpt.save(engine, ckpt_dir, step, state_dict(step, consumed), dist.rank, cfg.checkpoint.keep_last,
+                             write_extra=write_universal)
             log.info("saved checkpoint %s", path)
         if stopped:
             log.info("stopping after step %d of %d (%s); the checkpoint is complete", step, max_steps, stopped)

@@ -26,8 +26,8 @@ def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("pretrain-cache")
 
 
-@pytest.fixture
-def train_env(cache_dir) -> dict[str, str]:
+def make_train_env(cache_dir: Path) -> dict[str, str]:
+    """The environment of a training subprocess (also for module-scoped fixtures, which cannot use train_env)."""
     env = dict(os.environ)
     env.update(
         PRETRAIN_CACHE=str(cache_dir), WANDB_MODE=env.get("WANDB_MODE", "disabled"), OMP_NUM_THREADS="1",
@@ -35,6 +35,11 @@ def train_env(cache_dir) -> dict[str, str]:
     )
     env.pop("RANK", None)
     return env
+
+
+@pytest.fixture
+def train_env(cache_dir) -> dict[str, str]:
+    return make_train_env(cache_dir)
 
 
 def train_cmd(overrides: list[str], nproc: int = 1) -> list[str]:

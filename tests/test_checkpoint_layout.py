@@ -29,3 +29,19 @@ def test_other_layouts_are_refused_with_what_to_do(state, now, fragment):
     with pytest.raises(CheckpointError) as e:
         check_layout(TAG, state, *now)
     assert fragment in str(e.value) and str(TAG) in str(e.value)
+
+
+def test_pipeline_size_change_is_refused_without_a_layout_free_copy():
+    with pytest.raises(CheckpointError, match="pipeline_model_parallel_size=2, this run asks for 1.*checkpoint.universal=true"):
+        check_layout(TAG, {"world_size": 2, "zero_stage": 0, "pipeline_parallel_size": 2}, 2, 0, 1, 1)
+
+
+def test_a_layout_free_copy_lets_every_layout_change_through(tmp_path):
+    tag = tmp_path / "step_000010"
+    (tag / "universal").mkdir(parents=True)
+    state = {"world_size": 4, "zero_stage": 0, "tensor_parallel_size": 2, "pipeline_parallel_size": 2}
+    with pytest.raises(CheckpointError):
+        check_layout(tag, state, 2, 3, 1, 1)  # the folder is there but holds no shard file
+    (tag / "universal" / "pp00_tp00.pt").write_bytes(b"")
+    assert check_layout(tag, state, 2, 3, 1, 1) is False  # resume through reshard.load
+    assert check_layout(tag, state, 4, 0, 2, 2) is True  # same layout: DeepSpeed's own files

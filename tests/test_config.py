@@ -106,7 +106,8 @@ def test_batch_arithmetic(compose_cfg):
 @pytest.mark.parametrize(
     "overrides, fragment",
     [
-        (["parallel.pipeline_model_parallel_size=2"], "pipeline_model_parallel_size=2"),
+        (["parallel.pipeline_model_parallel_size=2", "parallel.zero_stage=2"],
+         "pipeline_model_parallel_size=2 needs parallel.zero_stage <= 1"),
         (["parallel.tensor_model_parallel_size=3"], "parallel.tensor_model_parallel_size=3"),
         (["parallel.zero_stage=4"], "parallel.zero_stage=4"),
         (["parallel.offload_param=true", "parallel.zero_stage=2"], "offload_param=true needs parallel.zero_stage=3"),

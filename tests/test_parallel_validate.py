@@ -56,6 +56,11 @@ def test_global_batch_defaults_to_micro_times_dp():
     ({"model__family": "t5", "model__num_layers": 4, "model__num_decoder_layers": 3,
       "parallel__pipeline_model_parallel_size": 2, "parallel__zero_stage": 0}, 2,
      "model.num_decoder_layers=3 is not divisible by parallel.pipeline_model_parallel_size=2"),
+    ({"model__family": "t5", "model__num_layers": 4, "model__num_decoder_layers": 4,
+      "parallel__pipeline_model_parallel_size": 2, "parallel__zero_stage": 0}, 2,
+     "is not available for model.family=t5 (T5's relative-position bias table"),
+    ({"parallel__pipeline_model_parallel_size": 2, "parallel__pipeline_partition": "by_flops"}, 2,
+     "parallel.pipeline_partition='by_flops'; expected parameters, uniform or type:<layer class regex>"),
 ])
 def test_invalid_layouts_say_what_to_change(over, world, fragment):
     with pytest.raises(ConfigError, match="invalid parallel layout") as e:

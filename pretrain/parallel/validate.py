@@ -15,6 +15,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from pretrain.errors import ConfigError
+from pretrain.parallel.pipeline import PIPELINE_FAMILIES, T5_REASON
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,14 @@ def validate_parallel(cfg: DictConfig, world_size: int) -> ParallelLayout:
             if n % pp:
                 problems.append(f"{key}={n} is not divisible by parallel.pipeline_model_parallel_size={pp} (each "
                                 f"stage holds the same number of layers); choose a pipeline size that divides {n}")
+        family = str(getattr(m, "family", "gpt"))
+        if family not in PIPELINE_FAMILIES:
+            problems.append(f"parallel.pipeline_model_parallel_size={pp} is not available for model.family={family} "
+                            f"({T5_REASON}); use tensor and data parallelism for it")
+        part = str(p.pipeline_partition)
+        if part not in ("parameters", "uniform") and not (part.startswith("type:") and len(part) > 5):
+            problems.append(f"parallel.pipeline_partition={part!r}; expected parameters, uniform or "
+                            "type:<layer class regex> (default type:TransformerLayer)")
         if p.zero_stage > 1:
             problems.append(f"parallel.pipeline_model_parallel_size={pp} needs parallel.zero_stage <= 1 (DeepSpeed's "
                             f"pipeline engine cannot shard gradients or parameters), got {p.zero_stage}; set "

@@ -1,0 +1,99 @@
+"""Pipeline parallelism and resharding through the trainer (torchrun, CPU, gloo): the per-step losses of pp2
+and tp2 x pp2 equal one process's; a tp2 x pp2 checkpoint resumes at one process and at dp2 with ZeRO-3 with
+the losses of the uninterrupted run, and exports the same weights as the one-process checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import make_train_env, read_metrics, run_train
+
+pytestmark = pytest.mark.slow
+
+# 4 micro-batches of 2 per step and pipeline: the 1F1B schedule has work in flight on both stages
+GPT = ["experiment=gpt_tiny", "trainer.micro_batch_size=2", "trainer.global_batch_size=8", "trainer.log_interval=1",
+       "trainer.eval_interval=5", "optim.sched.warmup_steps=2", "optim.sched.decay_steps=10", "trainer.max_steps=10"]
+BERT = [*GPT[1:], "experiment=bert_tiny", "model.hidden_dropout=0", "model.attention_dropout=0"]
+
+
+def losses(run_dir: Path) -> dict[int, dict]:
+    return {r["step"]: r for r in read_metrics(run_dir) if "loss" in r}
+
+
+def assert_same_losses(ref: dict[int, dict], run: dict[int, dict], steps) -> None:
+    for s in steps:
+        assert run[s]["loss"] == pytest.approx(ref[s]["loss"], rel=1e-5), s
+        assert run[s]["grad_norm"] == pytest.approx(ref[s]["grad_norm"], rel=1e-4), s
+        assert run[s]["batch_checksum"] == ref[s]["batch_checksum"], s
+
+
+@pytest.fixture(scope="module")
+def gpt_reference(tmp_path_factory, cache_dir) -> Path:
+    """One process, 10 steps, checkpoints at 5 and 10: the run every GPT layout here must reproduce."""
+    run_dir = tmp_path_factory.mktemp("gpt_ref")
+    run_train([*GPT, f"run_dir={run_dir}", "checkpoint.interval=5"], make_train_env(cache_dir))
+    return run_dir
+
+
+def test_gpt_pp2_matches_one_process(tmp_path, train_env, gpt_reference):
+    run_dir = tmp_path / "pp2"
+    run_train([*GPT, f"run_dir={run_dir}", "parallel.pipeline_model_parallel_size=2"], train_env, nproc=2)
+    ref, run = losses(gpt_reference), losses(run_dir)
+    assert_same_losses(ref, run, range(1, 11))
+    assert run[10]["val_loss"] == pytest.approx(ref[10]["val_loss"], rel=1e-5)
+    # stage 0 sends 4 micro-batches of activations [2, 64, 64] fp32 per step (plus their shape, once)
+    assert run[2]["comm_pp_send_bytes"] == 4 * 2 * 64 * 64 * 4 and "comm_pp_send_bytes" not in ref[2]
+    tag = run_dir / "checkpoints" / "step_000010"
+    assert (tag / "layer_00-model_00-model_states.pt").is_file()  # DeepSpeed's per-layer pipeline files
+    assert json.loads((tag / "trainer_state.json").read_text())["pipeline_parallel_size"] == 2
+    assert "pipeline: 2 stages" in (run_dir / "train.log").read_text()
+
+
+def test_tp2_pp2_matches_one_process_reshards_on_resume_and_exports(tmp_path, train_env, gpt_reference):
+    run_dir = tmp_path / "tp2pp2"
+    layout = ["parallel.pipeline_model_parallel_size=2", "parallel.tensor_model_parallel_size=2"]
+    run_train([*GPT, f"run_dir={run_dir}", "trainer.max_steps=5", *layout], train_env, nproc=4)
+    ref = losses(gpt_reference)
+    run = losses(run_dir)
+    assert_same_losses(ref, run, range(1, 6))
+    assert run[5]["comm_tp_all_reduce_bytes"] > 0 and run[5]["comm_pp_send_bytes"] > 0
+    tag = run_dir / "checkpoints" / "step_000005"
+    assert sorted(p.name for p in (tag / "universal").iterdir()) == [
+        "pp00_tp00.pt", "pp00_tp01.pt", "pp01_tp00.pt", "pp01_tp01.pt"]
+
+    # the same checkpoint resumed by one process (tp, pp and ZeRO stage change) and by dp2 with ZeRO-3
+    one = tmp_path / "resumed_one"
+    out = run_train([*GPT, f"run_dir={one}", f"checkpoint.resume={tag}", f"checkpoint.dir={one / 'ckpt'}"], train_env)
+    assert "resuming through its layout-free copy" in out.stdout
+    assert_same_losses(ref, losses(one), range(6, 11))
+    zero3 = tmp_path / "resumed_zero3"
+    run_train([*GPT, f"run_dir={zero3}", f"checkpoint.resume={tag}", f"checkpoint.dir={zero3 / 'ckpt'}", "parallel=zero3"],
+              train_env, nproc=2)
+    assert_same_losses(ref, losses(zero3), range(6, 11))
+
+    # export from the tp2 x pp2 checkpoint = export from the one-process checkpoint of the same step
+    from safetensors.torch import load_file
+
+    from pretrain.export import export
+
+    export(tag, tmp_path / "hf_tp2pp2")
+    export(gpt_reference / "checkpoints" / "step_000005", tmp_path / "hf_one")
+    a, b = load_file(tmp_path / "hf_tp2pp2" / "model.safetensors"), load_file(tmp_path / "hf_one" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:  # summation order differs across layouts; Adam turns it into ~1e-5 of weights ~1e-2
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=3e-5, msg=k)
+
+
+def test_bert_pp2_matches_one_process(tmp_path, train_env):
+    one, pp2 = tmp_path / "one", tmp_path / "pp2"
+    run_train([*BERT, f"run_dir={one}"], train_env)
+    run_train([*BERT, f"run_dir={pp2}", "parallel.pipeline_model_parallel_size=2"], train_env, nproc=2)
+    ref, run = losses(one), losses(pp2)
+    assert_same_losses(ref, run, range(1, 11))
+    assert run[10]["val_loss"] == pytest.approx(ref[10]["val_loss"], rel=1e-5)
+    log = (pp2 / "train.log").read_text()
+    assert "stage 1: BERTTransformerLayer, BERTHead, TokenEmbedding, BERTDecoderBias" in log  # the tied decoder
