@@ -273,3 +273,41 @@ def test_group_of_one_leaves_the_model_alone():
     assert parallelize(model, None) is model
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert type(model.lm_head) is torch.nn.Linear and model.loss_fn is torch.nn.functional.cross_entropy
+
+
+def _dropout_checks(rank: int, world: int) -> dict:
+    from pretrain.models.gpt import GPT, GPTArgs
+    from pretrain.parallel.parallelize import parallelize
+    from pretrain.parallel.tensor import gather_tensor_parallel, is_tensor_parallel
+
+    out = {}
+    for mode in ("none", "full", "selective"):
+        torch.manual_seed(0)
+        model = GPT(GPTArgs(vocab_size=96, num_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=4,
+                            ffn_hidden_size=64, seq_length=16, attention_dropout=0.5, hidden_dropout=0.1,
+                            activation_checkpointing=mode != "none", recompute_granularity=mode if mode != "none" else "full"))
+        parallelize(model, None)
+        model.train()
+        torch.manual_seed(1)  # the same dropout stream on both ranks, as the trainer's dropout_seed gives a TP group
+        loss = model(**_batch("gpt2"))
+        loss.backward()
+        out[mode] = (loss.detach(), {n: gather_tensor_parallel(p.grad, p.partition_dim, None) if is_tensor_parallel(p)
+                                      else p.grad.clone() for n, p in model.named_parameters()})
+    # the attention core of one layer on identical local inputs: each rank draws its own masks
+    attn = model.layers[0].self_attn
+    q = torch.ones(2, 16, 16)
+    torch.manual_seed(2)
+    out["core"] = attn.core(q, q, q, None, 0.5)
+    return out
+
+
+def test_attention_dropout_masks_differ_per_tensor_rank_and_replay_under_recompute():
+    r0, r1 = run_ranks(_dropout_checks, 2)
+    # masks of different heads are independent, as in one process (same inputs, same global stream)
+    assert not torch.equal(r0["core"], r1["core"])
+    for r in (r0, r1):  # recomputation replays the masks: same loss and gradients with and without it
+        for mode in ("full", "selective"):
+            assert torch.equal(r[mode][0], r["none"][0])
+            for name, g in r["none"][1].items():
+                torch.testing.assert_close(r[mode][1][name], g, rtol=1e-6, atol=1e-7, msg=name)
+    assert torch.equal(r0["none"][0], r1["none"][0])  # the loss is the group's, identical on both ranks

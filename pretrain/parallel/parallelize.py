@@ -160,6 +160,31 @@ def _region_hook(group: Group, indices: tuple[int, ...]):
     return hook
 
 
+def _rank_dropout_core(core, group: Group):
+    """Wrap an attention module's ``core(q, k, v, mask_or_bias, dropout_p)`` (heads split over the tensor
+    ranks) so that its attention dropout draws different masks on every tensor rank, as one process draws
+    independent masks per head. The dropout stream of replicated activations stays shared by the group.
+
+    One number is drawn from the (group-shared) global generator and the core runs in a forked RNG seeded by
+    it and the tensor rank: the masks are a function of the global stream, so activation checkpointing,
+    which restores the global RNG before recomputing, replays them exactly, and a resumed run continues them.
+    """
+    rank = rank_in(group)
+
+    @functools.wraps(core)
+    def run(*args):
+        dropout_p = args[-1]
+        if not dropout_p:
+            return core(*args)
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+        devices = [torch.cuda.current_device()] if args[0].is_cuda else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed + 1_000_003 * rank)
+            return core(*args)
+
+    return run
+
+
 def _pattern_of(name: str, plan: dict[str, object]) -> str | None:
     for pattern in plan:
         if fnmatch.fnmatchcase(name, pattern):
@@ -218,6 +243,8 @@ def parallelize(model: nn.Module, group: Group) -> nn.Module:
         style = plan[pattern]
         if isinstance(style, Region):
             module.register_forward_pre_hook(_region_hook(group, style.args))
+            if hasattr(module, "core"):  # an attention module: its heads are split, so are its dropout masks
+                module.core = _rank_dropout_core(module.core, group)
             continue
         if isinstance(style, Column):
             new = ColumnParallelLinear.from_dense(module, group, copy_input=style.copy_input)
