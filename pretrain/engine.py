@@ -98,6 +98,10 @@ def deepspeed_config(cfg: DictConfig, plan: BatchPlan, device: torch.device) -> 
         "steps_per_print": 2**31 - 1,  # we log ourselves
         "wall_clock_breakdown": False,
     }
+    if plan.pipeline_parallel_size > 1 and p.sequence_parallel:
+        # DeepSpeed sends a stage's output to the next stage in 1/tp slices, assuming every tensor rank holds the
+        # same tensor; under sequence parallelism each holds its own sequence chunk, so send it whole
+        ds["pipeline"] = {"pipe_partitioned": False, "grad_partitioned": False}
     extra = OmegaConf.to_container(cfg.deepspeed_extra, resolve=True) if cfg.deepspeed_extra else {}
     return _deep_merge(ds, extra)
 

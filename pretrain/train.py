@@ -169,7 +169,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if plan.tensor_parallel_size > 1:
         from pretrain.parallel.parallelize import parallelize
 
-        parallelize(model, grid.get_tensor_model_parallel_group())  # slices the seeded full weights
+        parallelize(model, grid.get_tensor_model_parallel_group(),  # slices the seeded full weights
+                    sequence_parallel=cfg.parallel.sequence_parallel)
     param_names = parameter_names(model)  # names in the unsharded model, for the layout-free checkpoint
     if pipelined:  # this rank's stage of the model, wrapping the modules just built (same weights)
         model = build_pipeline(model, family.name, grid, cfg.parallel.pipeline_partition)

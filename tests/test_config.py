@@ -174,3 +174,14 @@ def test_lr_schedule(compose_cfg):
     assert long(20) == pytest.approx(0.1)
     cfg = compose_cfg("optim.sched.name=constant", "optim.sched.warmup_steps=2")
     assert lr_lambda(cfg.optim.sched, 100)(50) == 1.0
+
+
+def test_pipeline_sends_whole_activations_under_sequence_parallelism(compose_cfg):
+    """DeepSpeed's pipe_partitioned sends 1/tp of a stage output assuming tensor ranks hold the same tensor;
+    sequence-parallel ranks hold different sequence chunks (a tp2 x pp2 run diverged by 0.5% with it)."""
+    layout = ("parallel.tensor_model_parallel_size=2", "parallel.pipeline_model_parallel_size=2")
+    cfg = compose_cfg(*layout, "parallel.sequence_parallel=true")
+    ds = deepspeed_config(cfg, batch_plan(cfg, 4), torch.device("cpu"))
+    assert ds["pipeline"] == {"pipe_partitioned": False, "grad_partitioned": False}
+    cfg = compose_cfg(*layout)
+    assert "pipeline" not in deepspeed_config(cfg, batch_plan(cfg, 4), torch.device("cpu"))

@@ -1,5 +1,5 @@
-"""Pipeline parallelism and resharding through the trainer (torchrun, CPU, gloo): the per-step losses of pp2
-and tp2 x pp2 equal one process's; a tp2 x pp2 checkpoint resumes at one process and at dp2 with ZeRO-3 with
+"""Pipeline parallelism, sequence parallelism and resharding through the trainer (torchrun, CPU, gloo): the
+per-step losses of pp2, tp2 x pp2 and tp2 with sequence parallelism equal one process's; a tp2 x pp2 checkpoint resumes at one process and at dp2 with ZeRO-3 with
 the losses of the uninterrupted run, and exports the same weights as the one-process checkpoint."""
 
 from __future__ import annotations
@@ -86,6 +86,16 @@ def test_tp2_pp2_matches_one_process_reshards_on_resume_and_exports(tmp_path, tr
     assert a.keys() == b.keys()
     for k in a:  # summation order differs across layouts; Adam turns it into ~1e-5 of weights ~1e-2
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=3e-5, msg=k)
+
+
+def test_tp2_sequence_parallel_matches_one_process(tmp_path, train_env, gpt_reference):
+    run_dir = tmp_path / "tp2sp"
+    run_train([*GPT, f"run_dir={run_dir}", "parallel.tensor_model_parallel_size=2", "parallel.sequence_parallel=true"],
+              train_env, nproc=2)
+    ref, run = losses(gpt_reference), losses(run_dir)
+    assert_same_losses(ref, run, range(1, 11))
+    # every region entered by an all-gather and left by a reduce-scatter of the sequence
+    assert run[2]["comm_tp_all_gather_bytes"] > 0 and run[2]["comm_tp_reduce_scatter_bytes"] > 0
 
 
 def test_bert_pp2_matches_one_process(tmp_path, train_env):

@@ -37,9 +37,11 @@ from pretrain.parallel.tensor import (
     RowParallelLinear,
     VocabParallelEmbedding,
     copy_to_tensor_model_parallel_region,
+    gather_from_sequence_parallel_region,
     gather_tensor_parallel,
     is_tensor_parallel,
     rank_in,
+    scatter_to_sequence_parallel_region,
     set_tensor_model_parallel_attributes,
     shard,
     vocab_parallel_cross_entropy,
@@ -146,43 +148,69 @@ def _shape_facts(model: nn.Module) -> dict[str, int]:
 # ------------------------------------------------------------------------------------------------ apply
 
 
-def _region_hook(group: Group, indices: tuple[int, ...]):
+def _region_hook(group: Group, indices: tuple[int, ...], sequence_parallel: bool = False):
+    enter = gather_from_sequence_parallel_region if sequence_parallel else copy_to_tensor_model_parallel_region
+
     def hook(module: nn.Module, args: tuple) -> tuple:
         out, entered = list(args), {}
         for i in indices:
             if i < len(out) and isinstance(out[i], torch.Tensor):
                 key = id(args[i])
                 if key not in entered:
-                    entered[key] = copy_to_tensor_model_parallel_region(args[i], group)
+                    entered[key] = enter(args[i], group)
                 out[i] = entered[key]
         return tuple(out)
 
     return hook
 
 
-def _rank_dropout_core(core, group: Group):
-    """Wrap an attention module's ``core(q, k, v, mask_or_bias, dropout_p)`` (heads split over the tensor
-    ranks) so that its attention dropout draws different masks on every tensor rank, as one process draws
-    independent masks per head. The dropout stream of replicated activations stays shared by the group.
+def _rank_forked(fn, group: Group, active):
+    """``fn`` drawing its dropout masks from a stream of its own on every tensor rank, where the ranks hold
+    different data (heads split in an attention core; sequence chunks under sequence parallelism), while the
+    dropout stream of replicated activations stays shared by the group. ``active(args)``: whether it draws.
 
-    One number is drawn from the (group-shared) global generator and the core runs in a forked RNG seeded by
-    it and the tensor rank: the masks are a function of the global stream, so activation checkpointing,
-    which restores the global RNG before recomputing, replays them exactly, and a resumed run continues them.
+    One number is drawn from the (group-shared) global generator and ``fn`` runs in a forked RNG seeded by it
+    and the tensor rank: the masks are a function of the global stream, so activation checkpointing, which
+    restores the global RNG before recomputing, replays them exactly, and a resumed run continues them.
     """
     rank = rank_in(group)
 
-    @functools.wraps(core)
+    @functools.wraps(fn)
     def run(*args):
-        dropout_p = args[-1]
-        if not dropout_p:
-            return core(*args)
+        if not active(args):
+            return fn(*args)
         seed = int(torch.randint(0, 2**62, (1,)).item())
         devices = [torch.cuda.current_device()] if args[0].is_cuda else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed + 1_000_003 * rank)
-            return core(*args)
+            return fn(*args)
 
     return run
+
+
+def _sequence_parallel(model: nn.Module, group: Group) -> int:
+    """Sequence parallelism around the TP regions of a GPT: the embedding output is split along the sequence
+    (at the embedding dropout), norms, dropout and residual adds then run on this rank's chunk, and every
+    replicated parameter of the layers and the final norm sees only that chunk, so its gradient is summed over
+    the tensor ranks by a hook (Megatron's ``sequence_parallel`` parameters). Returns how many it hooked."""
+    model.embed_dropout.register_forward_pre_hook(
+        lambda module, args: (scatter_to_sequence_parallel_region(args[0], group), *args[1:]))
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Dropout) and (name == "embed_dropout" or name.startswith("layers.")):
+            module.forward = _rank_forked(module.forward, group, lambda args, m=module: m.training and m.p > 0)
+    hooked = 0
+    for name, p in model.named_parameters():
+        if (name.startswith(("layers.", "norm.")) and not is_tensor_parallel(p)) and p.requires_grad:
+            p.sequence_parallel = True
+            p.register_hook(lambda g: _all_reduce_grad(g, group))
+            hooked += 1
+    return hooked
+
+
+def _all_reduce_grad(g: torch.Tensor, group: Group) -> torch.Tensor:
+    from pretrain.parallel.tensor import _all_reduce
+
+    return _all_reduce(g, group)
 
 
 def _pattern_of(name: str, plan: dict[str, object]) -> str | None:
@@ -208,19 +236,25 @@ def _tied_groups(model: nn.Module) -> list[list[tuple[str, str]]]:
     return [o for o in owners.values() if len(o) > 1]
 
 
-def parallelize(model: nn.Module, group: Group) -> nn.Module:
+def parallelize(model: nn.Module, group: Group, sequence_parallel: bool = False) -> nn.Module:
     """Shard ``model`` (GPT, BERT or T5, freshly built or loaded, on every rank the same) over the tensor-
     parallel ``group`` in place, and return it. A group of one rank leaves the model as it is.
 
     After it, ``model(**batch)`` returns the same loss as before on every rank of the group, each rank holding
     1/tp of the attention, MLP and vocabulary weights; without labels the models return logits of this rank's
-    vocabulary slice (``[..., vocab/tp]``, ids ``[rank*vocab/tp, (rank+1)*vocab/tp)``).
+    vocabulary slice (``[..., vocab/tp]``, ids ``[rank*vocab/tp, (rank+1)*vocab/tp)``). ``sequence_parallel``
+    (GPT only) splits the activations outside the TP regions along the sequence (see :func:`_sequence_parallel`).
     """
     tp = world_size(group)
     if tp == 1:
         return model
     plan = plan_for(model)
+    sp = sequence_parallel
     problems = tensor_parallel_problems(tp=tp, **_shape_facts(model))
+    if sp and plan is not GPT_PLAN:
+        problems.append(f"sequence parallelism is implemented for GPT only, not {type(model).__name__}")
+    if sp and model.args.seq_length % tp:
+        problems.append(f"model.seq_length={model.args.seq_length} is not divisible by the tensor-parallel size {tp}")
     if problems:
         raise ConfigError(f"cannot split {type(model).__name__} over {tp} tensor-parallel ranks: " + "; ".join(problems))
     if any(is_tensor_parallel(p) for p in model.parameters()):
@@ -242,16 +276,17 @@ def parallelize(model: nn.Module, group: Group) -> nn.Module:
     for name, module, pattern in targets:
         style = plan[pattern]
         if isinstance(style, Region):
-            module.register_forward_pre_hook(_region_hook(group, style.args))
+            module.register_forward_pre_hook(_region_hook(group, style.args, sp))
             if hasattr(module, "core"):  # an attention module: its heads are split, so are its dropout masks
-                module.core = _rank_dropout_core(module.core, group)
+                module.core = _rank_forked(module.core, group, lambda args: bool(args[-1]))  # args[-1]: dropout_p
             continue
         if isinstance(style, Column):
-            new = ColumnParallelLinear.from_dense(module, group, copy_input=style.copy_input)
+            new = ColumnParallelLinear.from_dense(module, group, copy_input=style.copy_input, sequence_parallel=sp)
         elif isinstance(style, Row):
-            new = RowParallelLinear.from_dense(module, group)
+            new = RowParallelLinear.from_dense(module, group, sequence_parallel=sp)
         elif isinstance(style, VocabOutput):
-            new = ColumnParallelLinear.from_dense(module, group, copy_input=True, gather_output=False)
+            new = ColumnParallelLinear.from_dense(module, group, copy_input=True, gather_output=False,
+                                                  sequence_parallel=sp)
         elif isinstance(style, VocabEmbedding):
             new = VocabParallelEmbedding.from_dense(module, group)
         elif isinstance(style, HeadSplit):
@@ -273,6 +308,10 @@ def parallelize(model: nn.Module, group: Group) -> nn.Module:
                 raise ValueError(f"tied parameters {m0}.{p0} and {mname}.{pname} were sharded differently")
             setattr(mod, pname, shared)
     model.loss_fn = functools.partial(vocab_parallel_cross_entropy, group=group)
+    model.sequence_parallel = sp
+    if sp:
+        log.info("sequence parallel: activations outside the tensor-parallel regions split over %d ranks; "
+                 "%d replicated parameters all-reduce their gradients", tp, _sequence_parallel(model, group))
     log.info("tensor parallel: %s split over %d ranks (%d modules sharded); rank %d holds %d of its parameters",
              type(model).__name__, tp, len(targets), rank_in(group), sum(p.numel() for p in model.parameters()))
     return model

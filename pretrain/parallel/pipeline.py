@@ -35,7 +35,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pretrain.models.recompute import run_layer
-from pretrain.parallel.tensor import Group, copy_to_tensor_model_parallel_region
+from pretrain.parallel.tensor import (
+    Group, copy_to_tensor_model_parallel_region, gather_from_sequence_parallel_region,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +57,11 @@ class TokenEmbedding(nn.Module):
     """The token embedding (tied between the first and the last stage). ``forward`` embeds the first element
     of its input; :func:`_tied_logits` uses the same weight as the output layer."""
 
-    def __init__(self, embed_tokens: nn.Module, group: Group):
+    def __init__(self, embed_tokens: nn.Module, group: Group, sequence_parallel: bool = False):
         super().__init__()
         self.embed_tokens = embed_tokens
         self.group = group
+        self.sequence_parallel = sequence_parallel  # the output layer's input is split along the sequence
 
     def forward(self, inputs):
         if isinstance(inputs, tuple):
@@ -72,7 +75,8 @@ def _tied_logits(module: TokenEmbedding, inputs):
     as :class:`~pretrain.parallel.tensor.ColumnParallelLinear` with ``gather_output=False`` computes them."""
     x, rest = (inputs[0], inputs[1:]) if isinstance(inputs, tuple) else (inputs, ())
     if module.group is not None:
-        x = copy_to_tensor_model_parallel_region(x, module.group)
+        x = (gather_from_sequence_parallel_region(x, module.group) if module.sequence_parallel
+             else copy_to_tensor_model_parallel_region(x, module.group))
     logits = F.linear(x, module.embed_tokens.weight)
     return (logits, *rest) if rest else logits
 
@@ -212,10 +216,10 @@ class BERTLoss:
 def gpt_stages(model: nn.Module, group: Group) -> tuple[list, Callable]:
     from deepspeed.pipe import TiedLayerSpec
 
-    tied = model.args.tie_word_embeddings
-    embed = (TiedLayerSpec("embed", TokenEmbedding, model.embed_tokens, group, tied_weight_attr=["embed_tokens.weight"])
-             if tied else TokenEmbedding(model.embed_tokens, group))
-    head = (TiedLayerSpec("embed", TokenEmbedding, model.embed_tokens, group, forward_fn=_tied_logits,
+    tied, sp = model.args.tie_word_embeddings, getattr(model, "sequence_parallel", False)
+    embed = (TiedLayerSpec("embed", TokenEmbedding, model.embed_tokens, group, sp,
+                           tied_weight_attr=["embed_tokens.weight"]) if tied else TokenEmbedding(model.embed_tokens, group))
+    head = (TiedLayerSpec("embed", TokenEmbedding, model.embed_tokens, group, sp, forward_fn=_tied_logits,
                           tied_weight_attr=["embed_tokens.weight"]) if tied else Wrap(model.lm_head))
     layers = [embed, GPTInput(model), *(GPTTransformerLayer(b, model) for b in model.layers), Wrap(model.norm), head]
     return layers, GPTLoss(model.loss_fn)

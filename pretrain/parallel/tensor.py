@@ -172,6 +172,98 @@ def gather_from_tensor_model_parallel_region(x: torch.Tensor, group: Group) -> t
     return x if world_size(group) == 1 else _GatherFromRegion.apply(x, group)
 
 
+# ------------------------------------------------------------------------------------------------ sequence parallel
+# Megatron's sequence parallelism (Korthikanti et al. 2022): outside the TP regions (norms, dropout, residual
+# adds) activations are split along the sequence (dim 1 of [batch, seq, hidden]) instead of replicated; a
+# region is entered by an all-gather along the sequence and left by a reduce-scatter along it, which move the
+# same bytes as the all-reduce they replace.
+
+_SEQ_DIM = 1
+
+
+def _all_gather_seq(x: torch.Tensor, group: Group) -> torch.Tensor:
+    n = world_size(group)
+    if n == 1:
+        return x
+    x = x.contiguous()
+    parts = [torch.empty_like(x) for _ in range(n)]
+    dist.all_gather(parts, x, group=group)
+    TP_COMM.add("all_gather", x)
+    return torch.cat(parts, dim=_SEQ_DIM)
+
+
+def _split_seq(x: torch.Tensor, group: Group) -> torch.Tensor:
+    n = world_size(group)
+    if n == 1:
+        return x
+    size = divide(x.shape[_SEQ_DIM], n, "sequence length")
+    return x.narrow(_SEQ_DIM, rank_in(group) * size, size).contiguous()
+
+
+def _reduce_scatter_seq(x: torch.Tensor, group: Group) -> torch.Tensor:
+    n = world_size(group)
+    if n == 1:
+        return x
+    if dist.get_backend(group) == "gloo":  # gloo has no reduce-scatter: all-reduce, keep my chunk
+        y = x.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(y, group=group)
+        TP_COMM.add("reduce_scatter", y)
+        return _split_seq(y, group)
+    chunks = [c.contiguous() for c in x.chunk(n, dim=_SEQ_DIM)]
+    out = torch.empty_like(chunks[0])
+    dist.reduce_scatter(out, chunks, group=group)
+    TP_COMM.add("reduce_scatter", x)
+    return out
+
+
+class _GatherFromSequence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return _all_gather_seq(x, group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _reduce_scatter_seq(grad, ctx.group), None
+
+
+class _ReduceScatterToSequence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return _reduce_scatter_seq(x, group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _all_gather_seq(grad, ctx.group), None
+
+
+class _ScatterToSequence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return _split_seq(x, group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _all_gather_seq(grad, ctx.group), None
+
+
+def gather_from_sequence_parallel_region(x: torch.Tensor, group: Group) -> torch.Tensor:
+    """Enter a TP region from sequence-split activations: all-gather the sequence (reduce-scatter backward)."""
+    return x if world_size(group) == 1 else _GatherFromSequence.apply(x, group)
+
+
+def reduce_scatter_to_sequence_parallel_region(x: torch.Tensor, group: Group) -> torch.Tensor:
+    """Leave a TP region into sequence-split activations: sum the partial results, keep my sequence chunk."""
+    return x if world_size(group) == 1 else _ReduceScatterToSequence.apply(x, group)
+
+
+def scatter_to_sequence_parallel_region(x: torch.Tensor, group: Group) -> torch.Tensor:
+    """Split a replicated activation along the sequence (all-gather of the gradient backward)."""
+    return x if world_size(group) == 1 else _ScatterToSequence.apply(x, group)
+
+
 # ------------------------------------------------------------------------------------------------ parameters
 
 
@@ -227,9 +319,10 @@ class ColumnParallelLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, group: Group,
                  gather_output: bool = False, copy_input: bool = True, master: nn.Linear | None = None,
-                 device=None, dtype=None):
+                 sequence_parallel: bool = False, device=None, dtype=None):
         super().__init__()
         self.group, self.gather_output, self.copy_input = group, gather_output, copy_input
+        self.sequence_parallel = sequence_parallel  # copy_input all-gathers a sequence-split input
         self.in_features, self.out_features = in_features, out_features
         self.out_features_per_partition = divide(out_features, world_size(group), "out_features")
         if master is None:  # nn.Linear's own init of the full matrix, then this rank's rows
@@ -246,7 +339,8 @@ class ColumnParallelLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.copy_input:
-            x = copy_to_tensor_model_parallel_region(x, self.group)
+            x = (gather_from_sequence_parallel_region(x, self.group) if self.sequence_parallel
+                 else copy_to_tensor_model_parallel_region(x, self.group))
         y = F.linear(x, self.weight, self.bias)
         return gather_from_tensor_model_parallel_region(y, self.group) if self.gather_output else y
 
@@ -262,9 +356,11 @@ class RowParallelLinear(nn.Module):
     summed by one all-reduce; the bias is replicated and added once, after the sum."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, group: Group,
-                 input_is_parallel: bool = True, master: nn.Linear | None = None, device=None, dtype=None):
+                 input_is_parallel: bool = True, master: nn.Linear | None = None, sequence_parallel: bool = False,
+                 device=None, dtype=None):
         super().__init__()
         self.group, self.input_is_parallel = group, input_is_parallel
+        self.sequence_parallel = sequence_parallel  # reduce-scatter the output along the sequence
         self.in_features, self.out_features = in_features, out_features
         self.in_features_per_partition = divide(in_features, world_size(group), "in_features")
         if master is None:
@@ -282,7 +378,9 @@ class RowParallelLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.input_is_parallel:
             x = scatter_to_tensor_model_parallel_region(x, self.group)
-        y = reduce_from_tensor_model_parallel_region(F.linear(x, self.weight), self.group)
+        y = F.linear(x, self.weight)
+        y = (reduce_scatter_to_sequence_parallel_region(y, self.group) if self.sequence_parallel
+             else reduce_from_tensor_model_parallel_region(y, self.group))
         return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:

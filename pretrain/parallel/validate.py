@@ -127,8 +127,13 @@ def validate_parallel(cfg: DictConfig, world_size: int) -> ParallelLayout:
                             f"pipeline engine cannot shard gradients or parameters), got {p.zero_stage}; set "
                             "parallel.zero_stage=1")
     if p.sequence_parallel and tp > 1:
-        problems.append("parallel.sequence_parallel=true: sequence parallelism is not available in this release; "
-                        "set parallel.sequence_parallel=false")
+        family = str(getattr(m, "family", "gpt"))
+        if family != "gpt":
+            problems.append(f"parallel.sequence_parallel=true is implemented for model.family=gpt only, not {family}; "
+                            "set parallel.sequence_parallel=false")
+        elif m.seq_length % tp:
+            problems.append(f"parallel.sequence_parallel=true splits the sequence over the tensor ranks: "
+                            f"model.seq_length={m.seq_length} is not divisible by parallel.tensor_model_parallel_size={tp}")
 
     micro = t.micro_batch_size
     if micro < 1:
