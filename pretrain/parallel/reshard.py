@@ -55,6 +55,16 @@ def _optimizer_step(engine) -> float:
     return 0.0
 
 
+def _link_optimizer_state(engine) -> None:
+    """Point ZeRO-1/2's and the bf16 optimizer's per-parameter views at the Adam state of every group.
+    DeepSpeed links them once, after the first group's first step, when later groups (our no-weight-decay
+    group) have no state yet, so their views stay empty; relinking when every group has state fixes that."""
+    opt = engine.optimizer
+    if hasattr(opt, "_lazy_init_hp_params_optimizer_state"):
+        opt._hp_optimizer_states_linked = False
+        opt._lazy_init_hp_params_optimizer_state()
+
+
 def _full_state(engine, p: torch.Tensor) -> dict[str, torch.Tensor]:
     """fp32 weight and Adam moments of this tensor rank's whole ``p`` (collective over the data-parallel
     group under ZeRO: every rank calls it for the same parameters in the same order)."""
@@ -73,6 +83,7 @@ def _full_state(engine, p: torch.Tensor) -> dict[str, torch.Tensor]:
 def save(engine, tag_dir: Path, names: dict[int, str], grid) -> None:
     """Collective: write ``tag_dir/universal/pp{P}_tp{T}.pt`` (see the module docstring)."""
     params: dict[str, dict[str, Any]] = {}
+    _link_optimizer_state(engine)
     for p in engine.module.parameters():
         if getattr(p, "ds_pipe_replicated", False):
             continue  # the last stage's copy of a tied embedding: the first stage saves it
@@ -134,8 +145,7 @@ def _ensure_optimizer_state(engine) -> None:
         if not base.state.get(q):
             base.state[q] = {"step": torch.zeros((), dtype=torch.float32),
                              **{k: torch.zeros_like(q, memory_format=torch.preserve_format) for k in MOMENTS}}
-    if hasattr(engine.optimizer, "_lazy_init_hp_params_optimizer_state"):  # ZeRO 1/2, bf16: per-parameter views
-        engine.optimizer._lazy_init_hp_params_optimizer_state()
+    _link_optimizer_state(engine)
 
 
 @torch.no_grad()
