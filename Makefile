@@ -2,7 +2,8 @@
 #   make demo        raw sample corpora -> data pipeline -> tiny GPT trained -> exported to Hugging Face
 #   make test        the whole test suite (what CI runs)
 #   make test-fast   the suite without the slow multi-process end-to-end runs
-#   make bench       training throughput: our DeepSpeed stack vs a bare PyTorch loop
+#   make bench       training throughput: our DeepSpeed stack vs a bare PyTorch loop; ZeRO memory per rank
+#                    at dp1 vs dp2 and the tp2 vs tp1 step time
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -39,6 +40,7 @@ test-fast: install
 
 bench: install
 	$(PY) -m pretrain.bench.train
+	$(PY) -m pretrain.bench.parallel
 
 clean:
 	rm -rf runs outputs .pytest_cache
