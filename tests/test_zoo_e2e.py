@@ -1,18 +1,31 @@
 """BERT and T5 end to end, as users run them: ``torchrun`` with 2 CPU processes on the built-in sample data
 (WordPiece / Unigram variants), every ZeRO stage across the tests, loss clearly falling, exact resume, export
-of the checkpoint to a Hugging Face directory that computes our logits, and ``model.init_from`` of it."""
+of the checkpoint to a Hugging Face directory that computes our logits, and ``model.init_from`` of it. The
+data-parallel runs match one process step for step (the references are shared with test_parallel_equality.py,
+which compares tensor parallelism with them)."""
 
 from __future__ import annotations
+
+import functools
+import json
 
 import pytest
 import torch
 
 from conftest import losses_by_step, read_metrics, run_train
+from test_parallel_equality import ZOO_EQUAL, ZOO_STEPS, assert_same_steps, train_records, zoo_reference
 
 pytestmark = pytest.mark.slow
 
 COMMON = ["trainer.micro_batch_size=4", "trainer.log_interval=1", "trainer.eval_interval=0",
           "optim.sched.warmup_steps=2"]
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, cache_dir):
+    """``one_process(experiment)`` -> the one-process reference run, made once per session and shared with
+    test_parallel_equality.py (:func:`test_parallel_equality.zoo_reference`)."""
+    return functools.partial(zoo_reference, tmp_path_factory=tmp_path_factory, cache_dir=cache_dir)
 
 
 def exported_logits_match(run_dir, out) -> None:
@@ -41,19 +54,28 @@ def exported_logits_match(run_dir, out) -> None:
 
 
 @pytest.mark.parametrize("experiment,zero", [("bert_tiny", 2), ("t5_tiny", 3)])
-def test_trains_with_torchrun_exports_and_reimports(tmp_path, train_env, experiment, zero):
+def test_trains_with_torchrun_exports_and_reimports(tmp_path, train_env, one_process, experiment, zero):
+    """2 data-parallel ranks (ZeRO-2 / ZeRO-3) train as one process accumulating the same 2 micro-batches does:
+    every step's loss within 1e-5 relative, on the same batches."""
     run_dir = tmp_path / "run"
-    run_train([f"experiment={experiment}", *COMMON, f"run_dir={run_dir}", "trainer.max_steps=30",
-               f"parallel=zero{zero}"], train_env, nproc=2)
+    # BERT saves DeepSpeed's files only (export consolidates its ZeRO-2 shards with zero_to_fp32), T5 also the
+    # layout-free copy (export reads that)
+    universal = "false" if experiment == "bert_tiny" else "true"
+    run_train([f"experiment={experiment}", *ZOO_EQUAL, f"run_dir={run_dir}", f"parallel=zero{zero}",
+               f"checkpoint.universal={universal}"], train_env, nproc=2)
     losses = losses_by_step(run_dir)
-    assert sorted(losses) == list(range(1, 31))
+    assert sorted(losses) == list(range(1, ZOO_STEPS + 1))
     first, last = losses[1], sum(losses[s] for s in range(26, 31)) / 5
     assert last < first - 1.0, (first, last)  # ~ln(4096) (+ ln 2 for SOP) at the start
+    worst = assert_same_steps(train_records(one_process(experiment)), train_records(run_dir), 1e-5, 1e-4)
+    print(f"{experiment} dp2 ZeRO-{zero}: max relative loss difference to one process {worst:.3g}")
     rec = read_metrics(run_dir)[-1]
     seq = 64 if experiment == "bert_tiny" else 64 + 14  # T5: inputs + targets (14 for 64 inputs)
     assert rec["consumed_tokens"] == 30 * 8 * seq and rec["mfu"] > 0
+    assert json.loads((run_dir / "deepspeed.json").read_text())["gradient_accumulation_steps"] == 1
     out = tmp_path / "hf"
-    exported_logits_match(run_dir, out)  # consolidated from the ZeRO-2 / ZeRO-3 shards
+    assert (run_dir / "checkpoints" / f"step_{ZOO_STEPS:06d}" / "universal").is_dir() == (universal == "true")
+    exported_logits_match(run_dir, out)  # consolidated from the ZeRO-2 shards / the layout-free copy
 
     if experiment == "bert_tiny":  # continue pretraining from the exported directory (one process)
         again = tmp_path / "again"
