@@ -38,6 +38,21 @@ def make_train_env(cache_dir: Path) -> dict[str, str]:
 
 
 @pytest.fixture
+def compose_cfg():
+    """``compose_cfg(*overrides)``: conf/train.yaml composed with our typed schema, as the trainer does."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from pretrain.config import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        yield lambda *ov: compose("train", overrides=list(ov))
+    GlobalHydra.instance().clear()
+
+
+@pytest.fixture
 def train_env(cache_dir) -> dict[str, str]:
     return make_train_env(cache_dir)
 

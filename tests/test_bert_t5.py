@@ -3,16 +3,12 @@ T5's position buckets against Hugging Face's, the presets' published sizes, and 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from pretrain.config import ModelConfig, register_configs
+from pretrain.config import ModelConfig
 from pretrain.errors import ConfigError, DataError
 from pretrain.models import FAMILIES, TokenizerInfo
 from pretrain.models.bert import BERT, BERTArgs, bert_flops_per_token
@@ -20,7 +16,6 @@ from pretrain.models.bert import count_parameters as bert_params
 from pretrain.models.t5 import T5, T5Args, relative_position_bucket, t5_flops_per_token
 from pretrain.models.t5 import count_parameters as t5_params
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def bert_model(**kw) -> BERT:
@@ -125,15 +120,6 @@ def test_flops_formulas_by_hand():
     assert f["model"] == pytest.approx(total / (S + T)) and f["hardware"] == f["model"]
     t.activation_checkpointing = True
     assert t5_flops_per_token(t)["hardware"] > f["model"]
-
-
-@pytest.fixture
-def compose_cfg():
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        yield lambda *ov: compose("train", overrides=list(ov))
-    GlobalHydra.instance().clear()
 
 
 def test_presets_match_the_published_sizes(compose_cfg):

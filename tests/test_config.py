@@ -21,15 +21,6 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
 
-@pytest.fixture
-def compose_cfg():
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        yield lambda *ov: compose("train", overrides=list(ov))
-    GlobalHydra.instance().clear()
-
-
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_composes_and_is_consistent(compose_cfg, name):
     cfg = compose_cfg(f"experiment={name}", "run_dir=/tmp/x")

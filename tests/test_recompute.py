@@ -6,16 +6,12 @@ the hardware FLOPs count what each recomputes, and the config refuses an unknown
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from pretrain.config import register_configs
 from pretrain.errors import ConfigError
 from pretrain.flops import gpt_flops_per_token
 from pretrain.models import FAMILIES, NON_SHAPE_FIELDS, TokenizerInfo
@@ -24,7 +20,6 @@ from pretrain.models.gpt import GPT, GPTArgs
 from pretrain.models.t5 import T5, T5Args, t5_flops_per_token
 from tp_harness import run_ranks
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 V, B, S = 96, 2, 16
 MODES = {"none": dict(activation_checkpointing=False),
          "full": dict(activation_checkpointing=True, recompute_granularity="full"),
@@ -205,15 +200,6 @@ def test_hardware_flops_count_what_is_recomputed():
 
 
 # ------------------------------------------------------------------------------------------------ config
-
-
-@pytest.fixture
-def compose_cfg():
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        yield lambda *ov: compose("train", overrides=list(ov))
-    GlobalHydra.instance().clear()
 
 
 @pytest.mark.parametrize("model", ["gpt/tiny", "gpt/llama_tiny", "bert/tiny", "t5/tiny"])
