@@ -120,11 +120,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     family = get_family(cfg.model.family)
     n_eval = cfg.trainer.eval_iters * plan.micro_batch_size * plan.data_parallel_size
     cache_dir = cfg.data.index_cache_dir or str(run_dir / "data_index")
-    build = lambda window: build_datasets(  # noqa: E731
-        cfg.data, seq_length=window - 1, seed=cfg.seed,
-        num_train_samples=cfg.trainer.max_steps * plan.global_batch_size, num_valid_samples=n_eval,
-        cache_dir=cache_dir,
-    )
     from pretrain.data.manifest import read_manifest
     from pretrain.data.sample import ensure_sample_data
 
@@ -132,10 +127,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     tokenizer = TokenizerInfo.load(manifest.tokenizer, None, manifest.eod_id)
     tokenizer.vocab_size = tokenizer_vocab_size(manifest.tokenizer) if manifest.tokenizer else manifest.vocab_size
     args = family.resolve_args(cfg.model, tokenizer)
-    data = build(family.sample_length(args))
-    check_vocab(data, args.vocab_size)
-    transform = family.make_transform(args, tokenizer, cfg.seed)
-    seq = family.tokens_per_sample(args)
 
     ckpt_dir = Path(cfg.checkpoint.dir or run_dir / "checkpoints").absolute()
     ckpt_dir, resume_tag = resolve_resume(cfg, ckpt_dir)
@@ -145,6 +136,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         ckpt.check_model_shape(ckpt_dir / resume_tag, resume_state, args, family.name)
         same_layout = ckpt.check_layout(ckpt_dir / resume_tag, resume_state, world, plan.zero_stage,
                                         plan.tensor_parallel_size, plan.pipeline_parallel_size)
+    # The samples this run reads: from the checkpoint's position on, one global batch per remaining step. Not
+    # max_steps x global batch: a resume at another data-parallel size (or batch size) has consumed a
+    # different number of samples per step so far.
+    start_step, start_consumed = int(resume_state.get("step", 0)), int(resume_state.get("consumed_samples", 0))
+    saved_gbs = resume_state.get("global_batch_size")
+    if saved_gbs is not None and saved_gbs != plan.global_batch_size:
+        log.warning("the global batch changed since the checkpoint (%d -> %d samples per step): the run continues "
+                    "at sample %d with the new batch, so its losses will not follow the old run's",
+                    saved_gbs, plan.global_batch_size, start_consumed)
+    num_train_samples = start_consumed + max(0, cfg.trainer.max_steps - start_step) * plan.global_batch_size
+    data = build_datasets(cfg.data, seq_length=family.sample_length(args) - 1, seed=cfg.seed,
+                          num_train_samples=num_train_samples, num_valid_samples=n_eval, cache_dir=cache_dir)
+    check_vocab(data, args.vocab_size)
+    transform = family.make_transform(args, tokenizer, cfg.seed)
+    seq = family.tokens_per_sample(args)
     init_from = cfg.model.init_from if not resume_tag else None  # a checkpoint to resume wins over init_from
     if init_from:
         from pretrain import hf
@@ -225,7 +231,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         return {
             "step": at_step, "consumed_samples": at_consumed, "consumed_tokens": at_consumed * seq,
             "wandb_id": metrics.wandb_id, "family": family.name, "model_args": asdict(args),
-            "world_size": dist.world_size, "tokenizer": str(tokenizer.path) if tokenizer.path else None,
+            "world_size": dist.world_size, "global_batch_size": plan.global_batch_size,
+            "tokenizer": str(tokenizer.path) if tokenizer.path else None,
             "zero_stage": plan.zero_stage, "tensor_parallel_size": plan.tensor_parallel_size,
             "pipeline_parallel_size": plan.pipeline_parallel_size,
             "seed": cfg.seed, "name": cfg.name,
@@ -268,7 +275,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # ---- 3. train ----
     max_steps = cfg.trainer.max_steps
     tokens_per_step = plan.global_batch_size * seq
-    batches = iter(loader(data.train, max_steps * plan.global_batch_size, consumed))
+    batches = iter(loader(data.train, num_train_samples, consumed))
     train_iter = pipe_batches(batches) if pipelined else None
     engine.train()
     if rng is not None:

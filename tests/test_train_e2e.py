@@ -112,6 +112,24 @@ def test_resume_gives_the_same_losses_data_and_wandb_run(tmp_path, train_env):
     assert first["config"]["trainer"]["max_steps"] == 20  # the resolved config went to W&B
 
 
+def test_resume_at_another_data_parallel_size_and_batch_continues_the_run(tmp_path, train_env, one_process):
+    """A ZeRO-2 checkpoint of 2 data-parallel ranks resumes in one process (through its layout-free copy): the
+    next steps are the uninterrupted run's, on the same batches. A later resume with a smaller global batch
+    continues from the samples consumed so far, 4 per step instead of 8, and says the batch changed."""
+    run_dir = tmp_path / "run"
+    common = [*GPT_COMMON, f"run_dir={run_dir}", f"optim.sched.decay_steps={GPT_STEPS}"]  # the reference's LR curve
+    run_train([*common, "trainer.max_steps=3", "parallel=zero2"], train_env, nproc=2)
+    out = run_train([*common, "trainer.max_steps=6", "parallel=zero2"], train_env)
+    assert "resuming through its layout-free copy" in out.stdout and "at step 3" in out.stdout
+    ref = train_records(one_process)[:6]
+    assert_same_steps(ref, train_records(run_dir), 1e-5, 1e-4)
+
+    out = run_train([*common, "trainer.max_steps=8", "trainer.global_batch_size=4"], train_env)
+    assert "the global batch changed since the checkpoint (8 -> 4 samples per step)" in out.stdout
+    records = train_records(run_dir)
+    assert [(r["step"], r["consumed_samples"]) for r in records[5:]] == [(6, 48), (7, 52), (8, 56)]
+
+
 def test_single_process_launch_without_torchrun(one_process):
     """`python -m pretrain.train` on its own is a world of one (ZeRO-0: DeepSpeed's gradient all-reduce is
     switched off, there being nothing to reduce), here accumulating 2 micro-batches per step: the reference run."""
