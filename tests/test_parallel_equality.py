@@ -53,6 +53,15 @@ def one_process(tmp_path_factory, cache_dir):
     return functools.partial(zoo_reference, tmp_path_factory=tmp_path_factory, cache_dir=cache_dir)
 
 
+# Gradient norms are compared less tightly than losses. Adam turns the last-bit differences of another summation
+# order into weight differences of ~1e-5 within 10 steps (elements with ~0 gradient, such as the key biases,
+# move by lr x m / (sqrt(v) + eps) whatever their size), and on a step where the gradient spikes its norm
+# amplifies them: on the sample data, GPT tiny's step 11 has grad norm 1.19563 from one process's weights and
+# 1.19538 from tp2's, both computed by the same unsharded model in float64 (2e-4 apart), while the losses stay
+# within 2e-7.
+GRAD_NORM_REL = 1e-3
+
+
 def train_records(run_dir: Path) -> list[dict]:
     return [r for r in read_metrics(run_dir) if "loss" in r]
 
@@ -81,7 +90,7 @@ def test_tensor_parallel_matches_one_process(tmp_path, train_env, one_process, e
     run_train([f"experiment={experiment}", *ZOO_EQUAL, f"run_dir={tp2}", "parallel.tensor_model_parallel_size=2"],
               train_env, nproc=2)
     ref, got = train_records(one_process(experiment)), train_records(tp2)
-    worst = assert_same_steps(ref, got, 1e-5, 1e-4)
+    worst = assert_same_steps(ref, got, 1e-5, GRAD_NORM_REL)
     print(f"{experiment} tp2: max relative loss difference to one process {worst:.3g}")
     assert all(r["comm_tp_all_reduce_bytes"] > 0 for r in got)
     assert json.loads((tp2 / "deepspeed.json").read_text())["gradient_accumulation_steps"] == 2

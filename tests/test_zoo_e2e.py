@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import losses_by_step, read_metrics, run_train
-from test_parallel_equality import ZOO_EQUAL, ZOO_STEPS, assert_same_steps, train_records, zoo_reference
+from test_parallel_equality import GRAD_NORM_REL, ZOO_EQUAL, ZOO_STEPS, assert_same_steps, train_records, zoo_reference
 
 pytestmark = pytest.mark.slow
 
@@ -67,7 +67,7 @@ def test_trains_with_torchrun_exports_and_reimports(tmp_path, train_env, one_pro
     assert sorted(losses) == list(range(1, ZOO_STEPS + 1))
     first, last = losses[1], sum(losses[s] for s in range(26, 31)) / 5
     assert last < first - 1.0, (first, last)  # ~ln(4096) (+ ln 2 for SOP) at the start
-    worst = assert_same_steps(train_records(one_process(experiment)), train_records(run_dir), 1e-5, 1e-4)
+    worst = assert_same_steps(train_records(one_process(experiment)), train_records(run_dir), 1e-5, GRAD_NORM_REL)
     print(f"{experiment} dp2 ZeRO-{zero}: max relative loss difference to one process {worst:.3g}")
     rec = read_metrics(run_dir)[-1]
     seq = 64 if experiment == "bert_tiny" else 64 + 14  # T5: inputs + targets (14 for 64 inputs)
