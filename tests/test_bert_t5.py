@@ -17,7 +17,6 @@ from pretrain.models.t5 import T5, T5Args, relative_position_bucket, t5_flops_pe
 from pretrain.models.t5 import count_parameters as t5_params
 
 
-
 def bert_model(**kw) -> BERT:
     torch.manual_seed(0)
     args = BERTArgs(**{**dict(vocab_size=97, num_layers=2, hidden_size=32, num_attention_heads=4, ffn_hidden_size=64,
