@@ -114,6 +114,16 @@ def test_checkpoint_of_another_model_shape(tmp_path, train_env):
     _expect_error(proc, str(run_dir / "checkpoints" / "step_000002"), "model.hidden_size: checkpoint 64, config 128")
 
 
+def test_resume_at_another_data_parallel_size_without_a_layout_free_copy_is_refused(tmp_path, train_env):
+    """DeepSpeed cannot re-partition ZeRO shards itself: without the layout-free copy (checkpoint.universal=false)
+    a resume at another data-parallel size stops before any model is built and says what to do."""
+    run_dir = tmp_path / "run"
+    common = [*TINY, f"run_dir={run_dir}", "parallel=zero2", "checkpoint.universal=false"]
+    run_train([*common, "trainer.max_steps=2"], train_env, nproc=2)
+    proc = run_train([*common, "trainer.max_steps=4"], train_env, check=False)
+    _expect_error(proc, "ZeRO-2 optimizer shards for 2 processes, this run has 1", "checkpoint.universal=true")
+
+
 def test_unknown_key_appended_on_the_command_line(tmp_path, train_env):
     proc = run_train([*TINY, f"run_dir={tmp_path / 'r'}", "+trainer.max_stepz=3"], train_env, check=False)
     _expect_error(proc, "trainer.max_stepz")
