@@ -20,7 +20,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from data_pipelines.dedup import DedupConfig
 from data_pipelines.filters import FiltersConfig
-from pretrain.errors import ConfigError
+from pretrain.core.errors import ConfigError
 
 # The stages in the order they run. Per-part stages run once per work part (in parallel, and split across
 # executor.num_shards machines); global stages run once, over everything the previous stage produced.
@@ -107,7 +107,7 @@ def validate(cfg: DictConfig) -> None:
     from data_pipelines.dedup.config import as_dedup_config
     from data_pipelines.filters import filters_for_source
     from data_pipelines.sources import make_reader, source_inputs
-    from data_pipelines.tokenization import TokenizerSpec
+    from pretrain.core.tokenizer import TokenizerSpec
 
     if OmegaConf.is_missing(cfg, "output_dir") or not str(cfg.output_dir).strip():
         raise ConfigError("output_dir: missing; run `python -m data_pipelines.run output_dir=<dir>`")

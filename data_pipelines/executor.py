@@ -28,10 +28,10 @@ import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from pretrain.errors import DataError
+from pretrain.core.atomic import atomic_write
+from pretrain.core.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -115,18 +115,6 @@ def parts_for_shard(parts: Sequence[Part], shard: int | None, num_shards: int) -
 
 
 # ----------------------------------------------------------------------------------------------- files
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file + fsync + rename (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def dump_json(obj: Any) -> bytes:
     """Canonical JSON bytes (sorted keys, fixed indentation) so equal content gives equal files."""
     return (json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False, default=str) + "\n").encode("utf-8")
@@ -138,7 +126,7 @@ def fingerprint(obj: Any) -> str:
 
 def write_marker(path: str | os.PathLike, fp: str, payload: dict[str, Any]) -> None:
     """The completion marker of a unit of work: written last, atomically."""
-    atomic_write_bytes(path, dump_json({"fingerprint": fp, **payload}))
+    atomic_write(path, dump_json({"fingerprint": fp, **payload}))
 
 
 def read_marker(path: str | os.PathLike, fp: str) -> dict[str, Any] | None:

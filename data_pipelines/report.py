@@ -21,9 +21,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
-from data_pipelines.executor import Part, atomic_write_bytes, dump_json
+from data_pipelines.executor import Part, dump_json
 from data_pipelines.stats import StageStats
-from pretrain.errors import DataError
+from pretrain.core.atomic import atomic_write
+from pretrain.core.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +111,8 @@ def write_manifest_for(layout, parts: Sequence[Part], per_part: dict[int, dict[s
     """``<output_dir>/manifest.json`` (pretrain/data/manifest.py): the non-empty shards of every source."""
     import numpy as np
 
-    from pretrain.data.indexed import best_dtype
-    from pretrain.data.manifest import write_manifest
+    from pretrain.core.indexed import best_dtype
+    from pretrain.core.manifest import write_manifest
 
     corpora: dict[str, dict[str, Any]] = {}
     for p in parts:
@@ -148,9 +149,9 @@ def write_report(root: str | os.PathLike, report: dict[str, Any]) -> None:
         import matplotlib.pyplot as plt
 
         plt.close(fig)
-        atomic_write_bytes(plots / name, buf.getvalue())
-    atomic_write_bytes(root / "report.json", dump_json(report))
-    atomic_write_bytes(root / "report.md", render_markdown(report).encode("utf-8"))
+        atomic_write(plots / name, buf.getvalue())
+    atomic_write(root / "report.json", dump_json(report))
+    atomic_write(root / "report.md", render_markdown(report).encode("utf-8"))
 
 
 def _figures(report: dict[str, Any]) -> dict[str, Any]:

@@ -30,13 +30,13 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from pretrain.core.atomic import atomic_write
 from data_pipelines.config import GLOBAL_STAGES, STAGES, plain, validate
 from data_pipelines.executor import (
     MiB,
     LocalExecutor,
     Part,
     StageTiming,
-    atomic_write_bytes,
     dump_json,
     fingerprint,
     parts_for_shard,
@@ -58,7 +58,7 @@ from data_pipelines.stages import (
     tokenize_part,
     train_tokenizer_file,
 )
-from pretrain.errors import UserError
+from pretrain.core.errors import UserError
 
 log = logging.getLogger("data_pipelines.run")
 
@@ -181,7 +181,7 @@ class Pipeline:
             if removed:
                 log.warning("inputs changed since the last run in %s: removed %d files of parts that no longer exist",
                             self.layout.root, removed)
-        atomic_write_bytes(path, dump_json(new))
+        atomic_write(path, dump_json(new))
 
     # -------------------------------------------------------------------------------------------- running
     def run(self, executor: LocalExecutor) -> RunSummary:
@@ -280,7 +280,7 @@ class Pipeline:
         write_marker(self.layout.marker("cluster"), self.fp("cluster"), {"stats": stats.to_dict()})
 
     def _tokenizer(self, executor: LocalExecutor) -> None:
-        from data_pipelines.tokenization import TokenizerSpec
+        from pretrain.core.tokenizer import TokenizerSpec
 
         self._all_parts_done("documents")
         spec = TokenizerSpec.from_config(self.tokenizer)
@@ -377,9 +377,9 @@ def _main(cfg: DictConfig) -> None:
         pipe = Pipeline(cfg)  # validates and plans before anything is written: a config error names the key
         _setup_logging(cfg)
         logs = Path(cfg.output_dir) / "logs"
-        atomic_write_bytes(logs / _log_name(cfg).replace(".log", ".config.yaml"), OmegaConf.to_yaml(cfg, resolve=True).encode())
+        atomic_write(logs / _log_name(cfg).replace(".log", ".config.yaml"), OmegaConf.to_yaml(cfg, resolve=True).encode())
         summary = run_pipeline(cfg, pipe)
-        atomic_write_bytes(logs / _log_name(cfg).replace(".log", ".timings.json"), dump_json(
+        atomic_write(logs / _log_name(cfg).replace(".log", ".timings.json"), dump_json(
             [t.__dict__ | {"docs_per_s_per_worker": t.per_worker()[0], "mb_per_s_per_worker": t.per_worker()[1]}
              for t in summary.timings]
         ))

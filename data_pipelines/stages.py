@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from data_pipelines.document import Document
-from data_pipelines.executor import Part, Progress, atomic_write_bytes, remove_stale_tmp, write_marker
+from data_pipelines.executor import Part, Progress, remove_stale_tmp, write_marker
 from data_pipelines.stats import StageStats
+from pretrain.core.atomic import atomic_write, commit
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ def _blocks_for(task: Task) -> list:
 
 
 def _tokenizer_for(path: Path):
-    from data_pipelines.tokenization import load_tokenizer
+    from pretrain.core.tokenizer import load_tokenizer
 
     key = (str(path), path.stat().st_mtime_ns)
     if key not in _TOKENIZERS:
@@ -181,9 +182,7 @@ class _WorkWriter:
     def close(self) -> None:
         self._flush()
         self.writer.close()
-        with open(self.tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(self.tmp, self.path)
+        commit(self.tmp, self.path)
 
     def abort(self) -> None:
         try:
@@ -340,9 +339,7 @@ def documents_part(task: Task, progress: Progress) -> dict[str, Any]:
         del ds
     finally:
         arrow_tmp.unlink(missing_ok=True)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, out)
+    commit(tmp, out)
     payload = {"part": part.label, "dedup": stats.to_dict() if dedup_on else None,
                "docs": stats.docs_out, "bytes": stats.bytes_out}
     write_marker(lay.marker("documents", part), task.fingerprint, payload)
@@ -351,8 +348,8 @@ def documents_part(task: Task, progress: Progress) -> dict[str, Any]:
 
 def tokenize_part(task: Task, progress: Progress) -> dict[str, Any]:
     """Stage ``tokenize``: the part's documents -> ``tokens/<source>/part-N.{bin,idx}`` with EOD tokens."""
-    from data_pipelines.tokenization import TokenizerSpec, batched, encode_documents, eod_id
-    from pretrain.data.indexed import IndexedDatasetWriter, best_dtype
+    from pretrain.core.tokenizer import TokenizerSpec, batched, encode_documents, eod_id
+    from pretrain.core.indexed import IndexedDatasetWriter, best_dtype
 
     part, lay = task.part, task.layout
     tok = _tokenizer_for(lay.tokenizer_file)
@@ -381,14 +378,14 @@ def train_tokenizer_file(layout: Layout, parts: list[Part], spec, total_bytes: i
     """Stage ``tokenizer``: train on a deterministic sample of the documents (or copy ``spec.path``)."""
     import xxhash
 
-    from data_pipelines.tokenization import eod_id, load_tokenizer, save_tokenizer, train_tokenizer
+    from pretrain.core.tokenizer import eod_id, load_tokenizer, save_tokenizer, train_tokenizer
 
     out = layout.tokenizer_file
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(out.parent)
     info: dict[str, Any] = {"kind": spec.kind, "given": spec.path}
     if spec.path:
-        atomic_write_bytes(out, Path(spec.path).read_bytes())
+        atomic_write(out, Path(spec.path).read_bytes())
         tok = load_tokenizer(out)
         info.update(train_docs=0, train_bytes=0)
     else:
@@ -414,7 +411,7 @@ def train_tokenizer_file(layout: Layout, parts: list[Part], spec, total_bytes: i
                         yield text
 
         if total_bytes == 0:
-            from pretrain.errors import DataError
+            from pretrain.core.errors import DataError
 
             raise DataError("tokenizer: no document survived cleaning and dedup; nothing to train a tokenizer on")
         tok = train_tokenizer(spec, texts)

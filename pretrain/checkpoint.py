@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from pretrain.distributed import barrier
-from pretrain.errors import CheckpointError
+from pretrain.core.atomic import atomic_write
+from pretrain.core.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -46,20 +47,6 @@ _SLOW_SAVE_ENV = "PRETRAIN_TEST_SLOW_SAVE_S"
 
 def tag_for(step: int) -> str:
     return f"step_{step:06d}"
-
-
-def _fsync_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def complete_tags(ckpt_dir: Path) -> list[str]:
@@ -174,14 +161,14 @@ def save(engine, ckpt_dir: Path, step: int, state: dict[str, Any], rank: int, ke
     if write_extra is not None:
         write_extra(tag_dir)
     if rank == 0:
-        _fsync_write(tag_dir / STATE, json.dumps(state, indent=2, default=str))
+        atomic_write(tag_dir / STATE, json.dumps(state, indent=2, default=str))
     delay = float(os.environ.get(_SLOW_SAVE_ENV, "0") or 0)
     if delay:
         time.sleep(delay)
     barrier()
     if rank == 0:
-        _fsync_write(tag_dir / COMPLETE, f"{time.time()}\n")
-        _fsync_write(ckpt_dir / LATEST, tag)
+        atomic_write(tag_dir / COMPLETE, f"{time.time()}\n")
+        atomic_write(ckpt_dir / LATEST, tag)
         _prune(ckpt_dir, keep_last, current=tag)
     barrier()
     return tag_dir

@@ -254,7 +254,7 @@ def validate_schema(cfg) -> None:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from pretrain.errors import ConfigError
+    from pretrain.core.errors import ConfigError
 
     try:
         # through a plain container: merging the typed node itself would carry the appended key along

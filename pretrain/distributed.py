@@ -76,13 +76,13 @@ def pick_device(setting: str) -> torch.device:
         setting = "cuda" if torch.cuda.is_available() else "cpu"
     if setting == "cuda":
         if not torch.cuda.is_available():
-            from pretrain.errors import ConfigError
+            from pretrain.core.errors import ConfigError
 
             raise ConfigError("trainer.device=cuda but no CUDA device is visible; use trainer.device=auto or cpu")
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
         return torch.device("cuda", torch.cuda.current_device())
     if setting != "cpu":
-        from pretrain.errors import ConfigError
+        from pretrain.core.errors import ConfigError
 
         raise ConfigError(f"trainer.device={setting!r}; expected auto, cuda or cpu")
     # DeepSpeed picks its accelerator when first imported: make it the CPU one before that happens.

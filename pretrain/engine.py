@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pretrain.errors import ConfigError
+from pretrain.core.errors import ConfigError
 
 
 def _val(x: Any) -> Any:

@@ -30,7 +30,7 @@ import torch
 
 from pretrain import checkpoint as ckpt
 from pretrain import hf
-from pretrain.errors import CheckpointError, UserError
+from pretrain.core.errors import CheckpointError, UserError
 from pretrain.parallel import reshard
 
 log = logging.getLogger("pretrain.export")

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from pretrain.errors import CheckpointError
+from pretrain.core.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from pretrain.distributed import (
     all_reduce_mean, barrier, ensure_launcher_env, env_rank, env_world_size, init_distributed, pick_device,
 )
 from pretrain.engine import batch_plan, check_precision, current_loss_scale, deepspeed_config, initialize
-from pretrain.errors import ConfigError, UserError
+from pretrain.core.errors import ConfigError, UserError
 from pretrain.flops import peak_flops_per_device
 from pretrain.metrics import MetricsLogger, peak_memory_gb
 from pretrain.models import TokenizerInfo, get_family
@@ -120,7 +120,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     family = get_family(cfg.model.family)
     n_eval = cfg.trainer.eval_iters * plan.micro_batch_size * plan.data_parallel_size
     cache_dir = cfg.data.index_cache_dir or str(run_dir / "data_index")
-    from pretrain.data.manifest import read_manifest
+    from pretrain.core.manifest import read_manifest
     from pretrain.data.sample import ensure_sample_data
 
     manifest = read_manifest(cfg.data.path if cfg.data.path else ensure_sample_data(kind=cfg.data.sample_tokenizer))

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from pretrain.config import ModelConfig
-from pretrain.errors import ConfigError, DataError
+from pretrain.core.errors import ConfigError, DataError
 from pretrain.models import FAMILIES, TokenizerInfo
 from pretrain.models.bert import BERT, BERTArgs, bert_flops_per_token
 from pretrain.models.bert import count_parameters as bert_params
@@ -157,7 +157,7 @@ def test_family_config_errors_name_the_key():
 
 
 def test_tokenizer_without_the_family_tokens_is_refused(tmp_path):
-    from data_pipelines.tokenization import TokenizerSpec, save_tokenizer, train_tokenizer
+    from pretrain.core.tokenizer import TokenizerSpec, save_tokenizer, train_tokenizer
 
     texts = ["def f(x):\n    return x + 1\n", "The quick brown fox jumps over the lazy dog."] * 20
     path = tmp_path / "tokenizer.json"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pretrain.checkpoint import check_layout
-from pretrain.errors import CheckpointError
+from pretrain.core.errors import CheckpointError
 
 TAG = Path("/runs/x/checkpoints/step_000010")
 

@@ -13,7 +13,7 @@ from hydra.errors import ConfigCompositionException
 
 from pretrain.config import register_configs, validate_schema
 from pretrain.engine import batch_plan, check_precision, deepspeed_config, lr_lambda
-from pretrain.errors import ConfigError
+from pretrain.core.errors import ConfigError
 from pretrain.models import TokenizerInfo, get_family, resolve_args
 from pretrain.models.gpt import count_parameters
 

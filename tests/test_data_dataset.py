@@ -20,10 +20,10 @@ from omegaconf import OmegaConf
 
 from pretrain.data.blend import Blend
 from pretrain.data.dataset import build_datasets, check_vocab, parse_split, split_bounds
-from pretrain.data.indexed import IndexedDatasetWriter, bin_path, idx_path
-from pretrain.data.manifest import read_manifest, write_manifest
+from pretrain.core.indexed import IndexedDatasetWriter, bin_path, idx_path
+from pretrain.core.manifest import read_manifest, write_manifest
 from pretrain.data.sampler import PretrainingSampler, collate_tokens, make_loader
-from pretrain.errors import ConfigError, DataError
+from pretrain.core.errors import ConfigError, DataError
 
 EOD = 0
 REPO = Path(__file__).resolve().parents[1]
@@ -261,7 +261,7 @@ def test_documents_made_of_several_sequences_stay_together(tmp_path):
     with IndexedDatasetWriter(prefix, dtype=np.uint16) as w:
         w.add_documents(seqs)
     # rewrite the document index: documents = sequences [0,3), [3,4), [4,6), [6,7)
-    from pretrain.data.indexed import write_index
+    from pretrain.core.indexed import write_index
 
     write_index(idx_path(prefix), np.uint16, np.asarray([len(s) for s in seqs]), np.asarray([0, 3, 4, 6, 7]))
     write_manifest(root, tokenizer=None, vocab_size=100, eod_id=0, dtype="uint16",

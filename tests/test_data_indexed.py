@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pretrain.data.indexed import (
+from pretrain.core.indexed import (
     DTYPE_CODES,
     MAGIC,
     IndexedDataset,
@@ -17,7 +17,7 @@ from pretrain.data.indexed import (
     bin_path,
     idx_path,
 )
-from pretrain.errors import DataError
+from pretrain.core.errors import DataError
 
 DOCS = [[5, 1, 2, 0], [], [7], [3, 3, 3, 3, 3, 0], [], [9, 8]]
 

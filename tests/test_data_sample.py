@@ -17,9 +17,9 @@ import pytest
 
 from pretrain.data import sample
 from pretrain.data.dataset import build_datasets, check_vocab
-from pretrain.data.indexed import IndexedDataset
-from pretrain.data.manifest import read_manifest
-from pretrain.errors import DataError
+from pretrain.core.indexed import IndexedDataset
+from pretrain.core.manifest import read_manifest
+from pretrain.core.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,7 @@ import transformers  # a test dependency (the [dev] extra)
 from safetensors.torch import load_file
 
 from pretrain import export, hf
-from pretrain.errors import CheckpointError
+from pretrain.core.errors import CheckpointError
 from pretrain.models.bert import BERT, BERTArgs
 from pretrain.models.gpt import GPT, GPTArgs
 from pretrain.models.t5 import T5, T5Args
@@ -24,7 +24,7 @@ V, S = 320, 16  # vocabulary (>= the little tokenizers below), sequence length
 @pytest.fixture(scope="module")
 def tokenizers(tmp_path_factory) -> dict[str, Path]:
     """Small tokenizer.json files of the three kinds, trained by the data pipeline's trainer on sample prose."""
-    from data_pipelines.tokenization import TokenizerSpec, save_tokenizer, train_tokenizer
+    from pretrain.core.tokenizer import TokenizerSpec, save_tokenizer, train_tokenizer
     from pretrain.data.sample import corpus_files, read_corpus
 
     texts = read_corpus(corpus_files()[0])[:40]

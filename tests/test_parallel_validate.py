@@ -7,7 +7,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from pretrain.config import TrainConfig
-from pretrain.errors import ConfigError
+from pretrain.core.errors import ConfigError
 from pretrain.parallel.topology import coord_of
 from pretrain.parallel.validate import validate_parallel
 

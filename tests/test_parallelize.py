@@ -74,7 +74,7 @@ def _checks(rank: int, world: int) -> dict:
     import deepspeed
     from deepspeed.runtime.utils import clip_grad_norm_
 
-    from pretrain.errors import ConfigError
+    from pretrain.core.errors import ConfigError
     from pretrain.models.gpt import GPT, GPTArgs
     from pretrain.parallel.parallelize import full_state_dict, load_full_state_dict, parallelize
     from pretrain.parallel.tensor import TP_COMM, gather_tensor_parallel, is_tensor_parallel

@@ -12,7 +12,7 @@ import torch
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from pretrain.errors import ConfigError
+from pretrain.core.errors import ConfigError
 from pretrain.flops import gpt_flops_per_token
 from pretrain.models import FAMILIES, NON_SHAPE_FIELDS, TokenizerInfo
 from pretrain.models.bert import BERT, BERTArgs, bert_flops_per_token

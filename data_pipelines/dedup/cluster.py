@@ -43,7 +43,7 @@ from data_pipelines.dedup.io import ArrayFile, load_npy, save_arrays, save_json,
 from data_pipelines.dedup.signatures import doc_key, open_signatures, split_keys
 from data_pipelines.dedup.unionfind import connected_components
 from data_pipelines.stats import StageStats
-from pretrain.errors import ConfigError, DataError
+from pretrain.core.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from typing import Any, Optional
 import numpy as np
 import xxhash
 
-from pretrain.errors import ConfigError
+from pretrain.core.errors import ConfigError
 
 SHINGLE_MODES = ("word", "token", "char")
 

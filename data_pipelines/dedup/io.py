@@ -3,8 +3,7 @@
 ``np.savez`` stamps the current time into its zip entries, so the same arrays give different bytes on
 each run; here entries carry a fixed timestamp and are written in the given order. Every file is written
 to a temporary name and renamed, so a killed stage never leaves a half-written file that a rerun trusts
-(no fsync: a killed process loses nothing the kernel already has; the executor's completion markers
-decide what reruns after a machine crash).
+(``pretrain.core.atomic``, with fsync).
 """
 
 from __future__ import annotations
@@ -17,27 +16,20 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from pretrain.errors import DataError
+from pretrain.core.atomic import atomic_write
+from pretrain.core.errors import DataError
 
 _EPOCH = (1980, 1, 1, 0, 0, 0)
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def save_npy(path: str, array: np.ndarray) -> None:
     buf = io.BytesIO()
     np.lib.format.write_array(buf, np.ascontiguousarray(array), allow_pickle=False)
-    _atomic_write(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
 
 
 def save_json(path: str, obj: Any) -> None:
-    _atomic_write(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+    atomic_write(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
 
 
 def save_arrays(path: str, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
@@ -52,7 +44,7 @@ def save_arrays(path: str, arrays: Mapping[str, np.ndarray], meta: Mapping[str, 
             member = io.BytesIO()
             np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
             zf.writestr(info, member.getvalue())
-    _atomic_write(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
 
 
 class ArrayFile:

@@ -13,7 +13,7 @@ from data_pipelines.dedup.cluster import REASONS, STATS_FILE, reason_path, remov
 from data_pipelines.dedup.io import load_npy
 from data_pipelines.document import Document
 from data_pipelines.stats import StageStats
-from pretrain.errors import DataError
+from pretrain.core.errors import DataError
 
 
 def _shard_sizes(out_dir: str) -> dict[int, int]:

@@ -29,7 +29,7 @@ from data_pipelines.dedup.config import DedupConfig, as_dedup_config
 from data_pipelines.dedup.io import ArrayFile, save_arrays
 from data_pipelines.dedup.minhash import exact_hash, hasher_for
 from data_pipelines.stats import StageStats
-from pretrain.errors import ConfigError, DataError
+from pretrain.core.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Iterator
 from data_pipelines.blocks import Block
 from data_pipelines.document import Document
 from data_pipelines.stats import StageStats
-from pretrain.errors import ConfigError
+from pretrain.core.errors import ConfigError
 
 
 class DocumentFilter(Block):

@@ -31,7 +31,7 @@ from data_pipelines.filters.gopher import GopherQuality, GopherRepetition
 from data_pipelines.filters.language import LanguageFilter
 from data_pipelines.filters.normalize import Normalize
 from data_pipelines.filters.pii import PIIRedactor
-from pretrain.errors import ConfigError
+from pretrain.core.errors import ConfigError
 
 BLOCKS: dict[str, type[DocumentFilter]] = {
     cls.name: cls

@@ -24,7 +24,7 @@ from data_pipelines.sources.code import CodeReader
 from data_pipelines.sources.records import JsonlReader, ParquetReader
 from data_pipelines.sources.web import WebReader
 from data_pipelines.sources.wiki import WikiReader
-from pretrain.errors import ConfigError
+from pretrain.core.errors import ConfigError
 
 READERS: dict[str, type[Reader]] = {
     cls.kind: cls for cls in (WebReader, WikiReader, BooksReader, CodeReader, JsonlReader, ParquetReader)

@@ -24,7 +24,7 @@ from typing import Any, BinaryIO, ClassVar, Iterator
 from data_pipelines.blocks import Reader
 from data_pipelines.document import Document
 from data_pipelines.stats import StageStats
-from pretrain.errors import ConfigError
+from pretrain.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import codecs
 import re
 from typing import Callable
 
-from pretrain.errors import ConfigError
+from pretrain.core.errors import ConfigError
 
 EXTRACTORS = ("resiliparse", "trafilatura")
 HTML_MIME_TYPES = frozenset({"text/html", "application/xhtml+xml", "application/xhtml", "text/xhtml"})

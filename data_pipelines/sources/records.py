@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Iterator
 from data_pipelines.document import Document
 from data_pipelines.sources.base import SourceReader, file_label
 from data_pipelines.stats import StageStats
-from pretrain.errors import DataError
+from pretrain.core.errors import DataError
 
 log = logging.getLogger(__name__)
 

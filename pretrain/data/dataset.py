@@ -20,7 +20,7 @@ Each epoch's index (document order, window starts, window order) is one ``.npy``
 modification times, document range of the split, sequence length, seed, index version). Blend weights do
 not enter it: the blend is computed on the fly from the weights, in vectorised windows, so two runs with
 different mixtures share the per-corpus indices. Builders lock the folder with ``fcntl`` and write
-through a temporary file and ``os.replace``, so concurrent ranks build each epoch once and readers never
+through ``pretrain.core.atomic`` (temporary file, fsync, rename), so concurrent ranks build each epoch once and readers never
 see half a file. We use the legacy ``RandomState`` because its streams are frozen across NumPy releases
 (``Generator`` streams are not), so a rebuilt cache gives the same order after an upgrade.
 """
@@ -33,7 +33,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -46,9 +45,10 @@ import torch.utils.data
 
 from pretrain.data.blend import Blend
 from pretrain.data.locking import file_lock
-from pretrain.data.indexed import IndexedDataset, bin_path, idx_path
-from pretrain.data.manifest import Manifest, read_manifest
-from pretrain.errors import DataError
+from pretrain.core.indexed import IndexedDataset, bin_path, idx_path
+from pretrain.core.manifest import Manifest, read_manifest
+from pretrain.core.atomic import atomic_open
+from pretrain.core.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -291,16 +291,8 @@ class CorpusSplit:
                 rng = np.random.RandomState(_seed_words(self.seed, self.corpus.name, self.split, e))
                 packed = EpochIndex.build(sizes, doc_starts, self.doc_lo, self.doc_hi, self.seq_length, rng)
                 assert int(packed[1]) == self.samples_per_epoch
-                fd, tmp = tempfile.mkstemp(prefix=f".epoch-{e:06d}-", suffix=".npy", dir=self.dir)
-                try:
-                    with os.fdopen(fd, "wb") as f:
-                        np.save(f, packed)
-                        f.flush()
-                        os.fsync(f.fileno())
-                    os.replace(tmp, self._path(e))
-                finally:
-                    if os.path.exists(tmp):
-                        os.unlink(tmp)
+                with atomic_open(self._path(e), "wb") as f:
+                    np.save(f, packed)
 
     def epoch(self, e: int) -> EpochIndex:
         if e in self._epochs:

@@ -6,7 +6,7 @@ what the data pipeline would hand the trainer: a byte-level BPE tokenizer (Huggi
 vocabulary 4096, ``<|endoftext|>`` = id 0 = EOD), one token shard per corpus in the indexed format (EOD
 appended to every document) and a ``manifest.json``. ``kind="wordpiece"`` (BERT: ``[PAD] [UNK] [CLS] [SEP]
 [MASK]``, ``[SEP]`` = EOD) and ``kind="unigram"`` (T5: ``<pad> </s> <unk>`` + 100 sentinels, ``</s>`` = EOD)
-build the same corpus with the data pipeline's own tokenizer trainer (:mod:`data_pipelines.tokenization`),
+build the same corpus with the data pipeline's own tokenizer trainer (:mod:`pretrain.core.tokenizer`),
 each in its own cache folder (``data.sample_tokenizer``).
 
 Several processes may call it at once (all torchrun ranks do, before any process group exists), so the
@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 
 from pretrain.data.locking import file_lock
-from pretrain.data.indexed import IndexedDatasetWriter, best_dtype
-from pretrain.data.manifest import MANIFEST_NAME, write_manifest
-from pretrain.errors import DataError
+from pretrain.core.indexed import IndexedDatasetWriter, best_dtype
+from pretrain.core.manifest import MANIFEST_NAME, write_manifest
+from pretrain.core.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +171,8 @@ def _build(out: Path, key: str, kind: str = "bpe") -> None:
         tok = train_tokenizer(everything)
         eod = tok.token_to_id(EOD_TOKEN)
     else:
-        from data_pipelines.tokenization import TokenizerSpec, eod_id
-        from data_pipelines.tokenization import train_tokenizer as train_pipeline_tokenizer
+        from pretrain.core.tokenizer import TokenizerSpec, eod_id
+        from pretrain.core.tokenizer import train_tokenizer as train_pipeline_tokenizer
 
         spec = TokenizerSpec(kind=kind, vocab_size=VOCAB_SIZE, sentinel_tokens=SENTINELS if kind == "unigram" else 0)
         spec.validate()

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.utils.data
 
-from pretrain.errors import ConfigError
+from pretrain.core.errors import ConfigError
 
 
 class PretrainingSampler:

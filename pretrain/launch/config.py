@@ -16,7 +16,7 @@ from typing import Dict, List, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pretrain.errors import ConfigError
+from pretrain.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 CONF_DIR = REPO / "conf"

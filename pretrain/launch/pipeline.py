@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pretrain.errors import ConfigError, UserError
+from pretrain.core.errors import ConfigError, UserError
 from pretrain.launch.config import SlurmConfig, compose
 from pretrain.launch.render import allocation_lines, common_settings, sbatch, script
 

@@ -9,7 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from pretrain.errors import ConfigError
+from pretrain.core.errors import ConfigError
 from pretrain.launch.config import REPO, SLURM_DIR, SlurmConfig
 
 log = logging.getLogger(__name__)

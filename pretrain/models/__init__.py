@@ -23,7 +23,7 @@ import numpy as np
 from omegaconf import DictConfig
 from torch import nn
 
-from pretrain.errors import ConfigError, DataError
+from pretrain.core.errors import ConfigError, DataError
 from pretrain.models.gpt import GPT, GPTArgs, count_parameters, default_ffn_hidden_size
 from pretrain.models.recompute import check_granularity
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pretrain.errors import ConfigError, DataError
+from pretrain.core.errors import ConfigError, DataError
 # pretrain.models imports this module at its end, after these names exist
 from pretrain.models import ModelFamily, TokenizerInfo, Transform, check_heads, enum_value, resolve_vocab
 from pretrain.models.objectives import BertObjective

@@ -33,7 +33,7 @@ from typing import Any, Callable
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from pretrain.errors import ConfigError
+from pretrain.core.errors import ConfigError
 
 GRANULARITIES = ("full", "selective")
 

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pretrain.errors import ConfigError
+from pretrain.core.errors import ConfigError
 # pretrain.models imports this module at its end, after these names exist
 from pretrain.models import ModelFamily, TokenizerInfo, Transform, enum_value, resolve_vocab
 from pretrain.models.bert import require

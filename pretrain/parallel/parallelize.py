@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pretrain.errors import ConfigError
+from pretrain.core.errors import ConfigError
 from pretrain.parallel.tensor import (
     ColumnParallelLinear,
     Group,

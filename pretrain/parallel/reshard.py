@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from pretrain.errors import CheckpointError
+from pretrain.core.errors import CheckpointError
 from pretrain.parallel.tensor import is_tensor_parallel, shard
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from pretrain.errors import ConfigError
+from pretrain.core.errors import ConfigError
 from pretrain.parallel.pipeline import PIPELINE_FAMILIES, T5_REASON
 
 

@@ -12,7 +12,7 @@ from data_pipelines.dedup.config import as_dedup_config
 from data_pipelines.dedup.minhash import EMPTY
 from data_pipelines.dedup.synthetic import jaccard, shingle_set, stdlib_docstrings
 from data_pipelines.dedup.unionfind import connected_components
-from pretrain.errors import ConfigError
+from pretrain.core.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

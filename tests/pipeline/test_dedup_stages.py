@@ -22,7 +22,7 @@ from data_pipelines.dedup import (
 from data_pipelines.dedup.synthetic import stdlib_docstrings
 from data_pipelines.document import Document
 from data_pipelines.stats import StageStats
-from pretrain.errors import DataError
+from pretrain.core.errors import DataError
 
 REPO = Path(__file__).resolve().parents[2]
 

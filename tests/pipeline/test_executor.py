@@ -10,7 +10,7 @@ import pytest
 from data_pipelines.executor import (
     LocalExecutor,
     Progress,
-    atomic_write_bytes,
+    atomic_write,
     fingerprint,
     parts_for_shard,
     plan_parts,
@@ -19,7 +19,7 @@ from data_pipelines.executor import (
     summary_table,
     write_marker,
 )
-from pretrain.errors import DataError
+from pretrain.core.errors import DataError
 
 
 def _files(tmp_path, name: str, sizes: list[int]) -> list[str]:
@@ -75,7 +75,7 @@ def test_stale_temporary_files_of_one_part_are_removed(tmp_path):
         (tmp_path / name).write_text("x")
     assert remove_stale_tmp(tmp_path, "part-00001") == 2
     assert sorted(os.listdir(tmp_path)) == ["part-00001.parquet", "part-00002.parquet.tmp-9"]
-    atomic_write_bytes(tmp_path / "f.json", b"{}")
+    atomic_write(tmp_path / "f.json", b"{}")
     assert (tmp_path / "f.json").read_bytes() == b"{}"
 
 

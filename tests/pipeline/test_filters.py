@@ -20,7 +20,7 @@ from data_pipelines.filters import (
     run_blocks,
 )
 from data_pipelines.stats import StageStats
-from pretrain.errors import ConfigError
+from pretrain.core.errors import ConfigError
 
 GOOD_PROSE = """\
 The old harbour town sits at the mouth of a narrow river, where fishing boats have landed their catch for more than three hundred years. Visitors who arrive in the early morning can watch the crews sort mackerel and crab on the quay before the market opens.

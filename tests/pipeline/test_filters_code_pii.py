@@ -11,7 +11,7 @@ import pytest
 from data_pipelines.document import Document
 from data_pipelines.filters import CodeFilter, PIIRedactor
 from data_pipelines.stats import StageStats
-from pretrain.errors import ConfigError
+from pretrain.core.errors import ConfigError
 
 STDLIB = Path(textwrap.__file__).parent
 REAL_MODULES = ["textwrap.py", "json/decoder.py", "functools.py", "shlex.py", "ipaddress.py", "email/utils.py"]

@@ -19,7 +19,7 @@ from data_pipelines.filters import (
     filter_spec_for_source,
     filters_for_source,
 )
-from pretrain.errors import ConfigError
+from pretrain.core.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "filters"
 

@@ -21,9 +21,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from data_pipelines.run import Pipeline, run_pipeline
-from pretrain.data.indexed import IndexedDataset
-from pretrain.data.manifest import read_manifest
-from pretrain.errors import ConfigError, DataError
+from pretrain.core.indexed import IndexedDataset
+from pretrain.core.manifest import read_manifest
+from pretrain.core.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[2]
 CONF = REPO / "conf"

@@ -12,7 +12,7 @@ import pytest
 
 from data_pipelines.sources import make_reader
 from data_pipelines.stats import StageStats
-from pretrain.errors import DataError
+from pretrain.core.errors import DataError
 
 from .fixtures import (
     WebRecord,

@@ -24,7 +24,7 @@ from data_pipelines.sources import (
     source_inputs,
 )
 from data_pipelines.stats import StageStats
-from pretrain.errors import ConfigError
+from pretrain.core.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SAMPLES = os.path.join(REPO, "data_pipelines", "samples")

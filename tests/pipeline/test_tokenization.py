@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from data_pipelines.tokenization import (
+from pretrain.core.tokenizer import (
     TokenizerSpec,
     encode_documents,
     eod_id,
@@ -15,7 +15,7 @@ from data_pipelines.tokenization import (
     save_tokenizer,
     train_tokenizer,
 )
-from pretrain.errors import ConfigError
+from pretrain.core.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

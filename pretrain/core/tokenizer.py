@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from pretrain.errors import ConfigError
+from pretrain.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -282,9 +282,9 @@ def eod_id(tok, spec: TokenizerSpec, where: str = "tokenizer") -> int:
 
 def save_tokenizer(tok, path: str | os.PathLike) -> None:
     """Write ``tokenizer.json`` atomically (a killed run never leaves a half-written file)."""
-    from data_pipelines.executor import atomic_write_bytes
+    from pretrain.core.atomic import atomic_write
 
-    atomic_write_bytes(path, tok.to_str(pretty=True).encode("utf-8"))
+    atomic_write(path, tok.to_str(pretty=True).encode("utf-8"))
 
 
 def encode_documents(tok, texts: Sequence[str], eod: int) -> list[np.ndarray]:

@@ -22,7 +22,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pretrain.errors import DataError
+from pretrain.core.atomic import atomic_write
+from pretrain.core.errors import DataError
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "pretrain-token-shards"
@@ -70,9 +71,7 @@ def write_manifest(root: str | os.PathLike, *, tokenizer: str | None, vocab_size
         },
     }
     out = root / MANIFEST_NAME
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, out)
+    atomic_write(out, json.dumps(data, indent=2) + "\n")
     return out
 
 

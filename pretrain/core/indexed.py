@@ -27,7 +27,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from pretrain.errors import DataError
+from pretrain.core.atomic import atomic_open, commit
+from pretrain.core.errors import DataError
 
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
@@ -90,11 +91,9 @@ class IndexedDatasetWriter:
             self.add_document(d)
 
     def finalize(self) -> None:
-        self._bin.flush()
-        os.fsync(self._bin.fileno())
         self._bin.close()
         write_index(idx_path(self.prefix), self.dtype, np.asarray(self._sizes, np.int32), np.asarray(self._doc_idx, np.int64))
-        os.replace(self._bin_tmp, bin_path(self.prefix))
+        commit(self._bin_tmp, bin_path(self.prefix))
 
     def __enter__(self) -> "IndexedDatasetWriter":
         return self
@@ -113,15 +112,11 @@ def write_index(path: str, dtype, sizes: np.ndarray, doc_idx: np.ndarray) -> Non
     pointers = np.zeros(len(sizes), dtype=np.int64)
     if len(sizes) > 1:
         np.cumsum(sizes[:-1].astype(np.int64) * dtype.itemsize, out=pointers[1:])
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
+    with atomic_open(path, "wb") as f:
         f.write(_HEADER.pack(MAGIC, VERSION, _CODE_OF[dtype], len(sizes), len(doc_idx)))
         f.write(sizes.tobytes(order="C"))
         f.write(pointers.tobytes(order="C"))
         f.write(np.asarray(doc_idx, dtype=np.int64).tobytes(order="C"))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class IndexedDataset:

@@ -1,0 +1,7 @@
+"""What the trainer (``pretrain``) and the data pipeline (``data_pipelines``) share, importing neither.
+
+* ``errors``: the user-facing exceptions (one clear line, exit code 2);
+* ``atomic``: the one atomic, durable file write;
+* ``indexed`` + ``manifest``: the token-shard format (Megatron ``.bin``/``.idx``) and the folder manifest;
+* ``tokenizer``: training, loading and saving the tokenizers of the three families.
+"""
