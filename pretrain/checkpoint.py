@@ -32,7 +32,7 @@ import torch
 
 from pretrain.distributed import barrier
 from pretrain.core.atomic import atomic_write
-from pretrain.core.errors import CheckpointError
+from pretrain.core.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,23 @@ def find_resume_tag(ckpt_dir: Path) -> str | None:
         log.warning("%s points at %s, which is not a complete checkpoint; looking for an older one", pointer, tag)
     tags = complete_tags(ckpt_dir)
     return tags[-1] if tags else None
+
+
+def resolve_resume(mode: str, ckpt_dir: Path) -> tuple[Path, str | None]:
+    """(checkpoint folder, tag to resume from or None) per ``checkpoint.resume``."""
+    if mode == "auto":
+        return ckpt_dir, find_resume_tag(ckpt_dir)
+    if mode == "never":
+        if complete_tags(ckpt_dir):
+            raise ConfigError(
+                f"checkpoint.resume=never but {ckpt_dir} already holds checkpoints; use a new run_dir "
+                "or checkpoint.resume=auto"
+            )
+        return ckpt_dir, None
+    path = Path(mode)
+    if not (path / COMPLETE).exists():
+        raise ConfigError(f"checkpoint.resume={mode}: not a complete checkpoint folder (no {COMPLETE} file in it)")
+    return path.parent, path.name
 
 
 def read_state(tag_dir: Path) -> dict[str, Any]:

@@ -75,24 +75,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_resume(cfg: DictConfig, ckpt_dir: Path) -> tuple[Path, str | None]:
-    """(checkpoint folder, tag to resume from or None) per ``checkpoint.resume``."""
-    mode = cfg.checkpoint.resume
-    if mode == "auto":
-        return ckpt_dir, ckpt.find_resume_tag(ckpt_dir)
-    if mode == "never":
-        if ckpt.complete_tags(ckpt_dir):
-            raise ConfigError(
-                f"checkpoint.resume=never but {ckpt_dir} already holds checkpoints; use a new run_dir "
-                "or checkpoint.resume=auto"
-            )
-        return ckpt_dir, None
-    path = Path(mode)
-    if not (path / ckpt.COMPLETE).exists():
-        raise ConfigError(f"checkpoint.resume={mode}: not a complete checkpoint folder (no {ckpt.COMPLETE} file in it)")
-    return path.parent, path.name
-
-
 def run(cfg: DictConfig) -> dict[str, Any]:
     ensure_launcher_env()
     rank, world = env_rank(), env_world_size()
@@ -129,7 +111,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     args = family.resolve_args(cfg.model, tokenizer)
 
     ckpt_dir = Path(cfg.checkpoint.dir or run_dir / "checkpoints").absolute()
-    ckpt_dir, resume_tag = resolve_resume(cfg, ckpt_dir)
+    ckpt_dir, resume_tag = ckpt.resolve_resume(cfg.checkpoint.resume, ckpt_dir)
     resume_state: dict[str, Any] = {}
     if resume_tag:
         resume_state = ckpt.read_state(ckpt_dir / resume_tag)
