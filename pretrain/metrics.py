@@ -1,6 +1,7 @@
-"""Per-step metrics to three places: ``<run_dir>/metrics.jsonl``, Weights & Biases, and a console line.
+"""Per-step metrics: the record of a step (:class:`StepRecorder`) and where it goes (:class:`MetricsLogger`):
+``<run_dir>/metrics.jsonl``, Weights & Biases, and a console line with the ETA.
 
-Only the rank that holds the loss logs (rank 0 while there is no pipeline parallelism).
+Only rank 0 writes; every rank builds the record (its all-reduce is a collective).
 """
 
 from __future__ import annotations
@@ -11,9 +12,17 @@ import math
 import resource
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+from pretrain.callbacks import Callback, StepOutput
+from pretrain.distributed import all_reduce_mean
+from pretrain.parallel.pipeline import PP_COMM
+from pretrain.parallel.tensor import TP_COMM
+
+if TYPE_CHECKING:
+    from pretrain.trainer import Trainer
 
 log = logging.getLogger("pretrain")
 
@@ -34,7 +43,67 @@ def truncate_metrics(path: Path, last_step: int) -> None:
     path.write_text("".join(line + "\n" for line in kept))
 
 
-class MetricsLogger:
+class StepRecorder(Callback):
+    """Every ``trainer.log_interval`` steps, the first step of a run and the last: loss (mean over the
+    data-parallel ranks), throughput, MFU, memory, data position, the batch checksum and the bytes each
+    parallel dimension moved per step."""
+
+    order = 10
+
+    def __init__(self, log_interval: int):
+        self.log_interval = log_interval
+        self.last_logged_step = 0
+
+    def on_train_start(self, trainer: "Trainer") -> None:
+        self.last_logged_step = trainer.step
+
+    def due(self, trainer: "Trainer", step: int) -> bool:
+        return step % self.log_interval == 0 or step == trainer.max_steps or step == trainer.first_step + 1
+
+    def on_step_end(self, trainer: "Trainer", out: StepOutput) -> None:
+        if not self.due(trainer, out.step):
+            return
+        plan, device, world = trainer.batch, trainer.device, trainer.dist.world_size
+        loss, mean_checksum = all_reduce_mean(
+            [out.loss_sum.item() / plan.grad_accum_steps, out.checksum], device, trainer.dp_group
+        )
+        trainer.last_loss = loss
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        dt = time.perf_counter() - out.t0
+        tok_s = plan.global_batch_size * trainer.seq / dt
+        tflops = trainer.flops["model"] * tok_s / world / 1e12
+        since = out.step - self.last_logged_step
+        out.record.update({
+            "step": out.step,
+            "loss": loss,
+            "ppl": float(torch.tensor(loss).clamp(max=50).exp()),
+            "lr": out.lr,
+            "grad_norm": trainer.engine.grad_norm(),
+            "loss_scale": trainer.engine.loss_scale(),
+            "step_time_s": dt,
+            "tokens_per_s": tok_s,
+            "tokens_per_s_per_device": tok_s / world,
+            "tflops_per_device": tflops,
+            "hw_tflops_per_device": trainer.flops["hardware"] * tok_s / world / 1e12,
+            "mfu": tflops * 1e12 / trainer.peak_flops,
+            "consumed_samples": trainer.consumed_samples,
+            "consumed_tokens": trainer.consumed_samples * trainer.seq,
+            "peak_mem_gb": peak_memory_gb(device),
+            "batch_checksum": round(mean_checksum * plan.data_parallel_size),
+            # bytes moved per step by each parallel dimension: tensor-parallel collectives as counted by
+            # the sharded layers (forward and backward), data-parallel gradient all-reduce as a ring moves it
+            **{f"comm_tp_{k}_bytes": v // since for k, v in TP_COMM.take().items()},
+            "comm_dp_allreduce_bytes": trainer.dp_bytes_per_step,
+        })
+        if trainer.pipelined:  # activations and their gradients this rank sent to its neighbour stages
+            out.record["comm_pp_send_bytes"] = PP_COMM.take() // since
+        self.last_logged_step = out.step
+
+
+class MetricsLogger(Callback):
+    order = 30
+
     def __init__(self, run_dir: Path, enabled: bool, wandb_cfg, config: dict[str, Any], wandb_id: str | None,
                  resume_step: int, max_steps: int):
         self.enabled = enabled
@@ -94,6 +163,13 @@ class MetricsLogger:
         if "val_loss" in r:
             parts.append(f"val_loss {r['val_loss']:.4f}")
         return " | ".join(parts)
+
+    def on_step_end(self, trainer: "Trainer", out: StepOutput) -> None:
+        if out.record:
+            self.log(out.record)
+
+    def on_train_end(self, trainer: "Trainer", summary: dict[str, Any]) -> None:
+        self.summary(summary)
 
     def summary(self, values: dict[str, Any]) -> None:
         if not self.enabled:

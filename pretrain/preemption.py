@@ -24,8 +24,14 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import torch
+
+from pretrain.callbacks import Callback, StepOutput
+
+if TYPE_CHECKING:
+    from pretrain.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +110,19 @@ class StopRequest:
         for sig, prev in self._previous.items():
             signal.signal(sig, prev)
         self._previous.clear()
+
+
+class StopOnRequest(Callback):
+    """The stop request as a Trainer component: after every step but the last, all ranks agree whether to
+    stop (a collective); the Checkpointer then saves and the loop ends after that same step."""
+
+    order = 40
+
+    def __init__(self, request: StopRequest):
+        self.request = request
+
+    def on_step_end(self, trainer: "Trainer", out: StepOutput) -> None:
+        trainer.stop_reason = self.request.check(trainer.device) if out.step < trainer.max_steps else None
 
 
 def slurm_job_id() -> str | None:

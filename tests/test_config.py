@@ -12,7 +12,9 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
 
 from pretrain.config import register_configs, validate_schema
-from pretrain.engine import batch_plan, check_precision, deepspeed_config, lr_lambda
+from pretrain.engines import batch_plan, check_precision
+from pretrain.engines.deepspeed import deepspeed_config
+from pretrain.optim import lr_lambda
 from pretrain.core.errors import ConfigError
 from pretrain.models import TokenizerInfo, get_family, resolve_args
 from pretrain.models.gpt import count_parameters

@@ -4,7 +4,7 @@
 
 CPU only (DeepSpeed's CPU accelerator, gloo): the ranks are processes spawned here, each with the variables
 torchrun would set. Everything goes through our stack: the config composed from ``conf/train.yaml``,
-``pretrain.engine.batch_plan`` / ``deepspeed_config`` / ``initialize``, ``ParallelGrid`` as the ``mpu``,
+the Trainer's plan and build phases (``pretrain.trainer``), ``ParallelGrid`` as the ``mpu``,
 ``parallelize`` for tensor parallelism.
 
 1. **Model-state bytes per rank**, ZeRO stage 1, 2, 3 at dp=2 against dp=1. The dp=1 figure is what a user
@@ -171,23 +171,13 @@ def _compose(overrides: list[str]):
         return compose("train", overrides=overrides)
 
 
-def _build(cfg, world: int, tp: int = 1):
-    """Config -> (plan, grid, model, args) as the trainer builds them: same seed, the full model, then the
-    tensor-parallel split."""
-    from pretrain.engine import batch_plan
-    from pretrain.models import build_model, resolve_args
-    from pretrain.parallel.topology import ParallelGrid
+def _build(cfg):
+    """Config -> (trainer, model): the Trainer's own plan and model build (same seed, the full model, then the
+    tensor-parallel split), in a process whose rank and world size are set as torchrun sets them."""
+    from pretrain.trainer import Trainer
 
-    plan = batch_plan(cfg, world)
-    grid = ParallelGrid(tp, 1)
-    args = resolve_args(cfg.model, None)
-    torch.manual_seed(cfg.seed)
-    model = build_model(args)
-    if tp > 1:
-        from pretrain.parallel.parallelize import parallelize
-
-        parallelize(model, grid.get_tensor_model_parallel_group())
-    return plan, grid, model, args
+    trainer = Trainer(cfg).plan()
+    return trainer, trainer.build_model()
 
 
 def _batches(args, micro: int, n: int, seed: int) -> list[torch.Tensor]:
@@ -198,17 +188,16 @@ def _batches(args, micro: int, n: int, seed: int) -> list[torch.Tensor]:
 def _measure_memory(rank: int, world: int, overrides: list[str], runs: list[tuple[str, int]]) -> list[dict]:
     """For each (precision, ZeRO stage): build the engine, run a step, then the forward and backward of a second
     one, count :func:`model_state_bytes`, finish the step."""
-    from pretrain.engine import deepspeed_config, initialize
-
     results = []
-    device = torch.device("cpu")
     for precision, stage in runs:
         # micro batch 1: model states do not depend on the batch, and two bf16 steps on a CPU are slow enough
         cfg = _compose(overrides + [f"trainer.precision={precision}", f"parallel.zero_stage={stage}",
                                     "trainer.micro_batch_size=1"])
-        plan, grid, model, args = _build(cfg, world)
+        trainer, model = _build(cfg)
+        plan, args = trainer.batch, trainer.args
         n_params = sum(p.numel() for p in model.parameters())
-        engine, _ = initialize(model, cfg, deepspeed_config(cfg, plan, device), device, mpu=grid)
+        trainer.build_engine()
+        engine = trainer.engine.ds
         for i, x in enumerate(_batches(args, plan.micro_batch_size, 2, seed=rank)):
             loss = engine(x, x)
             engine.backward(loss)
@@ -220,7 +209,8 @@ def _measure_memory(rank: int, world: int, overrides: list[str], runs: list[tupl
                         "parameters": n_params, "bytes": counted, "sources": sources,
                         "ds_optimizer": type(engine.optimizer).__name__})
         engine.destroy()
-        del engine, model
+        trainer.stop_request.close()
+        del engine, model, trainer
     return results
 
 
@@ -228,14 +218,13 @@ class _Trainer:
     """fp32 training at tp = world size (dp = 1), ZeRO stage 0 as batch_plan runs one data-parallel rank."""
 
     def __init__(self, rank: int, world: int, overrides: list[str]):
-        from pretrain.engine import deepspeed_config, initialize
-
         cfg = _compose(overrides + ["trainer.precision=fp32", f"parallel.tensor_model_parallel_size={world}"])
-        self.plan, grid, model, self.args = _build(cfg, world, tp=world)
-        device = torch.device("cpu")
-        self.engine, _ = initialize(model, cfg, deepspeed_config(cfg, self.plan, device), device, mpu=grid)
-        self.batches = _batches(self.args, self.plan.micro_batch_size, 8, seed=0)  # the same on every tp rank
+        self.trainer, model = _build(cfg)
+        self.plan, self.args = self.trainer.batch, self.trainer.args
         self.rank_parameters = sum(p.numel() for p in model.parameters())
+        self.trainer.build_engine()
+        self.engine = self.trainer.engine.ds
+        self.batches = _batches(self.args, self.plan.micro_batch_size, 8, seed=0)  # the same on every tp rank
         self.i = 0
         self.losses: list[float] = []
 
@@ -293,6 +282,7 @@ def _serve(rank: int, world: int, port: int, threads: int, overrides: list[str],
             elif cmd == "info":
                 out = trainer.info()
                 trainer.engine.destroy()
+                trainer.trainer.stop_request.close()
                 trainer = None
             elif cmd == "memory":
                 out = _measure_memory(rank, world, overrides, *args)

@@ -4,7 +4,7 @@
 
 Same model (a ~30M-parameter GPT-2 style model by default), same initial weights, same AdamW, same
 batches, same process. With one process there is nothing to shard and the engine runs ZeRO stage 0
-whatever ``parallel.zero_stage`` says (see ``pretrain.engine.batch_plan``), unless offload is on.
+whatever ``parallel.zero_stage`` says (see ``pretrain.engines.base.batch_plan``), unless offload is on.
 Steps alternate between the two in rounds so that drift of the machine (thermal, other load) hits both
 alike. Prints tokens/s, TFLOP/s and MFU of each and the ratio ours / bare.
 """
@@ -21,10 +21,9 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from pretrain.config import register_configs
-from pretrain.distributed import ensure_launcher_env, init_distributed, pick_device
-from pretrain.engine import batch_plan, deepspeed_config, initialize, lr_lambda, param_groups
 from pretrain.flops import gpt_flops_per_token, peak_flops_per_device
-from pretrain.models import build_model, resolve_args
+from pretrain.optim import lr_lambda, param_groups
+from pretrain.trainer import Trainer
 
 CONF = os.path.join(os.path.dirname(__file__), "..", "..", "conf")
 DEFAULTS = [
@@ -46,16 +45,14 @@ def main(argv: list[str] | None = None) -> dict:
     register_configs()
     with initialize_config_dir(config_dir=os.path.abspath(CONF), version_base="1.3"):
         cfg = compose("train", overrides=DEFAULTS + a.overrides)
-    ensure_launcher_env()
-    device = pick_device(cfg.trainer.device)
-    precision = cfg.trainer.precision.value
-    plan = batch_plan(cfg, 1)
-    init_distributed(device, cfg.parallel.backend, cfg.parallel.timeout_s)
-    args = resolve_args(cfg.model, None)
-    torch.manual_seed(cfg.seed)
-    ours_model = build_model(args)
+    # Our side is built exactly as a training run builds it (the Trainer's plan and build phases); the bare
+    # side starts from a copy of the same seeded model, before the engine takes it.
+    trainer = Trainer(cfg).plan()
+    ours_model = trainer.build_model()
+    device, precision, plan, args = trainer.device, trainer.precision, trainer.batch, trainer.args
     bare_model = copy.deepcopy(ours_model).to(device)
-    engine, _ = initialize(ours_model, cfg, deepspeed_config(cfg, plan, device), device)
+    trainer.build_engine()
+    engine = trainer.engine
 
     o = cfg.optim
     opt = torch.optim.AdamW(
@@ -72,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     def ours_step(i: int) -> float:
         x = batches[i % len(batches)].to(device)
-        loss = engine(x, x)
+        loss = engine.forward({"input_ids": x, "labels": x})
         engine.backward(loss)
         engine.step()
         return loss.item()
@@ -136,6 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=2)
+    trainer.stop_request.close()
     torch.distributed.destroy_process_group()
     return res
 

@@ -2,64 +2,28 @@
 
 The DeepSpeed JSON is generated here (users never keep ``train_batch_size`` consistent by hand); rare keys
 go through ``deepspeed_extra``. The optimizer (AdamW, no weight decay on biases and norms) and the LR
-schedule are ours and handed to DeepSpeed, which steps, checkpoints and restores them.
+schedule are ours (``pretrain.optim``) and handed to DeepSpeed, which steps, checkpoints and restores them.
+ZeRO runs on the data-parallel dimension; a ``PipelineModule`` runs DeepSpeed's pipeline engine (1F1B).
 """
 
 from __future__ import annotations
 
 import copy
-import math
-from dataclasses import dataclass
-from typing import Any
+import logging
+from pathlib import Path
+from typing import Any, Iterable, Iterator
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pretrain.core.errors import ConfigError
+from pretrain.engines.base import Batch, BatchPlan, Engine
+from pretrain.optim import build_optimizer, lr_lambda
+
+log = logging.getLogger("pretrain")
 
 
 def _val(x: Any) -> Any:
     return x.value if hasattr(x, "value") else x
-
-
-@dataclass
-class BatchPlan:
-    micro_batch_size: int
-    global_batch_size: int
-    data_parallel_size: int
-    grad_accum_steps: int
-    # The ZeRO stage DeepSpeed runs with: parallel.zero_stage, except that one data-parallel rank without
-    # offload has nothing to partition and runs stage 0 (same numerics, no flattening copies: ZeRO-1 at one
-    # rank costs ~25% of a step of a 30M model on CPU).
-    zero_stage: int = 0
-    tensor_parallel_size: int = 1
-    pipeline_parallel_size: int = 1
-
-
-def batch_plan(cfg: DictConfig, world_size: int) -> BatchPlan:
-    """Check the parallel layout and batch arithmetic before any process group exists."""
-    from pretrain.parallel.validate import validate_parallel
-
-    p = cfg.parallel
-    layout = validate_parallel(cfg, world_size)  # every layout problem at once, each with what to change
-    tp, pp, dp, micro, gbs = layout.tp, layout.pp, layout.dp, layout.micro_batch_size, layout.global_batch_size
-    if p.zero_stage not in (0, 1, 2, 3):
-        raise ConfigError(f"parallel.zero_stage={p.zero_stage}; expected 0, 1, 2 or 3")
-    if p.offload_param and p.zero_stage != 3:
-        raise ConfigError("parallel.offload_param=true needs parallel.zero_stage=3")
-    if p.offload_optimizer and p.zero_stage == 0:
-        raise ConfigError("parallel.offload_optimizer=true needs parallel.zero_stage >= 1")
-    stage = p.zero_stage
-    if dp == 1 and not (p.offload_optimizer or p.offload_param):
-        stage = 0
-    return BatchPlan(micro, gbs, dp, gbs // (micro * dp), stage, tp, pp)
-
-
-def check_precision(precision: str, device: torch.device) -> None:
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError("trainer.precision=fp16 needs CUDA (DeepSpeed's CPU accelerator has no fp16); use bf16 or fp32")
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError("trainer.precision=bf16 but this GPU has no bf16; use fp16 or fp32")
 
 
 def deepspeed_config(cfg: DictConfig, plan: BatchPlan, device: torch.device) -> dict[str, Any]:
@@ -111,51 +75,6 @@ def _deep_merge(base: dict, extra: dict) -> dict:
     for k, v in extra.items():
         out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only (not on biases, norms) — the GPT-2 / Megatron convention."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def build_optimizer(model: torch.nn.Module, cfg: DictConfig, device: torch.device) -> torch.optim.Optimizer:
-    o = cfg.optim
-    if o.name != "adamw":
-        raise ConfigError(f"optim.name={o.name!r}; expected adamw")
-    groups = param_groups(model, o.weight_decay)
-    kw = dict(lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
-    if cfg.parallel.offload_optimizer:
-        from deepspeed.ops.adam import DeepSpeedCPUAdam  # ZeRO-Offload steps the optimizer on the CPU
-
-        return DeepSpeedCPUAdam(groups, adamw_mode=True, **kw)
-    return torch.optim.AdamW(groups, fused=device.type == "cuda", foreach=None if device.type == "cuda" else True, **kw)
-
-
-def lr_lambda(sched: DictConfig, max_steps: int):
-    """Multiplier of optim.lr after ``step`` optimizer steps: linear warm-up, then cosine/linear decay to
-    ``min_lr_ratio`` at ``decay_steps`` (default ``trainer.max_steps``), constant after."""
-    name = _val(sched.name)
-    warmup = sched.warmup_steps
-    decay = sched.decay_steps if sched.decay_steps is not None else max_steps
-    floor = sched.min_lr_ratio
-    if decay < warmup:
-        raise ConfigError(f"optim.sched.decay_steps={decay} is shorter than optim.sched.warmup_steps={warmup}")
-
-    def fn(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if name == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, decay - warmup))
-        if name == "linear":
-            return 1.0 - (1.0 - floor) * progress
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return fn
 
 
 def initialize(model: torch.nn.Module, cfg: DictConfig, ds_config: dict, device: torch.device, mpu=None):
@@ -237,3 +156,95 @@ def current_loss_scale(engine) -> float:
         if isinstance(v, (int, float, torch.Tensor)):
             return float(v)
     return 1.0
+
+
+class DeepSpeedEngine(Engine):
+    """:class:`Engine` over ``deepspeed.initialize``: ZeRO 0-3 (+ offload) on the data-parallel dimension, the
+    grid (``ParallelGrid``) as DeepSpeed's ``mpu``, and a ``PipelineModule`` (pipeline parallelism) stepped by
+    DeepSpeed's 1F1B schedule. Checkpoints are DeepSpeed's own plus, with ``checkpoint.universal``, the
+    layout-free copy (``pretrain.parallel.reshard``) that lets a run resume at another layout."""
+
+    name = "deepspeed"
+
+    def __init__(self, model: torch.nn.Module, cfg: DictConfig, plan: BatchPlan, device: torch.device, grid,
+                 param_names: dict[int, str], family) -> None:
+        self.config = deepspeed_config(cfg, plan, device)
+        self.ds, self.scheduler = initialize(model, cfg, self.config, device, mpu=grid)
+        self.pipelined = plan.pipeline_parallel_size > 1
+        self.grid, self.param_names, self.family = grid, param_names, family
+        self.universal = bool(cfg.checkpoint.universal)
+        self._pipe_source: Iterator[Batch] | None = None
+        self._pipe_iter: Iterator | None = None
+
+    def _pipe_batches(self, batches: Iterator[Batch]) -> Iterator:
+        """Loader batches as DeepSpeed's pipeline engine takes them; it pulls them on the first and last stage."""
+        from pretrain.parallel.pipeline import to_pipe_batch
+
+        return (to_pipe_batch(self.family.name, b) for b in batches)
+
+    # -- the Engine interface
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return self.ds(**batch)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.ds.backward(loss)
+
+    def step(self) -> None:
+        self.ds.step()
+
+    def train_step(self, batches: Iterator[Batch], num_micro_batches: int, device: torch.device) -> torch.Tensor:
+        if not self.pipelined:
+            return super().train_step(batches, num_micro_batches, device)
+        if self._pipe_source is not batches:  # one converting iterator per training stream
+            self._pipe_source, self._pipe_iter = batches, self._pipe_batches(batches)
+        # 1F1B over the step's micro-batches; the mean loss comes back on every stage
+        loss_sum = torch.zeros((), device=device)
+        loss_sum += self.ds.train_batch(data_iter=self._pipe_iter).float() * num_micro_batches
+        return loss_sum
+
+    def eval_loss(self, batches: Iterable[Batch], num_micro_batches: int, device: torch.device) -> float:
+        if not self.pipelined:
+            return super().eval_loss(batches, num_micro_batches, device)
+        return float(self.ds.eval_batch(self._pipe_batches(iter(batches)), num_micro_batches=num_micro_batches))
+
+    def train(self) -> None:
+        self.ds.train()
+
+    def eval(self) -> None:
+        self.ds.eval()
+
+    def lr(self) -> float:
+        return self.ds.get_lr()[0]
+
+    def grad_norm(self) -> float | None:
+        norm = self.ds.get_global_grad_norm()
+        return float(norm) if norm is not None else None
+
+    def loss_scale(self) -> float:
+        return current_loss_scale(self.ds)
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]:
+        return self.ds.module.parameters()
+
+    def save(self, ckpt_dir: Path, step: int, state: dict[str, Any], keep_last: int) -> Path:
+        from pretrain import checkpoint as ckpt
+        from pretrain.parallel import reshard
+
+        def write_universal(tag_dir: Path) -> None:
+            reshard.save(self.ds, tag_dir, self.param_names, self.grid)
+
+        return ckpt.save(self.ds, ckpt_dir, step, state, torch.distributed.get_rank(), keep_last,
+                         write_extra=write_universal if self.universal else None)
+
+    def load(self, ckpt_dir: Path, tag: str, same_layout: bool) -> tuple[dict[str, Any], dict | None]:
+        from pretrain import checkpoint as ckpt
+        from pretrain.parallel import reshard
+
+        if same_layout:
+            return ckpt.load(self.ds, ckpt_dir, tag, torch.distributed.get_rank(), torch.distributed.get_world_size())
+        # another tp x pp x dp layout or ZeRO stage: weights and optimizer from the layout-free copy
+        reshard.load(self.ds, ckpt_dir / tag, self.param_names, self.grid)
+        state = ckpt.read_state(ckpt_dir / tag)
+        self.ds.global_steps, self.ds.global_samples = int(state["step"]), int(state["consumed_samples"])
+        log.warning("the layout changed: RNG streams (dropout) restart from the seed")
+        return state, None
