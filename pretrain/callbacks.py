@@ -15,7 +15,9 @@ Callbacks run in ``order`` (lower first; ties keep the given order). The built-i
 50    ``Checkpointer``        every ``checkpoint.interval`` steps, at the end and on a stop
 ====  ======================  ==============================================================
 
-Every callback runs on every rank; a callback that calls collectives must do so on the same steps on all.
+Every callback runs on every rank; a callback that calls collectives must do so on the same steps on all,
+and one that ends the run (``trainer.request_stop``) must decide the same on every rank and run before the
+Checkpointer (``order`` < 50) for the last step to be saved.
 """
 
 from __future__ import annotations

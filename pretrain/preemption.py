@@ -122,7 +122,9 @@ class StopOnRequest(Callback):
         self.request = request
 
     def on_step_end(self, trainer: "Trainer", out: StepOutput) -> None:
-        trainer.stop_reason = self.request.check(trainer.device) if out.step < trainer.max_steps else None
+        reason = self.request.check(trainer.device) if out.step < trainer.max_steps else None
+        if reason:
+            trainer.request_stop(reason, requeue=True)
 
 
 def slurm_job_id() -> str | None:

@@ -107,7 +107,8 @@ class Trainer:
         self.step = 0
         self.consumed_samples = 0
         self.first_step = 0  # the step this run started from
-        self.stop_reason: str | None = None  # set by StopOnRequest; the loop ends after the step that set it
+        self.stop_reason: str | None = None  # see request_stop; the loop ends after the step that set it
+        self.requeue_after_stop = False
         self.last_loss = float("nan")
         self.last_val_loss: float | None = None
         self.steps_lost = 0
@@ -320,7 +321,7 @@ class Trainer:
         self.engine.close()
         torch.distributed.destroy_process_group()
         self.stop_request.close()
-        if self.stop_reason and self.dist.is_main and self.cfg.trainer.requeue:
+        if self.requeue_after_stop and self.dist.is_main and self.cfg.trainer.requeue:
             preemption.requeue()
 
     # ------------------------------------------------------------------ state and helpers
@@ -337,6 +338,13 @@ class Trainer:
             "pipeline_parallel_size": plan.pipeline_parallel_size,
             "seed": self.cfg.seed, "name": self.cfg.name,
         }
+
+    def request_stop(self, reason: str, requeue: bool = False) -> None:
+        """End the run after the current step, with a checkpoint of it when asked before the Checkpointer runs
+        (a callback of ``order`` < 50). Every rank must ask at the same step (decide on all-reduced values, as
+        the metrics record's loss is). ``requeue``: the job should come back (preemption), so SLURM requeues it."""
+        self.stop_reason = self.stop_reason or reason
+        self.requeue_after_stop = self.requeue_after_stop or requeue
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step, self.consumed_samples = int(state["step"]), int(state["consumed_samples"])
