@@ -8,11 +8,18 @@ raw bytes in ``bytes_in``), and ends as exactly one of
 * ``stats.skip(reason)``: input that could not be read (corrupt gzip, cut WARC record, binary file...).
 
 so ``docs_in == docs_out + sum(dropped) + sum(skipped)`` holds for every reader and every file.
+
+No single input file stops a run: every reader's ``read`` is wrapped (:meth:`SourceReader.__init_subclass__`)
+so that an empty file is skipped as ``empty_file``, and an ``OSError`` or stream error that escapes the
+reader's own handling (a file without read permission, one deleted since the listing, an I/O error) ends that
+file only, counted under a reason from :func:`os_error_reason`; the documents it yielded before are kept.
 """
 
 from __future__ import annotations
 
 import bz2
+import errno
+import functools
 import gzip
 import io
 import logging
@@ -35,6 +42,23 @@ MiB = 1 << 20
 STREAM_ERRORS: tuple[type[BaseException], ...] = (EOFError, OSError, zlib.error, lzma.LZMAError, ValueError)
 
 _MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "xz"))
+
+
+# errno -> skip reason of a file that could not be read at all
+_OS_REASONS = {
+    errno.EACCES: "unreadable_file", errno.EPERM: "unreadable_file", errno.ENOENT: "missing_file",
+    errno.EISDIR: "not_a_file", errno.ENOTDIR: "missing_file", errno.ELOOP: "not_a_file", errno.EIO: "io_error",
+    errno.ENXIO: "not_a_file",
+}
+
+
+def os_error_reason(exc: OSError) -> str:
+    """A stable skip reason for an ``OSError`` reading an input: ``unreadable_file`` (permissions),
+    ``missing_file``, ``not_a_file``, ``io_error``, else ``os_error`` (``read_error`` without an errno, e.g. a
+    corrupt gzip member found late)."""
+    if exc.errno is None:
+        return "read_error"
+    return _OS_REASONS.get(exc.errno, "os_error")
 
 
 def compression_of(path: str) -> str:
@@ -176,6 +200,12 @@ class SourceReader(Reader):
     }
     OPTIONS: ClassVar[dict[str, Any]] = {}
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Guard the ``read`` each reader defines (see :func:`_guard_read`): one place, every reader."""
+        super().__init_subclass__(**kwargs)
+        if "read" in cls.__dict__:
+            cls.read = _guard_read(cls.__dict__["read"])  # type: ignore[method-assign]
+
     def __init__(self, source: str, **options: Any):
         allowed = {**self.COMMON_OPTIONS, **self.OPTIONS}
         unknown = sorted(set(options) - set(allowed))
@@ -256,6 +286,31 @@ class SourceReader(Reader):
         return Document(id=doc_id, text=text, source=self.source, metadata=metadata)
 
 
+def _guard_read(read: Any) -> Any:
+    """``read`` that skips an empty file (``empty_file``) and turns an error escaping it into one counted skip
+    of that file instead of the end of the run. Documents yielded before the error are kept, as after a
+    truncation. Only I/O and stream errors (:data:`STREAM_ERRORS`) are caught: a bug still surfaces."""
+
+    @functools.wraps(read)
+    def guarded(self: SourceReader, path: str, stats: StageStats) -> Iterator[Document]:
+        try:
+            if os.path.isfile(path) and os.path.getsize(path) == 0:
+                log.warning("source %s: %s is empty; skipped", self.source, path)
+                self.skip(stats, "empty_file", where=path)
+                return
+            yield from read(self, path, stats)
+            return
+        except OSError as exc:
+            reason = os_error_reason(exc)
+            error: BaseException = exc
+        except STREAM_ERRORS as exc:
+            reason, error = stream_error_reason(exc, "none"), exc
+        log.warning("source %s: %s reading %s: %s; skipped the rest of the file", self.source, reason, path, error)
+        self.skip(stats, reason, where=path)
+
+    return guarded
+
+
 def file_label(path: str) -> str:
     """The provenance ``file`` value: the absolute, normalised path."""
     return os.path.abspath(path)
@@ -275,5 +330,6 @@ def read_text_file(path: str, max_bytes: int) -> tuple[bytes | None, int, str]:
 
 __all__ = [
     "MiB", "STREAM_ERRORS", "SourceReader", "TolerantStream", "compression_of", "decode_utf8", "file_label",
-    "iter_capped_lines", "open_binary", "open_tolerant", "read_capped", "read_text_file", "stream_error_reason",
+    "iter_capped_lines", "open_binary", "open_tolerant", "os_error_reason", "read_capped", "read_text_file",
+    "stream_error_reason",
 ]
