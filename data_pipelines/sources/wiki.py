@@ -2,8 +2,15 @@
 
 Each ``<page>`` is handled when its end tag arrives and then cleared together with the siblings before it,
 so memory stays at one page whatever the dump size. Only the main namespace (``ns`` 0, configurable) is
-kept; redirects and disambiguation pages are dropped and counted. Malformed XML or a truncated bz2 stream
-ends the file with one counted skip; every page before the break has already been yielded.
+kept; redirects and disambiguation pages are dropped and counted. A truncated bz2 stream ends the file with
+one counted skip; every page before the break has already been yielded.
+
+Malformed XML (a broken page, junk between pages) stops ``iterparse`` for good, so the reader then
+resynchronises: it reads the file again from the start, passes over the pages already handled, and parses
+every following ``<page>...</page>`` on its own (:func:`_page_segments`). A page that still does not parse is
+skipped as ``malformed_xml``, one per page lost; junk outside any page counts one ``malformed_xml``. Pages in
+dumps cannot contain a literal ``<page`` outside markup (XML escapes ``<`` in text), which makes the page start
+tag a safe place to resynchronise.
 """
 
 from __future__ import annotations
@@ -16,7 +23,14 @@ import mwparserfromhell
 from lxml import etree
 
 from data_pipelines.document import Document
-from data_pipelines.sources.base import SourceReader, TolerantStream, file_label, open_binary, stream_error_reason
+from data_pipelines.sources.base import (
+    MiB,
+    SourceReader,
+    TolerantStream,
+    file_label,
+    open_binary,
+    stream_error_reason,
+)
 from data_pipelines.sources.wikitext import (
     CATEGORY_PREFIXES,
     DEFAULT_DISAMBIGUATION_TEMPLATES,
@@ -27,6 +41,11 @@ from data_pipelines.sources.wikitext import (
 from data_pipelines.stats import StageStats
 
 log = logging.getLogger(__name__)
+
+_PAGE_START = re.compile(rb"<page[\s>]")
+_PAGE_END = b"</page>"
+_DBNAME = re.compile(rb"<dbname>([^<]*)</dbname>")
+
 
 def _local(tag: str) -> str:
     return tag.rpartition("}")[2]
@@ -63,6 +82,7 @@ class WikiReader(SourceReader):
     def read(self, path: str, stats: StageStats) -> Iterator[Document]:
         fname = file_label(path)
         inner, compression = open_binary(path)
+        seen = 0  # <page> elements handled by the streaming parse, whatever became of them
         with TolerantStream(inner) as stream:
             # huge_tree: lxml otherwise refuses text nodes > 10 MB and would end the file there; the
             # per-page cap below is the limit that counts.
@@ -78,6 +98,7 @@ class WikiReader(SourceReader):
                 except etree.XMLSyntaxError as exc:
                     error = stream.error or exc  # a cut compressed stream also ends in a syntax error
                     break
+                seen += 1
                 if not dbname:
                     dbname = self._dbname(page)
                 doc = self._page(page, fname, dbname, stats)
@@ -88,13 +109,56 @@ class WikiReader(SourceReader):
                         del parent[0]
                 if doc is not None:
                     yield doc
-        if error is not None:
-            if isinstance(error, etree.XMLSyntaxError):
-                reason = "malformed_xml"
-            else:
-                reason = stream_error_reason(error, compression, "xml")
+        if isinstance(error, etree.XMLSyntaxError):
+            log.warning("source %s: malformed_xml in %s after %d pages: %s; resynchronising at the next <page>",
+                        self.source, path, seen, error)
+            yield from self._resync(path, fname, dbname, seen, stats)
+        elif error is not None:
+            reason = stream_error_reason(error, compression, "xml")
             log.warning("source %s: %s in %s: %s; pages before it kept", self.source, reason, path, error)
             self.skip(stats, reason, where=path)
+
+    def _resync(self, path: str, fname: str, dbname: str, seen: int, stats: StageStats) -> Iterator[Document]:
+        """The pages after the first ``seen`` ones, each parsed on its own; see the module docstring."""
+        parser = etree.XMLParser(huge_tree=True, remove_comments=True)
+        inner, compression = open_binary(path)
+        lost = 0
+        with TolerantStream(inner) as stream:
+            for index, (head, segment) in enumerate(_page_segments(stream, self.max_record_bytes)):
+                if index == 0:  # the bytes before the first page: siteinfo
+                    if not dbname and (m := _DBNAME.search(head)):
+                        dbname = m.group(1).decode("utf-8", "replace")
+                    continue
+                if index <= seen:
+                    continue  # handled by the streaming parse
+                if segment is None:
+                    self.skip(stats, "record_too_large", where=f"{path}: page {index}")
+                    continue
+                end = segment.find(_PAGE_END)
+                page = None
+                if end >= 0:
+                    try:
+                        page = etree.fromstring(segment[: end + len(_PAGE_END)], parser)
+                    except etree.XMLSyntaxError:
+                        page = None
+                if page is None:
+                    if stream.error is not None and end < 0:
+                        break  # the page the stream was cut in: counted below as the truncation
+                    lost += 1
+                    self.skip(stats, "malformed_xml", len(segment), f"{path}: page {index}")
+                    continue
+                doc = self._page(page, fname, dbname, stats)
+                if doc is not None:
+                    yield doc
+        if stream.error is not None:
+            reason = stream_error_reason(stream.error, compression, "xml")
+            log.warning("source %s: %s in %s: %s", self.source, reason, path, stream.error)
+            self.skip(stats, reason, where=path)
+        elif lost == 0:  # the damage was outside any page (siteinfo, between pages): count it once
+            self.skip(stats, "malformed_xml", where=path)
+        if lost:
+            log.warning("source %s: %d malformed page(s) lost in %s; the pages after them kept", self.source, lost,
+                        path)
 
     @staticmethod
     def _dbname(page: etree._Element) -> str:
@@ -144,3 +208,42 @@ class WikiReader(SourceReader):
         prefix = f"{dbname}/" if dbname else ""
         meta = {"file": fname, "title": title, "page_id": page_id, "timestamp": timestamp, "wiki": dbname}
         return self.emit(stats, f"{self.source}:{prefix}{key}", plain, nbytes, meta)
+
+
+def _page_segments(stream: TolerantStream, max_bytes: int) -> Iterator[tuple[bytes, bytes | None]]:
+    """Split a dump's bytes at each ``<page`` start tag: first ``(head, None)``, the bytes before the first page
+    (at most 1 MiB of them: the siteinfo), then ``(b"", segment)`` for each page, from its start tag to the next
+    one or the end of the file. A page over ``max_bytes`` (plus 1 MiB for its markup) comes as ``(b"", None)``
+    and is read past in bounded chunks; memory stays at one page."""
+    buf = bytearray()
+    head = bytearray()
+    phase = "head"  # head: before the first page; page: buf[start:] is the current page; skip: an oversized page
+    start = 0
+    limit = max_bytes + MiB
+    while True:
+        chunk = stream.read(MiB)
+        buf += chunk
+        search = start + 1 if phase == "page" else 0
+        while (m := _PAGE_START.search(buf, search)) is not None:
+            if phase == "head":
+                head += buf[: m.start()]
+                yield bytes(head[:MiB]), None
+            elif phase == "page":
+                yield b"", bytes(buf[start : m.start()])
+            phase, start, search = "page", m.start(), m.start() + 1
+        if not chunk:  # end of the file (or of the readable part of a cut stream)
+            if phase == "head":
+                yield bytes((head + buf)[:MiB]), None
+            elif phase == "page":
+                yield b"", bytes(buf[start:])
+            return
+        if phase == "page":
+            del buf[:start]
+            start = 0
+            if len(buf) > limit:
+                yield b"", None
+                phase = "skip"
+        if phase != "page" and len(buf) > 16:  # keep a tail in which a start tag cut by the chunk edge is found
+            if phase == "head" and len(head) < MiB:
+                head += buf[:-16]
+            del buf[:-16]
