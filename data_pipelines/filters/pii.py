@@ -8,7 +8,10 @@ routable (private, loopback, link-local, documentation ranges) are left alone by
 Why regexes and not ``detect-secrets`` (which BigCode used): its plugins scan line by line and report the
 secret's value, not its span, and cost several times more per file; the token formats below are the
 documented, fixed-prefix formats of each provider (the same ones detect-secrets and gitleaks match), applied
-in one pass each over the whole text. The generic rule catches ``password = "..."``-style assignments.
+in one pass each over the whole text. The generic rule catches ``password = "..."``-style assignments,
+``url_credentials`` the password of ``scheme://user:password@host`` and ``password_assignment`` config-file
+lines (``password=...``, ``PASSWORD: ...``, ``passwd``, ``pwd``), quoted or not, ``password_flag``
+``--password=...`` on command lines.
 """
 
 from __future__ import annotations
@@ -58,6 +61,9 @@ class SecretRule:
     lowercase: bool = False
 
 
+# Substrings one of which a password assignment or flag contains ("pass" alone is in every Python file).
+_PASSWORD_MARKERS = ("password", "Password", "PASSWORD", "passwd", "Passwd", "PASSWD", "pwd", "Pwd", "PWD")
+
 SECRET_RULES: list[SecretRule] = [
     SecretRule("private_key", ("PRIVATE KEY",), re.compile(
         r"-----BEGIN[ A-Z0-9]*PRIVATE KEY(?: BLOCK)?-----.*?(?:-----END[ A-Z0-9]*PRIVATE KEY(?: BLOCK)?-----|\Z)",
@@ -92,7 +98,31 @@ SECRET_RULES: list[SecretRule] = [
         r"(?m)^[ \t]*(?:export[ \t]+)?[A-Z0-9_]*"
         r"(?:API_?KEY|SECRET(?:_?KEY)?|ACCESS_?KEY(?:_?ID)?|PRIVATE_?KEY|TOKEN|PASSWORD|PASSWD|PWD)"
         r"=(?P<value>(?=[^\s\"'#]*\d)[A-Za-z0-9_+/=.:~-]{8,256})[ \t]*$")),
+    # scheme://user:password@host (database URLs, git remotes, proxies): the password is replaced, the user and
+    # host kept. The password runs to the last "@" before the host, as URL parsers read it. (A fixed-width
+    # look-behind for the end of the scheme: matching the scheme itself from every letter costs 2x more.)
+    SecretRule("url_credentials", ("://",), re.compile(
+        r"(?<=[A-Za-z0-9+.-]://)[^\s:/?#@\"'<>\[\]]{0,256}"
+        r":(?P<value>[^\s/\"'<>]{1,256})@(?=[A-Za-z0-9\[])")),
+    # Config-file lines that set a password, quoted or not: password=..., PASSWORD: ..., db.passwd = ...,
+    # pwd: ... (ini, properties, YAML, TOML, .env). The value must end the line (a comment may follow), so
+    # code such as `password = os.environ["PW"]` or `pwd = os.getcwd()` is left alone; an unquoted value also
+    # needs a digit or a symbol (_PASSWORD_SYMBOL), so `password = None` is too.
+    SecretRule("password_assignment", _PASSWORD_MARKERS, re.compile(
+        r"(?m)^[ \t]*(?:export[ \t]+|-[ \t]+)?[\"']?[a-z0-9_.-]*(?:password|passwd|pwd)[\"']?[ \t]*[=:][ \t]*"
+        r"(?:(?P<quote>[\"'])(?P<quoted>[^\s\"']{1,256})(?P=quote)|(?P<value>[^\s\"'()\[\]{}<>,`]{1,256}))"
+        r"[ \t]*(?:[#;].*)?$"), lowercase=True),
+    # Command-line flags: mysql --password=pa55 -u root, --db-passwd=...
+    SecretRule("password_flag", _PASSWORD_MARKERS, re.compile(
+        r"(?<![\w-])--?[a-z0-9_-]*(?:password|passwd|pwd)=(?P<value>[^\s\"'`$()<>]{1,256})(?![^\s])"),
+        lowercase=True),
 ]
+# rules whose unquoted value must look like a password (a digit or a symbol), not like a word or a variable
+_PASSWORD_SHAPED = {"password_assignment"}
+_PASSWORD_SYMBOL = re.compile(r"[0-9!@#$%^&*+=?~/\\|-]")
+# printf/format fields in templates (password:%s, pwd={}), never a value, for the rules added with these
+_FORMAT_FIELD_RULES = {"url_credentials", "password_assignment", "password_flag"}
+_FORMAT_FIELD = re.compile(r"^(?:%[-#0 +]*\d*(?:\.\d+)?[sdrifx]|\{[^{}]*\})$")
 # Values that are references or stand-ins, not secrets: ${VAR}, {{ var }}, %(var)s, <placeholder>, xxxx...
 _NOT_A_SECRET = re.compile(
     r"^(?:<[^>]*>|\$\{?[\w.]+\}?|\{\{.*\}\}|%\(\w+\)s|\*+|x+|X+|\.+|your[_-].*|.*(?:example|placeholder|changeme|"
@@ -207,14 +237,21 @@ class PIIRedactor(DocumentFilter):
             if len(haystack) != len(text):  # a few characters ("İ") lower to two: spans would shift
                 haystack, pattern = text, re.compile(pattern.pattern, pattern.flags | re.IGNORECASE)
         has_value = "value" in pattern.groupindex
+        has_quoted = "quoted" in pattern.groupindex
         for m in pattern.finditer(haystack):
             if not has_value:
                 yield m.span()
                 continue
-            start, end = m.span("value")
+            group = "quoted" if has_quoted and m.start("quoted") >= 0 else "value"
+            start, end = m.span(group)
             value = text[start:end]
-            if value != PLACEHOLDERS["secret"] and not _NOT_A_SECRET.match(value):
-                yield start, end
+            if value == PLACEHOLDERS["secret"] or _NOT_A_SECRET.match(value):
+                continue
+            if group == "value" and rule.name in _PASSWORD_SHAPED and not _PASSWORD_SYMBOL.search(value):
+                continue  # password = None / pwd: str / password = request.form: a name, not a secret
+            if rule.name in _FORMAT_FIELD_RULES and _FORMAT_FIELD.match(value):
+                continue
+            yield start, end
 
     def apply(self, doc: Document, stats: StageStats) -> str | None:
         text, per_kind, per_secret = self.redact(doc.text)
