@@ -122,8 +122,10 @@ class ModelConfig:
 class DataConfig:
     # Folder holding manifest.json + token shards (written by the data pipeline); null = built-in sample data.
     path: Optional[str] = None
-    # Mixture weights by corpus name (see the manifest); null = proportional to each corpus's tokens.
-    weights: Optional[Dict[str, float]] = None
+    # Mixture weights by corpus name (see the manifest); empty = proportional to each corpus's tokens. A typed map
+    # with an empty default (not null) so that the command line can set it: data.weights='{web: 0.5, code: 0.5}'
+    # or data.weights.web=0.5 (Hydra cannot descend into a null node).
+    weights: Dict[str, float] = field(default_factory=dict)
     # Train/validation[/test] split of each corpus's documents, Megatron style ("98,2"; on a command line 98/2).
     split: str = "98,2"
     num_workers: int = 0
@@ -244,8 +246,15 @@ class TrainConfig:
 
 
 def register_configs() -> None:
+    from omegaconf import OmegaConf
+
     cs = ConfigStore.instance()
-    cs.store(name="train_schema", node=TrainConfig)
+    schema = OmegaConf.structured(TrainConfig)
+    # Hydra closes every map (struct mode) before it applies the command line, so `data.weights={web: 0.5}` and
+    # `data.weights.web=0.5` would need a `+`. The weights map is open by nature (its keys are the manifest's
+    # corpus names, checked against the manifest when the data is built); its values stay typed as floats.
+    OmegaConf.set_struct(schema.data.weights, False)
+    cs.store(name="train_schema", node=schema)
 
 
 def validate_schema(cfg) -> None:

@@ -230,6 +230,15 @@ def test_default_weights_follow_tokens_and_zero_weight_excludes(data):
     assert {b.train.source(i)[0] for i in range(200)} == {"a", "b"}
 
 
+def test_an_empty_weights_map_means_proportional_to_tokens(data):
+    """The schema's default is an empty map (so the command line can set keys in it): the same as null."""
+    by_tokens = build(data)
+    for empty in ({}, OmegaConf.create({})):
+        b = build(data, weights=empty)
+        assert b.corpus_names == by_tokens.corpus_names and b.corpus_weights == by_tokens.corpus_weights
+        assert [b.train[i].tolist() for i in range(20)] == [by_tokens.train[i].tolist() for i in range(20)]
+
+
 def test_split_is_disjoint_by_document(data):
     b = build(data, weights={"a": 1}, split="80,20", n_train=300, n_valid=100)
     home = token_home(data.docs["a"])

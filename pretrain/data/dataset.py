@@ -115,6 +115,13 @@ def _resolve_weights(raw: Any, manifest: Manifest, tokens: Mapping[str, int] | N
     return out
 
 
+def check_weights(raw: Any, manifest: Manifest) -> None:
+    """Check ``data.weights`` against the manifest's corpora (names, numbers) without opening any shard; an
+    empty map or None (proportional to tokens) has nothing to check."""
+    if raw is not None and len(raw) > 0:
+        _resolve_weights(raw, manifest, None)
+
+
 # --------------------------------------------------------------------------------------------------- corpus
 
 
@@ -412,7 +419,7 @@ def build_datasets(data_cfg: Any, *, seq_length: int, seed: int, num_train_sampl
     """Validate the data configuration and files, then build (or load from ``cache_dir``) the sample indices.
 
     ``data_cfg`` has ``path`` (folder with ``manifest.json``; ``None`` = the built-in sample data),
-    ``weights`` (corpus name -> weight, ``None`` = proportional to tokens, 0 = excluded) and ``split``.
+    ``weights`` (corpus name -> weight, ``None`` or empty = proportional to tokens, 0 = excluded) and ``split``.
     """
     if int(seq_length) < 1:
         raise DataError(f"seq_length must be >= 1, got {seq_length}")
@@ -428,6 +435,8 @@ def build_datasets(data_cfg: Any, *, seq_length: int, seed: int, num_train_sampl
     manifest = read_manifest(Path(str(path)).expanduser())
     mpath = manifest.root / "manifest.json"
     raw_weights = getattr(data_cfg, "weights", None)
+    if isinstance(raw_weights, (Mapping, DictConfig)) and len(raw_weights) == 0:
+        raw_weights = None  # the schema's default: an empty map (settable from the command line) = by tokens
 
     if raw_weights is not None:
         weights = _resolve_weights(raw_weights, manifest, None)
