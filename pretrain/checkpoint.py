@@ -1,4 +1,4 @@
-"""Checkpoints: DeepSpeed's model/optimizer/scheduler shards plus our trainer state, crash-safe.
+"""Checkpoints: DeepSpeed's model/optimizer/scheduler shards plus our trainer state, crash-safe and verified.
 
 Layout of ``<checkpoint.dir>``::
 
@@ -6,13 +6,21 @@ Layout of ``<checkpoint.dir>``::
     step_000020/
         mp_rank_00_model_states.pt, *_optim_states.pt ...   (DeepSpeed)
         trainer_state.json     step, consumed samples, W&B run id, model shape, world size
-        rng_state_rank{r}.pt   Python/NumPy/torch RNG states of every rank
+        rng_state_rank{r}.pt   Python/NumPy/torch RNG states of every rank, as tensors and plain types
         universal/             layout-free weights and Adam moments (pretrain.parallel.reshard)
+        files.json             every file above with its size and xxh3-64 checksum (pretrain.checkpoint_files)
         COMPLETE               written last
 
-A save writes everything, waits for all ranks, then rank 0 writes ``COMPLETE`` and only then moves
-``latest`` (write to a temp file, fsync, rename). A crash at any point leaves ``latest`` on the previous
-complete checkpoint; resume ignores tag folders without ``COMPLETE`` and removes them.
+A save checks the free space against the last checkpoint's size, writes everything, agrees with every rank
+that every write succeeded, then rank 0 writes ``files.json``, ``COMPLETE`` and only then moves ``latest``
+(write to a temp file, fsync, rename) and prunes old checkpoints. A crash at any point leaves ``latest`` on
+the previous complete checkpoint; resume ignores tag folders without ``COMPLETE`` and removes them. A failed
+write (full disk) removes the partial folder and stops the run with one line naming the path.
+
+Resume verifies the chosen checkpoint against its file list first and falls back to the newest intact one
+when a file is missing, truncated or changed (:func:`choose_resume`). Nothing is ever unpickled with
+``weights_only=False``: our files hold tensors and plain types, DeepSpeed's are loaded with an allow-list of
+its few classes (:mod:`pretrain.core.safe_load`).
 """
 
 from __future__ import annotations
@@ -23,14 +31,17 @@ import os
 import random
 import re
 import shutil
+import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from pretrain.distributed import barrier
+from pretrain import checkpoint_files as files
+from pretrain.core import safe_load
 from pretrain.core.atomic import atomic_write
 from pretrain.core.errors import CheckpointError, ConfigError
 
@@ -40,13 +51,22 @@ LATEST = "latest"
 COMPLETE = "COMPLETE"
 STATE = "trainer_state.json"
 _TAG = re.compile(r"^step_(\d+)$")
-# Test hook: seconds to sleep after the shards are written and before COMPLETE, so a test can kill -9 a
-# process in the middle of a save.
+RNG_FORMAT = 2  # rng_state_rank*.pt as tensors and plain types (older files, tuples and NumPy arrays, still load)
+# Test hooks: seconds to sleep at one point of a save, so a test can kill -9 the process there. Points
+# (PRETRAIN_TEST_SLOW_SAVE_AT, comma-separated): start (before any file), shards (the default: every rank's
+# files written, no file list yet), files (file list written, no COMPLETE), complete (COMPLETE written,
+# latest not moved), latest (latest moved, old checkpoints not pruned).
 _SLOW_SAVE_ENV = "PRETRAIN_TEST_SLOW_SAVE_S"
+_SLOW_SAVE_AT_ENV = "PRETRAIN_TEST_SLOW_SAVE_AT"
 
 
 def tag_for(step: int) -> str:
     return f"step_{step:06d}"
+
+
+def _step_of(tag: str) -> int:
+    m = _TAG.match(tag)
+    return int(m.group(1)) if m else -1
 
 
 def complete_tags(ckpt_dir: Path) -> list[str]:
@@ -54,36 +74,95 @@ def complete_tags(ckpt_dir: Path) -> list[str]:
     if not ckpt_dir.is_dir():
         return []
     tags = [p.name for p in ckpt_dir.iterdir() if p.is_dir() and _TAG.match(p.name) and (p / COMPLETE).exists()]
-    return sorted(tags, key=lambda t: int(_TAG.match(t).group(1)))
+    return sorted(tags, key=_step_of)
 
 
-def find_resume_tag(ckpt_dir: Path) -> str | None:
-    """The checkpoint to resume from: ``latest`` if it is complete, else the newest complete tag."""
+def read_latest(ckpt_dir: Path) -> tuple[str | None, str | None]:
+    """(the complete tag ``latest`` names or None, why it names none usable or None). ``latest`` may hold
+    anything after a crash or a mistake: binary bytes, a folder, a tag that is not there or not complete."""
     pointer = ckpt_dir / LATEST
-    if pointer.is_file():
-        tag = pointer.read_text().strip()
-        if (ckpt_dir / tag / COMPLETE).exists():
-            return tag
-        log.warning("%s points at %s, which is not a complete checkpoint; looking for an older one", pointer, tag)
-    tags = complete_tags(ckpt_dir)
-    return tags[-1] if tags else None
+    try:
+        raw = pointer.read_bytes()
+    except FileNotFoundError:
+        return None, None
+    except OSError as e:
+        return None, f"{pointer} is unreadable ({e.strerror})"
+    tag = raw.decode("utf-8", errors="replace").strip()
+    if not tag or not tag.isprintable() or "/" in tag or tag in (".", "..") or len(tag) > 200:
+        return None, f"{pointer} holds {raw[:40]!r}, not a checkpoint tag"
+    if not (ckpt_dir / tag / COMPLETE).exists():
+        return None, f"{pointer} points at {tag}, which is not a complete checkpoint"
+    return tag, None
 
 
-def resolve_resume(mode: str, ckpt_dir: Path) -> tuple[Path, str | None]:
-    """(checkpoint folder, tag to resume from or None) per ``checkpoint.resume``."""
-    if mode == "auto":
-        return ckpt_dir, find_resume_tag(ckpt_dir)
+@dataclass
+class ResumeChoice:
+    """Where a run resumes from, and what was passed over to get there."""
+
+    ckpt_dir: Path
+    tag: str | None
+    damaged: list[tuple[str, str]] = field(default_factory=list)  # (tag, the file and what is wrong with it)
+    steps_lost: int = 0  # steps between the newest damaged checkpoint and the one chosen
+
+
+def choose_resume(mode: str, ckpt_dir: Path) -> ResumeChoice:
+    """The checkpoint to resume from per ``checkpoint.resume``, verified against its file list first.
+
+    ``auto``: ``latest`` if it names a complete checkpoint, else the newest complete one; a damaged one is
+    passed over with a warning naming the file, for the next older intact one, and the steps lost are logged.
+    Every complete checkpoint damaged: CheckpointError (starting over silently would throw the run away).
+    ``never``: no checkpoint (refused if the folder has some). A path: that checkpoint, or a CheckpointError
+    naming the damaged file. A checkpoint holding pickled code is refused in every mode."""
     if mode == "never":
         if complete_tags(ckpt_dir):
             raise ConfigError(
                 f"checkpoint.resume=never but {ckpt_dir} already holds checkpoints; use a new run_dir "
                 "or checkpoint.resume=auto"
             )
-        return ckpt_dir, None
-    path = Path(mode)
-    if not (path / COMPLETE).exists():
-        raise ConfigError(f"checkpoint.resume={mode}: not a complete checkpoint folder (no {COMPLETE} file in it)")
-    return path.parent, path.name
+        return ResumeChoice(ckpt_dir, None)
+    if mode != "auto":
+        path = Path(mode)
+        if not (path / COMPLETE).exists():
+            raise ConfigError(f"checkpoint.resume={mode}: not a complete checkpoint folder (no {COMPLETE} file in it)")
+        problem = files.verify(path)
+        if problem:
+            raise CheckpointError(f"checkpoint.resume={mode}: the checkpoint is damaged: {problem}")
+        return ResumeChoice(path.parent, path.name)
+
+    pointed, why = read_latest(ckpt_dir)
+    if why:
+        log.warning("%s; looking for the newest complete checkpoint instead", why)
+    candidates = ([pointed] if pointed else []) + [t for t in reversed(complete_tags(ckpt_dir)) if t != pointed]
+    choice = ResumeChoice(ckpt_dir, None)
+    for tag in candidates:
+        problem = files.verify(ckpt_dir / tag)
+        if problem is None:
+            choice.tag = tag
+            break
+        choice.damaged.append((tag, problem))
+        log.warning("checkpoint %s is damaged: %s; trying an older one", ckpt_dir / tag, problem)
+    if choice.damaged:
+        if choice.tag is None:
+            raise CheckpointError(
+                f"every checkpoint in {ckpt_dir} is damaged: " + "; ".join(f"{t}: {p}" for t, p in choice.damaged)
+                + ". Restore the files, or start over with a new run_dir"
+            )
+        newest = max(_step_of(t) for t, _ in choice.damaged)
+        choice.steps_lost = max(0, newest - _step_of(choice.tag))
+        log.warning("falling back to the intact checkpoint %s: %d steps lost (the newest complete checkpoint, "
+                    "step %d, is damaged)", ckpt_dir / choice.tag, choice.steps_lost, newest)
+    return choice
+
+
+def find_resume_tag(ckpt_dir: Path) -> str | None:
+    """The checkpoint to resume from: ``latest`` if it is complete and intact, else the newest intact one."""
+    return choose_resume("auto", ckpt_dir).tag
+
+
+def resolve_resume(mode: str, ckpt_dir: Path) -> tuple[Path, str | None]:
+    """(checkpoint folder, tag to resume from or None) per ``checkpoint.resume`` (see :func:`choose_resume`)."""
+    choice = choose_resume(mode, ckpt_dir)
+    return choice.ckpt_dir, choice.tag
 
 
 def read_state(tag_dir: Path) -> dict[str, Any]:
@@ -163,36 +242,150 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def plain_rng_state(state: dict[str, Any]) -> dict[str, Any]:
+    """:func:`rng_state` as tensors and plain types only, so that it loads with ``weights_only=True``."""
+    version, internal, gauss_next = state["python"]
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    out = {
+        "format": RNG_FORMAT,
+        "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next},
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": state["torch"],
+    }
+    if "cuda" in state:
+        out["cuda"] = state["cuda"]
+    return out
+
+
+def _rng_from_file(saved: dict[str, Any]) -> dict[str, Any]:
+    """The :func:`rng_state` a file holds (either format: tensors, or the tuples and arrays of older files)."""
+    if saved.get("format") != RNG_FORMAT:
+        return saved
+    py, npy = saved["python"], saved["numpy"]
+    state = {
+        "python": (py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss_next"]),
+        "numpy": (npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                  npy["cached_gaussian"]),
+        "torch": saved["torch"],
+    }
+    if "cuda" in saved:
+        state["cuda"] = saved["cuda"]
+    return state
+
+
+def load_rng_state(path: Path) -> dict[str, Any]:
+    """One rank's RNG states, loaded with ``weights_only=True`` (NumPy's array types allowed for older files)."""
+    saved = safe_load.load(path, allowed=files.resolve_globals(files.LEGACY_RNG_GLOBALS))
+    try:
+        return _rng_from_file(saved)
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        raise CheckpointError(f"{path} does not hold RNG states ({type(e).__name__}: {e})") from None
+
+
+# ------------------------------------------------------------------------------------------ save
+def _gather(obj: Any) -> list[Any]:
+    """``obj`` of every rank, by rank (one collective; a list of one outside a process group)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [obj]
+    out: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def _from_rank0(obj: Any) -> Any:
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _test_pause(point: str) -> None:
+    """Test hook: sleep PRETRAIN_TEST_SLOW_SAVE_S seconds at ``point`` if it is one of PRETRAIN_TEST_SLOW_SAVE_AT."""
+    delay = float(os.environ.get(_SLOW_SAVE_ENV, "0") or 0)
+    if delay and point in os.environ.get(_SLOW_SAVE_AT_ENV, "shards").split(","):
+        print(f"[test hook] checkpoint save paused at {point}", file=sys.stderr, flush=True)
+        time.sleep(delay)
+
+
+def _previous(ckpt_dir: Path, tag: str) -> str | None:
+    """The checkpoint in force before this save: what ``latest`` names, else the newest complete one."""
+    pointed, _ = read_latest(ckpt_dir)
+    if pointed and pointed != tag:
+        return pointed
+    older = [t for t in complete_tags(ckpt_dir) if t != tag]
+    return older[-1] if older else None
+
+
+def _not_saved(tag_dir: Path, problem: str, previous: str | None) -> CheckpointError:
+    keep = f"{previous} stays the checkpoint to resume from" if previous else "there is no earlier checkpoint"
+    return CheckpointError(f"{problem}. Checkpoint {tag_dir.name} was not saved (its partial folder is removed); "
+                           f"{keep}")
+
+
 def save(engine, ckpt_dir: Path, step: int, state: dict[str, Any], rank: int, keep_last: int,
          write_extra: Callable[[Path], None] | None = None) -> Path:
     """Collective: every rank calls it. ``write_extra(tag_dir)`` (collective too) adds files before the
-    checkpoint is marked complete (the layout-free copy). Returns the tag folder."""
+    checkpoint is marked complete (the layout-free copy). Returns the tag folder.
+
+    A write that fails on any rank (a full disk, a permission error) raises one CheckpointError on every rank,
+    naming the path; the partial folder is removed, ``latest`` and the older checkpoints stay as they were."""
     tag = tag_for(step)
     tag_dir = ckpt_dir / tag
     if rank == 0 and tag_dir.exists():
         shutil.rmtree(tag_dir)  # a leftover of an interrupted save of the same step
-    barrier()
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"trainer_state": state}, save_latest=False)
-    tag_dir.mkdir(parents=True, exist_ok=True)  # DeepSpeed only creates it on ranks that write shards
-    torch.save(rng_state(), tag_dir / f"rng_state_rank{rank}.pt")
+    previous = _previous(ckpt_dir, tag)
+    expected = files.checkpoint_bytes(ckpt_dir / previous) if previous else 0
+    short = [p for p in _gather(files.free_space_problem(ckpt_dir, tag_dir, expected) if expected else None) if p]
+    if short:  # every rank saw it (the gather above), every rank stops before writing anything
+        raise _not_saved(tag_dir, short[0], previous)
+    _test_pause("start")
+
+    guard = files.SaveGuard(tag_dir, expected)
+    with guard.capture(engine):
+        engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"trainer_state": state}, save_latest=False)
+    with guard.capture():
+        tag_dir.mkdir(parents=True, exist_ok=True)  # DeepSpeed only creates it on ranks that write shards
+        torch.save(plain_rng_state(rng_state()), tag_dir / f"rng_state_rank{rank}.pt")
     if write_extra is not None:
-        write_extra(tag_dir)
+        with guard.capture():
+            write_extra(tag_dir)
     if rank == 0:
-        atomic_write(tag_dir / STATE, json.dumps(state, indent=2, default=str))
-    delay = float(os.environ.get(_SLOW_SAVE_ENV, "0") or 0)
-    if delay:
-        time.sleep(delay)
-    barrier()
+        guard.write_text(tag_dir / STATE, json.dumps(state, indent=2, default=str))
+    reports = _gather((guard.entries(), guard.error))  # also the barrier: every rank's files are written
+    errors = [f"{err} (rank {r})" if len(reports) > 1 else err for r, (_, err) in enumerate(reports) if err]
+    if errors:
+        if rank == 0:
+            shutil.rmtree(tag_dir, ignore_errors=True)
+        raise _not_saved(tag_dir, errors[0], previous)
+    _test_pause("shards")
+
+    failure = None
     if rank == 0:
-        atomic_write(tag_dir / COMPLETE, f"{time.time()}\n")
-        atomic_write(ckpt_dir / LATEST, tag)
-        _prune(ckpt_dir, keep_last, current=tag)
-    barrier()
+        try:
+            files.write_file_list(tag_dir, {rel: e for entries, _ in reports for rel, e in entries.items()})
+            _test_pause("files")
+            atomic_write(tag_dir / COMPLETE, f"{time.time()}\n")
+            _test_pause("complete")
+            atomic_write(ckpt_dir / LATEST, tag)
+        except OSError as e:
+            failure = files.write_error(e, e.filename or tag_dir, max(expected, guard.bytes_written), guard.free_before)
+            shutil.rmtree(tag_dir, ignore_errors=True)  # latest, written atomically, still names `previous`
+        else:
+            _test_pause("latest")
+            _prune(ckpt_dir, keep_last, current=tag)
+    failure = _from_rank0(failure)
+    if failure:
+        raise _not_saved(tag_dir, failure, previous)
     return tag_dir
 
 
 def _prune(ckpt_dir: Path, keep_last: int, current: str) -> None:
-    tags = complete_tags(ckpt_dir)
+    """Keep the ``keep_last`` newest complete checkpoints up to ``current``, which has just been made complete.
+    Checkpoints of later steps are left alone: they are of a run this one fell back from (damaged, or resumed
+    from an older checkpoint on purpose), and the save of their step replaces them."""
+    tags = [t for t in complete_tags(ckpt_dir) if _step_of(t) <= _step_of(current)]
     for old in tags[: max(0, len(tags) - keep_last)]:
         if old != current:
             shutil.rmtree(ckpt_dir / old, ignore_errors=True)
@@ -201,19 +394,29 @@ def _prune(ckpt_dir: Path, keep_last: int, current: str) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
+# ------------------------------------------------------------------------------------------ load
 def load(engine, ckpt_dir: Path, tag: str, rank: int, world_size: int) -> tuple[dict[str, Any], dict | None]:
     """Collective: restore model, optimizer, LR schedule and loss scaler (DeepSpeed). Returns the trainer
     state and this rank's RNG states, which the caller applies with :func:`set_rng_state` as the very last
-    thing before the first step (anything drawing random numbers in between would shift the stream)."""
-    load_path, client = engine.load_checkpoint(
-        str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
-    )
+    thing before the first step (anything drawing random numbers in between would shift the stream).
+
+    DeepSpeed's loader unpickles with ``weights_only=False``; here it runs with ``weights_only=True`` forced
+    and an allow-list of the few DeepSpeed classes its files hold, so a crafted file is refused, named."""
+    try:
+        with safe_load.weights_only_loads(files.deepspeed_safe_globals()):
+            load_path, client = engine.load_checkpoint(
+                str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+            )
+    except AssertionError as e:
+        detail = str(e) or "an assertion failed"
+        raise CheckpointError(f"DeepSpeed could not load the checkpoint {ckpt_dir / tag} ({detail}): a file is "
+                              "missing or was written at another layout") from None
     if load_path is None:
         raise CheckpointError(f"DeepSpeed could not load the checkpoint {ckpt_dir / tag}")
     state = read_state(ckpt_dir / tag)
     rng_file = ckpt_dir / tag / f"rng_state_rank{rank}.pt"
     if state.get("world_size") == world_size and rng_file.exists():
-        return state, torch.load(rng_file, weights_only=False)
+        return state, load_rng_state(rng_file)
     log.warning(
         "checkpoint %s was saved with world size %s (now %s): RNG streams restart from the seed",
         tag, state.get("world_size"), world_size,

@@ -30,6 +30,8 @@ import torch
 
 from pretrain import checkpoint as ckpt
 from pretrain import hf
+from pretrain.checkpoint_files import deepspeed_safe_globals
+from pretrain.core import safe_load
 from pretrain.core.errors import CheckpointError, UserError
 from pretrain.parallel import reshard
 
@@ -95,10 +97,11 @@ def consolidated_state_dict(source: Source) -> dict[str, torch.Tensor]:
         f = source.tag_dir / "mp_rank_00_model_states.pt"
         if not f.is_file():
             raise CheckpointError(f"{f} is missing: not a DeepSpeed ZeRO-0 checkpoint")
-        return torch.load(f, map_location="cpu", weights_only=False)["module"]
+        return safe_load.load(f, allowed=deepspeed_safe_globals(), map_location="cpu")["module"]
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    return dict(get_fp32_state_dict_from_zero_checkpoint(str(source.ckpt_dir), tag=source.tag))
+    with safe_load.weights_only_loads(deepspeed_safe_globals()):  # it calls torch.load(weights_only=False)
+        return dict(get_fp32_state_dict_from_zero_checkpoint(str(source.ckpt_dir), tag=source.tag))
 
 
 def load_model(source: Source):

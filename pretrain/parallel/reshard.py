@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from pretrain.core import safe_load
 from pretrain.core.errors import CheckpointError
 from pretrain.parallel.tensor import is_tensor_parallel, shard
 
@@ -109,7 +110,7 @@ def _read(tag_dir: Path) -> list[dict[str, Any]]:
     if not files:
         raise CheckpointError(f"{tag_dir} has no layout-free copy ({UNIVERSAL}/pp*_tp*.pt); it was saved with "
                               "checkpoint.universal=false")
-    shards = [torch.load(f, map_location="cpu", mmap=True, weights_only=False) for f in files]
+    shards = [safe_load.load(f, map_location="cpu", mmap=True) for f in files]  # tensors and plain types only
     tp, pp = shards[0]["tp"], shards[0]["pp"]
     if len(shards) != tp * pp:
         raise CheckpointError(f"{tag_dir / UNIVERSAL} holds {len(shards)} files, expected tp x pp = {tp} x {pp}: the "
