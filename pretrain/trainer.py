@@ -34,7 +34,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pretrain import checkpoint as ckpt
-from pretrain import preemption
+from pretrain import jit_ops, preemption
 from pretrain.callbacks import Callback, CallbackList, StepOutput
 from pretrain.checkpointer import Checkpointer
 from pretrain.config import validate_schema
@@ -210,6 +210,7 @@ class Trainer:
 
     def build_model(self) -> torch.nn.Module:
         cfg, plan = self.cfg, self.batch
+        jit_ops.prepare_extensions_dir()  # this environment's JIT-op folder, stale build locks cleared
         self.dist = init_distributed(self.device, cfg.parallel.backend, cfg.parallel.timeout_s)
         if cfg.trainer.deterministic:
             torch.use_deterministic_algorithms(True)
