@@ -269,5 +269,11 @@ def validate_schema(cfg) -> None:
         # through a plain container: merging the typed node itself would carry the appended key along
         OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.create(OmegaConf.to_container(cfg)))
     except OmegaConfBaseException as e:
+        from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+        from pretrain.validation import closest_key
+
         key = getattr(e, "full_key", None)
-        raise ConfigError(f"config key '{key}': {str(e).splitlines()[0]}") from None
+        guess = closest_key(key) if key and isinstance(e, (ConfigKeyError, ConfigAttributeError)) else None
+        hint = f" (did you mean {guess}?)" if guess and guess != key else ""
+        raise ConfigError(f"config key '{key}': {str(e).splitlines()[0]}{hint}") from None
