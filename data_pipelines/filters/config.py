@@ -1,9 +1,9 @@
-"""Filters from config: the block registry, parameter checking, and the per-source lookup.
+"""Filters from config: the schema of the group, parameter checking, and the per-source lookup.
 
 Shape of the ``filters`` config group (``conf/filters/*.yaml``, schema :class:`FiltersConfig`)::
 
     web:  [{name: normalize}, {name: language, languages: [en], threshold: 0.65}, ...]
-    wiki: [...]          # one list per source KIND: web, wiki, books, code, jsonl, parquet
+    wiki: [...]          # one list per source KIND (data_pipelines/sources/registry.py)
     by_source:           # optional, per source NAME; replaces the kind's list for that source
       enwiki: [{name: normalize}, {name: gopher_quality, min_doc_words: 20}]
 
@@ -19,39 +19,24 @@ import functools
 import inspect
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import field, make_dataclass
 from typing import Any, Dict, List, Mapping, Sequence
 
 from data_pipelines.blocks import Block
-from data_pipelines.filters.base import DocumentFilter
-from data_pipelines.filters.c4 import C4Filter
-from data_pipelines.filters.code import CodeFilter
-from data_pipelines.filters.fineweb import FineWebFilter
-from data_pipelines.filters.gopher import GopherQuality, GopherRepetition
-from data_pipelines.filters.language import LanguageFilter
-from data_pipelines.filters.normalize import Normalize
-from data_pipelines.filters.pii import PIIRedactor
+from data_pipelines.filters.registry import BLOCKS
+from data_pipelines.sources.registry import SOURCE_KINDS
 from pretrain.core.errors import ConfigError
 
-BLOCKS: dict[str, type[DocumentFilter]] = {
-    cls.name: cls
-    for cls in (Normalize, LanguageFilter, GopherQuality, GopherRepetition, C4Filter, FineWebFilter, CodeFilter,
-                PIIRedactor)
-}
-SOURCE_KINDS = ("web", "wiki", "books", "code", "jsonl", "parquet")
-
-
-@dataclass
-class FiltersConfig:
-    """Schema of the ``filters`` group: one list of block specs per source kind, plus per-name overrides."""
-
-    web: List[Any] = field(default_factory=list)
-    wiki: List[Any] = field(default_factory=list)
-    books: List[Any] = field(default_factory=list)
-    code: List[Any] = field(default_factory=list)
-    jsonl: List[Any] = field(default_factory=list)
-    parquet: List[Any] = field(default_factory=list)
-    by_source: Dict[str, List[Any]] = field(default_factory=dict)
+# Schema of the ``filters`` group: one list of block specs per source kind (the kinds of the source registry,
+# in its order), plus ``by_source`` (per-name overrides). Built from the registry, so a new source kind gets
+# its list without an edit here.
+FiltersConfig = make_dataclass(
+    "FiltersConfig",
+    [*((kind, List[Any], field(default_factory=list)) for kind in SOURCE_KINDS),
+     ("by_source", Dict[str, List[Any]], field(default_factory=dict))],
+)
+FiltersConfig.__module__ = __name__
+FiltersConfig.__doc__ = "Schema of the ``filters`` group: one list of block specs per source kind, plus per-name overrides."
 
 
 def _plain(value: Any) -> Any:

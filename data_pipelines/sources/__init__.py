@@ -1,7 +1,7 @@
 """Source readers: raw corpora on disk -> streams of :class:`~data_pipelines.document.Document`.
 
 A source is a named config entry ``{kind, paths, options}`` (:class:`SourceConfig`). ``kind`` picks a
-reader from :data:`READERS`, ``paths`` are files, globs or directories (:func:`expand_paths`), and
+reader from :data:`READERS` (``registry.py``: one reader file per kind plus a registry entry), ``paths`` are files, globs or directories (:func:`expand_paths`), and
 ``options`` go to the reader's constructor (unknown ones are a ConfigError). Importing this package also
 registers the OmegaConf resolver ``${pkg:data_pipelines/samples/web}``, which turns a path inside an
 installed package into an absolute path, so presets work from any working directory.
@@ -19,16 +19,8 @@ from omegaconf import OmegaConf
 
 from data_pipelines.blocks import Reader
 from data_pipelines.sources.base import SourceReader
-from data_pipelines.sources.books import BooksReader
-from data_pipelines.sources.code import CodeReader
-from data_pipelines.sources.records import JsonlReader, ParquetReader
-from data_pipelines.sources.web import WebReader
-from data_pipelines.sources.wiki import WikiReader
+from data_pipelines.sources.registry import READERS, SOURCE_KINDS
 from pretrain.core.errors import ConfigError
-
-READERS: dict[str, type[Reader]] = {
-    cls.kind: cls for cls in (WebReader, WikiReader, BooksReader, CodeReader, JsonlReader, ParquetReader)
-}
 
 
 @dataclass
@@ -135,7 +127,6 @@ def source_config(name: str, cfg: SourceConfig | Mapping[str, Any]) -> SourceCon
     return conf
 
 
-
 def reader_class(name: str, kind: str) -> type[Reader]:
     """The reader class for ``kind``; a ConfigError listing the kinds otherwise."""
     if kind not in READERS:
@@ -159,7 +150,6 @@ def source_inputs(name: str, cfg: SourceConfig | Mapping[str, Any]) -> list[str]
 
 
 __all__ = [
-    "READERS", "BooksReader", "CodeReader", "JsonlReader", "ParquetReader", "SourceConfig", "SourceReader",
-    "WebReader", "WikiReader", "expand_paths", "make_reader", "package_path", "reader_class", "source_config",
-    "source_inputs",
+    "READERS", "SOURCE_KINDS", "SourceConfig", "SourceReader", "expand_paths", "make_reader", "package_path",
+    "reader_class", "source_config", "source_inputs",
 ]

@@ -9,16 +9,12 @@ import pytest
 from omegaconf import OmegaConf
 
 from data_pipelines.document import Document
-from data_pipelines.filters import (
-    C4Filter,
-    FineWebFilter,
-    GopherQuality,
-    GopherRepetition,
-    LanguageFilter,
-    Normalize,
-    filters_for_source,
-    run_blocks,
-)
+from data_pipelines.filters import filters_for_source, run_blocks
+from data_pipelines.filters.c4 import C4Filter
+from data_pipelines.filters.fineweb import FineWebFilter
+from data_pipelines.filters.gopher import GopherQuality, GopherRepetition
+from data_pipelines.filters.language import LanguageFilter
+from data_pipelines.filters.normalize import Normalize
 from data_pipelines.stats import StageStats
 from pretrain.core.errors import ConfigError
 

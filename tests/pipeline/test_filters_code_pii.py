@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from data_pipelines.document import Document
-from data_pipelines.filters import CodeFilter, PIIRedactor
+from data_pipelines.filters.code import CodeFilter
+from data_pipelines.filters.pii import PIIRedactor
 from data_pipelines.stats import StageStats
 from pretrain.core.errors import ConfigError
 

@@ -11,14 +11,14 @@ from data_pipelines.filters import (
     BLOCKS,
     SOURCE_KINDS,
     FiltersConfig,
-    GopherQuality,
-    LanguageFilter,
-    Normalize,
-    PIIRedactor,
     build_blocks,
     filter_spec_for_source,
     filters_for_source,
 )
+from data_pipelines.filters.gopher import GopherQuality
+from data_pipelines.filters.language import LanguageFilter
+from data_pipelines.filters.normalize import Normalize
+from data_pipelines.filters.pii import PIIRedactor
 from pretrain.core.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "filters"
@@ -139,3 +139,23 @@ def test_yaml_defaults_match_the_reference_thresholds():
     assert (fineweb.line_punct_thr, fineweb.short_line_thr, fineweb.short_line_length,
             fineweb.char_duplicates_ratio, fineweb.new_line_ratio) == (0.12, 0.67, 30, 0.01, 0.3)
     assert isinstance(pii, PIIRedactor) and pii.kinds == ["email", "ip", "phone"]
+
+
+def test_the_filters_schema_and_the_block_list_come_from_the_registries():
+    """A new source kind gets its filter list, a new block its name, without an edit in filters/config.py."""
+    from dataclasses import fields
+
+    from data_pipelines.filters.registry import BLOCK_CLASSES, _by_name
+    from data_pipelines.sources.registry import READERS
+
+    assert [f.name for f in fields(FiltersConfig)] == [*READERS, "by_source"] == [*SOURCE_KINDS, "by_source"]
+    assert list(BLOCKS) == [cls.name for cls in BLOCK_CLASSES]
+    assert set(load("default")) <= {*SOURCE_KINDS, "by_source"}
+    with pytest.raises(ConfigError, match="unknown key"):
+        filter_spec_for_source({"webb": []}, "cc", "web")
+
+    class Twin(Normalize):
+        pass
+
+    with pytest.raises(ValueError, match="Twin.name = 'normalize'"):
+        _by_name((*BLOCK_CLASSES, Twin))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import filecmp
 import os
+import re
 import subprocess
 import sys
 
@@ -14,15 +15,15 @@ from omegaconf import OmegaConf
 from data_pipelines.samples.make_samples import make_samples
 from data_pipelines.sources import (
     READERS,
-    CodeReader,
     SourceConfig,
-    WebReader,
     expand_paths,
     make_reader,
     package_path,
     source_config,
     source_inputs,
 )
+from data_pipelines.sources.code import CodeReader
+from data_pipelines.sources.web import WebReader
 from data_pipelines.stats import StageStats
 from pretrain.core.errors import ConfigError
 
@@ -33,6 +34,27 @@ SAMPLES = os.path.join(REPO, "data_pipelines", "samples")
 def test_readers_registry() -> None:
     assert sorted(READERS) == ["books", "code", "jsonl", "parquet", "web", "wiki"]
     assert isinstance(make_reader("cc", SourceConfig(kind="web", paths=["x"])), WebReader)
+
+
+def test_the_source_kinds_in_messages_come_from_the_registry(tmp_path) -> None:
+    from data_pipelines.config import validate
+    from data_pipelines.sources.registry import READER_CLASSES, SOURCE_KINDS, _by_kind
+
+    assert SOURCE_KINDS == tuple(cls.kind for cls in READER_CLASSES) == tuple(READERS)
+    with pytest.raises(ConfigError, match=re.escape(f"unknown kind 'wikipedia'; expected one of {sorted(READERS)}")):
+        make_reader("enwiki", {"kind": "wikipedia", "paths": ["x"]})
+    cfg = OmegaConf.create({"output_dir": str(tmp_path), "sources": {"s": {"paths": ["x"]}}, "executor": {
+        "workers": 1, "start_method": "spawn", "num_shards": 1, "shard": None, "stages": ["read"], "part_size_mb": 1,
+        "batch_size": 1}})
+    expected = f"sources.s.kind: missing; expected one of {', '.join(SOURCE_KINDS)}"
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        validate(cfg)
+
+    class Twin(WebReader):
+        pass
+
+    with pytest.raises(ValueError, match="Twin.kind = 'web'"):
+        _by_kind((*READER_CLASSES, Twin))
 
 
 def test_expand_paths_files_globs_dirs(tmp_path) -> None:
