@@ -195,7 +195,8 @@ def test_an_oversized_page_after_the_damage_is_skipped_with_bounded_memory(tmp_p
     titles, _ = intact
     path = build_wiki_dump(str(tmp_path / "big.xml"), copies=3)
     insert_bytes(path, b"  <page>", b"  <page><title>x</tite>\n", occurrence=2)
-    big = b"  <page><title>Big</title><ns>0</ns><id>9</id><revision><text>" + b"w " * 600_000 + b"</text></revision></page>\n"
+    big = (b"  <page><title>Big</title><ns>0</ns><id>9</id><revision><text>" + b"w " * 600_000
+           + b"</text></revision></page>\n")
     insert_bytes(path, b"  <page>", big, occurrence=5)
     reader = make_reader("wiki", {"kind": "wiki", "paths": [path], "options": {"max_record_bytes": 1000}})
     stats = StageStats()
