@@ -13,20 +13,17 @@ an unknown stage) is checked by :func:`validate` before any work starts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from data_pipelines.dedup import DedupConfig
 from data_pipelines.filters import FiltersConfig
+from data_pipelines.sources.registry import SOURCE_KINDS
+from data_pipelines.stages import STAGE_NAMES, STAGES, Stage
 from pretrain.core.errors import ConfigError
 
-# The stages in the order they run. Per-part stages run once per work part (in parallel, and split across
-# executor.num_shards machines); global stages run once, over everything the previous stage produced.
-STAGES = ("read", "signatures", "cluster", "documents", "tokenizer", "tokenize", "report")
-PER_PART_STAGES = ("read", "signatures", "documents", "tokenize")
-GLOBAL_STAGES = ("cluster", "tokenizer", "report")
 START_METHODS = ("spawn", "fork", "forkserver")
 
 
@@ -64,7 +61,8 @@ class ExecutorConfig:
     # null runs every part. Global stages (cluster, tokenizer, report) run only in runs with shard=null.
     shard: Optional[int] = None
     num_shards: int = 1
-    stages: List[str] = field(default_factory=lambda: list(STAGES))
+    # Default: every stage of data_pipelines.stages.STAGES, in that order.
+    stages: List[str] = field(default_factory=lambda: list(STAGE_NAMES))
     # Input files of a source are grouped into parts of about this size (a file is never split).
     part_size_mb: float = 256.0
     progress: bool = True
@@ -102,7 +100,7 @@ def plain(cfg: Any) -> Any:
     return cfg
 
 
-def validate(cfg: DictConfig) -> None:
+def validate(cfg: DictConfig, stages: Sequence[Stage] = STAGES) -> None:
     """Checks Hydra cannot do, run before any work: each raises :class:`ConfigError` naming the key."""
     from data_pipelines.dedup.config import as_dedup_config
     from data_pipelines.filters import filters_for_source
@@ -120,9 +118,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"executor.num_shards: must be >= 1, got {ex.num_shards}")
     if ex.shard is not None and not 0 <= ex.shard < ex.num_shards:
         raise ConfigError(f"executor.shard: {ex.shard} is outside [0, executor.num_shards={ex.num_shards})")
+    names = [s.name for s in stages]
     for s in ex.stages:
-        if s not in STAGES:
-            raise ConfigError(f"executor.stages: unknown stage '{s}'; expected some of {', '.join(STAGES)}")
+        if s not in names:
+            raise ConfigError(f"executor.stages: unknown stage '{s}'; expected some of {', '.join(names)}")
     if ex.part_size_mb <= 0:
         raise ConfigError(f"executor.part_size_mb: must be > 0, got {ex.part_size_mb}")
     if ex.batch_size < 1:
@@ -137,7 +136,7 @@ def validate(cfg: DictConfig) -> None:
         if not isinstance(src, DictConfig):
             raise ConfigError(f"sources.{name}: expected a mapping {{kind: ..., paths: [...]}}, got {src!r}")
         if "kind" not in src or OmegaConf.is_missing(src, "kind"):
-            raise ConfigError(f"sources.{name}.kind: missing; expected one of web, wiki, books, code, jsonl, parquet")
+            raise ConfigError(f"sources.{name}.kind: missing; expected one of {', '.join(SOURCE_KINDS)}")
         make_reader(name, src)  # unknown kind / unknown option
         source_inputs(name, src)  # missing path / glob matching nothing
         filters_for_source(cfg.filters, name, src.kind)  # unknown block / parameter

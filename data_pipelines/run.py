@@ -13,32 +13,34 @@ share of the parts, then one unsharded run does the global stages and whatever i
 (``--shard``/``--num-shards`` are spellings of ``executor.shard``/``executor.num_shards``;
 ``executor.stages=[read,signatures]`` restricts a run to some stages.) Completed parts are never redone, so
 any run can be killed and started again. The trainer reads the result with ``data.path=<output_dir>``
-(``<output_dir>/manifest.json``).
+(``<output_dir>/manifest.json``). ``python -m data_pipelines.executor.slurm`` submits the whole pipeline as
+chained SLURM job arrays.
+
+:class:`Pipeline` walks the stage list (:data:`data_pipelines.stages.STAGES`) and does what every stage
+shares: fingerprints, completion markers, prerequisites, skipping what is done, sharding and timings.
 """
 
 from __future__ import annotations
 
-import hashlib
+import json
 import logging
 import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from pretrain.core.atomic import atomic_write
-from data_pipelines.config import GLOBAL_STAGES, STAGES, plain, validate
+from data_pipelines.config import plain, validate
 from data_pipelines.executor import (
-    MiB,
     LocalExecutor,
+    MiB,
     Part,
     StageTiming,
     dump_json,
-    fingerprint,
     parts_for_shard,
     plan_parts,
     plan_to_json,
@@ -48,24 +50,12 @@ from data_pipelines.executor import (
     summary_table,
     write_marker,
 )
-from data_pipelines.stages import (
-    Layout,
-    Task,
-    bucket_task,
-    documents_part,
-    read_part,
-    signatures_part,
-    tokenize_part,
-    train_tokenizer_file,
-)
+from data_pipelines.stages import GLOBAL, PART, STAGES, GlobalStage, Layout, PartStage, Stage, Task
+from data_pipelines.stages.base import dedup_enabled
+from pretrain.core.atomic import atomic_write
 from pretrain.core.errors import UserError
 
 log = logging.getLogger("data_pipelines.run")
-
-PER_PART = {"read": read_part, "signatures": signatures_part, "documents": documents_part, "tokenize": tokenize_part}
-# The stage each per-part stage reads from (same part).
-UPSTREAM = {"signatures": "read", "documents": "read", "tokenize": "documents"}
-STAGE_DIRS = ("work/read", "work/signatures", "documents", "tokens", *(f"work/markers/{s}" for s in PER_PART))
 
 
 @dataclass
@@ -81,60 +71,41 @@ class RunSummary:
 
 
 class Pipeline:
-    """One run over ``cfg``: the plan, the fingerprints, and the stages in order."""
+    """One run over ``cfg``: the plan, the fingerprints, and the stages of ``stages`` in order.
 
-    def __init__(self, cfg: DictConfig):
-        from data_pipelines.filters import filter_spec_for_source
+    Stages read from here what they need: the plain config sections (``sources``, ``filters``, ``dedup``,
+    ``tokenizer``), the ``parts``, the ``layout``, the upstream fingerprints (:meth:`fp`) and markers."""
+
+    def __init__(self, cfg: DictConfig, stages: Sequence[Stage] = STAGES):
         from data_pipelines.sources import source_inputs
 
-        validate(cfg)
+        validate(cfg, stages)
         self.cfg = cfg
+        self.stages: tuple[Stage, ...] = tuple(stages)
+        self.by_name: dict[str, Stage] = {s.name: s for s in self.stages}
         self.layout = Layout(Path(cfg.output_dir).resolve())
         self.ex = cfg.executor
-        self.sources: dict[str, dict[str, Any]] = {n: plain(cfg.sources[n]) for n in sorted(cfg.sources)}
-        self.filters: dict[str, Any] = plain(cfg.filters)
-        self.dedup: dict[str, Any] = plain(cfg.dedup)
-        self.tokenizer: dict[str, Any] = plain(cfg.tokenizer)
-        self.dedup_on = bool(self.dedup.get("exact") or self.dedup.get("minhash"))
+        self.config: dict[str, Any] = plain(cfg)  # what workers get (Task.config)
+        self.sources: dict[str, dict[str, Any]] = {n: self.config["sources"][n] for n in sorted(cfg.sources)}
+        self.filters: dict[str, Any] = self.config["filters"]
+        self.dedup: dict[str, Any] = self.config["dedup"]
+        self.tokenizer: dict[str, Any] = self.config["tokenizer"]
+        self.dedup_on = dedup_enabled(self.dedup)
         inputs = [(n, s["kind"], source_inputs(n, s)) for n, s in self.sources.items()]
         self.parts: list[Part] = plan_parts(inputs, max(1, int(self.ex.part_size_mb * MiB)))
         self.mine = parts_for_shard(self.parts, self.ex.shard, self.ex.num_shards)
+        # Fingerprints chain in stage order (each may read its upstream ones): a changed filter list of one
+        # source redoes that source's parts and everything global after them, nothing else.
         self._fp: dict[tuple[str, int | None], str] = {}
-        # Per-part fingerprints chain: a changed filter list of one source redoes that source's parts and
-        # everything global after them, nothing else.
-        for p in self.parts:
-            spec, _ = filter_spec_for_source(self.filters, p.source, p.kind)
-            self._fp["read", p.global_index] = fingerprint(
-                {"source": self.sources[p.source], "filters": plain(spec), "files": p.files, "sizes": p.sizes,
-                 "index": p.index}
-            )
-            # the global index is the part's dedup key space: a shifted index needs new signatures
-            self._fp["signatures", p.global_index] = fingerprint(
-                {"read": self._fp["read", p.global_index], "dedup": self.dedup, "key": p.global_index}
-            )
-        self._fp["cluster", None] = fingerprint(
-            {"sig": [self._fp["signatures", p.global_index] for p in self.parts], "keys": [p.global_index for p in self.parts]}
-        )
-        for p in self.parts:
-            self._fp["documents", p.global_index] = fingerprint(
-                {"read": self._fp["read", p.global_index], "dedup": self._fp["cluster", None] if self.dedup_on else self.dedup}
-            )
-        tok_cfg = {k: v for k, v in self.tokenizer.items() if k != "batch_size"}
-        if tok_cfg.get("path"):  # a given file edited in place must not leave the old shards "complete"
-            tok_cfg["file_sha256"] = hashlib.sha256(Path(tok_cfg["path"]).read_bytes()).hexdigest()
-        self._fp["tokenizer", None] = fingerprint(
-            {"docs": [self._fp["documents", p.global_index] for p in self.parts], "tokenizer": tok_cfg}
-        )
-        for p in self.parts:
-            self._fp["tokenize", p.global_index] = fingerprint(
-                {"documents": self._fp["documents", p.global_index], "tokenizer": self._fp["tokenizer", None]}
-            )
-        self._fp["report", None] = fingerprint(
-            {"tok": [self._fp["tokenize", p.global_index] for p in self.parts], "cluster": self._fp["cluster", None],
-             "dedup_on": self.dedup_on}
-        )
+        for stage in self.stages:
+            for part in self.units(stage):
+                self._fp[stage.name, None if part is None else part.global_index] = stage.fingerprint(self, part)
 
     # -------------------------------------------------------------------------------------- bookkeeping
+    def units(self, stage: Stage) -> list[Part | None]:
+        """The units of work of a stage: every part, or the one global unit (``None``)."""
+        return list(self.parts) if stage.scope == PART else [None]
+
     def fp(self, stage: str, part: Part | None = None) -> str:
         return self._fp[stage, part.global_index if part is not None else None]
 
@@ -142,15 +113,17 @@ class Pipeline:
         return read_marker(self.layout.marker(stage, part), self.fp(stage, part))
 
     def done(self, stage: str, part: Part | None = None) -> bool:
-        out = self.layout.output(stage, part)
-        return self.marker(stage, part) is not None and out is not None and out.exists()
+        out = self.by_name[stage].output(self.layout, part)
+        return self.marker(stage, part) is not None and out.exists()
+
+    def complete(self) -> bool:
+        """Whether the last stage (the report) is complete: then so is everything it depends on."""
+        last = self.stages[-1]
+        return all(self.done(last.name, u) for u in self.units(last))
 
     def task(self, part: Part, stage: str) -> Task:
-        return Task(
-            root=str(self.layout.root), part=part, fingerprint=self.fp(stage, part),
-            source=self.sources[part.source], filters=self.filters, dedup=self.dedup, tokenizer=self.tokenizer,
-            batch_size=int(self.ex.batch_size),
-        )
+        return Task(root=str(self.layout.root), part=part, fingerprint=self.fp(stage, part), config=self.config,
+                    batch_size=int(self.ex.batch_size))
 
     def sync_plan(self) -> None:
         """Record the plan; when the inputs changed since the last run here, remove parts that no longer exist."""
@@ -158,14 +131,15 @@ class Pipeline:
         new = plan_to_json(self.parts)
         if path.exists():
             try:
-                old = json_load(path)
+                old = json.loads(path.read_text(encoding="utf-8"))
             except ValueError:
                 old = None
             if old == new:
                 return
             wanted = {(p.source, p.name) for p in self.parts}
+            per_part = [s for s in self.stages if s.scope == PART]
             removed = 0
-            for d in STAGE_DIRS:
+            for d in [s.folder for s in per_part] + [f"work/markers/{s.name}" for s in per_part]:
                 base = self.layout.root / d
                 if not base.is_dir():
                     continue
@@ -192,147 +166,83 @@ class Pipeline:
         shard = self.ex.shard
         where = "" if shard is None else f" (shard {shard} of {self.ex.num_shards}: {len(self.mine)} of {len(self.parts)} parts)"
         log.info("pipeline: %d sources, %d parts -> %s%s", len(self.sources), len(self.parts), lay.root, where)
-        if shard is None and "report" in self.ex.stages and self.done("report"):
+        if shard is None and self.stages[-1].name in self.ex.stages and self.complete():
             log.info("every stage is complete in %s; nothing to do", lay.root)
             summary.complete = True
             return summary
-        for stage in STAGES:
-            if stage not in self.ex.stages:
+        for stage in self.stages:
+            if stage.name not in self.ex.stages or not stage.enabled(self):
                 continue
-            if stage in ("signatures", "cluster") and not self.dedup_on:
-                continue
-            if stage in GLOBAL_STAGES:
-                if self.done(stage):
-                    executor.record(StageTiming(stage, tasks_skipped=1))
+            if isinstance(stage, GlobalStage):
+                if self.done(stage.name):
+                    executor.record(StageTiming(stage.name, tasks_skipped=1))
                     continue
                 if shard is not None:
                     log.info(
                         "shard %d: per-part stages done up to '%s'; the global stage '%s' runs in one run without "
-                        "executor.shard once every shard has finished", shard, stage, stage,
+                        "executor.shard once every shard has finished", shard, stage.name, stage.name,
                     )
-                    summary.stopped_before = stage
+                    summary.stopped_before = stage.name
                     return summary
-                remove_stale_tmp(lay.marker(stage).parent, stage)
-                getattr(self, f"_{stage}")(executor)
+                self._global(stage, executor)
             else:
                 self._per_part(stage, executor)
-        summary.complete = shard is None and self.done("report")
+        summary.complete = shard is None and self.complete()
         if summary.complete and not self.ex.keep_intermediate:
-            for d in ("read", "signatures", "dedup"):
-                shutil.rmtree(lay.work / d, ignore_errors=True)
+            for stage in self.stages:
+                if stage.intermediate:
+                    shutil.rmtree(lay.root / stage.folder, ignore_errors=True)
             log.info("removed intermediate data under %s (executor.keep_intermediate=false)", lay.work)
         return summary
 
-    def _prerequisites(self, stage: str, parts: list[Part]) -> None:
-        up = UPSTREAM.get(stage)
-        if up is not None:
-            missing = [p.label for p in parts if not self.done(up, p)]
-            require(not missing, f"stage '{stage}' needs stage '{up}' of parts {missing[:5]}{' ...' if len(missing) > 5 else ''}; "
-                                 f"run it first (executor.stages=[{up}] with the same shard settings)")
-        glob_up = {"documents": "cluster" if self.dedup_on else None, "tokenize": "tokenizer"}.get(stage)
-        if glob_up is not None:
-            require(self.done(glob_up), f"stage '{stage}' needs the global stage '{glob_up}': run "
-                                        f"`python -m data_pipelines.run output_dir={self.layout.root} "
-                                        f"executor.stages=[{glob_up}]` (no executor.shard) first")
+    def _prerequisites(self, stage: Stage, parts: list[Part]) -> None:
+        """Every enabled upstream stage is complete for ``parts`` (a global stage: for every part)."""
+        for up in (self.by_name[u] for u in stage.upstream):
+            if not up.enabled(self):
+                continue
+            if up.scope == GLOBAL:
+                require(self.done(up.name), f"stage '{stage.name}' needs the global stage '{up.name}': run "
+                                            f"`python -m data_pipelines.run output_dir={self.layout.root} "
+                                            f"executor.stages=[{up.name}]` (no executor.shard) first")
+                continue
+            missing = [p.label for p in parts if not self.done(up.name, p)]
+            more = " ..." if len(missing) > 5 else ""
+            if stage.scope == PART:
+                require(not missing, f"stage '{stage.name}' needs stage '{up.name}' of parts {missing[:5]}{more}; "
+                                     f"run it first (executor.stages=[{up.name}] with the same shard settings)")
+            else:
+                require(not missing, f"stage '{up.name}' is incomplete for parts {missing[:5]}{more}; "
+                                     "run the shards that own them (or a run without executor.shard) first")
 
-    def _per_part(self, stage: str, executor: LocalExecutor) -> None:
-        todo = [p for p in self.mine if not self.done(stage, p)]
+    def _per_part(self, stage: PartStage, executor: LocalExecutor) -> None:
+        todo = [p for p in self.mine if not self.done(stage.name, p)]
         skipped = len(self.mine) - len(todo)
         if skipped:
-            log.info("stage %s: %d parts already complete, %d to do", stage, skipped, len(todo))
+            log.info("stage %s: %d parts already complete, %d to do", stage.name, skipped, len(todo))
         self._prerequisites(stage, todo)
         for p in todo:  # a marker a killed run was writing (its part is redone now)
-            remove_stale_tmp(self.layout.marker(stage, p).parent, p.name)
-        if stage == "read":
-            total, unit = sum(p.size for p in todo), "B"
-        else:
-            total, unit = self._docs_in(stage, todo), "doc"
-        tasks = [self.task(p, stage) for p in todo]
-        executor.map(stage, PER_PART[stage], tasks, total=total, unit=unit, skipped=skipped, measure=_measure(stage))
+            remove_stale_tmp(self.layout.marker(stage.name, p).parent, p.name)
+        total = sum(p.size for p in todo) if stage.unit == "B" else self._docs_in(stage, todo)
+        tasks = [self.task(p, stage.name) for p in todo]
+        executor.map(stage.name, stage.execute, tasks, total=total, unit=stage.unit, skipped=skipped,
+                     measure=stage.measure)
 
-    def _docs_in(self, stage: str, parts: list[Part]) -> int:
-        up = UPSTREAM[stage]
-        n = 0
-        for p in parts:
-            m = self.marker(up, p) or {}
-            n += int(m.get("docs", 0))
-        return n
+    def _docs_in(self, stage: Stage, parts: list[Part]) -> int | None:
+        """Documents the stage will see: the counts in the markers of its first per-part upstream stage."""
+        up = next((u for u in stage.upstream if self.by_name[u].scope == PART), None)
+        if up is None:
+            return None
+        return sum(int((self.marker(up, p) or {}).get("docs", 0)) for p in parts)
 
-    # -------------------------------------------------------------------------------------- global stages
-    def _all_parts_done(self, stage: str) -> None:
-        missing = [p.label for p in self.parts if not self.done(stage, p)]
-        require(not missing, f"stage '{stage}' is incomplete for parts {missing[:5]}{' ...' if len(missing) > 5 else ''}; "
-                             "run the shards that own them (or a run without executor.shard) first")
-
-    def _cluster(self, executor: LocalExecutor) -> None:
-        from data_pipelines.dedup import merge_stage
-
-        self._all_parts_done("signatures")
-        out = self.layout.dedup_dir
-        shutil.rmtree(out, ignore_errors=True)  # the folder is this stage's alone: no stale shard files
-        out.mkdir(parents=True)
-        n = int(self.dedup.get("bucket_parts", 1))
-        paths = [str(self.layout.signatures(p)) for p in self.parts]
+    def _global(self, stage: GlobalStage, executor: LocalExecutor) -> None:
+        self._prerequisites(stage, self.parts)
+        remove_stale_tmp(self.layout.marker(stage.name).parent, stage.name)
         t0 = time.perf_counter()
-        executor.map("buckets", bucket_task, [(paths, str(out), self.dedup, i, n) for i in range(n)], total=n, unit="part", record=False)
-        stats = merge_stage(str(out), self.dedup, n)
-        executor.record(StageTiming("cluster", 1, 0, stats.docs_in, 0, time.perf_counter() - t0, time.perf_counter() - t0))
-        write_marker(self.layout.marker("cluster"), self.fp("cluster"), {"stats": stats.to_dict()})
-
-    def _tokenizer(self, executor: LocalExecutor) -> None:
-        from pretrain.core.tokenizer import TokenizerSpec
-
-        self._all_parts_done("documents")
-        spec = TokenizerSpec.from_config(self.tokenizer)
-        total = sum(int((self.marker("documents", p) or {}).get("bytes", 0)) for p in self.parts)
-        t0 = time.perf_counter()
-        info = train_tokenizer_file(self.layout, self.parts, spec, total, int(self.ex.batch_size))
+        payload = stage.run(self, executor)
         dt = time.perf_counter() - t0
-        executor.record(StageTiming("tokenizer", 1, 0, info.get("train_docs", 0), info.get("train_bytes", 0), dt, dt))
-        log.info("tokenizer: %s, vocabulary %d, eod %s = %d", spec.kind, info["vocab_size"], info["eod_token"], info["eod_id"])
-        write_marker(self.layout.marker("tokenizer"), self.fp("tokenizer"), info)
-
-    def _report(self, executor: LocalExecutor) -> None:
-        from data_pipelines.report import build_report, write_manifest_for, write_report
-
-        self._all_parts_done("tokenize")
-        for d, stem in ((self.layout.root, "report"), (self.layout.root, "manifest"), (self.layout.root / "report", "")):
-            remove_stale_tmp(d, stem)
-        t0 = time.perf_counter()
-        per_part = {
-            p.global_index: {s: self.marker(s, p) for s in ("read", "documents", "tokenize")} for p in self.parts
-        }
-        cluster = self.marker("cluster") if self.dedup_on else None
-        tokenizer = self.marker("tokenizer")
-        report = build_report(self.parts, per_part, cluster, tokenizer, self.dedup_on)
-        write_manifest_for(self.layout, self.parts, per_part, tokenizer)
-        write_report(self.layout.root, report)
-        dt = time.perf_counter() - t0
-        executor.record(StageTiming("report", 1, 0, 0, 0, dt, dt))
-        write_marker(self.layout.marker("report"), self.fp("report"), {"sources": sorted(self.sources)})
-
-
-def json_load(path: Path) -> Any:
-    import json
-
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def _measure(stage: str):
-    def measure(payload: dict[str, Any]) -> tuple[int, int]:
-        if stage == "read":
-            st = payload["read"]
-            return int(st["docs_out"]), int(st["bytes_in"])
-        if stage in ("signatures",):
-            st = payload["stats"]
-            return int(st["docs_in"]), int(st["bytes_in"])
-        if stage == "documents":
-            st = payload.get("dedup")
-            return (int(st["docs_in"]), int(st["bytes_in"])) if st else (int(payload["docs"]), int(payload["bytes"]))
-        return int(payload["docs"]), int(payload["bytes"])
-
-    return measure
+        docs, nbytes = stage.measure(payload)
+        executor.record(StageTiming(stage.name, 1, 0, docs, nbytes, dt, dt))
+        write_marker(self.layout.marker(stage.name), self.fp(stage.name), payload)
 
 
 def run_pipeline(cfg: DictConfig, pipe: Pipeline | None = None) -> RunSummary:

@@ -21,7 +21,7 @@ import slurm_cluster
 from conftest import REPO, losses_by_step, read_metrics
 
 HELPER = [sys.executable, "-m", "pretrain.launch.slurm"]
-PIPELINE = [sys.executable, "-m", "pretrain.launch.pipeline"]
+PIPELINE = [sys.executable, "-m", "data_pipelines.executor.slurm"]
 
 
 def _run(cmd: list[str], env: dict[str, str] | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
@@ -95,7 +95,7 @@ def _pipeline_args(corpus: Path, out: Path) -> list[str]:
 
 
 def test_pipeline_plan_chains_arrays_and_skips_what_is_complete(tmp_path, jsonl_corpus):
-    from pretrain.launch.pipeline import render
+    from data_pipelines.executor.slurm import render
 
     out = tmp_path / "data"
     args = _pipeline_args(jsonl_corpus, out)

@@ -112,8 +112,7 @@ def compose(config_name: str, args: list[str]) -> tuple[DictConfig, SlurmConfig]
         from pretrain.config import register_configs
 
         register_configs()
-    else:
-        import data_pipelines.config  # noqa: F401  (registers pipeline_schema on import)
+    # any other root config (the data pipeline's) is registered by its caller: pretrain never imports it
     preset, slurm_args, job_args = split_overrides(args)
     if not (CONF_DIR / "slurm" / f"{preset}.yaml").is_file():
         names = sorted(p.stem for p in (CONF_DIR / "slurm").glob("*.yaml"))

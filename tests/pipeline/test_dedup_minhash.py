@@ -7,7 +7,14 @@ import random
 import numpy as np
 import pytest
 
-from data_pipelines.dedup import DedupConfig, MinHashParams, compute_signatures, estimate_jaccard, exact_hash, optimal_bands_rows
+from data_pipelines.dedup import (
+    DedupConfig,
+    MinHashParams,
+    compute_signatures,
+    estimate_jaccard,
+    exact_hash,
+    optimal_bands_rows,
+)
 from data_pipelines.dedup.config import as_dedup_config
 from data_pipelines.dedup.minhash import EMPTY
 from data_pipelines.dedup.synthetic import jaccard, shingle_set, stdlib_docstrings

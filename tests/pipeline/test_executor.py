@@ -10,7 +10,6 @@ import pytest
 from data_pipelines.executor import (
     LocalExecutor,
     Progress,
-    atomic_write,
     fingerprint,
     parts_for_shard,
     plan_parts,
@@ -19,6 +18,7 @@ from data_pipelines.executor import (
     summary_table,
     write_marker,
 )
+from pretrain.core.atomic import atomic_write
 from pretrain.core.errors import DataError
 
 
@@ -120,3 +120,4 @@ def test_progress_flushes_to_its_sink():
     p.flush()
     assert seen == [("read", 3, 5)]
     json.dumps(seen)
+

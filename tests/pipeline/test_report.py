@@ -9,11 +9,11 @@ import pytest
 
 from data_pipelines.executor import Part
 from data_pipelines.report import build_report, render_markdown, write_manifest_for, write_report
-from data_pipelines.stages import Layout
+from data_pipelines.stages.layout import Layout
 from data_pipelines.stats import StageStats
+from pretrain.core.errors import DataError
 from pretrain.core.indexed import IndexedDatasetWriter
 from pretrain.core.manifest import read_manifest
-from pretrain.core.errors import DataError
 
 
 def _stats(docs_in: int, docs_out: int, dropped=None, skipped=None, modified=None) -> dict:

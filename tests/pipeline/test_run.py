@@ -20,10 +20,14 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from data_pipelines.executor import fingerprint
 from data_pipelines.run import Pipeline, run_pipeline
+from data_pipelines.stages import PartStage
+from data_pipelines.stages.io import iter_texts
+from pretrain.core.atomic import atomic_write
+from pretrain.core.errors import ConfigError, DataError
 from pretrain.core.indexed import IndexedDataset
 from pretrain.core.manifest import read_manifest
-from pretrain.core.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[2]
 CONF = REPO / "conf"
@@ -222,6 +226,56 @@ def test_shard_of_n_runs_combine_to_the_same_output(reference, corpus, tmp_path)
             run(stage, 0)
             run(stage, 1)
     assert tree_hashes(out) == tree_hashes(reference)
+
+
+class WordCount(PartStage):
+    """A stage added from outside: words per part of the final documents (what docs/extending.md shows)."""
+
+    name = "wordcount"
+    upstream = ("documents",)
+    folder = "work/wordcount"
+
+    def output(self, layout, part):
+        return layout.part_file(self.folder, part, ".json")
+
+    def fingerprint(self, pipe, part):
+        return fingerprint({"documents": pipe.fp("documents", part)})
+
+    def measure(self, payload):
+        return payload["docs"], 0
+
+    def run(self, task, progress):
+        texts = list(iter_texts(task.layout.documents(task.part), task.batch_size))
+        words = sum(len(t.split()) for t in texts)
+        atomic_write(self.output(task.layout, task.part), json.dumps({"words": words}).encode())
+        progress.update(docs=len(texts), units=len(texts))
+        return {"docs": len(texts), "words": words}
+
+
+def test_a_new_stage_is_one_object_in_the_list(reference, corpus, tmp_path):
+    from data_pipelines.stages import STAGE_NAMES, STAGES, check_order
+
+    at = STAGE_NAMES.index("documents") + 1
+    stages = [*STAGES[:at], WordCount(), *STAGES[at:]]
+    names = ",".join(s.name for s in stages)
+    out = tmp_path / "extended"
+    cfg = _compose(_overrides(corpus, out, f"executor.stages=[{names}]"))
+    assert run_pipeline(cfg, Pipeline(cfg, stages)).complete
+    counts = sorted((out / "work" / "wordcount").rglob("*.json"))
+    assert len(counts) == 6 and all(json.loads(p.read_text())["words"] > 0 for p in counts[:4])  # alpha parts
+    ours = ("work/wordcount/", "work/markers/wordcount/")
+    assert {k: v for k, v in tree_hashes(out).items() if not k.startswith(ours)} == tree_hashes(reference)
+    marker = out / "work" / "markers" / "wordcount" / "alpha" / "part-00000.done.json"
+    mtime = marker.stat().st_mtime_ns
+    counts[1].unlink()  # one part's output lost: a run of that stage redoes only that part
+    only = _compose(_overrides(corpus, out, "executor.stages=[wordcount]"))
+    summary = run_pipeline(only, Pipeline(only, stages))
+    assert {t.stage: (t.tasks_run, t.tasks_skipped) for t in summary.timings}["wordcount"] == (1, 5)
+    assert counts[1].exists() and marker.stat().st_mtime_ns == mtime
+    with pytest.raises(ConfigError, match="executor.stages: unknown stage 'wordcount'"):
+        Pipeline(cfg)  # the default list does not know it
+    with pytest.raises(ValueError, match="upstream \\['documents'\\] must come earlier"):
+        check_order([WordCount(), *STAGES])
 
 
 def test_filters_none_dedup_none_and_a_unigram_tokenizer(corpus, tmp_path):

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from pretrain.core.errors import ConfigError
 from pretrain.core.tokenizer import (
     TokenizerSpec,
     encode_documents,
@@ -15,7 +16,6 @@ from pretrain.core.tokenizer import (
     save_tokenizer,
     train_tokenizer,
 )
-from pretrain.core.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

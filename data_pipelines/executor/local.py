@@ -1,25 +1,12 @@
-"""Work parts, completion markers and the local multi-process executor.
+"""The local executor: the tasks of a stage in ``executor.workers`` processes on this machine.
 
-* A **part** is a group of input files of one source, about ``executor.part_size_mb`` in size (a file is
-  never split: compressed dumps cannot be entered in the middle). Parts are numbered per source
-  (``part-00003``) and globally (the dedup key space); the plan is sorted, so the same inputs always give the
-  same parts whatever the machine.
-* Every per-part stage writes its output under a temporary name, renames it, and only then writes its
-  **completion marker** (``<name>.done.json``, atomic rename as well) holding the part's statistics and the
-  fingerprint of the config it was made with. A rerun skips parts whose marker exists with the current
-  fingerprint and redoes the rest, so after ``kill -9`` only unfinished parts are redone and the output is
-  byte-identical to an uninterrupted run.
-* ``executor.shard`` / ``executor.num_shards`` select the parts with ``global_index % num_shards == shard``,
-  so a SLURM job array of ``num_shards`` tasks covers every part exactly once.
-* :class:`LocalExecutor` runs tasks in ``workers`` processes (a ``concurrent.futures`` pool with the chosen
-  start method), shows a tqdm bar per stage (documents/s, ETA) fed by the workers through a queue, and
-  collects per-task timings for the summary and the benchmark.
+:class:`LocalExecutor` runs tasks in a ``concurrent.futures`` process pool with the chosen start method (in
+this process when ``workers == 1``), shows a tqdm bar per stage (documents/s, ETA) fed by the workers through
+a queue, and collects per-task timings for the summary and the benchmark.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import multiprocessing as mp
 import os
@@ -30,137 +17,9 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
-from pretrain.core.atomic import atomic_write
-from pretrain.core.errors import DataError
+from data_pipelines.executor.parts import MiB
 
 log = logging.getLogger(__name__)
-
-MiB = 1 << 20
-
-
-# ----------------------------------------------------------------------------------------------- parts
-@dataclass(frozen=True)
-class Part:
-    """One unit of per-part work: some input files of one source."""
-
-    source: str
-    kind: str
-    index: int  # within the source: part-00003
-    global_index: int  # across all sources (dedup keys, shard assignment)
-    files: tuple[str, ...]
-    sizes: tuple[int, ...]  # input bytes of each file
-
-    @property
-    def size(self) -> int:
-        return sum(self.sizes)
-
-    @property
-    def name(self) -> str:
-        return f"part-{self.index:05d}"
-
-    @property
-    def label(self) -> str:
-        return f"{self.source}/{self.name}"
-
-
-def input_size(path: str) -> int:
-    """Bytes of a file, or of every file below a directory (a code repository unit)."""
-    if os.path.isdir(path):
-        total = 0
-        for dirpath, _, files in os.walk(path):
-            for f in files:
-                fp = os.path.join(dirpath, f)
-                if not os.path.islink(fp):
-                    try:
-                        total += os.path.getsize(fp)
-                    except OSError:
-                        pass
-        return total
-    return os.path.getsize(path)
-
-
-def plan_parts(sources: Sequence[tuple[str, str, Sequence[str]]], part_size_bytes: int) -> list[Part]:
-    """Group each source's (sorted) inputs into consecutive parts of about ``part_size_bytes``.
-
-    ``sources`` is ``[(name, kind, files)]``; sources are taken in name order and files in path order, so
-    the plan depends only on the inputs. A part closes once it holds at least ``part_size_bytes``.
-    """
-    parts: list[Part] = []
-    for name, kind, files in sorted(sources, key=lambda s: s[0]):
-        group: list[str] = []
-        sizes: list[int] = []
-        index = 0
-        for f in sorted(files):
-            group.append(f)
-            sizes.append(input_size(f))
-            if sum(sizes) >= part_size_bytes:
-                parts.append(Part(name, kind, index, len(parts), tuple(group), tuple(sizes)))
-                index, group, sizes = index + 1, [], []
-        if group:
-            parts.append(Part(name, kind, index, len(parts), tuple(group), tuple(sizes)))
-    return parts
-
-
-def plan_to_json(parts: Sequence[Part]) -> dict[str, Any]:
-    return {"format": "pipeline-plan/1", "parts": [
-        {"source": p.source, "kind": p.kind, "index": p.index, "global_index": p.global_index,
-         "files": list(p.files), "sizes": list(p.sizes)} for p in parts
-    ]}
-
-
-def parts_for_shard(parts: Sequence[Part], shard: int | None, num_shards: int) -> list[Part]:
-    if shard is None:
-        return list(parts)
-    return [p for p in parts if p.global_index % num_shards == shard]
-
-
-# ----------------------------------------------------------------------------------------------- files
-def dump_json(obj: Any) -> bytes:
-    """Canonical JSON bytes (sorted keys, fixed indentation) so equal content gives equal files."""
-    return (json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False, default=str) + "\n").encode("utf-8")
-
-
-def fingerprint(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def write_marker(path: str | os.PathLike, fp: str, payload: dict[str, Any]) -> None:
-    """The completion marker of a unit of work: written last, atomically."""
-    atomic_write(path, dump_json({"fingerprint": fp, **payload}))
-
-
-def read_marker(path: str | os.PathLike, fp: str) -> dict[str, Any] | None:
-    """The marker's payload if the unit is complete with config fingerprint ``fp``; None otherwise."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:
-        log.warning("ignoring unreadable completion marker %s (%s); the unit will be redone", path, e)
-        return None
-    if data.get("fingerprint") != fp:
-        return None
-    return data
-
-
-def remove_stale_tmp(directory: str | os.PathLike, stem: str = "") -> int:
-    """Delete temporary files a killed run left in ``directory`` whose names start with ``stem``.
-
-    Called for one part (``stem="part-00003"``) just before that part is redone, or for a global stage's own
-    folder, so concurrent shard tasks never touch each other's files. Returns how many were removed.
-    """
-    n = 0
-    if not os.path.isdir(directory):
-        return 0
-    for f in os.listdir(directory):
-        if f.startswith(stem) and ".tmp" in f:
-            try:
-                os.unlink(os.path.join(directory, f))
-                n += 1
-            except OSError:
-                pass
-    return n
 
 
 # -------------------------------------------------------------------------------------------- progress
@@ -373,9 +232,3 @@ def summary_table(timings: Iterable[StageTiming]) -> str:
     lines = ["  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths))) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
-
-
-def require(condition: bool, message: str) -> None:
-    """A missing prerequisite (a stage that has not run) is a :class:`DataError` with what to run."""
-    if not condition:
-        raise DataError(message)

@@ -1,0 +1,97 @@
+"""Stage ``documents`` (per part): drop the part's duplicates and write its final documents with ``datasets``.
+
+Output: ``documents/<source>/part-N.parquet``, one schema for every source (id, text, source, the provenance
+columns of :data:`~data_pipelines.stages.io.PROVENANCE`, and the remaining metadata as JSON), so all
+documents load as one dataset.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from data_pipelines.document import Document
+from data_pipelines.executor.local import Progress
+from data_pipelines.executor.markers import fingerprint
+from data_pipelines.executor.parts import Part
+from data_pipelines.stages.base import PartStage, Task, dedup_enabled
+from data_pipelines.stages.io import COLUMNS, PROVENANCE, iter_work_docs, meta_json
+from data_pipelines.stages.layout import Layout
+from data_pipelines.stats import StageStats
+from pretrain.core.atomic import commit
+
+if TYPE_CHECKING:
+    from data_pipelines.run import Pipeline
+
+
+class Documents(PartStage):
+    name = "documents"
+    upstream = ("read", "cluster")
+    folder = "documents"
+
+    def output(self, layout: Layout, part: Part) -> Path:
+        return layout.documents(part)
+
+    def fingerprint(self, pipe: "Pipeline", part: Part) -> str:
+        return fingerprint({"read": pipe.fp("read", part), "dedup": pipe.fp("cluster") if pipe.dedup_on else pipe.dedup})
+
+    def measure(self, payload: dict[str, Any]) -> tuple[int, int]:
+        st = payload.get("dedup")
+        return (int(st["docs_in"]), int(st["bytes_in"])) if st else (int(payload["docs"]), int(payload["bytes"]))
+
+    def run(self, task: Task, progress: Progress) -> dict[str, Any]:
+        import datasets
+        import pyarrow as pa
+
+        part, lay = task.part, task.layout
+        out = self.output(lay, part)
+        docs: Iterator[Document] = iter_work_docs(lay.read_data(part), part.source, task.batch_size)
+        stats = StageStats()
+        dedup_on = dedup_enabled(task.dedup)
+        if dedup_on:
+            from data_pipelines.dedup import DedupFilter
+
+            docs = DedupFilter(str(lay.dedup_dir), part.global_index)(docs, stats)
+        # Stream the rows into an Arrow file (memory-mapped by ``datasets``), then let ``datasets`` write the
+        # Parquet file from it: memory stays at one batch whatever the part's size.
+        datasets.disable_progress_bars()
+        features = datasets.Features({c: datasets.Value("string") for c in COLUMNS})
+        schema = features.arrow_schema
+        arrow_tmp = out.with_name(f"{out.name}.arrow.tmp-{os.getpid()}")
+        columns: dict[str, list] = {c: [] for c in COLUMNS}
+        with pa.OSFile(str(arrow_tmp), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+            def flush() -> None:
+                if columns["id"]:
+                    writer.write_table(pa.table(columns, schema=schema))
+                    for c in COLUMNS:
+                        columns[c] = []
+
+            for doc in docs:
+                if not dedup_on:
+                    stats.seen(doc.text)
+                    stats.kept(doc.text)
+                meta = dict(doc.metadata)
+                columns["id"].append(doc.id)
+                columns["text"].append(doc.text)
+                columns["source"].append(part.source)
+                for key in PROVENANCE:
+                    value = meta.pop(key, None)
+                    columns[key].append(None if value is None else str(value))
+                columns["metadata"].append(meta_json(meta))
+                progress.update(docs=1, units=1)
+                if len(columns["id"]) >= task.batch_size:
+                    flush()
+            flush()
+        tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+        try:
+            ds = datasets.Dataset.from_file(str(arrow_tmp), info=datasets.DatasetInfo(features=features))
+            ds.to_parquet(str(tmp))
+            del ds
+        finally:
+            arrow_tmp.unlink(missing_ok=True)
+        commit(tmp, out)
+        return {"dedup": stats.to_dict() if dedup_on else None, "docs": stats.docs_out, "bytes": stats.bytes_out}
+
+
+STAGE = Documents()
