@@ -2,7 +2,8 @@
 
 :class:`LocalExecutor` runs tasks in a ``concurrent.futures`` process pool with the chosen start method (in
 this process when ``workers == 1``), shows a tqdm bar per stage (documents/s, ETA) fed by the workers through
-a queue, and collects per-task timings for the summary and the benchmark.
+a queue, and collects per-task timings for the summary and the benchmark. Its workers exit when the main
+process dies, even by ``kill -9`` (:mod:`data_pipelines.executor.parent`).
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import multiprocessing as mp
 import os
 import queue as queue_mod
 import sys
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
+from data_pipelines.executor.parent import exit_with_parent
 from data_pipelines.executor.parts import MiB
 
 log = logging.getLogger(__name__)
@@ -53,8 +56,9 @@ def _queue_sink(stage: str, docs: int, units: int) -> None:
         _QUEUE.put((stage, docs, units))
 
 
-def _init_worker(q: Any, level: int) -> None:
+def _init_worker(q: Any, level: int, parent: int | None, arm_signal: bool) -> None:
     global _QUEUE
+    exit_with_parent(parent, arm_signal)
     _QUEUE = q
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -118,9 +122,12 @@ class LocalExecutor:
         if self._pool is None:
             ctx = mp.get_context(self.start_method)
             self._queue = ctx.Queue()
+            # spawn and fork workers are children of this process; forkserver ones of the forkserver
+            parent = None if self.start_method == "forkserver" else os.getpid()
+            on_main_thread = threading.current_thread() is threading.main_thread()
             self._pool = ProcessPoolExecutor(
                 max_workers=self.workers, mp_context=ctx, initializer=_init_worker,
-                initargs=(self._queue, logging.getLogger().getEffectiveLevel()),
+                initargs=(self._queue, logging.getLogger().getEffectiveLevel(), parent, on_main_thread),
             )
         return self._pool
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -121,3 +125,48 @@ def test_progress_flushes_to_its_sink():
     assert seen == [("read", 3, 5)]
     json.dumps(seen)
 
+
+# A worker-like process (the grandchild) started by a parent (the child) that is then killed with SIGKILL.
+_GRANDCHILD = """
+import sys, time
+from data_pipelines.executor.parent import exit_with_parent
+import os
+exit_with_parent(os.getppid(), arm_signal=sys.argv[1] == "1", poll_s=float(sys.argv[2]))
+print(os.getpid(), flush=True)
+time.sleep(120)
+"""
+_CHILD = """
+import subprocess, sys
+subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2], sys.argv[3]]).wait()
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's prctl")
+@pytest.mark.parametrize("arm_signal, poll_s", [(True, 3600.0), (False, 0.1)], ids=["pdeathsig", "watchdog"])
+def test_a_worker_exits_when_its_parent_is_killed(arm_signal, poll_s):
+    """Each mechanism alone: the kernel signal (the watchdog would wait an hour), and the getppid() watchdog."""
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, _GRANDCHILD, "1" if arm_signal else "0", str(poll_s)],
+                             stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    grandchild = None
+    try:
+        grandchild = int(child.stdout.readline())
+        child.kill()
+        child.wait()
+        deadline = time.monotonic() + 5
+        while _running(grandchild):
+            assert time.monotonic() < deadline, "the worker outlived its parent by 5 s"
+            time.sleep(0.05)
+    finally:
+        if grandchild is not None and _running(grandchild):
+            os.kill(grandchild, signal.SIGKILL)
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

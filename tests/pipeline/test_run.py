@@ -202,6 +202,70 @@ def test_resume_after_kill_9_redoes_only_unfinished_parts(reference, corpus, tmp
     assert tree_hashes(out) == tree_hashes(reference)
 
 
+def _proc_stat(pid: int) -> tuple[int, str, int] | None:
+    """(parent pid, state, start time) of a process from /proc, None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return int(fields[1]), fields[0], int(fields[19])
+
+
+def _pool_workers(parent: int) -> dict[int, int]:
+    """{pid: start time} of the multiprocessing workers whose parent is ``parent``."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        stat = _proc_stat(int(entry))
+        if stat is None or stat[0] != parent:
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in cmdline:
+            found[int(entry)] = stat[2]
+    return found
+
+
+def _alive(pid: int, start: int) -> bool:
+    """Still running: not gone, not a zombie waiting to be reaped, and not a new process with a reused pid."""
+    stat = _proc_stat(pid)
+    return stat is not None and stat[1] != "Z" and stat[2] == start
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the workers through /proc (Linux)")
+def test_workers_exit_when_the_main_process_is_killed(corpus, tmp_path):
+    """kill -9 of the main process only (not its process group): its pool workers must not live on."""
+    cmd = _cmd(_overrides(corpus, tmp_path / "orphaned", "executor.workers=2"))
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    workers: dict[int, int] = {}
+    try:
+        deadline = time.monotonic() + 120
+        while len(workers) < 2:
+            assert proc.poll() is None, "the run ended before its workers were seen"
+            assert time.monotonic() < deadline, f"no 2 pool workers within 120 s (found {workers})"
+            workers = _pool_workers(proc.pid)
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 5
+        while any(_alive(p, t) for p, t in workers.items()):
+            assert time.monotonic() < deadline, f"workers {sorted(p for p, t in workers.items() if _alive(p, t))} " \
+                                                "outlived the main process by 5 s"
+            time.sleep(0.05)
+    finally:
+        for pid, start in workers.items():  # stop what this test started, by pid
+            if _alive(pid, start):
+                os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_shard_of_n_runs_combine_to_the_same_output(reference, corpus, tmp_path):
     out = tmp_path / "sharded"
 
