@@ -6,17 +6,22 @@ misspelt key or a value of the wrong type fails at compose time with Hydra's own
 The group schemas of sources, filters and dedup live with their code; this module owns the root, the
 tokenizer and the executor.
 
-What Hydra cannot check (a source kind that does not exist, a path that matches no file, shard >= num_shards,
-an unknown stage) is checked by :func:`validate` before any work starts.
+Hydra's ``++key=value`` forces a key into a typed node anyway; :func:`validate_schema` re-checks the composed
+config against the schema (as the trainer does), so such a key is refused too. What Hydra cannot check (a
+source kind that does not exist, a path that matches no file, shard >= num_shards, an unknown stage) is
+checked by :func:`validate` before any work starts.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import difflib
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from data_pipelines.dedup import DedupConfig
 from data_pipelines.filters import FiltersConfig
@@ -100,6 +105,30 @@ def plain(cfg: Any) -> Any:
     return cfg
 
 
+def _close_keys(key: str) -> list[str]:
+    """The schema key closest to the unknown ``key`` (``executor.wokers`` -> ``executor.workers``), if any."""
+    *parents, leaf = key.split(".")
+    node: Any = PipelineConfig
+    for name in parents:
+        node = typing.get_type_hints(node).get(name) if is_dataclass(node) else None
+    if not is_dataclass(node):
+        return []
+    prefix = "".join(f"{p}." for p in parents)
+    return [prefix + n for n in difflib.get_close_matches(leaf, [f.name for f in fields(node)], n=1)]
+
+
+def validate_schema(cfg: DictConfig) -> None:
+    """Re-check the composed config against :class:`PipelineConfig`. Hydra's ``++key=value`` adds keys even to
+    typed nodes; this refuses those (and any other unknown key or wrong type) with a message naming the key."""
+    try:
+        # through a plain container: merging the typed node itself would carry the forced key along
+        OmegaConf.merge(OmegaConf.structured(PipelineConfig), OmegaConf.create(OmegaConf.to_container(cfg)))
+    except OmegaConfBaseException as e:
+        key = str(getattr(e, "full_key", None) or "?")
+        hint = "".join(f"; did you mean '{k}'?" for k in _close_keys(key)) if isinstance(e, ConfigKeyError) else ""
+        raise ConfigError(f"config key '{key}': {str(e).splitlines()[0]}{hint}") from None
+
+
 def validate(cfg: DictConfig, stages: Sequence[Stage] = STAGES) -> None:
     """Checks Hydra cannot do, run before any work: each raises :class:`ConfigError` naming the key."""
     from data_pipelines.dedup.config import as_dedup_config
@@ -107,6 +136,7 @@ def validate(cfg: DictConfig, stages: Sequence[Stage] = STAGES) -> None:
     from data_pipelines.sources import make_reader, source_inputs
     from pretrain.core.tokenizer import TokenizerSpec
 
+    validate_schema(cfg)
     if OmegaConf.is_missing(cfg, "output_dir") or not str(cfg.output_dir).strip():
         raise ConfigError("output_dir: missing; run `python -m data_pipelines.run output_dir=<dir>`")
     ex = cfg.executor

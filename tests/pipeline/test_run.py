@@ -388,6 +388,26 @@ def test_config_errors_name_the_key_before_any_work(corpus, tmp_path):
             Pipeline(_compose(_overrides(corpus, out, *extra)))
 
 
+def test_keys_forced_in_with_plus_plus_are_refused_like_the_trainer_does(corpus, tmp_path):
+    """Hydra's ``++key=value`` bypasses the typed schema at compose time; the pipeline re-checks against it."""
+    out = tmp_path / "forced"
+    r = subprocess.run(_cmd([f"output_dir={out}", "++foo.bar=1"]), cwd=tmp_path, env=_env(), capture_output=True,
+                       text=True, timeout=120)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert lines[0].startswith("error: config key 'foo'") and "PipelineConfig" in lines[0], lines
+    assert not (out / "work").exists()  # refused before any work (Hydra itself made logs/)
+    for extra, match in [
+        (["++executor.wokers=2"], "config key 'executor.wokers': Key 'wokers' not in 'ExecutorConfig'; "
+                                  "did you mean 'executor.workers'?"),
+        (["++filters.webb=[]"], "config key 'filters.webb'"),
+        (["++dedup.nested.key=1"], "config key 'dedup.nested'"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(match)):
+            Pipeline(_compose(_overrides(corpus, out, *extra)))
+    assert Pipeline(_compose(_overrides(corpus, out, "++executor.workers=2"))).ex.workers == 2  # a known key is fine
+
+
 def test_end_to_end_on_the_bundled_samples(tmp_path):
     """`python -m data_pipelines.run` as a user runs it: samples of all four kinds -> everything the trainer needs."""
     out = tmp_path / "samples"
