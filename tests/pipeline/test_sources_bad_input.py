@@ -104,11 +104,15 @@ def test_wiki_truncated_bz2_keeps_pages_before(wiki_dump, tmp_path) -> None:
     assert stats.skipped == {"truncated_bz2": 1}
 
 
-def test_wiki_malformed_xml_keeps_pages_before(tmp_path) -> None:
+def test_wiki_malformed_xml_keeps_pages_before_and_after(tmp_path) -> None:
+    """The reader resynchronises at the next <page> (issue 11): only the broken page is lost, and counted."""
+    intact, _ = read_all("wiki", build_wiki_dump(str(tmp_path / "intact.xml"), copies=2))
     path = build_wiki_dump(str(tmp_path / "broken.xml"), copies=2)
     insert_bytes(path, b"  <page>", b"  <page><title>Broken & unescaped</tite>\n", occurrence=7)
     docs, stats = read_all("wiki", path)
-    assert [d.metadata["title"] for d in docs] == ["Heap queue (Python)", "Json (Python module)"]
+    titles = [d.metadata["title"] for d in docs]
+    assert titles[:2] == ["Heap queue (Python)", "Json (Python module)"]
+    assert titles == [d.metadata["title"] for d in intact] and len(titles) == 4
     assert stats.skipped == {"malformed_xml": 1}
 
 
