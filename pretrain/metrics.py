@@ -18,6 +18,7 @@ import torch
 
 from pretrain.callbacks import Callback, StepOutput
 from pretrain.distributed import all_reduce_mean
+from pretrain.flops import check_mfu
 from pretrain.parallel.pipeline import PP_COMM
 from pretrain.parallel.tensor import TP_COMM
 
@@ -53,6 +54,7 @@ class StepRecorder(Callback):
     def __init__(self, log_interval: int):
         self.log_interval = log_interval
         self.last_logged_step = 0
+        self.warned_mfu = False
 
     def on_train_start(self, trainer: "Trainer") -> None:
         self.last_logged_step = trainer.step
@@ -96,6 +98,9 @@ class StepRecorder(Callback):
             **{f"comm_tp_{k}_bytes": v // since for k, v in TP_COMM.take().items()},
             "comm_dp_allreduce_bytes": trainer.dp_bytes_per_step,
         })
+        if not self.warned_mfu and (warning := check_mfu(out.record["mfu"], trainer.peak_source)):
+            log.warning(warning)
+            self.warned_mfu = True
         if trainer.pipelined:  # activations and their gradients this rank sent to its neighbour stages
             out.record["comm_pp_send_bytes"] = PP_COMM.take() // since
         self.last_logged_step = out.step

@@ -16,9 +16,10 @@ from omegaconf import DictConfig
 
 from pretrain import preemption
 from pretrain.config import register_configs
-from pretrain.core.errors import UserError
+from pretrain.core.errors import ConfigError, UserError
 from pretrain.distributed import env_rank
 from pretrain.trainer import Trainer
+from pretrain.validation import check_command_line, report_user_error
 
 
 def run(cfg: DictConfig) -> dict:
@@ -30,8 +31,7 @@ def main(cfg: DictConfig) -> None:
     try:
         run(cfg)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(report_user_error(e))  # once (rank 0) under torchrun
     except RuntimeError as e:
         if not preemption.is_collective_timeout(e):
             raise
@@ -44,4 +44,8 @@ def main(cfg: DictConfig) -> None:
 register_configs()
 
 if __name__ == "__main__":
+    try:
+        check_command_line(sys.argv[1:])  # a misspelt key: "did you mean ...?" before Hydra composes anything
+    except ConfigError as e:
+        sys.exit(report_user_error(e))
     main()

@@ -38,7 +38,6 @@ from pretrain import jit_ops, preemption
 from pretrain.callbacks import Callback, CallbackList, StepOutput
 from pretrain.checkpointer import Checkpointer
 from pretrain.config import validate_schema
-from pretrain.core.errors import ConfigError
 from pretrain.distributed import barrier, ensure_launcher_env, env_rank, env_world_size, init_distributed, pick_device
 from pretrain.engines import batch_plan, check_precision, get_engine
 from pretrain.evaluator import Evaluator
@@ -46,6 +45,7 @@ from pretrain.flops import peak_flops_per_device
 from pretrain.metrics import METRICS_FILE, MetricsLogger, StepRecorder
 from pretrain.models import TokenizerInfo, get_family
 from pretrain.parallel.pipeline import PP_COMM, build_pipeline, parameter_names
+from pretrain.validation import fit_schedule_to_run, validate_values
 
 log = logging.getLogger("pretrain")
 # torch.distributed's deprecation notices for calls made inside DeepSpeed: one per call site per rank.
@@ -133,6 +133,10 @@ class Trainer:
         # SIGUSR1/SIGTERM and trainer.max_wall_time_s -> checkpoint at a step boundary, then requeue
         self.stop_request = preemption.StopRequest(cfg.trainer.max_wall_time_s)
         validate_schema(cfg)
+        note = fit_schedule_to_run(cfg)  # first: a recipe's warm-up longer than a short run is shortened to it
+        if note:
+            log.info(note)
+        validate_values(cfg)  # every bad value at once, each naming its key
         self.device = pick_device(cfg.trainer.device)
         self.precision = cfg.trainer.precision.value
         check_precision(self.precision, self.device)
@@ -140,10 +144,6 @@ class Trainer:
         if plan.zero_stage != cfg.parallel.zero_stage:
             log.info("parallel.zero_stage=%d with one data-parallel rank partitions nothing: running ZeRO stage 0",
                      cfg.parallel.zero_stage)
-        if cfg.trainer.max_steps < 1:
-            raise ConfigError(f"trainer.max_steps={cfg.trainer.max_steps} must be >= 1")
-        if cfg.trainer.eval_interval < 0 or cfg.trainer.log_interval < 1:
-            raise ConfigError("trainer.eval_interval must be >= 0 and trainer.log_interval >= 1")
         self.max_steps = cfg.trainer.max_steps
         self.pipelined = plan.pipeline_parallel_size > 1
         self._plan_data()
@@ -271,8 +271,9 @@ class Trainer:
         self.metrics = MetricsLogger(self.run_dir, dist.is_main, cfg.logger.wandb, OmegaConf.to_container(cfg, resolve=True),
                                      self.resume_state.get("wandb_id"), self.step, self.max_steps)
         self.flops = self.family.flops_per_token(self.args)
-        self.peak_flops, peak_src = peak_flops_per_device(self.device, self.precision, cfg.trainer.peak_flops_per_device)
-        self._log_setup(peak_src)
+        self.peak_flops, self.peak_source = peak_flops_per_device(self.device, self.precision,
+                                                                  cfg.trainer.peak_flops_per_device)
+        self._log_setup(self.peak_source)
         self.callbacks = CallbackList([
             StepRecorder(cfg.trainer.log_interval),
             Evaluator(cfg.trainer.eval_interval, cfg.trainer.eval_iters),
