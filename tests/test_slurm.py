@@ -30,7 +30,8 @@ def _run(cmd: list[str], env: dict[str, str] | None = None, timeout: int = 120) 
 
 # ------------------------------------------------------------------------------ rendering (no cluster)
 def test_dry_run_for_4_nodes_of_8_gpus_has_the_allocation_and_the_launch():
-    out = _run([*HELPER, "--dry-run", "experiment=gpt_125m", "slurm.nodes=4", "slurm.gpus_per_node=8",
+    out = _run([*HELPER, "--dry-run", "experiment=gpt_125m", "trainer.micro_batch_size=8", "slurm.nodes=4",
+                "slurm.gpus_per_node=8",
                 "slurm.partition=gpu", "slurm.account=proj1", "slurm.time=48:00:00", "run_dir=/scratch/r1"])
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
@@ -38,7 +39,7 @@ def test_dry_run_for_4_nodes_of_8_gpus_has_the_allocation_and_the_launch():
                      "#SBATCH --partition=gpu", "#SBATCH --account=proj1", "#SBATCH --time=48:00:00",
                      "#SBATCH --signal=B:USR1@120", "#SBATCH --requeue", "#SBATCH --output=/scratch/r1/slurm/%j.out",
                      "export NPROC_PER_NODE=8", "export LAUNCHER=torchrun",
-                     "set -- experiment=gpt_125m run_dir=/scratch/r1"):
+                     "set -- experiment=gpt_125m trainer.micro_batch_size=8 run_dir=/scratch/r1"):
         assert expected in lines, (expected, out.stdout[:2000])
     assert lines[0] == "#!/bin/bash"
     assert "--rdzv_backend=c10d" in out.stdout and 'scontrol show hostnames "$SLURM_JOB_NODELIST"' in out.stdout
@@ -46,7 +47,8 @@ def test_dry_run_for_4_nodes_of_8_gpus_has_the_allocation_and_the_launch():
     subprocess.run(["bash", "-n"], input=out.stdout, text=True, check=True)  # the rendered script parses
 
     # one task per GPU: 8 srun tasks per node, ranks from SLURM_PROCID
-    srun = _run([*HELPER, "--dry-run", "experiment=gpt_125m", "slurm.nodes=4", "slurm.launcher=srun"])
+    srun = _run([*HELPER, "--dry-run", "experiment=gpt_125m", "trainer.micro_batch_size=8", "slurm.nodes=4",
+                 "slurm.launcher=srun"])
     assert "#SBATCH --ntasks-per-node=8" in srun.stdout.splitlines() and "export LAUNCHER=srun" in srun.stdout
 
 
@@ -57,6 +59,8 @@ def test_dry_run_for_4_nodes_of_8_gpus_has_the_allocation_and_the_launch():
     ("slurm.launcher=mpirun", "slurm.launcher='mpirun'"),
     ("slurm=huge", "slurm=huge: no conf/slurm/huge.yaml"),
     ("trainer.max_stepz=3", "trainer.max_stepz"),
+    # the layout of the whole allocation (1 node x 8 GPUs here), before anything is submitted
+    ("parallel.tensor_model_parallel_size=3", "world size 8 is not divisible by parallel.tensor_model_parallel_size"),
 ])
 def test_bad_helper_input_is_one_clear_line(override, fragment):
     out = _run([*HELPER, "--dry-run", override])

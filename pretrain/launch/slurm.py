@@ -1,8 +1,8 @@
 """Submit a training run to SLURM from its Hydra config.
 
-    python -m pretrain.launch.slurm experiment=gpt_125m data.path=/data/pipeline \\
+    python -m pretrain.launch.slurm experiment=gpt_125m data.path=/data/pipeline trainer.micro_batch_size=8 \\
         slurm.nodes=4 slurm.gpus_per_node=8 slurm.partition=gpu slurm.time=48:00:00
-    python -m pretrain.launch.slurm --dry-run experiment=gpt_125m slurm.nodes=4      # print the script only
+    python -m pretrain.launch.slurm --dry-run experiment=gpt_125m trainer.micro_batch_size=8 slurm.nodes=4  # the script only
     python -m pretrain.launch.slurm --wait experiment=gpt_tiny slurm=cpu             # block until the job ends
 
 ``slurm.*`` keys (``conf/slurm/``) describe the allocation; every other argument is a training override and
@@ -32,9 +32,13 @@ log = logging.getLogger("pretrain.launch.slurm")
 def render_train(overrides: list[str]) -> tuple[str, Path, SlurmConfig]:
     """(script text, run dir, SLURM settings) for a training command line."""
     from pretrain.config import validate_schema
+    from pretrain.engines import batch_plan
 
     cfg, s = compose("train", overrides)
     validate_schema(cfg)
+    # the layout of the whole allocation, checked here: a mistake is one line now, not an error on every rank
+    # of a job that waited in the queue (data paths are checked by the job, on the nodes that read them)
+    batch_plan(cfg, s.nodes * s.procs)
     run_dir = Path(cfg.run_dir).absolute()
     per_node_tasks = 1 if s.launcher == "torchrun" else s.procs
     header = allocation_lines(s, str(cfg.name), per_node_tasks, str(run_dir / "slurm" / "%j.out"))
