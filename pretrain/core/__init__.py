@@ -1,4 +1,4 @@
-"""What the trainer (``pretrain``) and the data pipeline (``data_pipelines``) share, importing neither.
+"""What the trainer (``pretrain``) and the corpus pipeline share; this package imports neither of them.
 
 * ``errors``: the user-facing exceptions (one clear line, exit code 2);
 * ``atomic``: the one atomic, durable file write;
