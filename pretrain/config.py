@@ -18,28 +18,10 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 
-class PositionEmbedding(str, Enum):
-    learned = "learned"
-    rope = "rope"
-    relative = "relative"  # T5's bucketed relative position bias (model.family=t5 only)
-
-
-class Normalization(str, Enum):
-    layernorm = "layernorm"
-    rmsnorm = "rmsnorm"
-
-
-class Activation(str, Enum):
-    gelu = "gelu"  # tanh approximation (GPT-2, Hugging Face "gelu_new")
-    swiglu = "swiglu"
-    gelu_exact = "gelu_exact"  # erf GELU (BERT, Hugging Face "gelu")
-    relu = "relu"  # T5 v1.0
-    geglu = "geglu"  # gated tanh-GELU (T5 v1.1 "gated-gelu")
-
-
-class RecomputeGranularity(str, Enum):
-    full = "full"  # recompute each whole transformer layer
-    selective = "selective"  # recompute only the core attention (Megatron's selective recomputation)
+# The model group's schema is the families': each declares its own keys (pretrain/models/<family>/config.py)
+# and ModelConfig is their union (pretrain/models/schema.py), so a new family adds its keys without an edit here.
+from pretrain.models import ModelConfig  # noqa: E402
+from pretrain.models.schema import Activation, Normalization, PositionEmbedding, RecomputeGranularity  # noqa: E402,F401
 
 
 class Precision(str, Enum):
@@ -58,64 +40,6 @@ class WandbMode(str, Enum):
     online = "online"
     offline = "offline"
     disabled = "disabled"
-
-
-@dataclass
-class ModelConfig:
-    family: str = "gpt"
-    # Informative name of the preset (gpt2-125m, llama-7b...); not used for anything but display.
-    name: str = "custom"
-    # null: take the tokenizer's vocabulary, padded up to a multiple of make_vocab_size_divisible_by.
-    vocab_size: Optional[int] = None
-    make_vocab_size_divisible_by: int = 128
-    num_layers: int = 2
-    hidden_size: int = 64
-    num_attention_heads: int = 4
-    # null: multi-head attention (= num_attention_heads); fewer gives grouped-query attention.
-    num_key_value_heads: Optional[int] = None
-    # null: 4*hidden for GELU, LLaMA's 2/3*4*hidden rounded to a multiple of 256 for SwiGLU.
-    ffn_hidden_size: Optional[int] = None
-    seq_length: int = 128
-    position_embedding: PositionEmbedding = PositionEmbedding.learned
-    rotary_base: float = 10000.0
-    normalization: Normalization = Normalization.layernorm
-    norm_eps: float = 1e-5
-    activation: Activation = Activation.gelu
-    bias: bool = True
-    tie_word_embeddings: bool = True
-    hidden_dropout: float = 0.0
-    attention_dropout: float = 0.0
-    init_method_std: float = 0.02
-    # Recompute each transformer layer in the backward pass (less activation memory, ~33% more compute).
-    activation_checkpointing: bool = False
-    # What activation_checkpointing recomputes: full = every layer; selective = only the core attention (scores,
-    # softmax, weighted sum: the seq x seq part), keeping the linears' activations (pretrain/models/recompute.py).
-    recompute_granularity: RecomputeGranularity = RecomputeGranularity.full
-    # A local Hugging Face model directory (as written by `python -m pretrain.export`) whose weights initialise
-    # the model before training; its architecture and shape must match this config (see pretrain/hf.py).
-    init_from: Optional[str] = None
-    # --- BERT (model.family=bert) ---
-    type_vocab_size: int = 2
-    # Sentence-order prediction (ALBERT): [CLS] A [SEP] B [SEP] from two consecutive pieces of one document,
-    # swapped half of the time; false = one segment [CLS] window [SEP].
-    sop: bool = False
-    # Masked LM: fraction of (non-special) tokens predicted; of those, the fraction replaced by [MASK] and by a
-    # random token (the rest are kept), BERT's 80/10/10.
-    mlm_probability: float = 0.15
-    mask_replace_prob: float = 0.8
-    random_replace_prob: float = 0.1
-    # --- T5 (model.family=t5) ---
-    # Decoder layers; null = num_layers.
-    num_decoder_layers: Optional[int] = None
-    # Per-head dimension; null = hidden_size / num_attention_heads (T5 v1.1 small: 6 heads x 64 on hidden 512).
-    kv_channels: Optional[int] = None
-    relative_attention_num_buckets: int = 32
-    relative_attention_max_distance: int = 128
-    # Span corruption: fraction of raw tokens noised, mean noise-span length; the raw window is sized so the
-    # corrupted inputs fill seq_length exactly. target_length null = the length the targets need.
-    noise_density: float = 0.15
-    mean_noise_span_length: float = 3.0
-    target_length: Optional[int] = None
 
 
 @dataclass

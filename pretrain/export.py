@@ -127,15 +127,9 @@ def load_model(source: Source):
 
 
 def tokenizer_specials(arch: str, special: dict[str, int]) -> dict[str, Any]:
-    """Keyword arguments of ``PreTrainedTokenizerFast`` naming the family's special tokens."""
-    if arch == "BertForMaskedLM":
-        kw = dict(unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]")
-    elif arch == "T5ForConditionalGeneration":
-        sentinels = sorted((t for t in special if t.startswith("<extra_id_")), key=lambda t: int(t[10:-1]))
-        kw = dict(pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_special_tokens=sentinels)
-    else:
-        eod = "<|endoftext|>" if "<|endoftext|>" in special else None
-        kw = dict(bos_token=eod, eos_token=eod, unk_token=eod)
+    """Keyword arguments of ``PreTrainedTokenizerFast`` naming the family's special tokens (the family's adapter
+    says which), refused when the tokenizer lacks one."""
+    kw = hf.adapter(arch).tokenizer_specials(arch, special)
     missing = [v for k, v in kw.items() if isinstance(v, str) and v not in special]
     if missing:
         raise CheckpointError(
@@ -200,11 +194,10 @@ def write_hf_dir(out: Path, arch: str, args: Any, state_dict: dict[str, torch.Te
     out.mkdir(parents=True, exist_ok=True)
     save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
     config.save_pretrained(str(out))
-    if arch == "T5ForConditionalGeneration" and not args.tie_word_embeddings:
-        # transformers 5 always writes tie_word_embeddings=true (untied = scale_decoder_outputs=false); older
-        # versions would then tie lm_head to the embedding: say false, which every version reads as untied
+    fixes = hf.adapter(arch).config_fixes(arch, args)  # what transformers writes wrong for this model, if anything
+    if fixes:
         cfg_file = out / "config.json"
-        cfg_file.write_text(json.dumps({**json.loads(cfg_file.read_text()), "tie_word_embeddings": False}, indent=2) + "\n")
+        cfg_file.write_text(json.dumps({**json.loads(cfg_file.read_text()), **fixes}, indent=2) + "\n")
     tok = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tokenizer), model_max_length=args.seq_length, **tok_kwargs)
     tok.save_pretrained(str(out))
     (out / "pretrain_export.json").write_text(json.dumps({**(info or {}), "architecture": arch, "dtype": dtype}, indent=2) + "\n")

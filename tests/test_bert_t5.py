@@ -11,10 +11,10 @@ from omegaconf import OmegaConf
 from pretrain.config import ModelConfig
 from pretrain.core.errors import ConfigError, DataError
 from pretrain.models import FAMILIES, TokenizerInfo
-from pretrain.models.bert import BERT, BERTArgs, bert_flops_per_token
-from pretrain.models.bert import count_parameters as bert_params
-from pretrain.models.t5 import T5, T5Args, relative_position_bucket, t5_flops_per_token
-from pretrain.models.t5 import count_parameters as t5_params
+from pretrain.models.bert.model import BERT, BERTArgs, bert_flops_per_token
+from pretrain.models.bert.model import count_parameters as bert_params
+from pretrain.models.t5.model import T5, T5Args, relative_position_bucket, t5_flops_per_token
+from pretrain.models.t5.model import count_parameters as t5_params
 
 
 def bert_model(**kw) -> BERT:

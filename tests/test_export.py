@@ -14,9 +14,9 @@ from safetensors.torch import load_file
 
 from pretrain import export, hf
 from pretrain.core.errors import CheckpointError
-from pretrain.models.bert import BERT, BERTArgs
-from pretrain.models.gpt import GPT, GPTArgs
-from pretrain.models.t5 import T5, T5Args
+from pretrain.models.bert.model import BERT, BERTArgs
+from pretrain.models.gpt.model import GPT, GPTArgs
+from pretrain.models.t5.model import T5, T5Args
 
 V, S = 320, 16  # vocabulary (>= the little tokenizers below), sequence length
 

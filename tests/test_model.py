@@ -9,7 +9,7 @@ import transformers  # a test dependency (the [dev] extra)
 
 from pretrain.flops import gpt_flops_per_token, lookup_peak_flops
 from pretrain.hf import to_hf
-from pretrain.models.gpt import GPT, GPTArgs, count_parameters
+from pretrain.models.gpt.model import GPT, GPTArgs, count_parameters
 
 GPT2 = dict(position_embedding="learned", normalization="layernorm", activation="gelu", bias=True,
             tie_word_embeddings=True)

@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pretrain.models.objectives import (
-    IGNORE, BertObjective, T5Objective, mask_tokens, random_spans_noise_mask, sample_rng, span_corruption, t5_lengths,
-)
+from pretrain.models.bert.objective import BertObjective, mask_tokens
+from pretrain.models.objective import IGNORE, sample_rng
+from pretrain.models.t5.objective import T5Objective, random_spans_noise_mask, span_corruption, t5_lengths
 
 VOCAB = 1000
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4

@@ -18,15 +18,16 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _models():
-    from pretrain.models.bert import BERT, BERTArgs
-    from pretrain.models.gpt import GPT, GPTArgs
-    from pretrain.models.t5 import T5, T5Args
+    from pretrain.models import build_model
+    from pretrain.models.bert.model import BERT, BERTArgs
+    from pretrain.models.gpt.model import GPT, GPTArgs
+    from pretrain.models.t5.model import T5, T5Args
 
     V, s = 96, 16
     return {
         "gpt2": lambda: GPT(GPTArgs(vocab_size=V, num_layers=2, hidden_size=32, num_attention_heads=4,
                                     num_key_value_heads=4, ffn_hidden_size=128, seq_length=s)),
-        "llama_gqa_ckpt": lambda: GPT(GPTArgs(
+        "llama_gqa_ckpt": lambda: build_model(GPTArgs(  # activation checkpointing is applied by the build
             vocab_size=V, num_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
             ffn_hidden_size=64, seq_length=s, position_embedding="rope", normalization="rmsnorm",
             activation="swiglu", bias=False, tie_word_embeddings=False, activation_checkpointing=True)),
@@ -75,7 +76,7 @@ def _checks(rank: int, world: int) -> dict:
     from deepspeed.runtime.utils import clip_grad_norm_
 
     from pretrain.core.errors import ConfigError
-    from pretrain.models.gpt import GPT, GPTArgs
+    from pretrain.models.gpt.model import GPT, GPTArgs
     from pretrain.parallel.parallelize import full_state_dict, load_full_state_dict, parallelize
     from pretrain.parallel.tensor import TP_COMM, gather_tensor_parallel, is_tensor_parallel
     from pretrain.parallel.topology import ParallelGrid
@@ -264,7 +265,7 @@ def test_full_state_dict_round_trip(results):
 
 
 def test_group_of_one_leaves_the_model_alone():
-    from pretrain.models.gpt import GPT, GPTArgs
+    from pretrain.models.gpt.model import GPT, GPTArgs
     from pretrain.parallel.parallelize import parallelize
 
     model = GPT(GPTArgs(vocab_size=64, num_layers=1, hidden_size=16, num_attention_heads=2, num_key_value_heads=2,
@@ -276,14 +277,15 @@ def test_group_of_one_leaves_the_model_alone():
 
 
 def _dropout_checks(rank: int, world: int) -> dict:
-    from pretrain.models.gpt import GPT, GPTArgs
+    from pretrain.models import build_model
+    from pretrain.models.gpt.model import GPTArgs
     from pretrain.parallel.parallelize import parallelize
     from pretrain.parallel.tensor import gather_tensor_parallel, is_tensor_parallel
 
     out = {}
     for mode in ("none", "full", "selective"):
         torch.manual_seed(0)
-        model = GPT(GPTArgs(vocab_size=96, num_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=4,
+        model = build_model(GPTArgs(vocab_size=96, num_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=4,
                             ffn_hidden_size=64, seq_length=16, attention_dropout=0.5, hidden_dropout=0.1,
                             activation_checkpointing=mode != "none", recompute_granularity=mode if mode != "none" else "full"))
         parallelize(model, None)
@@ -314,7 +316,8 @@ def test_attention_dropout_masks_differ_per_tensor_rank_and_replay_under_recompu
 
 
 def _sequence_parallel_checks(rank: int, world: int) -> dict:
-    from pretrain.models.gpt import GPT, GPTArgs
+    from pretrain.models import build_model
+    from pretrain.models.gpt.model import GPTArgs
     from pretrain.parallel.parallelize import parallelize
     from pretrain.parallel.tensor import TP_COMM, gather_tensor_parallel, is_tensor_parallel
 
@@ -324,7 +327,7 @@ def _sequence_parallel_checks(rank: int, world: int) -> dict:
             bias=False, tie_word_embeddings=False, activation_checkpointing=True, recompute_granularity="selective")}.items():
         def build():
             torch.manual_seed(0)
-            return GPT(GPTArgs(**{**dict(vocab_size=96, num_layers=2, hidden_size=32, num_attention_heads=4,
+            return build_model(GPTArgs(**{**dict(vocab_size=96, num_layers=2, hidden_size=32, num_attention_heads=4,
                                          num_key_value_heads=4, ffn_hidden_size=64, seq_length=16), **kw}))
 
         dense = build()

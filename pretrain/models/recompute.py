@@ -1,21 +1,25 @@
-"""Activation recomputation (checkpointing), Megatron's two granularities, shared by every model family and by
-pipeline-stage wrappers.
+"""Activation recomputation (checkpointing), Megatron's two granularities, applied to a built model from the
+outside (as torchtitan's ``apply_ac``): the model files call nothing of it.
 
 ``model.activation_checkpointing=true`` turns it on; ``model.recompute_granularity`` chooses what is recomputed
 in the backward pass:
 
 * ``full``: each transformer layer is one checkpoint: only its input is kept, the whole layer forward runs again
-  in the backward pass (least memory, one extra forward of every layer). Call sites: :func:`run_layer`.
+  in the backward pass (least memory, one extra forward of every layer);
 * ``selective``: only the *core attention* of each attention module is checkpointed (Korthikanti et al. 2022):
   the split into heads, rotary embedding where the model has one, ``q k^T``, softmax, attention dropout and the
   weighted sum of values, i.e. the ``[batch, heads, seq, seq]``-sized part. The linears' inputs and outputs are
-  kept, so recomputing costs only the attention-core forward. Call sites: :func:`core_attention`.
+  kept, so recomputing costs only the attention-core forward.
 
-Both use ``torch.utils.checkpoint`` non-reentrant, which restores the RNG state for the recomputation, so the
-dropout masks of the recomputed forward are those of the original one.
+:func:`apply_ac` finds the layers and attention modules by the family's
+:class:`~pretrain.models.family.RecomputePlan` and replaces the layer's ``forward`` (full) or the attention's
+``core`` method (selective) *on the instance* by a :class:`Checkpointed` call of the original method, so module
+and parameter names do not change. It runs as one checkpoint only while the module trains. Both use
+``torch.utils.checkpoint`` non-reentrant, which restores the RNG state for the recomputation, so the dropout
+masks of the recomputed forward are those of the original one.
 
-Tensor parallelism (:mod:`pretrain.parallel.parallelize`) replaces the linears by column/row-parallel ones and
-hooks the attention/MLP modules' inputs:
+Tensor parallelism (:mod:`pretrain.parallel.parallelize`), applied after this, replaces the linears by
+column/row-parallel ones and hooks the attention/MLP modules' inputs:
 
 * the selective region holds no collective: it starts from the column-parallel q/k/v outputs (this rank's
   heads, no communication in the forward) and ends before the row-parallel output projection (whose all-reduce
@@ -28,22 +32,14 @@ hooks the attention/MLP modules' inputs:
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from pretrain.core.errors import ConfigError
-
-GRANULARITIES = ("full", "selective")
-
-
-def check_granularity(value: Any) -> str:
-    """``model.recompute_granularity`` as a plain string; ConfigError naming the key for anything else."""
-    value = getattr(value, "value", value)  # the schema's enum
-    if value not in GRANULARITIES:
-        raise ConfigError(f"model.recompute_granularity={value!r}; expected one of {', '.join(GRANULARITIES)}")
-    return value
+from pretrain.models.family import RecomputePlan
+from pretrain.models.schema import check_granularity
 
 
 def granularity(args: Any, training: bool) -> str | None:
@@ -53,19 +49,36 @@ def granularity(args: Any, training: bool) -> str | None:
     return check_granularity(getattr(args, "recompute_granularity", "full"))
 
 
-def run_layer(layer: nn.Module | Callable[..., Any], *inputs: Any, args: Any, training: bool) -> Any:
-    """``layer(*inputs)``, as one checkpoint when ``args`` ask for full recomputation and ``training``."""
-    if granularity(args, training) == "full":
-        return checkpoint(layer, *inputs, use_reentrant=False)
-    return layer(*inputs)
+class Checkpointed:
+    """A module's bound method run as one non-reentrant checkpoint while the module trains, as it is otherwise.
+    Holds the bound method (not a closure), so ``copy.deepcopy`` of the module rebinds it to the copy."""
+
+    def __init__(self, method: Callable[..., Any]):
+        self.method = method
+        functools.update_wrapper(self, method)
+
+    def __call__(self, *args: Any) -> Any:
+        if self.method.__self__.training:
+            return checkpoint(self.method, *args, use_reentrant=False)
+        return self.method(*args)
 
 
-def core_attention(fn: Callable[..., Any], *inputs: Any, args: Any, training: bool) -> Any:
-    """``fn(*inputs)`` (the core attention: heads in, attention output out), as one checkpoint when ``args``
-    ask for selective recomputation and ``training``. ``fn`` must hold no tensor-parallel collective."""
-    if granularity(args, training) == "selective":
-        return checkpoint(fn, *inputs, use_reentrant=False)
-    return fn(*inputs)
+def apply_ac(model: nn.Module, plan: RecomputePlan, args: Any) -> nn.Module:
+    """Checkpoint ``model``'s layers (``full``) or attention cores (``selective``) as ``args`` ask, in place;
+    returns ``model``. Nothing without ``args.activation_checkpointing``."""
+    mode = granularity(args, training=True)
+    if mode is None:
+        return model
+    for path in plan.layers:
+        for layer in model.get_submodule(path):
+            if mode == "full":
+                layer.forward = Checkpointed(layer.forward)
+                continue
+            for name in plan.attention:
+                attention = getattr(layer, name, None)
+                if attention is not None:
+                    attention.core = Checkpointed(attention.core)
+    return model
 
 
 def recompute_flops(args: Any, layers_forward: float, attention_core_forward: float) -> float:

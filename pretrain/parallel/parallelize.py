@@ -3,21 +3,20 @@
 The model is built whole on every rank from the same seed, then :func:`parallelize` replaces its linears and
 embeddings by sharded ones sliced from those very weights: the initial weights of a tp-N run are exactly the
 unsharded model's, and the module and parameter names do not change (a gathered state dict loads into the
-unsharded model; see :func:`full_state_dict`). A plan per family, torchtitan style, says what each module
-becomes:
+unsharded model; see :func:`full_state_dict`). The family's plan (``ModelFamily.tp_plan``, in the styles of
+:mod:`pretrain.parallel.plan`), torchtitan style, says what each module becomes:
 
-* attention: q/k/v column-parallel (whole heads per rank; grouped KV heads split the same way, so a rank's
-  query heads find their KV head locally), output projection row-parallel;
-* MLP: up/gate column-parallel, down row-parallel;
-* token embedding vocab-parallel; output layer column-parallel over the vocabulary (not gathered) with
+* ``Region``: enter the TP region once at this module's input (several column layers reading the same input,
+  q/k/v or MLP up/gate, then cost one all-reduce of the input gradient, as Megatron's fused QKV does); an
+  attention module's core draws its dropout masks per tensor rank (its heads differ);
+* ``Column`` / ``Row``: column-/row-parallel linears; ``VocabEmbedding`` / ``VocabOutput``: the token
+  embedding and the output layer split over the vocabulary (logits left split, with
   :func:`~pretrain.parallel.tensor.vocab_parallel_cross_entropy` as the model's ``loss_fn``; a tied output
-  layer shares the embedding's shard;
-* T5's relative-position bias table split by heads (each rank adds the biases of its own heads);
-* norms, position and token-type embeddings, BERT's MLM transform, pooler and SOP head replicated.
+  layer shares the embedding's shard); ``HeadSplit``: a table indexed by heads (T5's position biases);
+* everything not in the plan (norms, position and token-type embeddings...) stays replicated.
 
-Where several column layers read the same input (q/k/v; MLP up and gate), a forward pre-hook on the
-enclosing module enters the TP region once, so the input gradient costs one all-reduce, as Megatron's fused
-QKV does. Works with activation checkpointing (the recomputed forward repeats its all-reduces).
+Works with activation checkpointing (applied before, by the family's build: the recomputed forward repeats its
+all-reduces), and with sequence parallelism where the family declares it (``ModelFamily.sequence_parallel``).
 """
 
 from __future__ import annotations
@@ -25,12 +24,12 @@ from __future__ import annotations
 import fnmatch
 import functools
 import logging
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from pretrain.core.errors import ConfigError
+from pretrain.parallel.plan import Column, HeadSplit, Region, Row, SequenceParallel, VocabEmbedding, VocabOutput
 from pretrain.parallel.tensor import (
     ColumnParallelLinear,
     Group,
@@ -47,102 +46,21 @@ from pretrain.parallel.tensor import (
     vocab_parallel_cross_entropy,
     world_size,
 )
+from pretrain.parallel.tensor.mappings import _all_reduce
 from pretrain.parallel.validate import tensor_parallel_problems
 
 log = logging.getLogger(__name__)
 
 
-# ------------------------------------------------------------------------------------------------ plan styles
+def _family(model: nn.Module):
+    from pretrain.models import family_of
 
-
-@dataclass(frozen=True)
-class Region:
-    """Enter the TP region once at this module's input: positional args ``args`` (same tensor object once)."""
-
-    args: tuple[int, ...] = (0,)
-
-
-@dataclass(frozen=True)
-class Column:
-    copy_input: bool = True  # False: the enclosing Region already entered
-
-
-@dataclass(frozen=True)
-class Row:
-    pass
-
-
-@dataclass(frozen=True)
-class VocabEmbedding:
-    pass
-
-
-@dataclass(frozen=True)
-class VocabOutput:
-    """The output layer: column-parallel over the vocabulary, logits left split for the loss."""
-
-
-@dataclass(frozen=True)
-class HeadSplit:
-    """A parameter (or an ``nn.Embedding``'s table) whose dimension ``dim`` indexes attention heads."""
-
-    dim: int
-
-
-_ATTN_QKV = Column(copy_input=False)
-
-GPT_PLAN: dict[str, object] = {
-    "embed_tokens": VocabEmbedding(),
-    "layers.*.self_attn": Region((0,)),
-    "layers.*.self_attn.[qkv]_proj": _ATTN_QKV,
-    "layers.*.self_attn.o_proj": Row(),
-    "layers.*.mlp": Region((0,)),
-    "layers.*.mlp.gate_proj": Column(copy_input=False),
-    "layers.*.mlp.up_proj": Column(copy_input=False),
-    "layers.*.mlp.down_proj": Row(),
-    "lm_head": VocabOutput(),
-}
-
-BERT_PLAN: dict[str, object] = {
-    "embed_tokens": VocabEmbedding(),
-    "layers.*.self_attn": Region((0,)),
-    "layers.*.self_attn.[qkv]_proj": _ATTN_QKV,
-    "layers.*.self_attn.o_proj": Row(),
-    "layers.*.up_proj": Column(copy_input=True),  # the MLP is inline in the layer: the column layer enters
-    "layers.*.down_proj": Row(),
-    "lm_head": VocabOutput(),
-}
-
-T5_PLAN: dict[str, object] = {
-    "shared": VocabEmbedding(),
-    "*coder.relative_attention_bias": HeadSplit(dim=1),  # [buckets, heads]
-    "*coder.layers.*.self_attn": Region((0, 1)),  # (x, kv=x, bias): one entry for the one tensor
-    "*coder.layers.*.cross_attn": Region((0, 1)),  # (x, memory, bias): two replicated streams
-    "*coder.layers.*.*_attn.[qkv]": _ATTN_QKV,
-    "*coder.layers.*.*_attn.o": Row(),
-    "*coder.layers.*.mlp": Region((0,)),
-    "*coder.layers.*.mlp.wi*": Column(copy_input=False),
-    "*coder.layers.*.mlp.wo": Row(),
-    "lm_head": VocabOutput(),
-}
+    return family_of(model.args)
 
 
 def plan_for(model: nn.Module) -> dict[str, object]:
-    from pretrain.models.bert import BERT
-    from pretrain.models.gpt import GPT
-    from pretrain.models.t5 import T5
-
-    for cls, plan in ((GPT, GPT_PLAN), (BERT, BERT_PLAN), (T5, T5_PLAN)):
-        if isinstance(model, cls):
-            return plan
-    raise TypeError(f"no tensor-parallel plan for {type(model).__name__}; expected GPT, BERT or T5")
-
-
-def _shape_facts(model: nn.Module) -> dict[str, int]:
-    a = model.args
-    heads = a.num_attention_heads
-    return {"heads": heads, "kv_heads": getattr(a, "num_key_value_heads", heads), "ffn": a.ffn_hidden_size,
-            "vocab": a.vocab_size}
+    """The tensor-parallel plan of ``model``'s family."""
+    return dict(_family(model).tp_plan)
 
 
 # ------------------------------------------------------------------------------------------------ apply
@@ -188,29 +106,30 @@ def _rank_forked(fn, group: Group, active):
     return run
 
 
-def _sequence_parallel(model: nn.Module, group: Group) -> int:
-    """Sequence parallelism around the TP regions of a GPT: the embedding output is split along the sequence
-    (at the embedding dropout), norms, dropout and residual adds then run on this rank's chunk, and every
-    replicated parameter of the layers and the final norm sees only that chunk, so its gradient is summed over
-    the tensor ranks by a hook (Megatron's ``sequence_parallel`` parameters). Returns how many it hooked."""
-    model.embed_dropout.register_forward_pre_hook(
+def _sequence_parallel(model: nn.Module, group: Group, plan: SequenceParallel) -> int:
+    """Sequence parallelism around the TP regions: the activations are split along the sequence at the input of
+    ``plan.scatter_at`` (GPT: the embedding dropout), norms, dropout and residual adds then run on this rank's
+    chunk, and every replicated parameter under ``plan.params`` (GPT: the layers and the final norm) sees only
+    that chunk, so its gradient is summed over the tensor ranks by a hook (Megatron's ``sequence_parallel``
+    parameters). Returns how many it hooked."""
+    model.get_submodule(plan.scatter_at).register_forward_pre_hook(
         lambda module, args: (scatter_to_sequence_parallel_region(args[0], group), *args[1:]))
     for name, module in model.named_modules():
-        if isinstance(module, nn.Dropout) and (name == "embed_dropout" or name.startswith("layers.")):
+        if isinstance(module, nn.Dropout) and name.startswith(plan.dropouts):
             module.forward = _rank_forked(module.forward, group, lambda args, m=module: m.training and m.p > 0)
     hooked = 0
     for name, p in model.named_parameters():
-        if (name.startswith(("layers.", "norm.")) and not is_tensor_parallel(p)) and p.requires_grad:
+        if (name.startswith(plan.params) and not is_tensor_parallel(p)) and p.requires_grad:
             p.sequence_parallel = True
-            p.register_hook(lambda g: _all_reduce_grad(g, group))
+            p.register_hook(lambda g: _all_reduce(g, group))
             hooked += 1
     return hooked
 
 
-def _all_reduce_grad(g: torch.Tensor, group: Group) -> torch.Tensor:
-    from pretrain.parallel.tensor import _all_reduce
+def _sp_families() -> str:
+    from pretrain.models import FAMILIES
 
-    return _all_reduce(g, group)
+    return ", ".join(f.name.upper() for f in FAMILIES.values() if f.sequence_parallel is not None)
 
 
 def _pattern_of(name: str, plan: dict[str, object]) -> str | None:
@@ -237,22 +156,26 @@ def _tied_groups(model: nn.Module) -> list[list[tuple[str, str]]]:
 
 
 def parallelize(model: nn.Module, group: Group, sequence_parallel: bool = False) -> nn.Module:
-    """Shard ``model`` (GPT, BERT or T5, freshly built or loaded, on every rank the same) over the tensor-
-    parallel ``group`` in place, and return it. A group of one rank leaves the model as it is.
+    """Shard ``model`` (of any family, freshly built or loaded, on every rank the same) over the tensor-parallel
+    ``group`` in place, and return it. A group of one rank leaves the model as it is.
 
     After it, ``model(**batch)`` returns the same loss as before on every rank of the group, each rank holding
     1/tp of the attention, MLP and vocabulary weights; without labels the models return logits of this rank's
     vocabulary slice (``[..., vocab/tp]``, ids ``[rank*vocab/tp, (rank+1)*vocab/tp)``). ``sequence_parallel``
-    (GPT only) splits the activations outside the TP regions along the sequence (see :func:`_sequence_parallel`).
+    (families that declare it) splits the activations outside the TP regions along the sequence (see
+    :func:`_sequence_parallel`).
     """
     tp = world_size(group)
     if tp == 1:
         return model
-    plan = plan_for(model)
+    family = _family(model)
+    plan = family.tp_plan
     sp = sequence_parallel
-    problems = tensor_parallel_problems(tp=tp, **_shape_facts(model))
-    if sp and plan is not GPT_PLAN:
-        problems.append(f"sequence parallelism is implemented for GPT only, not {type(model).__name__}")
+    facts = family.shape_facts(model.args)
+    problems = tensor_parallel_problems(tp=tp, heads=facts.heads, kv_heads=facts.kv_heads, ffn=facts.ffn,
+                                        vocab=model.args.vocab_size)
+    if sp and family.sequence_parallel is None:
+        problems.append(f"sequence parallelism is implemented for {_sp_families()} only, not {type(model).__name__}")
     if sp and model.args.seq_length % tp:
         problems.append(f"model.seq_length={model.args.seq_length} is not divisible by the tensor-parallel size {tp}")
     if problems:
@@ -311,7 +234,8 @@ def parallelize(model: nn.Module, group: Group, sequence_parallel: bool = False)
     model.sequence_parallel = sp
     if sp:
         log.info("sequence parallel: activations outside the tensor-parallel regions split over %d ranks; "
-                 "%d replicated parameters all-reduce their gradients", tp, _sequence_parallel(model, group))
+                 "%d replicated parameters all-reduce their gradients", tp,
+                 _sequence_parallel(model, group, family.sequence_parallel))
     log.info("tensor parallel: %s split over %d ranks (%d modules sharded); rank %d holds %d of its parameters",
              type(model).__name__, tp, len(targets), rank_in(group), sum(p.numel() for p in model.parameters()))
     return model

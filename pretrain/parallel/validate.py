@@ -3,19 +3,19 @@
 DeepSpeed and the sharded layers would fail on a bad layout too, but late (after minutes of start-up on a
 cluster), on one rank, deep inside (an assert in the pipeline engine, a shape error in a matmul) or not at all
 (a head split in half still multiplies). Here every problem is found at once and each message names the key,
-its value and what to change.
+its value and what to change. What the checks need of the model's shape, and whether the family has pipeline
+stages or sequence parallelism, the model family says (``ModelFamily.shape_facts`` and friends).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 from omegaconf import DictConfig
 
 from pretrain.core.errors import ConfigError
-from pretrain.parallel.pipeline import PIPELINE_FAMILIES, T5_REASON
+from pretrain.models import FAMILIES, get_family  # the family registry (imports no torch)
 
 
 @dataclass(frozen=True)
@@ -34,10 +34,6 @@ class ParallelLayout:
     def grad_accum_steps(self) -> int:
         """Micro-batches per step per data-parallel rank (with pp > 1: the micro-batches in the pipeline)."""
         return self.global_batch_size // (self.micro_batch_size * self.dp)
-
-
-def _val(x: Any) -> Any:
-    return x.value if hasattr(x, "value") else x
 
 
 def tensor_parallel_problems(*, tp: int, heads: int, kv_heads: int, ffn: int, vocab: int | None,
@@ -66,29 +62,6 @@ def tensor_parallel_problems(*, tp: int, heads: int, kv_heads: int, ffn: int, vo
     return out
 
 
-def _model_shape(m: DictConfig) -> dict[str, Any]:
-    """Heads, MLP width and layer counts of the model config, nulls resolved as the families resolve them."""
-    family = m.family
-    heads = m.num_attention_heads
-    act = _val(m.activation)
-    if family == "gpt":
-        from pretrain.models.gpt import default_ffn_hidden_size
-
-        ffn = m.ffn_hidden_size or default_ffn_hidden_size(m.hidden_size, act)
-        kv = m.num_key_value_heads or heads
-        layers = {"model.num_layers": m.num_layers}
-    elif family == "bert":
-        ffn, kv, layers = m.ffn_hidden_size or 4 * m.hidden_size, heads, {"model.num_layers": m.num_layers}
-    elif family == "t5":
-        ffn, kv = m.ffn_hidden_size or 4 * m.hidden_size, heads
-        layers = {"model.num_layers": m.num_layers,
-                  "model.num_decoder_layers": m.num_decoder_layers or m.num_layers}
-    else:  # the family registry reports unknown families with its own message
-        ffn, kv, layers = m.ffn_hidden_size or 4 * m.hidden_size, m.num_key_value_heads or heads, {
-            "model.num_layers": m.num_layers}
-    return {"heads": heads, "kv_heads": kv, "ffn": ffn, "layers": layers}
-
-
 def validate_parallel(cfg: DictConfig, world_size: int) -> ParallelLayout:
     """The layout ``tp x pp x dp`` of ``world_size`` ranks for ``cfg`` (``parallel``, ``trainer``, ``model``),
     or a :class:`ConfigError` listing every problem with what to change."""
@@ -106,18 +79,18 @@ def validate_parallel(cfg: DictConfig, world_size: int) -> ParallelLayout:
         )
     dp = max(world_size // (tp * pp), 1)
 
-    shape = _model_shape(m)
-    problems += tensor_parallel_problems(tp=tp, heads=shape["heads"], kv_heads=shape["kv_heads"], ffn=shape["ffn"],
+    family = get_family(str(getattr(m, "family", "gpt")))
+    shape = family.shape_facts(m)
+    problems += tensor_parallel_problems(tp=tp, heads=shape.heads, kv_heads=shape.kv_heads, ffn=shape.ffn,
                                          vocab=m.vocab_size, vocab_multiple=m.make_vocab_size_divisible_by)
     if pp > 1:
-        for key, n in shape["layers"].items():
+        for key, n in shape.layers.items():
             if n % pp:
                 problems.append(f"{key}={n} is not divisible by parallel.pipeline_model_parallel_size={pp} (each "
                                 f"stage holds the same number of layers); choose a pipeline size that divides {n}")
-        family = str(getattr(m, "family", "gpt"))
-        if family not in PIPELINE_FAMILIES:
-            problems.append(f"parallel.pipeline_model_parallel_size={pp} is not available for model.family={family} "
-                            f"({T5_REASON}); use tensor and data parallelism for it")
+        if family.pipeline_unsupported:
+            problems.append(f"parallel.pipeline_model_parallel_size={pp} is not available for model.family="
+                            f"{family.name} ({family.pipeline_unsupported}); use tensor and data parallelism for it")
         part = str(p.pipeline_partition)
         if part not in ("parameters", "uniform") and not (part.startswith("type:") and len(part) > 5):
             problems.append(f"parallel.pipeline_partition={part!r}; expected parameters, uniform or "
@@ -127,10 +100,10 @@ def validate_parallel(cfg: DictConfig, world_size: int) -> ParallelLayout:
                             f"pipeline engine cannot shard gradients or parameters), got {p.zero_stage}; set "
                             "parallel.zero_stage=1")
     if p.sequence_parallel and tp > 1:
-        family = str(getattr(m, "family", "gpt"))
-        if family != "gpt":
-            problems.append(f"parallel.sequence_parallel=true is implemented for model.family=gpt only, not {family}; "
-                            "set parallel.sequence_parallel=false")
+        if family.sequence_parallel is None:
+            able = "|".join(f.name for f in FAMILIES.values() if f.sequence_parallel is not None)
+            problems.append(f"parallel.sequence_parallel=true is implemented for model.family={able} only, not "
+                            f"{family.name}; set parallel.sequence_parallel=false")
         elif m.seq_length % tp:
             problems.append(f"parallel.sequence_parallel=true splits the sequence over the tensor ranks: "
                             f"model.seq_length={m.seq_length} is not divisible by parallel.tensor_model_parallel_size={tp}")

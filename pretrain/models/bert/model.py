@@ -3,8 +3,9 @@ and, optionally, sentence-order prediction (ALBERT's SOP, on the pooled ``[CLS]`
 
 Post-norm as in the paper (``x = LN(x + sublayer(x))``), LayerNorm after the embedding sum, GELU MLP, the MLM
 head ``dense -> GELU -> LayerNorm -> decoder`` with the decoder tied to the word embeddings plus an output
-bias. Export to ``BertForMaskedLM`` is a rename (:mod:`pretrain.hf`); the pooler and SOP head have no place
-there and are left out of the export.
+bias. Export to ``BertForMaskedLM`` is a rename (:mod:`pretrain.models.bert.hf`); the pooler and SOP head have
+no place there and are left out of the export. Parallelism and recomputation are applied to the built model from
+outside (:mod:`pretrain.parallel`, :mod:`pretrain.models.recompute`).
 
 FLOPs per token (fwd + bwd; per position of the ``seq_length`` window, as in :mod:`pretrain.flops`)::
 
@@ -21,44 +22,12 @@ forward (``4 * layers * hidden * seq``) under ``selective``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pretrain.core.errors import ConfigError, DataError
-# pretrain.models imports this module at its end, after these names exist
-from pretrain.models import ModelFamily, TokenizerInfo, Transform, check_heads, enum_value, resolve_vocab
-from pretrain.models.objectives import BertObjective
-from pretrain.models.recompute import check_granularity, core_attention, recompute_flops, run_layer
-
-
-@dataclass
-class BERTArgs:
-    vocab_size: int
-    num_layers: int
-    hidden_size: int
-    num_attention_heads: int
-    ffn_hidden_size: int
-    seq_length: int  # = max positions
-    type_vocab_size: int = 2
-    activation: str = "gelu_exact"  # gelu_exact (BERT) | gelu (tanh approximation)
-    norm_eps: float = 1e-12
-    sop: bool = False
-    mlm_probability: float = 0.15
-    mask_replace_prob: float = 0.8
-    random_replace_prob: float = 0.1
-    hidden_dropout: float = 0.1
-    attention_dropout: float = 0.1
-    init_method_std: float = 0.02
-    activation_checkpointing: bool = False
-    recompute_granularity: str = "full"  # full | selective (pretrain.models.recompute)
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
+from pretrain.models.bert.config import BERTArgs
+from pretrain.models.recompute import recompute_flops
 
 
 def gelu(x: torch.Tensor, kind: str) -> torch.Tensor:
@@ -69,14 +38,12 @@ class SelfAttention(nn.Module):
     def __init__(self, args: BERTArgs):
         super().__init__()
         h = args.hidden_size
-        self.args = args
         self.head_dim = args.head_dim
         self.dropout = args.attention_dropout
         self.q_proj, self.k_proj, self.v_proj, self.o_proj = (nn.Linear(h, h) for _ in range(4))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        y = core_attention(self.core, self.q_proj(x), self.k_proj(x), self.v_proj(x), mask,
-                           self.dropout if self.training else 0.0, args=self.args, training=self.training)
+        y = self.core(self.q_proj(x), self.k_proj(x), self.v_proj(x), mask, self.dropout if self.training else 0.0)
         return self.o_proj(y)
 
     def core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
@@ -145,7 +112,7 @@ class BERT(nn.Module):
         # keys that are padding are masked out (True = attend); padded queries still see the real tokens
         mask = None if attention_mask is None else attention_mask[:, None, None, :].bool()
         for layer in self.layers:
-            x = run_layer(layer, x, mask, args=self.args, training=self.training)
+            x = layer(x, mask)
         return x
 
     def mlm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -186,103 +153,3 @@ def bert_flops_per_token(args: BERTArgs) -> dict[str, float]:
     model = 6 * layers + 6 * args.mlm_probability * (h * h + h * V) + attn + (6 * h * h / s if args.sop else 0)
     recompute = recompute_flops(args, layers_forward=2 * layers + attn / 3, attention_core_forward=attn / 3)
     return {"model": float(model), "hardware": float(model + recompute)}
-
-
-def default_bert_ffn(hidden_size: int) -> int:
-    return 4 * hidden_size
-
-
-
-
-# ------------------------------------------------------------------------------------------------ family
-
-BERT_SPECIALS = ("[CLS]", "[SEP]", "[MASK]", "[PAD]")
-
-
-def check_probabilities(m) -> None:
-    p, r, k = m.mlm_probability, m.mask_replace_prob, m.random_replace_prob
-    if not (0.0 < p < 1.0) or r < 0 or k < 0 or r + k > 1.0:
-        raise ConfigError(
-            f"model.mlm_probability={p} must be in (0, 1), and model.mask_replace_prob={r} + "
-            f"model.random_replace_prob={k} must be non-negative and sum to at most 1"
-        )
-
-
-def require(tokenizer: TokenizerInfo, tokens: tuple[str, ...], family: str, sample_kind: str) -> list[int]:
-    """``tokenizer.require`` with the hint for the built-in sample data (``data.path=null``)."""
-    try:
-        return tokenizer.require(*tokens, family=family)
-    except DataError as e:
-        raise DataError(f"{e}; for the built-in sample data set data.sample_tokenizer={sample_kind}") from None
-
-
-class BERTFamily(ModelFamily):
-    name = "bert"
-    args_type = BERTArgs
-
-    def resolve_args(self, model_cfg, tokenizer: TokenizerInfo) -> BERTArgs:
-        m = model_cfg
-        kv = check_heads(m)
-        act, pos, norm = enum_value(m.activation), enum_value(m.position_embedding), enum_value(m.normalization)
-        wrong = []
-        if pos != "learned":
-            wrong.append(f"model.position_embedding={pos} (BERT: learned)")
-        if norm != "layernorm":
-            wrong.append(f"model.normalization={norm} (BERT: layernorm)")
-        if act not in ("gelu_exact", "gelu"):
-            wrong.append(f"model.activation={act} (BERT: gelu_exact or gelu)")
-        if not m.bias:
-            wrong.append("model.bias=false (BERT has biases)")
-        if not m.tie_word_embeddings:
-            wrong.append("model.tie_word_embeddings=false (BERT ties the MLM decoder to the embeddings)")
-        if kv != m.num_attention_heads:
-            wrong.append(f"model.num_key_value_heads={kv} (BERT: multi-head attention)")
-        if wrong:
-            raise ConfigError("model.family=bert does not support " + "; ".join(wrong))
-        check_probabilities(m)
-        if m.type_vocab_size < (2 if m.sop else 1):
-            raise ConfigError(f"model.type_vocab_size={m.type_vocab_size} must be >= 2 with model.sop=true (segments A/B)")
-        if m.seq_length < 8:
-            raise ConfigError(f"model.seq_length={m.seq_length} is too short for [CLS] A [SEP] B [SEP] samples (>= 8)")
-        if tokenizer.path is not None:  # a config-only resolve (benchmarks, tests) has no tokenizer to check
-            require(tokenizer, BERT_SPECIALS, self.name, "wordpiece")
-        return BERTArgs(
-            vocab_size=resolve_vocab(m, tokenizer.vocab_size), num_layers=m.num_layers, hidden_size=m.hidden_size,
-            num_attention_heads=m.num_attention_heads, ffn_hidden_size=m.ffn_hidden_size or default_bert_ffn(m.hidden_size),
-            seq_length=m.seq_length, type_vocab_size=m.type_vocab_size, activation=act, norm_eps=m.norm_eps,
-            sop=m.sop, mlm_probability=m.mlm_probability, mask_replace_prob=m.mask_replace_prob,
-            random_replace_prob=m.random_replace_prob, hidden_dropout=m.hidden_dropout,
-            attention_dropout=m.attention_dropout, init_method_std=m.init_method_std,
-            activation_checkpointing=m.activation_checkpointing,
-            recompute_granularity=check_granularity(m.get("recompute_granularity", "full")),
-        )
-
-    def build(self, args: BERTArgs) -> BERT:
-        return BERT(args)
-
-    def objective(self, args: BERTArgs, tokenizer: TokenizerInfo, seed: int) -> BertObjective:
-        cls_id, sep_id, mask_id, pad_id = require(tokenizer, BERT_SPECIALS, self.name, "wordpiece")
-        special = np.array(sorted(set(tokenizer.special_tokens.values()) | {tokenizer.eod_id}), dtype=np.int64)
-        vocab = tokenizer.vocab_size or args.vocab_size
-        random_ids = np.setdiff1d(np.arange(vocab, dtype=np.int64), special)
-        return BertObjective(
-            seq_length=args.seq_length, cls_id=cls_id, sep_id=sep_id, pad_id=pad_id, mask_id=mask_id,
-            eod_id=tokenizer.eod_id, special_ids=special, random_ids=random_ids, seed=seed, sop=args.sop,
-            mlm_probability=args.mlm_probability, mask_replace_prob=args.mask_replace_prob,
-            random_replace_prob=args.random_replace_prob,
-        )
-
-    def sample_length(self, args: BERTArgs) -> int:
-        return args.seq_length - (3 if args.sop else 2)
-
-    def make_transform(self, args: BERTArgs, tokenizer: TokenizerInfo, seed: int) -> Transform:
-        return self.objective(args, tokenizer, seed)
-
-    def flops_per_token(self, args: BERTArgs) -> dict[str, float]:
-        return bert_flops_per_token(args)
-
-    def tokens_per_sample(self, args: BERTArgs) -> int:
-        return args.seq_length
-
-    def num_parameters(self, args: BERTArgs) -> int:
-        return count_parameters(args)["total"]

@@ -4,58 +4,26 @@ GPT-2 style: learned positions, LayerNorm, GELU MLP, biases, tied input/output e
 LLaMA style: rotary positions (rotate-half convention, as Hugging Face's Llama), RMSNorm, SwiGLU MLP,
 grouped-query attention, no biases, untied output layer.
 
-The file knows nothing about parallelism: tensor/pipeline parallelism is applied to it by a separate step.
+The file knows nothing about parallelism or recomputation: tensor/pipeline parallelism and activation
+checkpointing are applied to the built model by separate steps (:mod:`pretrain.parallel`,
+:mod:`pretrain.models.recompute`).
 Parameter names follow the Hugging Face Llama layout (``embed_tokens``, ``layers.N.self_attn.q_proj``,
 ``layers.N.mlp.down_proj``, ``norm``, ``lm_head``), so export to ``LlamaForCausalLM`` is a rename and
 to ``GPT2LMHeadModel`` a rename plus concatenating q/k/v into ``c_attn`` (and transposing for its Conv1D).
 Attention runs through ``scaled_dot_product_attention`` (flash / memory-efficient kernels on CUDA).
+
+FLOPs per token: :func:`pretrain.flops.gpt_flops_per_token`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pretrain.models.recompute import core_attention, run_layer
-
-
-@dataclass
-class GPTArgs:
-    """Resolved model shape (every ``null`` of the config filled in)."""
-
-    vocab_size: int
-    num_layers: int
-    hidden_size: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    ffn_hidden_size: int
-    seq_length: int
-    position_embedding: str = "learned"  # learned | rope
-    rotary_base: float = 10000.0
-    normalization: str = "layernorm"  # layernorm | rmsnorm
-    norm_eps: float = 1e-5
-    activation: str = "gelu"  # gelu | swiglu
-    bias: bool = True
-    tie_word_embeddings: bool = True
-    hidden_dropout: float = 0.0
-    attention_dropout: float = 0.0
-    init_method_std: float = 0.02
-    activation_checkpointing: bool = False
-    recompute_granularity: str = "full"  # full | selective (pretrain.models.recompute)
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
-
-def default_ffn_hidden_size(hidden_size: int, activation: str) -> int:
-    if activation == "swiglu":  # LLaMA: 2/3 of 4h, rounded up to a multiple of 256
-        return 256 * math.ceil(int(8 * hidden_size / 3) / 256)
-    return 4 * hidden_size
+from pretrain.models.gpt.config import GPTArgs, count_parameters  # noqa: F401  (count_parameters: re-exported)
 
 
 class RMSNorm(nn.Module):
@@ -95,7 +63,6 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 class Attention(nn.Module):
     def __init__(self, args: GPTArgs):
         super().__init__()
-        self.args = args
         self.num_heads = args.num_attention_heads
         self.num_kv_heads = args.num_key_value_heads
         self.head_dim = args.head_dim
@@ -107,8 +74,7 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(h, h, bias=args.bias)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-        y = core_attention(self.core, self.q_proj(x), self.k_proj(x), self.v_proj(x), rope,
-                           self.dropout if self.training else 0.0, args=self.args, training=self.training)
+        y = self.core(self.q_proj(x), self.k_proj(x), self.v_proj(x), rope, self.dropout if self.training else 0.0)
         return self.o_proj(y)
 
     def core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -205,24 +171,8 @@ class GPT(nn.Module):
             rope = (self.rope_cos[:s].to(x.dtype), self.rope_sin[:s].to(x.dtype))
         x = self.embed_dropout(x)
         for layer in self.layers:
-            x = run_layer(layer, x, rope, args=self.args, training=self.training)
+            x = layer(x, rope)
         logits = self.lm_head(self.norm(x))
         if labels is None:
             return logits
         return self.loss_fn(logits.float().view(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100)
-
-
-def count_parameters(args: GPTArgs) -> dict[str, int]:
-    """Parameter counts from the shape alone (no model built): used for FLOPs/MFU of real-size presets."""
-    h, f, L, V = args.hidden_size, args.ffn_hidden_size, args.num_layers, args.vocab_size
-    kv = args.num_key_value_heads * args.head_dim
-    b = 1 if args.bias else 0
-    attn = h * h + 2 * h * kv + h * h + b * (h + 2 * kv + h)
-    n_mats = 3 if args.activation == "swiglu" else 2
-    mlp = n_mats * h * f + b * ((n_mats - 1) * f + h)
-    norm = h * (2 if args.normalization == "layernorm" and args.bias else 1)
-    per_layer = attn + mlp + 2 * norm
-    embed = V * h + (args.seq_length * h if args.position_embedding == "learned" else 0)
-    head = 0 if args.tie_word_embeddings else V * h
-    total = embed + L * per_layer + norm + head
-    return {"total": total, "embedding": embed, "non_embedding": total - embed - head, "lm_head": head}

@@ -11,7 +11,8 @@ Common to both: RMSNorm without bias (T5's LayerNorm), no biases anywhere, no ``
 (folded into the init), one relative-position-bias table per stack (bidirectional buckets in the encoder,
 causal ones in the decoder) computed once and shared by all layers; cross-attention has no position bias.
 The decoder reads the labels shifted right with ``<pad>`` (id 0) as the start token. Export to
-``T5ForConditionalGeneration`` is a rename (:mod:`pretrain.hf`).
+``T5ForConditionalGeneration`` is a rename (:mod:`pretrain.models.t5.hf`). Parallelism and recomputation are
+applied to the built model from outside (:mod:`pretrain.parallel`, :mod:`pretrain.models.recompute`).
 
 FLOPs, counted per sample and divided by the ``seq_length + target_length`` positions it processes (fwd + bwd;
 S = encoder length, T = decoder length, d = heads x kv_channels)::
@@ -30,50 +31,14 @@ the attention term: ``4 * d * (...)``) under ``selective``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pretrain.core.errors import ConfigError
-# pretrain.models imports this module at its end, after these names exist
-from pretrain.models import ModelFamily, TokenizerInfo, Transform, enum_value, resolve_vocab
-from pretrain.models.bert import require
-from pretrain.models.gpt import RMSNorm
-from pretrain.models.objectives import T5Objective, _span_counts, t5_lengths
-from pretrain.models.recompute import check_granularity, core_attention, recompute_flops, run_layer
-
-
-@dataclass
-class T5Args:
-    vocab_size: int
-    num_layers: int  # encoder
-    num_decoder_layers: int
-    hidden_size: int
-    num_attention_heads: int
-    kv_channels: int
-    ffn_hidden_size: int
-    seq_length: int  # encoder input length
-    target_length: int  # decoder length
-    activation: str = "geglu"  # relu (v1.0) | geglu (v1.1)
-    tie_word_embeddings: bool = False
-    relative_attention_num_buckets: int = 32
-    relative_attention_max_distance: int = 128
-    norm_eps: float = 1e-6
-    noise_density: float = 0.15
-    mean_noise_span_length: float = 3.0
-    hidden_dropout: float = 0.1
-    attention_dropout: float = 0.0
-    init_method_std: float = 1.0  # T5's initializer_factor
-    activation_checkpointing: bool = False
-    recompute_granularity: str = "full"  # full | selective (pretrain.models.recompute)
-    decoder_start_id: int = 0  # <pad>, T5's decoder start token
-
-    @property
-    def inner_dim(self) -> int:
-        return self.num_attention_heads * self.kv_channels
+from pretrain.models.gpt.model import RMSNorm
+from pretrain.models.recompute import recompute_flops
+from pretrain.models.t5.config import T5Args
 
 
 def relative_position_bucket(relative_position: torch.Tensor, bidirectional: bool, num_buckets: int,
@@ -89,7 +54,8 @@ def relative_position_bucket(relative_position: torch.Tensor, bidirectional: boo
     max_exact = num_buckets // 2
     is_small = relative_position < max_exact
     large = max_exact + (
-        torch.log(relative_position.float() / max_exact) / math.log(max_distance / max_exact) * (num_buckets - max_exact)
+        torch.log(relative_position.float() / max_exact) / math.log(max_distance / max_exact)
+        * (num_buckets - max_exact)
     ).long()
     large = torch.clamp(large, max=num_buckets - 1)
     return buckets + torch.where(is_small, relative_position, large)
@@ -99,7 +65,6 @@ class Attention(nn.Module):
     def __init__(self, args: T5Args):
         super().__init__()
         h, inner = args.hidden_size, args.inner_dim
-        self.args = args
         self.head_dim = args.kv_channels
         self.dropout = args.attention_dropout
         self.q, self.k, self.v = (nn.Linear(h, inner, bias=False) for _ in range(3))
@@ -107,8 +72,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, kv: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """``bias``: additive ``[batch or 1, heads or 1, q, k]`` (position bias + masks)."""
-        y = core_attention(self.core, self.q(x), self.k(kv), self.v(kv), bias,
-                           self.dropout if self.training else 0.0, args=self.args, training=self.training)
+        y = self.core(self.q(x), self.k(kv), self.v(kv), bias, self.dropout if self.training else 0.0)
         return self.o(y)
 
     def core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
@@ -198,7 +162,7 @@ class Stack(nn.Module):
             cross = torch.zeros(1, 1, 1, memory.shape[1], device=x.device) + _mask_bias(memory_mask, dtype)
         x = self.dropout(x)
         for layer in self.layers:
-            x = run_layer(layer, x, bias, memory, cross, args=self.args, training=self.training)
+            x = layer(x, bias, memory, cross)
         return self.dropout(self.final_norm(x))
 
 
@@ -281,106 +245,3 @@ def t5_flops_per_token(args: T5Args) -> dict[str, float]:
     recompute = recompute_flops(args, layers_forward=(weights / 3 + attn / 3) / (S + T),
                                 attention_core_forward=attn / 3 / (S + T))
     return {"model": float(model), "hardware": float(model + recompute)}
-
-
-# ------------------------------------------------------------------------------------------------ family
-
-
-def sentinel_ids(tokenizer: TokenizerInfo) -> np.ndarray:
-    """Ids of ``<extra_id_0>``, ``<extra_id_1>``, ... as long as the tokenizer has them."""
-    out = []
-    while f"<extra_id_{len(out)}>" in tokenizer.special_tokens:
-        out.append(tokenizer.special_tokens[f"<extra_id_{len(out)}>"])
-    return np.array(out, dtype=np.int64)
-
-
-class T5Family(ModelFamily):
-    name = "t5"
-    args_type = T5Args
-
-    def resolve_args(self, model_cfg, tokenizer: TokenizerInfo) -> T5Args:
-        m = model_cfg
-        act, pos, norm = enum_value(m.activation), enum_value(m.position_embedding), enum_value(m.normalization)
-        wrong = []
-        if pos != "relative":
-            wrong.append(f"model.position_embedding={pos} (T5: relative)")
-        if norm != "rmsnorm":
-            wrong.append(f"model.normalization={norm} (T5: rmsnorm)")
-        if act not in ("relu", "geglu"):
-            wrong.append(f"model.activation={act} (T5: relu for v1.0, geglu for v1.1)")
-        if m.bias:
-            wrong.append("model.bias=true (T5 has no biases)")
-        if m.num_key_value_heads not in (None, m.num_attention_heads):
-            wrong.append(f"model.num_key_value_heads={m.num_key_value_heads} (T5: multi-head attention)")
-        if wrong:
-            raise ConfigError("model.family=t5 does not support " + "; ".join(wrong))
-        kv_channels = m.kv_channels
-        if kv_channels is None:
-            if m.hidden_size % m.num_attention_heads:
-                raise ConfigError(
-                    f"model.hidden_size={m.hidden_size} is not divisible by model.num_attention_heads="
-                    f"{m.num_attention_heads}; set model.kv_channels (the per-head dimension)"
-                )
-            kv_channels = m.hidden_size // m.num_attention_heads
-        if not (0.0 < m.noise_density < 1.0) or m.mean_noise_span_length < 1:
-            raise ConfigError(
-                f"model.noise_density={m.noise_density} must be in (0, 1) and model.mean_noise_span_length="
-                f"{m.mean_noise_span_length} >= 1"
-            )
-        if m.seq_length < 8:
-            raise ConfigError(f"model.seq_length={m.seq_length} is too short for span corruption (>= 8)")
-        raw, needed = t5_lengths(m.seq_length, m.noise_density, m.mean_noise_span_length)
-        target = needed if m.target_length is None else m.target_length
-        if target < needed:
-            raise ConfigError(
-                f"model.target_length={m.target_length} is shorter than the {needed} tokens span corruption of "
-                f"{raw} raw tokens into model.seq_length={m.seq_length} inputs produces; set it >= {needed} or null"
-            )
-        start = 0
-        if tokenizer.path is not None:  # a config-only resolve (benchmarks, tests) has no tokenizer to check
-            start, _ = require(tokenizer, ("<pad>", "</s>"), self.name, "unigram")
-            have = len(sentinel_ids(tokenizer))
-            spans = _span_counts(raw, m.noise_density, m.mean_noise_span_length)[1]
-            if have < spans:
-                raise ConfigError(
-                    f"span corruption of {raw} tokens makes {spans} noise spans but the tokenizer {tokenizer.path} "
-                    f"has {have} sentinels <extra_id_N>; train it with tokenizer.sentinel_tokens >= {spans} (built-in "
-                    "sample data: data.sample_tokenizer=unigram)"
-                )
-        return T5Args(
-            vocab_size=resolve_vocab(m, tokenizer.vocab_size), num_layers=m.num_layers,
-            num_decoder_layers=m.num_decoder_layers or m.num_layers, hidden_size=m.hidden_size,
-            num_attention_heads=m.num_attention_heads, kv_channels=kv_channels,
-            ffn_hidden_size=m.ffn_hidden_size or 4 * m.hidden_size, seq_length=m.seq_length, target_length=target,
-            activation=act, tie_word_embeddings=m.tie_word_embeddings,
-            relative_attention_num_buckets=m.relative_attention_num_buckets,
-            relative_attention_max_distance=m.relative_attention_max_distance, norm_eps=m.norm_eps,
-            noise_density=m.noise_density, mean_noise_span_length=m.mean_noise_span_length,
-            hidden_dropout=m.hidden_dropout, attention_dropout=m.attention_dropout,
-            init_method_std=m.init_method_std, activation_checkpointing=m.activation_checkpointing,
-            recompute_granularity=check_granularity(m.get("recompute_granularity", "full")),
-            decoder_start_id=start,
-        )
-
-    def build(self, args: T5Args) -> T5:
-        return T5(args)
-
-    def sample_length(self, args: T5Args) -> int:
-        return t5_lengths(args.seq_length, args.noise_density, args.mean_noise_span_length)[0]
-
-    def make_transform(self, args: T5Args, tokenizer: TokenizerInfo, seed: int) -> Transform:
-        _, eos = require(tokenizer, ("<pad>", "</s>"), self.name, "unigram")
-        return T5Objective(
-            seq_length=args.seq_length, target_length=args.target_length, raw_length=self.sample_length(args),
-            sentinel_ids=sentinel_ids(tokenizer), eos_id=eos, seed=seed, noise_density=args.noise_density,
-            mean_noise_span_length=args.mean_noise_span_length,
-        )
-
-    def flops_per_token(self, args: T5Args) -> dict[str, float]:
-        return t5_flops_per_token(args)
-
-    def tokens_per_sample(self, args: T5Args) -> int:
-        return args.seq_length + args.target_length
-
-    def num_parameters(self, args: T5Args) -> int:
-        return count_parameters(args)["total"]

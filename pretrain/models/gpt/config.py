@@ -1,0 +1,111 @@
+"""GPT's config: the keys of the ``model`` group it reads (:class:`GPTConfig`), the resolved shape
+(:class:`GPTArgs`, every null filled in; stored in checkpoints as ``model_args``) and :func:`resolve`, from one
+to the other with the checks that name the key. No torch here."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from pretrain.core.errors import ConfigError
+from pretrain.models.family import TokenizerInfo, check_heads, enum_value, resolve_vocab
+from pretrain.models.schema import ModelConfigBase, check_granularity
+
+
+@dataclass
+class GPTConfig(ModelConfigBase):
+    """Decoder-only, GPT-2 style (learned positions, LayerNorm, GELU, biases, tied) or LLaMA style (rope,
+    rmsnorm, swiglu, no biases, untied, grouped-query attention through num_key_value_heads)."""
+
+    family: str = "gpt"
+    # Base of the rotary embedding's frequencies (position_embedding: rope).
+    rotary_base: float = 10000.0
+
+
+@dataclass
+class GPTArgs:
+    """Resolved model shape (every ``null`` of the config filled in)."""
+
+    vocab_size: int
+    num_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    ffn_hidden_size: int
+    seq_length: int
+    position_embedding: str = "learned"  # learned | rope
+    rotary_base: float = 10000.0
+    normalization: str = "layernorm"  # layernorm | rmsnorm
+    norm_eps: float = 1e-5
+    activation: str = "gelu"  # gelu | swiglu
+    bias: bool = True
+    tie_word_embeddings: bool = True
+    hidden_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    init_method_std: float = 0.02
+    # applied by ModelFamily.build (pretrain.models.recompute.apply_ac), not by the GPT module itself
+    activation_checkpointing: bool = False
+    recompute_granularity: str = "full"  # full | selective (pretrain.models.recompute)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
+def default_ffn_hidden_size(hidden_size: int, activation: str) -> int:
+    if activation == "swiglu":  # LLaMA: 2/3 of 4h, rounded up to a multiple of 256
+        return 256 * math.ceil(int(8 * hidden_size / 3) / 256)
+    return 4 * hidden_size
+
+
+def resolve(m, tokenizer: TokenizerInfo) -> GPTArgs:
+    kv = check_heads(m)
+    act = enum_value(m.activation)
+    pos = enum_value(m.position_embedding)
+    if pos not in ("learned", "rope") or act not in ("gelu", "swiglu"):
+        raise ConfigError(
+            f"model.family=gpt takes model.position_embedding learned|rope and model.activation gelu|swiglu, "
+            f"got {pos} and {act} (relative positions, relu and geglu are T5's; gelu_exact is BERT's)"
+        )
+    if pos == "rope" and (m.hidden_size // m.num_attention_heads) % 2:
+        raise ConfigError(
+            "rotary embeddings need an even head dimension; hidden_size/heads = "
+            f"{m.hidden_size // m.num_attention_heads}"
+        )
+    return GPTArgs(
+        vocab_size=resolve_vocab(m, tokenizer.vocab_size),
+        num_layers=m.num_layers,
+        hidden_size=m.hidden_size,
+        num_attention_heads=m.num_attention_heads,
+        num_key_value_heads=kv,
+        ffn_hidden_size=m.ffn_hidden_size or default_ffn_hidden_size(m.hidden_size, act),
+        seq_length=m.seq_length,
+        position_embedding=pos,
+        rotary_base=m.rotary_base,
+        normalization=enum_value(m.normalization),
+        norm_eps=m.norm_eps,
+        activation=act,
+        bias=m.bias,
+        tie_word_embeddings=m.tie_word_embeddings,
+        hidden_dropout=m.hidden_dropout,
+        attention_dropout=m.attention_dropout,
+        init_method_std=m.init_method_std,
+        activation_checkpointing=m.activation_checkpointing,
+        recompute_granularity=check_granularity(getattr(m, "recompute_granularity", "full")),
+    )
+
+
+def count_parameters(args: GPTArgs) -> dict[str, int]:
+    """Parameter counts from the shape alone (no model built): used for FLOPs/MFU of real-size presets."""
+    h, f, L, V = args.hidden_size, args.ffn_hidden_size, args.num_layers, args.vocab_size
+    kv = args.num_key_value_heads * args.head_dim
+    b = 1 if args.bias else 0
+    attn = h * h + 2 * h * kv + h * h + b * (h + 2 * kv + h)
+    n_mats = 3 if args.activation == "swiglu" else 2
+    mlp = n_mats * h * f + b * ((n_mats - 1) * f + h)
+    norm = h * (2 if args.normalization == "layernorm" and args.bias else 1)
+    per_layer = attn + mlp + 2 * norm
+    embed = V * h + (args.seq_length * h if args.position_embedding == "learned" else 0)
+    head = 0 if args.tie_word_embeddings else V * h
+    total = embed + L * per_layer + norm + head
+    return {"total": total, "embedding": embed, "non_embedding": total - embed - head, "lm_head": head}
