@@ -231,8 +231,8 @@ def write_error(e: BaseException, path: Any, needed: int, free_before: int | Non
         isinstance(e, RuntimeError) and ("unexpected pos" in str(e) or free < max(needed, 1 << 20)))
     if full:
         return no_space(path, needed, free if free_before is None else free_before)
-    detail = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:200]
-    return f"cannot write {path}: {detail}"
+    detail = e.strerror if isinstance(e, OSError) and e.strerror else (str(e).splitlines() or [type(e).__name__])[0]
+    return f"cannot write {path}: {detail[:200].rstrip('.')}"
 
 
 class SaveGuard:

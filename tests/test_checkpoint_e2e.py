@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -11,6 +12,7 @@ import time
 import pytest
 
 from conftest import REPO, TINY, losses_by_step, run_train, train_cmd
+from pretrain import checkpoint_files as files
 
 pytestmark = pytest.mark.slow
 
@@ -44,6 +46,10 @@ def test_kill_9_during_a_save_leaves_the_previous_checkpoint_loadable(tmp_path, 
     assert (ckpts / "latest").read_text() == "step_000010"
     assert (ckpts / "step_000010" / "COMPLETE").exists()
     assert sorted(losses_by_step(run_dir)) == list(range(1, 11))
+    # both ranks' files are in the file list the save wrote before COMPLETE, and they verify
+    listed = json.loads((ckpts / "step_000010" / files.FILE_LIST).read_text())["files"]
+    assert {"rng_state_rank0.pt", "rng_state_rank1.pt", "trainer_state.json"} <= set(listed)
+    assert files.verify(ckpts / "step_000010") is None
 
 
 def test_keep_last_n_prunes_old_checkpoints(tmp_path, train_env):

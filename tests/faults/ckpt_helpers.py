@@ -14,26 +14,45 @@ import torch
 from pretrain import checkpoint_files as files
 
 MODEL = "mp_rank_00_model_states.pt"
-OPTIM = "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+OPTIM = "zero_pp_rank_0_mp_rank_00_optim_states.pt"  # rank 0's
+
+
+def optim_file(rank: int) -> str:
+    return f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt"
 
 
 class FakeEngine:
-    def __init__(self, value: float = 0.0, numel: int = 1000):
-        self.weight = torch.full((numel,), float(value))
+    """Rank 0 writes the model file, every rank its optimizer shard, as DeepSpeed's ZeRO does."""
+
+    def __init__(self, value: float = 0.0, numel: int = 1000, rank: int = 0):
+        self.weight, self.rank = torch.full((numel,), float(value)), rank
 
     def save_checkpoint(self, save_dir, tag=None, client_state=None, save_latest=True):
         folder = Path(save_dir) / tag
         folder.mkdir(parents=True, exist_ok=True)
-        torch.save({"module": {"weight": self.weight.clone()}, **(client_state or {})}, folder / MODEL)
-        torch.save({"optimizer_state_dict": {"exp_avg": torch.zeros_like(self.weight)}}, folder / OPTIM)
+        if self.rank == 0:
+            torch.save({"module": {"weight": self.weight.clone()}, **(client_state or {})}, folder / MODEL)
+        self.save_optimizer(folder)
         return True
+
+    def save_optimizer(self, folder: Path) -> None:
+        torch.save({"optimizer_state_dict": {"exp_avg": torch.zeros_like(self.weight)}}, folder / optim_file(self.rank))
 
     def load_checkpoint(self, load_dir, tag=None, **_):
         folder = Path(load_dir) / tag
         sd = torch.load(folder / MODEL, map_location="cpu", weights_only=False)  # as DeepSpeed does
-        torch.load(folder / OPTIM, map_location="cpu", weights_only=False)
+        torch.load(folder / optim_file(self.rank), map_location="cpu", weights_only=False)
         self.weight = sd["module"]["weight"]
         return str(folder), {k: v for k, v in sd.items() if k != "module"}
+
+
+class FailingEngine(FakeEngine):
+    """Its optimizer shard cannot be written (a file stands where its folder should be), the way a write error
+    inside DeepSpeed's save happens: after the model file, before DeepSpeed's closing barrier."""
+
+    def save_optimizer(self, folder: Path) -> None:
+        (folder / f"blocked{self.rank}").write_text("a file where a folder should be")
+        torch.save({"optimizer_state_dict": {}}, folder / f"blocked{self.rank}" / optim_file(self.rank))
 
 
 def save_steps(ckpt_dir: Path, steps, keep_last: int = 100, numel: int = 1000) -> None:

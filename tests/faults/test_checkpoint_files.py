@@ -22,7 +22,7 @@ from pretrain import checkpoint_files as files
 from pretrain.core import safe_load
 from pretrain.core.errors import CheckpointError, ConfigError
 
-from .ckpt_helpers import MODEL, OPTIM, FakeEngine, craft, relist, save_steps
+from .ckpt_helpers import MODEL, OPTIM, FailingEngine, FakeEngine, craft, relist, save_steps
 
 
 @pytest.fixture
@@ -220,23 +220,11 @@ def test_rotation_keeps_the_newest_intact_checkpoints_of_this_run(tmp_path):
     assert ckpt.complete_tags(ckpt_dir) == ["step_000002", "step_000003"]
 
 
-class FailingEngine(FakeEngine):
-    """Writes its model file, then fails on the optimizer file, the way a write error inside DeepSpeed does."""
-
-    def save_checkpoint(self, save_dir, tag=None, client_state=None, save_latest=True):
-        folder = Path(save_dir) / tag
-        folder.mkdir(parents=True, exist_ok=True)
-        torch.save({"module": {"weight": self.weight}}, folder / MODEL)
-        (folder / "blocked").write_text("a file where a folder should be")
-        torch.save({"optimizer_state_dict": {}}, folder / "blocked" / OPTIM)
-        return True
-
-
 def test_a_failed_write_names_the_path_removes_the_partial_folder_and_keeps_the_previous_one(three):
     with pytest.raises(CheckpointError) as e:
         ckpt.save(FailingEngine(4), three, 4, {"step": 4}, rank=0, keep_last=1)
     msg = str(e.value)
-    assert f"cannot write {three / 'step_000004' / 'blocked' / OPTIM}" in msg, msg
+    assert f"cannot write {three / 'step_000004' / 'blocked0' / OPTIM}" in msg, msg
     assert "step_000003 stays the checkpoint to resume from" in msg
     assert not (three / "step_000004").exists()
     assert (three / "latest").read_text() == "step_000003"
@@ -348,3 +336,51 @@ def test_unsafe_globals_reads_opcodes_only(tmp_path):
     craft(tmp_path / "x.pt", marker)
     assert safe_load.unsafe_globals(tmp_path / "x.pt") == ["posix.system"]
     assert not marker.exists()
+
+
+TWO_RANKS = """
+import sys
+from pathlib import Path
+import torch.distributed as dist
+sys.path.insert(0, sys.argv[2])
+from ckpt_helpers import FailingEngine, FakeEngine
+from pretrain import checkpoint as ckpt
+from pretrain.core.errors import CheckpointError
+
+dist.init_process_group("gloo")
+rank, ckpt_dir = dist.get_rank(), Path(sys.argv[1])
+ckpt.save(FakeEngine(1, rank=rank), ckpt_dir, 1, {"step": 1, "world_size": 2}, rank, keep_last=1)
+try:  # rank 1's write fails inside the engine's save; rank 0's succeeds
+    ckpt.save((FailingEngine if rank == 1 else FakeEngine)(2, rank=rank), ckpt_dir, 2, {"step": 2}, rank, keep_last=1)
+    print(f"rank {rank}: saved", flush=True)
+except CheckpointError as e:
+    print(f"rank {rank}: {e}", flush=True)
+dist.barrier()
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_a_write_error_on_one_rank_stops_every_rank_with_one_message_and_no_hang(tmp_path):
+    """Each rank hashes the files it wrote; the ranks agree on the outcome in one collective, so a failure on
+    rank 1 is reported on rank 0 too (naming rank 1's path) instead of rank 0 completing a broken checkpoint
+    or waiting in a barrier."""
+    from conftest import _free_port
+
+    ckpt_dir, script = tmp_path / "checkpoints", tmp_path / "two_ranks.py"
+    script.write_text(TWO_RANKS)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", str(script), str(ckpt_dir), str(Path(__file__).parent)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("RANK", None)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
+    bad = ckpt_dir / "step_000002" / "blocked1" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    for rank in (0, 1):
+        assert f"rank {rank}: cannot write {bad}" in proc.stdout and "(rank 1)" in proc.stdout, proc.stdout
+    assert ": saved" not in proc.stdout
+    listed = json.loads((ckpt_dir / "step_000001" / files.FILE_LIST).read_text())["files"]
+    assert sorted(listed) == sorted([MODEL, OPTIM, "zero_pp_rank_1_mp_rank_00_optim_states.pt", "rng_state_rank0.pt",
+                                     "rng_state_rank1.pt", ckpt.STATE])
+    assert ckpt.complete_tags(ckpt_dir) == ["step_000001"] and not (ckpt_dir / "step_000002").exists()
+    assert (ckpt_dir / "latest").read_text() == "step_000001" and files.verify(ckpt_dir / "step_000001") is None
