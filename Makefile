@@ -2,6 +2,7 @@
 #   make demo        raw sample corpora -> data pipeline -> tiny GPT trained -> exported to Hugging Face
 #   make test        the whole test suite (what CI runs)
 #   make test-fast   the suite without the slow multi-process end-to-end runs
+#   make lint        ruff (rules and exclusions in pyproject.toml; CI runs it before the tests)
 #   make bench       training throughput: our DeepSpeed stack vs a bare PyTorch loop; ZeRO memory per rank
 #                    at dp1 vs dp2 and the tp2 vs tp1 step time
 PYTHON ?= python3
@@ -14,7 +15,7 @@ TORCH_SPEC ?= torch==2.13.0
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast lint bench clean
 
 install: $(STAMP)
 
@@ -37,6 +38,9 @@ test: install
 
 test-fast: install
 	WANDB_MODE=disabled $(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
 
 bench: install
 	$(PY) -m pretrain.bench.train

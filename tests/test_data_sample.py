@@ -15,11 +15,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from pretrain.data import sample
-from pretrain.data.dataset import build_datasets, check_vocab
+from pretrain.core.errors import DataError
 from pretrain.core.indexed import IndexedDataset
 from pretrain.core.manifest import read_manifest
-from pretrain.core.errors import DataError
+from pretrain.data import sample
+from pretrain.data.dataset import build_datasets, check_vocab
 
 REPO = Path(__file__).resolve().parents[1]
 
