@@ -88,8 +88,9 @@ def _rank_forked(fn, group: Group, active):
     dropout stream of replicated activations stays shared by the group. ``active(args)``: whether it draws.
 
     One number is drawn from the (group-shared) global generator and ``fn`` runs in a forked RNG seeded by it
-    and the tensor rank: the masks are a function of the global stream, so activation checkpointing, which
-    restores the global RNG before recomputing, replays them exactly, and a resumed run continues them.
+    and the tensor rank: the masks are a function of the global stream, so activation checkpointing replays
+    them exactly, whether its region encloses this call (full: it restores the global RNG before recomputing)
+    or sits inside it (selective: it restores the forked RNG), and a resumed run continues them.
     """
     rank = rank_in(group)
 
