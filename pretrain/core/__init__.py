@@ -3,5 +3,6 @@
 * ``errors``: the user-facing exceptions (one clear line, exit code 2);
 * ``atomic``: the one atomic, durable file write;
 * ``indexed`` + ``manifest``: the token-shard format (Megatron ``.bin``/``.idx``) and the folder manifest;
-* ``tokenizer``: training, loading and saving the tokenizers of the three families.
+* ``tokenizer``: training, loading and saving the tokenizers of the three families;
+* ``safe_load``: torch files loaded weights-only through an allow-list, so no file we read runs code.
 """
