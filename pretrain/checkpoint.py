@@ -105,7 +105,7 @@ class ResumeChoice:
     steps_lost: int = 0  # steps between the newest damaged checkpoint and the one chosen
 
 
-def choose_resume(mode: str, ckpt_dir: Path) -> ResumeChoice:
+def choose_resume(mode: str, ckpt_dir: Path, verify: str = "checksum") -> ResumeChoice:
     """The checkpoint to resume from per ``checkpoint.resume``, verified against its file list first.
 
     ``auto``: ``latest`` if it names a complete checkpoint, else the newest complete one; a damaged one is
@@ -124,7 +124,7 @@ def choose_resume(mode: str, ckpt_dir: Path) -> ResumeChoice:
         path = Path(mode)
         if not (path / COMPLETE).exists():
             raise ConfigError(f"checkpoint.resume={mode}: not a complete checkpoint folder (no {COMPLETE} file in it)")
-        problem = files.verify(path)
+        problem = files.verify(path, verify)
         if problem:
             raise CheckpointError(f"checkpoint.resume={mode}: the checkpoint is damaged: {problem}")
         return ResumeChoice(path.parent, path.name)
@@ -135,7 +135,7 @@ def choose_resume(mode: str, ckpt_dir: Path) -> ResumeChoice:
     candidates = ([pointed] if pointed else []) + [t for t in reversed(complete_tags(ckpt_dir)) if t != pointed]
     choice = ResumeChoice(ckpt_dir, None)
     for tag in candidates:
-        problem = files.verify(ckpt_dir / tag)
+        problem = files.verify(ckpt_dir / tag, verify)
         if problem is None:
             choice.tag = tag
             break
@@ -159,9 +159,9 @@ def find_resume_tag(ckpt_dir: Path) -> str | None:
     return choose_resume("auto", ckpt_dir).tag
 
 
-def resolve_resume(mode: str, ckpt_dir: Path) -> tuple[Path, str | None]:
+def resolve_resume(mode: str, ckpt_dir: Path, verify: str = "checksum") -> tuple[Path, str | None]:
     """(checkpoint folder, tag to resume from or None) per ``checkpoint.resume`` (see :func:`choose_resume`)."""
-    choice = choose_resume(mode, ckpt_dir)
+    choice = choose_resume(mode, ckpt_dir, verify)
     return choice.ckpt_dir, choice.tag
 
 

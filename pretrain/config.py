@@ -36,6 +36,11 @@ class Schedule(str, Enum):
     constant = "constant"
 
 
+class VerifyMode(str, Enum):
+    checksum = "checksum"
+    size = "size"
+
+
 class WandbMode(str, Enum):
     online = "online"
     offline = "offline"
@@ -135,6 +140,10 @@ class CheckpointConfig:
     # run resume at another tp x pp x dp layout or ZeRO stage and export from tensor/pipeline-parallel
     # checkpoints. Costs one more copy of the fp32 weights and moments on disk.
     universal: bool = True
+    # What resume checks of a checkpoint before trusting it: "checksum" (every file's size and xxh3 against
+    # files.json; each rank reads the checkpoint once more, ~3 GB/s per core) or "size" (sizes and the pickle
+    # allow-list only: for checkpoints so large, or file systems so shared, that re-reading them is too costly).
+    verify: VerifyMode = VerifyMode.checksum
 
 
 @dataclass

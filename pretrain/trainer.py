@@ -181,7 +181,8 @@ class Trainer:
         """Which checkpoint to resume from, checked against this run (shape, layout) from its JSON state."""
         cfg, plan = self.cfg, self.batch
         self.ckpt_dir, self.resume_tag = ckpt.resolve_resume(
-            cfg.checkpoint.resume, Path(cfg.checkpoint.dir or self.run_dir / "checkpoints").absolute())
+            cfg.checkpoint.resume, Path(cfg.checkpoint.dir or self.run_dir / "checkpoints").absolute(),
+            verify=cfg.checkpoint.verify.value)
         self.resume_state: dict[str, Any] = {}
         self.same_layout = True
         if self.resume_tag:

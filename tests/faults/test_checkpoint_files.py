@@ -201,6 +201,23 @@ def test_the_file_list_covers_every_file_the_save_wrote(three):
     assert files.verify(three / "step_000003") is None
 
 
+def test_verify_by_size_trusts_sizes_and_checksum_verify_catches_a_flipped_byte(three):
+    """checkpoint.verify=size (huge checkpoints on shared file systems) skips re-reading the files: a flipped
+    byte passes it, while a truncation does not; the default, checksum, catches both."""
+    tag = three / "step_000003"
+    model = tag / MODEL
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+    assert files.verify(tag, "size") is None
+    assert "does not match its checksum" in files.verify(tag, "checksum")
+    assert ckpt.resolve_resume("auto", three, verify="size") == (three, "step_000003")
+    model.write_bytes(bytes(data[:-10]))
+    assert "truncated" in files.verify(tag, "size")
+    with pytest.raises(CheckpointError, match="checkpoint.verify='sha'"):
+        files.verify(tag, "sha")
+
+
 # ------------------------------------------------------------------------------------------ rotation
 def test_rotation_keeps_the_newest_intact_checkpoints_of_this_run(tmp_path):
     """keep_last counts the checkpoints up to the one just completed: after a fallback from a damaged step 3,
