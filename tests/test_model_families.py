@@ -50,6 +50,15 @@ def test_the_model_group_schema_is_the_union_of_the_families():
         union_schema({"gpt": get_family("gpt").config_schema, "other": Other})
 
 
+def test_a_composed_config_pickles(compose_cfg):
+    """The Hydra SLURM launcher pickles the composed config: its model node's type must be importable by name."""
+    import pickle
+
+    cfg = compose_cfg("model=t5/tiny")
+    back = pickle.loads(pickle.dumps(cfg))
+    assert OmegaConf.get_type(back.model) is ModelConfig and back == cfg
+
+
 @pytest.mark.parametrize("model,override,owner", [("bert/tiny", "model.rotary_base=500000", "gpt"),
                                                   ("gpt/tiny", "model.sop=true", "bert"),
                                                   ("gpt/tiny", "model.kv_channels=32", "t5"),

@@ -100,10 +100,11 @@ def own_keys(schema: type) -> list[str]:
     return [f.name for f in dataclasses.fields(schema) if f.name not in base]
 
 
-def union_schema(schemas: dict[str, type], name: str = "ModelConfig") -> type:
+def union_schema(schemas: dict[str, type], name: str = "ModelConfig", module: str = "pretrain.models") -> type:
     """One dataclass holding every key of ``schemas`` (family name -> schema), in order: the base keys, then each
     family's own. A key two families declare must have one type and one default (TypeError otherwise, at
-    import: the union could not type it)."""
+    import: the union could not type it). The class must be importable as ``module.name`` (pickle finds a
+    composed config's type by it: the Hydra SLURM launcher pickles the config)."""
     fields: dict[str, tuple[str, Any, dataclasses.Field]] = {}  # key -> (family, type, field)
     for family, schema in schemas.items():
         if not (isinstance(schema, type) and issubclass(schema, ModelConfigBase)):
@@ -119,6 +120,6 @@ def union_schema(schemas: dict[str, type], name: str = "ModelConfig") -> type:
                                 f"{hints[f.name]} = {f.default!r} in {family}'s; one key has one type and default")
     union = dataclasses.make_dataclass(name, [
         (key, hint, dataclasses.field(default=f.default)) for key, (_, hint, f) in fields.items()])
-    union.__module__ = __name__
+    union.__module__ = module
     union.__doc__ = f"Every key of the model group: the union of {', '.join(s.__name__ for s in schemas.values())}."
     return union
