@@ -222,13 +222,50 @@ def _rebuild(trained, spec: TokenizerSpec):
     return tok
 
 
-def _canonical_unigram(trained, spec: TokenizerSpec):
-    """Unigram scores rounded to 1e-6 and pieces ordered by (score, piece).
+# The Unigram trainer scores each character it must keep but lost in training (a "kept character") min, min + 1e-4,
+# min + 2e-4, ... where min is the lowest score of the trained pieces.
+KEPT_CHAR_STEP = 1e-4
+_SCORE_EPS = 1e-9  # far above the run-to-run noise of the scores (~1e-14), far below the 1e-6 they are rounded to
 
-    Why: the Unigram trainer sums probabilities in hash-map order, so scores differ in the last digits from
-    run to run and equal-score pieces swap ids; the characters it adds at the end are ordered by a hash set. Rounding far above that noise and sorting with the piece as
-    tie-breaker makes the file byte-identical; 1e-6 in log-probability does not change any segmentation that
-    matters.
+
+def _sort_kept_characters(pieces: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """``pieces`` with the kept characters' scores handed out in sorted character order.
+
+    Why: ``UnigramTrainer.finalize`` walks its required characters in ``AHashSet`` order, randomly seeded in
+    every process, and gives each one missing from the trained model the next score of the ladder
+    ``min, min + 1e-4, ...``; which character gets which rung changes from run to run. The lowest rung is
+    exactly the score of the trained model's lowest piece, so a trained single character of that score ties
+    with whichever kept character drew that rung, and from one output nobody can tell the two apart.
+
+    So a group is every single character whose score lies on one chain of gaps of 1e-4 or 0 (descending):
+    the characters of a chain and the multiset of its scores are the same in every run, only their pairing
+    is not, and the chain's scores go to its characters in sorted order. A chain without ties is exactly
+    what the trainer's ladder is, so outputs that never had a tie stay as they were.
+    """
+    singles = sorted((i for i, (p, _) in enumerate(pieces) if len(p) == 1), key=lambda i: -pieces[i][1])
+    chains: list[list[int]] = []
+    for i in singles:
+        gap = pieces[chains[-1][-1]][1] - pieces[i][1] if chains else None
+        if gap is not None and (abs(gap - KEPT_CHAR_STEP) < _SCORE_EPS or abs(gap) < _SCORE_EPS):
+            chains[-1].append(i)
+        else:
+            chains.append([i])
+    out = list(pieces)
+    for chain in (c for c in chains if len(c) > 1):
+        chars = sorted(pieces[i][0] for i in chain)
+        for i, c in zip(chain, chars):  # chain order is descending score: the first character gets the highest
+            out[i] = (c, pieces[i][1])
+    return out
+
+
+def _canonical_unigram(trained, spec: TokenizerSpec):
+    """Unigram scores rounded to 1e-6 and pieces ordered by (score, piece), kept characters in sorted order.
+
+    Why: the Unigram trainer's E-step adds up per-thread partial sums in an order that depends on rayon's
+    scheduling, so scores differ in the last digits from run to run and equal-score pieces swap ids; the characters it
+    adds at the end are scored in hash-set order (:func:`_sort_kept_characters`). Rounding far above that
+    noise and sorting with the piece as tie-breaker makes the file byte-identical; 1e-6 in log-probability
+    does not change any segmentation that matters.
     """
     import json
 
@@ -236,21 +273,7 @@ def _canonical_unigram(trained, spec: TokenizerSpec):
 
     state = json.loads(trained.to_str())["model"]
     specials = spec.specials + [t for t in (spec.eod, spec.unk or "<unk>") if t not in spec.specials]
-    pieces = [(p, float(s)) for p, s in state["vocab"] if p not in specials]
-    # The trainer appends the characters it must keep (a hash set) with scores spaced 1e-4 apart in set order:
-    # give each such run of scores to its characters in sorted order instead.
-    singles = sorted((i for i, (p, _) in enumerate(pieces) if len(p) == 1), key=lambda i: -pieces[i][1])
-    runs: list[list[int]] = []
-    for i in singles:
-        if runs and abs(pieces[runs[-1][-1]][1] - pieces[i][1] - 1e-4) < 1e-9:
-            runs[-1].append(i)
-        else:
-            runs.append([i])
-    for run in (r for r in runs if len(r) > 1):
-        chars = sorted(pieces[i][0] for i in run)
-        scores = [pieces[i][1] for i in run]  # already descending
-        for i, c, sc in zip(run, chars, scores):
-            pieces[i] = (c, sc)
+    pieces = _sort_kept_characters([(p, float(s)) for p, s in state["vocab"] if p not in specials])
     head = [(p, 0.0) for p in specials]
     rest = sorted(((p, round(s, 6)) for p, s in pieces), key=lambda x: (-x[1], x[0]))
     vocab = head + rest
