@@ -70,6 +70,8 @@ def build_key(kind: str = "bpe") -> str:
     h = hashlib.sha256(f"sample-builder-v{BUILDER_VERSION}\n".encode())
     if kind != "bpe":  # the BPE key predates the other kinds: keep it, so existing caches stay valid
         h.update(f"kind={kind}\n".encode())
+    if kind == "unigram":  # Unigram training made deterministic (kept characters in sorted order): rebuild once
+        h.update(b"unigram-kept-chars-v2\n")
     for f in corpus_files():
         h.update(f.name.encode() + b"\0")
         h.update(f.read_bytes())
