@@ -175,6 +175,8 @@ def parallelize(model: nn.Module, group: Group, sequence_parallel: bool = False)
     facts = family.shape_facts(model.args)
     problems = tensor_parallel_problems(tp=tp, heads=facts.heads, kv_heads=facts.kv_heads, ffn=facts.ffn,
                                         vocab=model.args.vocab_size)
+    if not plan:  # the vocab-parallel loss below would read whole-vocabulary logits: a wrong loss, not an error
+        problems.append(f"model family {family.name!r} declares no tensor-parallel plan")
     if sp and family.sequence_parallel is None:
         problems.append(f"sequence parallelism is implemented for {_sp_families()} only, not {type(model).__name__}")
     if sp and model.args.seq_length % tp:

@@ -83,6 +83,9 @@ def validate_parallel(cfg: DictConfig, world_size: int) -> ParallelLayout:
     shape = family.shape_facts(m)
     problems += tensor_parallel_problems(tp=tp, heads=shape.heads, kv_heads=shape.kv_heads, ffn=shape.ffn,
                                          vocab=m.vocab_size, vocab_multiple=m.make_vocab_size_divisible_by)
+    if tp > 1 and not family.tp_plan:
+        problems.append(f"parallel.tensor_model_parallel_size={tp} is not available for model.family={family.name} "
+                        "(it declares no tensor-parallel plan); use data parallelism (ZeRO) for it")
     if pp > 1:
         for key, n in shape.layers.items():
             if n % pp:
@@ -90,7 +93,8 @@ def validate_parallel(cfg: DictConfig, world_size: int) -> ParallelLayout:
                                 f"stage holds the same number of layers); choose a pipeline size that divides {n}")
         if family.pipeline_unsupported:
             problems.append(f"parallel.pipeline_model_parallel_size={pp} is not available for model.family="
-                            f"{family.name} ({family.pipeline_unsupported}); use tensor and data parallelism for it")
+                            f"{family.name} ({family.pipeline_unsupported}); use "
+                            f"{'tensor and ' if family.tp_plan else ''}data parallelism for it")
         part = str(p.pipeline_partition)
         if part not in ("parameters", "uniform") and not (part.startswith("type:") and len(part) > 5):
             problems.append(f"parallel.pipeline_partition={part!r}; expected parameters, uniform or "

@@ -123,3 +123,31 @@ def test_the_declared_plan_splits_the_model_over_two_tensor_ranks(bow):
 def test_the_family_module_imports_no_torch():
     code = "import sys, tests.extending.bow, pretrain.config; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
+
+
+def test_a_family_without_a_tensor_parallel_plan_is_refused_at_tp2_not_trained_with_a_wrong_loss(
+        monkeypatch, compose_cfg):
+    """Without a plan, parallelize would still swap in the vocabulary-parallel loss (off by ln(tp)): refused in
+    the layout check before any process group, and by parallelize itself."""
+    import pretrain.models
+    from pretrain.parallel.parallelize import parallelize
+    from pretrain.parallel.validate import validate_parallel
+
+    planless = type("PlanlessBow", (type(FAMILY),), {"tp_plan": {}})()
+    monkeypatch.setitem(pretrain.models.FAMILIES, FAMILY.name, planless)
+    assert validate_parallel(compose_cfg(*BOW), world_size=2).dp == 2  # data parallelism stays available
+    with pytest.raises(ConfigError, match=r"parallel.tensor_model_parallel_size=2 is not available for "
+                                          r"model.family=bow \(it declares no tensor-parallel plan\)"):
+        validate_parallel(compose_cfg(*BOW, "parallel.tensor_model_parallel_size=2"), world_size=2)
+    with pytest.raises(ConfigError, match="use data parallelism for it"):
+        validate_parallel(compose_cfg(*BOW, "parallel.pipeline_model_parallel_size=2"), world_size=2)
+
+    class TwoRanks:  # parallelize asks the group's size first; it must refuse before any collective
+        pass
+
+    monkeypatch.setattr("pretrain.parallel.parallelize.world_size", lambda group: 2)
+    from pretrain.models import TokenizerInfo
+
+    args = planless.resolve_args(compose_cfg(*BOW).model, TokenizerInfo(None, 256, 0))
+    with pytest.raises(ConfigError, match="declares no tensor-parallel plan"):
+        parallelize(planless.build(args), TwoRanks())
