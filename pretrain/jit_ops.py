@@ -17,6 +17,9 @@ this machine has open, still the same file a moment later, belongs to a killed b
 from here, and there the lock is kept and the message says how to remove it: a lock owned by another user while
 we are not root (their processes' open files are not ours to read), and a folder on a network file system
 (the builder may be on another host) unless the lock is older than ``network_stale_after_s``.
+
+``python -m pretrain.jit_ops [op ...]`` builds the ops ahead of a run (e.g. once per environment before a job
+whose ranks would all wait on the first build); the test suite starts it in the background.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 ENV = "TORCH_EXTENSIONS_DIR"
+# the ops our runs JIT-build on CPU -> their DeepSpeed op builder (deepspeed.accelerator's create_op_builder)
+BUILDERS = {"cpu_adam": "CPUAdamBuilder", "deepspeed_shm_comm": "ShareMemCommBuilder"}
 NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "glusterfs", "9p",
               "fuse.sshfs", "fuse.glusterfs", "fuse.ceph", "afs", "panfs", "wekafs")
 
@@ -65,6 +70,26 @@ def prepare_extensions_dir(network_stale_after_s: float = 3600.0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for lock in sorted(folder.glob("*/lock")):
         clear_stale_lock(lock, network_stale_after_s=network_stale_after_s)
+    return folder
+
+
+def is_built(op: str, folder: Path | None = None) -> bool:
+    """Whether ``op``'s library is in the folder (torch's load still checks that it is up to date)."""
+    folder = Path(folder or os.environ.get(ENV) or default_extensions_dir())
+    return (folder / op / f"{op}.so").is_file()
+
+
+def build(ops: list[str]) -> Path:
+    """JIT-build ``ops`` (names of :data:`BUILDERS`) into this environment's folder now; returns the folder."""
+    unknown = sorted(set(ops) - set(BUILDERS))
+    if unknown:
+        raise ValueError(f"unknown op(s) {', '.join(unknown)}; known: {', '.join(sorted(BUILDERS))}")
+    folder = prepare_extensions_dir()
+    from deepspeed.accelerator import get_accelerator
+
+    for op in ops:
+        get_accelerator().create_op_builder(BUILDERS[op]).load()
+        log.info("%s is built in %s", op, folder)
     return folder
 
 
@@ -173,3 +198,17 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()[:200]
     except OSError:
         return "?"
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    ops = (sys.argv[1:] if argv is None else argv) or sorted(BUILDERS)
+    try:
+        print(build(ops))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

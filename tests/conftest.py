@@ -1,4 +1,5 @@
-"""Shared test helpers: run the trainer as users do (python -m / torchrun) in subprocesses."""
+"""Shared test helpers: run the trainer as users do (python -m / torchrun) in subprocesses; the end-to-end runs of
+the suite are in one table (tests/e2e.py), trained once per session through the ``e2e_run`` fixture."""
 
 from __future__ import annotations
 
@@ -11,7 +12,29 @@ from pathlib import Path
 
 import pytest
 
+from pretrain.jit_ops import is_built, prepare_extensions_dir
+
 REPO = Path(__file__).resolve().parents[1]
+
+# Every process of the session (this one, the trainers, torchrun's workers, everyone's test runs in this
+# environment) builds and finds DeepSpeed's JIT ops (shm comm, CPU Adam) in the environment's own folder, built
+# once per environment; a lock left there by a killed build is cleared instead of hanging the next run.
+prepare_extensions_dir()
+
+
+def pytest_collection_finish(session):
+    """Start building the ops that the selected tests mark ``jit_op(name)`` (CPU Adam takes minutes) in the
+    background now, at the lowest CPU priority, so that the build uses the cores the tests before them leave
+    idle; a test that gets there first waits for it, as for any build. The builder runs in its own session, so an
+    interrupted test run does not kill it halfway (which would leave a lock behind)."""
+    ops = sorted({m.args[0] for item in session.items for m in item.iter_markers("jit_op")})
+    missing = [op for op in ops if not is_built(op)]
+    if missing and not session.config.option.collectonly:
+        env = dict(os.environ, DS_ACCELERATOR="cpu")
+        log = Path(os.environ["TORCH_EXTENSIONS_DIR"]) / "prebuild.log"
+        with open(log, "ab") as out:
+            subprocess.Popen([sys.executable, "-m", "pretrain.jit_ops", *missing], cwd=REPO, env=env, stdout=out,
+                             stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=lambda: os.nice(19))
 
 
 def _free_port() -> int:
@@ -55,6 +78,15 @@ def compose_cfg():
 @pytest.fixture
 def train_env(cache_dir) -> dict[str, str]:
     return make_train_env(cache_dir)
+
+
+@pytest.fixture(scope="session")
+def e2e_run(tmp_path_factory, cache_dir):
+    """``e2e_run(name)`` -> the :class:`e2e.Trained` run ``name`` of ``e2e.RUNS``, trained on first use and then
+    shared by every test of the session (its directory: ``.dir``; each launch's output: ``.outputs``)."""
+    from e2e import Runner
+
+    return Runner(tmp_path_factory.mktemp("e2e"), make_train_env(cache_dir))
 
 
 def train_cmd(overrides: list[str], nproc: int = 1) -> list[str]:

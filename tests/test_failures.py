@@ -62,10 +62,9 @@ def test_requeue_outside_slurm_does_nothing(monkeypatch):
 
 # ----------------------------------------------------------------------------------------- end to end
 @pytest.mark.slow
-def test_budget_stop_saves_a_checkpoint_and_ends_cleanly(tmp_path, train_env):
-    run_dir = tmp_path / "run"
-    out = run_train([*TINY, f"run_dir={run_dir}", "trainer.max_steps=6", "trainer.max_wall_time_s=0.000001"],
-                    train_env)
+def test_budget_stop_saves_a_checkpoint_and_ends_cleanly(e2e_run):
+    budget = e2e_run("gpt_budget_stop")  # TINY, max_steps=6, max_wall_time_s=0.000001 (tests/e2e.py)
+    run_dir, out = budget.dir, budget.outputs[-1]
     assert "stopping after step 1 of 6 (wall_time)" in out.stdout
     assert "stopped=wall_time" in out.stdout and "requeued" not in out.stdout  # not a SLURM job: no requeue
     assert (run_dir / "checkpoints" / "latest").read_text() == "step_000001"

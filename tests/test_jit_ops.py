@@ -8,6 +8,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
 
 from pretrain import jit_ops
 
@@ -140,3 +143,40 @@ def test_a_lock_of_another_user_is_kept_when_their_processes_cannot_be_inspected
     with caplog.at_level(logging.WARNING, logger="pretrain.jit_ops"):
         assert jit_ops.clear_stale_lock(lock) is False
     assert lock.exists() and "of another user" in caplog.text and f"rm {lock}" in caplog.text
+
+
+def test_is_built_looks_for_the_library_of_the_op(tmp_path):
+    assert not jit_ops.is_built("cpu_adam", tmp_path)
+    (tmp_path / "cpu_adam").mkdir()
+    (tmp_path / "cpu_adam" / "cpu_adam.so").write_bytes(b"")
+    assert jit_ops.is_built("cpu_adam", tmp_path)
+
+
+def test_the_command_line_refuses_an_unknown_op(capsys):
+    with pytest.raises(SystemExit) as e:
+        jit_ops.main(["cpu_adamw"])
+    assert e.value.code == 2
+    assert "unknown op(s) cpu_adamw; known: cpu_adam, deepspeed_shm_comm" in capsys.readouterr().err
+
+
+def test_the_suite_starts_building_the_ops_its_tests_mark_and_only_those_missing(tmp_path, monkeypatch):
+    import conftest
+
+    started = []
+    monkeypatch.setattr(conftest.subprocess, "Popen", lambda cmd, **kw: started.append((cmd, kw)))
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+
+    def session(*markers):
+        items = [SimpleNamespace(iter_markers=lambda name, m=m: [SimpleNamespace(args=(m,))] if m else [])
+                 for m in markers]
+        return SimpleNamespace(items=items, config=SimpleNamespace(option=SimpleNamespace(collectonly=False)))
+
+    conftest.pytest_collection_finish(session(None, "cpu_adam", "cpu_adam"))
+    [(cmd, kw)] = started
+    assert cmd[1:] == ["-m", "pretrain.jit_ops", "cpu_adam"] and kw["start_new_session"]
+    assert kw["env"]["DS_ACCELERATOR"] == "cpu"
+    (tmp_path / "cpu_adam").mkdir()
+    (tmp_path / "cpu_adam" / "cpu_adam.so").write_bytes(b"")
+    conftest.pytest_collection_finish(session("cpu_adam"))  # built: nothing started
+    conftest.pytest_collection_finish(session(None))  # no test needs it
+    assert len(started) == 1

@@ -1,6 +1,7 @@
 """Pipeline parallelism, sequence parallelism and resharding through the trainer (torchrun, CPU, gloo): the
-per-step losses of pp2, tp2 x pp2 and tp2 with sequence parallelism equal one process's; a tp2 x pp2 checkpoint resumes at one process and at dp2 with ZeRO-3 with
-the losses of the uninterrupted run, and exports the same weights as the one-process checkpoint."""
+per-step losses of pp2, tp2 x pp2 and tp2 with sequence parallelism equal one process's; a tp2 x pp2 checkpoint
+resumes at one process and at dp2 with ZeRO-3 with the losses of the uninterrupted run, and exports the same
+weights as the one-process checkpoint."""
 
 from __future__ import annotations
 
@@ -10,15 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_train_env, read_metrics, run_train
-from test_parallel_equality import GRAD_NORM_REL
+from conftest import read_metrics
+from e2e import GRAD_NORM_REL
 
 pytestmark = pytest.mark.slow
 
-# 4 micro-batches of 2 per step and pipeline: the 1F1B schedule has work in flight on both stages
-GPT = ["experiment=gpt_tiny", "trainer.micro_batch_size=2", "trainer.global_batch_size=8", "trainer.log_interval=1",
-       "trainer.eval_interval=5", "optim.sched.warmup_steps=2", "optim.sched.decay_steps=10", "trainer.max_steps=10"]
-BERT = [*GPT[1:], "experiment=bert_tiny", "model.hidden_dropout=0", "model.attention_dropout=0"]
+# The runs are in tests/e2e.py: PIPE_GPT / PIPE_BERT, 10 steps of 4 micro-batches of 2 (so the 1F1B schedule has
+# work in flight on both stages), against one process (``gpt_pp_one_process``: checkpoints at 5 and 10).
 
 
 def losses(run_dir: Path) -> dict[int, dict]:
@@ -32,17 +31,14 @@ def assert_same_losses(ref: dict[int, dict], run: dict[int, dict], steps) -> Non
         assert run[s]["batch_checksum"] == ref[s]["batch_checksum"], s
 
 
-@pytest.fixture(scope="module")
-def gpt_reference(tmp_path_factory, cache_dir) -> Path:
+@pytest.fixture
+def gpt_reference(e2e_run) -> Path:
     """One process, 10 steps, checkpoints at 5 and 10: the run every GPT layout here must reproduce."""
-    run_dir = tmp_path_factory.mktemp("gpt_ref")
-    run_train([*GPT, f"run_dir={run_dir}", "checkpoint.interval=5"], make_train_env(cache_dir))
-    return run_dir
+    return e2e_run("gpt_pp_one_process").dir
 
 
-def test_gpt_pp2_matches_one_process(tmp_path, train_env, gpt_reference):
-    run_dir = tmp_path / "pp2"
-    run_train([*GPT, f"run_dir={run_dir}", "parallel.pipeline_model_parallel_size=2"], train_env, nproc=2)
+def test_gpt_pp2_matches_one_process(e2e_run, gpt_reference):
+    run_dir = e2e_run("gpt_pp2").dir
     ref, run = losses(gpt_reference), losses(run_dir)
     assert_same_losses(ref, run, range(1, 11))
     assert run[10]["val_loss"] == pytest.approx(ref[10]["val_loss"], rel=1e-5)
@@ -54,10 +50,8 @@ def test_gpt_pp2_matches_one_process(tmp_path, train_env, gpt_reference):
     assert "pipeline: 2 stages" in (run_dir / "train.log").read_text()
 
 
-def test_tp2_pp2_matches_one_process_reshards_on_resume_and_exports(tmp_path, train_env, gpt_reference):
-    run_dir = tmp_path / "tp2pp2"
-    layout = ["parallel.pipeline_model_parallel_size=2", "parallel.tensor_model_parallel_size=2"]
-    run_train([*GPT, f"run_dir={run_dir}", "trainer.max_steps=5", *layout], train_env, nproc=4)
+def test_tp2_pp2_matches_one_process_reshards_on_resume_and_exports(tmp_path, e2e_run, gpt_reference):
+    run_dir = e2e_run("gpt_tp2_pp2").dir
     ref = losses(gpt_reference)
     run = losses(run_dir)
     assert_same_losses(ref, run, range(1, 6))
@@ -67,13 +61,10 @@ def test_tp2_pp2_matches_one_process_reshards_on_resume_and_exports(tmp_path, tr
         "pp00_tp00.pt", "pp00_tp01.pt", "pp01_tp00.pt", "pp01_tp01.pt"]
 
     # the same checkpoint resumed by one process (tp, pp and ZeRO stage change) and by dp2 with ZeRO-3
-    one = tmp_path / "resumed_one"
-    out = run_train([*GPT, f"run_dir={one}", f"checkpoint.resume={tag}", f"checkpoint.dir={one / 'ckpt'}"], train_env)
-    assert "resuming through its layout-free copy" in out.stdout
-    assert_same_losses(ref, losses(one), range(6, 11))
-    zero3 = tmp_path / "resumed_zero3"
-    run_train([*GPT, f"run_dir={zero3}", f"checkpoint.resume={tag}", f"checkpoint.dir={zero3 / 'ckpt'}", "parallel=zero3"],
-              train_env, nproc=2)
+    one = e2e_run("gpt_tp2_pp2_resumed_one_process")
+    assert "resuming through its layout-free copy" in one.outputs[-1].stdout
+    assert_same_losses(ref, losses(one.dir), range(6, 11))
+    zero3 = e2e_run("gpt_tp2_pp2_resumed_dp2_zero3").dir
     assert_same_losses(ref, losses(zero3), range(6, 11))
 
     # export from the tp2 x pp2 checkpoint = export from the one-process checkpoint of the same step
@@ -89,20 +80,16 @@ def test_tp2_pp2_matches_one_process_reshards_on_resume_and_exports(tmp_path, tr
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=3e-5, msg=k)
 
 
-def test_tp2_sequence_parallel_matches_one_process(tmp_path, train_env, gpt_reference):
-    run_dir = tmp_path / "tp2sp"
-    run_train([*GPT, f"run_dir={run_dir}", "parallel.tensor_model_parallel_size=2", "parallel.sequence_parallel=true"],
-              train_env, nproc=2)
+def test_tp2_sequence_parallel_matches_one_process(e2e_run, gpt_reference):
+    run_dir = e2e_run("gpt_tp2_sp").dir
     ref, run = losses(gpt_reference), losses(run_dir)
     assert_same_losses(ref, run, range(1, 11))
     # every region entered by an all-gather and left by a reduce-scatter of the sequence
     assert run[2]["comm_tp_all_gather_bytes"] > 0 and run[2]["comm_tp_reduce_scatter_bytes"] > 0
 
 
-def test_bert_pp2_matches_one_process(tmp_path, train_env):
-    one, pp2 = tmp_path / "one", tmp_path / "pp2"
-    run_train([*BERT, f"run_dir={one}"], train_env)
-    run_train([*BERT, f"run_dir={pp2}", "parallel.pipeline_model_parallel_size=2"], train_env, nproc=2)
+def test_bert_pp2_matches_one_process(e2e_run):
+    one, pp2 = e2e_run("bert_pp_one_process").dir, e2e_run("bert_pp2").dir
     ref, run = losses(one), losses(pp2)
     assert_same_losses(ref, run, range(1, 11))
     assert run[10]["val_loss"] == pytest.approx(ref[10]["val_loss"], rel=1e-5)

@@ -7,8 +7,8 @@ import json
 import pytest
 import yaml
 
-from conftest import TINY, losses_by_step, make_train_env, read_metrics, read_wandb_offline_run, run_train
-from test_parallel_equality import GRAD_NORM_REL, assert_same_steps, train_records
+from conftest import losses_by_step, read_metrics, read_wandb_offline_run
+from e2e import GPT_STEPS, GPT_ZERO, GRAD_NORM_REL, assert_same_steps, train_records
 
 pytestmark = pytest.mark.slow
 
@@ -17,37 +17,20 @@ REQUIRED_KEYS = {
     "tflops_per_device", "mfu", "consumed_tokens", "consumed_samples", "peak_mem_gb", "batch_checksum",
 }
 
-
-# The GPT runs compared with one process: global batch 8 of micro-batches of 4, so one process accumulates 2
-# micro-batches per step and 2 data-parallel ranks take 1 each, the same samples either way (the sampler reads
-# the global order in strides). Dropout off: its masks differ per data-parallel rank by design.
-GPT_STEPS = 30
-GPT_COMMON = [*TINY, "trainer.global_batch_size=8", f"trainer.max_steps={GPT_STEPS}", "trainer.eval_interval=15",
-              "model.hidden_dropout=0", "model.attention_dropout=0"]
+# The runs (tests/e2e.py): GPT_COMMON, 30 steps of global batch 8 in micro-batches of 4, dropout off, against the
+# reference ``gpt_one_process`` (one process launched without torchrun, ZeRO-0, accumulating 2 micro-batches).
 
 
-@pytest.fixture(scope="module")
-def one_process(tmp_path_factory, cache_dir):
-    """The reference: ``GPT_COMMON`` in one process launched without torchrun (ZeRO-0, accumulation 2), run once
-    and shared by every test here that compares a parallel layout with it."""
-    run_dir = tmp_path_factory.mktemp("gpt-one-process") / "run"
-    run_train([*GPT_COMMON, f"run_dir={run_dir}", "parallel=zero0"], make_train_env(cache_dir))
-    return run_dir
-
-
-@pytest.mark.parametrize(
-    "preset, precision",
-    [("zero0", "fp32"), ("zero1", "fp32"), ("zero2", "fp32"), ("zero3", "bf16"), ("zero3_offload", "fp32")],
-)
-def test_gpt_trains_with_every_zero_stage(tmp_path, train_env, one_process, preset, precision):
+# ZeRO-3 offload steps with DeepSpeedCPUAdam, a C++ op built on first use (minutes; once per environment)
+@pytest.mark.parametrize("preset, precision", [
+    pytest.param(*p, marks=pytest.mark.jit_op("cpu_adam")) if p[0].endswith("offload") else p for p in GPT_ZERO])
+def test_gpt_trains_with_every_zero_stage(e2e_run, preset, precision):
     """Every ZeRO stage, bf16 on one, and ZeRO-3 with optimizer and parameters offloaded to CPU memory
     (DeepSpeedCPUAdam: its C++ op is JIT-compiled on first use, a few minutes once per machine), on 2
     data-parallel ranks: in fp32 every step's loss is one process's (accumulating the same 2 micro-batches)
     within 1e-5 relative; in bf16 within 2e-2."""
     zero = int(preset[4])
-    run_dir = tmp_path / "run"
-    run_train([*GPT_COMMON, f"run_dir={run_dir}", f"parallel={preset}", f"trainer.precision={precision}"],
-              train_env, nproc=2)
+    one_process, run_dir = e2e_run("gpt_one_process").dir, e2e_run(f"gpt_dp2_{preset}").dir
     records = read_metrics(run_dir)
     train = [r for r in records if "loss" in r]
     assert [r["step"] for r in train] == list(range(1, GPT_STEPS + 1))
@@ -72,29 +55,20 @@ def test_gpt_trains_with_every_zero_stage(tmp_path, train_env, one_process, pres
     assert (run_dir / "checkpoints" / "step_000030" / "COMPLETE").exists()
 
 
-def test_llama_style_trains_with_accumulation(tmp_path, train_env):
-    run_dir = tmp_path / "run"
-    run_train(
-        ["experiment=llama_tiny", f"run_dir={run_dir}", "trainer.micro_batch_size=2", "trainer.global_batch_size=8",
-         "trainer.max_steps=30", "trainer.log_interval=1", "trainer.eval_interval=0", "parallel=zero2"],
-        train_env, nproc=2,
-    )
+def test_llama_style_trains_with_accumulation(e2e_run):
+    run_dir = e2e_run("llama_dp2_zero2_accum2").dir
     ds = json.loads((run_dir / "deepspeed.json").read_text())
     assert ds["gradient_accumulation_steps"] == 2
     losses = losses_by_step(run_dir)
     assert losses[30] < losses[1] - 0.8
 
 
-def test_resume_gives_the_same_losses_data_and_wandb_run(tmp_path, train_env):
+def test_resume_gives_the_same_losses_data_and_wandb_run(e2e_run):
     """20 steps straight vs 10 steps, stop, resume to 20: bitwise-equal losses (CPU, dropout on, so the
     RNG states must be restored too), the same batches, and one W&B run continued."""
-    env = dict(train_env, WANDB_MODE="offline")
-    common = [*TINY, "model.hidden_dropout=0.1", "model.attention_dropout=0.1", "optim.sched.decay_steps=20",
-              "trainer.eval_interval=5", "parallel=zero1"]
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    run_train([*common, f"run_dir={straight}", "trainer.max_steps=20"], env, nproc=2)
-    run_train([*common, f"run_dir={split}", "trainer.max_steps=10"], env, nproc=2)
-    out = run_train([*common, f"run_dir={split}", "trainer.max_steps=20"], env, nproc=2)
+    straight = e2e_run("gpt_resume_straight").dir
+    resumed = e2e_run("gpt_resume_split")
+    split, out = resumed.dir, resumed.outputs[-1]
     assert "resumed from" in out.stdout and "at step 10" in out.stdout
 
     a, b = read_metrics(straight), read_metrics(split)
@@ -109,31 +83,30 @@ def test_resume_gives_the_same_losses_data_and_wandb_run(tmp_path, train_env):
     first = read_wandb_offline_run(split)  # the resumed run's file: steps 11..20 under the same id
     assert first["run_id"] == runs[0].name.split("-")[-1]
     logged = {h["step"]: h["loss"] for h in first["history"] if h.get("loss") is not None}
-    assert logged == {s: l for s, l in key(b, "loss") if s > 10}
+    assert logged == {s: loss for s, loss in key(b, "loss") if s > 10}
     assert first["config"]["trainer"]["max_steps"] == 20  # the resolved config went to W&B
 
 
-def test_resume_at_another_data_parallel_size_and_batch_continues_the_run(tmp_path, train_env, one_process):
+def test_resume_at_another_data_parallel_size_and_batch_continues_the_run(e2e_run):
     """A ZeRO-2 checkpoint of 2 data-parallel ranks resumes in one process (through its layout-free copy): the
     next steps are the uninterrupted run's, on the same batches. A later resume with a smaller global batch
     continues from the samples consumed so far, 4 per step instead of 8, and says the batch changed."""
-    run_dir = tmp_path / "run"
-    common = [*GPT_COMMON, f"run_dir={run_dir}", f"optim.sched.decay_steps={GPT_STEPS}"]  # the reference's LR curve
-    run_train([*common, "trainer.max_steps=3", "parallel=zero2"], train_env, nproc=2)
-    out = run_train([*common, "trainer.max_steps=6", "parallel=zero2"], train_env)
-    assert "resuming through its layout-free copy" in out.stdout and "at step 3" in out.stdout
+    one_process, resumed = e2e_run("gpt_one_process").dir, e2e_run("gpt_resume_reshaped")
+    run_dir, (_, one_leg, smaller_batch_leg) = resumed.dir, resumed.outputs
+    assert "resuming through its layout-free copy" in one_leg.stdout and "at step 3" in one_leg.stdout
     ref = train_records(one_process)[:6]
-    assert_same_steps(ref, train_records(run_dir), 1e-5, GRAD_NORM_REL)
+    # steps 1-6: those of the first two launches (steps 7 and 8, of the third, are checked below)
+    assert_same_steps(ref, [r for r in train_records(run_dir) if r["step"] <= 6], 1e-5, GRAD_NORM_REL)
 
-    out = run_train([*common, "trainer.max_steps=8", "trainer.global_batch_size=4"], train_env)
-    assert "the global batch changed since the checkpoint (8 -> 4 samples per step)" in out.stdout
+    assert "the global batch changed since the checkpoint (8 -> 4 samples per step)" in smaller_batch_leg.stdout
     records = train_records(run_dir)
     assert [(r["step"], r["consumed_samples"]) for r in records[5:]] == [(6, 48), (7, 52), (8, 56)]
 
 
-def test_single_process_launch_without_torchrun(one_process):
+def test_single_process_launch_without_torchrun(e2e_run):
     """`python -m pretrain.train` on its own is a world of one (ZeRO-0: DeepSpeed's gradient all-reduce is
     switched off, there being nothing to reduce), here accumulating 2 micro-batches per step: the reference run."""
+    one_process = e2e_run("gpt_one_process").dir
     losses = losses_by_step(one_process)
     assert sorted(losses) == list(range(1, GPT_STEPS + 1))
     assert losses[GPT_STEPS] < losses[1] - 0.8
@@ -141,11 +114,10 @@ def test_single_process_launch_without_torchrun(one_process):
     assert (ds["train_batch_size"], ds["gradient_accumulation_steps"], ds["zero_optimization"]["stage"]) == (8, 2, 0)
 
 
-def test_tensor_parallel_matches_one_process(tmp_path, train_env, one_process):
+def test_tensor_parallel_matches_one_process(e2e_run):
     """tp=2 (Megatron column/row-parallel layers, vocab-parallel embedding and loss) gives the per-step losses
     and gradient norms of one unsharded process, on the same batches."""
-    tp2 = tmp_path / "tp2"
-    run_train([*GPT_COMMON, f"run_dir={tp2}", "parallel.tensor_model_parallel_size=2"], train_env, nproc=2)
+    one_process, tp2 = e2e_run("gpt_one_process").dir, e2e_run("gpt_tp2").dir
     a, b = read_metrics(one_process), read_metrics(tp2)
     worst = assert_same_steps(train_records(one_process), train_records(tp2), 1e-5, GRAD_NORM_REL)
     print(f"tp2: max relative loss difference to one process {worst:.3g}")

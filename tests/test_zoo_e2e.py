@@ -1,31 +1,21 @@
 """BERT and T5 end to end, as users run them: ``torchrun`` with 2 CPU processes on the built-in sample data
 (WordPiece / Unigram variants), every ZeRO stage across the tests, loss clearly falling, exact resume, export
 of the checkpoint to a Hugging Face directory that computes our logits, and ``model.init_from`` of it. The
-data-parallel runs match one process step for step (the references are shared with test_parallel_equality.py,
-which compares tensor parallelism with them)."""
+data-parallel runs match one process step for step (the runs are in the table of tests/e2e.py; the one-process
+references are shared with test_parallel_equality.py, which compares tensor parallelism with them)."""
 
 from __future__ import annotations
 
-import functools
 import json
 
 import pytest
 import torch
+import yaml
 
 from conftest import losses_by_step, read_metrics, run_train
-from test_parallel_equality import GRAD_NORM_REL, ZOO_EQUAL, ZOO_STEPS, assert_same_steps, train_records, zoo_reference
+from e2e import GRAD_NORM_REL, ZOO_COMMON, ZOO_RESUME, ZOO_STEPS, assert_same_steps, train_records
 
 pytestmark = pytest.mark.slow
-
-COMMON = ["trainer.micro_batch_size=4", "trainer.log_interval=1", "trainer.eval_interval=0",
-          "optim.sched.warmup_steps=2"]
-
-
-@pytest.fixture(scope="module")
-def one_process(tmp_path_factory, cache_dir):
-    """``one_process(experiment)`` -> the one-process reference run, made once per session and shared with
-    test_parallel_equality.py (:func:`test_parallel_equality.zoo_reference`)."""
-    return functools.partial(zoo_reference, tmp_path_factory=tmp_path_factory, cache_dir=cache_dir)
 
 
 def exported_logits_match(run_dir, out) -> None:
@@ -54,20 +44,20 @@ def exported_logits_match(run_dir, out) -> None:
 
 
 @pytest.mark.parametrize("experiment,zero", [("bert_tiny", 2), ("t5_tiny", 3)])
-def test_trains_with_torchrun_exports_and_reimports(tmp_path, train_env, one_process, experiment, zero):
+def test_trains_with_torchrun_exports_and_reimports(tmp_path, train_env, e2e_run, experiment, zero):
     """2 data-parallel ranks (ZeRO-2 / ZeRO-3) train as one process accumulating the same 2 micro-batches does:
     every step's loss within 1e-5 relative, on the same batches."""
-    run_dir = tmp_path / "run"
+    family = experiment.split("_")[0]
+    run_dir = e2e_run(f"{family}_dp2_zero{zero}").dir
     # BERT saves DeepSpeed's files only (export consolidates its ZeRO-2 shards with zero_to_fp32), T5 also the
     # layout-free copy (export reads that)
     universal = "false" if experiment == "bert_tiny" else "true"
-    run_train([f"experiment={experiment}", *ZOO_EQUAL, f"run_dir={run_dir}", f"parallel=zero{zero}",
-               f"checkpoint.universal={universal}"], train_env, nproc=2)
     losses = losses_by_step(run_dir)
     assert sorted(losses) == list(range(1, ZOO_STEPS + 1))
     first, last = losses[1], sum(losses[s] for s in range(26, 31)) / 5
     assert last < first - 1.0, (first, last)  # ~ln(4096) (+ ln 2 for SOP) at the start
-    worst = assert_same_steps(train_records(one_process(experiment)), train_records(run_dir), 1e-5, GRAD_NORM_REL)
+    ref = train_records(e2e_run(f"{family}_one_process").dir)
+    worst = assert_same_steps(ref, train_records(run_dir), 1e-5, GRAD_NORM_REL)
     print(f"{experiment} dp2 ZeRO-{zero}: max relative loss difference to one process {worst:.3g}")
     rec = read_metrics(run_dir)[-1]
     seq = 64 if experiment == "bert_tiny" else 64 + 14  # T5: inputs + targets (14 for 64 inputs)
@@ -79,19 +69,19 @@ def test_trains_with_torchrun_exports_and_reimports(tmp_path, train_env, one_pro
 
     if experiment == "bert_tiny":  # continue pretraining from the exported directory (one process)
         again = tmp_path / "again"
-        run_train([f"experiment={experiment}", *COMMON, f"run_dir={again}", "trainer.max_steps=1",
+        run_train([f"experiment={experiment}", *ZOO_COMMON, f"run_dir={again}", "trainer.max_steps=1",
                    f"model.init_from={out}", "optim.sched.warmup_steps=0"], train_env)
         assert losses_by_step(again)[1] < first - 0.8  # starts where the trained model was, not from scratch
 
 
-@pytest.mark.parametrize("experiment,zero", [("bert_tiny", 1), ("t5_tiny", 0)])
-def test_resume_is_exact_and_exports(tmp_path, train_env, experiment, zero):
-    common = [f"experiment={experiment}", *COMMON, f"parallel=zero{zero}", "optim.sched.decay_steps=6",
-              "model.hidden_dropout=0.1"]  # dropout on: the RNG streams must resume too
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    run_train([*common, f"run_dir={straight}", "trainer.max_steps=6"], train_env, nproc=2)
-    run_train([*common, f"run_dir={split}", "trainer.max_steps=3"], train_env, nproc=2)
-    out = run_train([*common, f"run_dir={split}", "trainer.max_steps=6"], train_env, nproc=2)
+@pytest.mark.parametrize("experiment,zero", list(ZOO_RESUME.items()))  # (bert_tiny, 1), (t5_tiny, 0)
+def test_resume_is_exact_and_exports(tmp_path, e2e_run, experiment, zero):
+    """6 steps straight vs 3, stop, resume to 6 (tests/e2e.py ``ZOO_RESUME``: dropout on, so the RNG streams must
+    resume too): the same losses bitwise, on the same batches."""
+    family = experiment.split("_")[0]
+    straight, resumed = e2e_run(f"{family}_resume_straight").dir, e2e_run(f"{family}_resume_split")
+    split, out = resumed.dir, resumed.outputs[-1]
+    assert yaml.safe_load((split / "config.yaml").read_text())["parallel"]["zero_stage"] == zero
     assert "resumed from" in out.stdout and "at step 3" in out.stdout
     key = lambda d, k: [(r["step"], r[k]) for r in read_metrics(d) if k in r]  # noqa: E731
     assert key(straight, "loss") == key(split, "loss")  # bitwise, every step
