@@ -17,7 +17,6 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-
 # The model group's schema is the families': each declares its own keys (pretrain/models/<family>/config.py)
 # and ModelConfig is their union (pretrain/models/schema.py), so a new family adds its keys without an edit here.
 from pretrain.models import ModelConfig  # noqa: E402

@@ -40,15 +40,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
 import torch.utils.data
+from omegaconf import DictConfig, OmegaConf
 
-from pretrain.data.blend import Blend
-from pretrain.data.locking import file_lock
-from pretrain.core.indexed import IndexedDataset, bin_path, idx_path
-from pretrain.core.manifest import Manifest, read_manifest
 from pretrain.core.atomic import atomic_open
 from pretrain.core.errors import DataError
+from pretrain.core.indexed import IndexedDataset, bin_path, idx_path
+from pretrain.core.manifest import Manifest, read_manifest
+from pretrain.data.blend import Blend
+from pretrain.data.locking import file_lock
 
 log = logging.getLogger(__name__)
 

@@ -32,10 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pretrain.data.locking import file_lock
+from pretrain.core.errors import DataError
 from pretrain.core.indexed import IndexedDatasetWriter, best_dtype
 from pretrain.core.manifest import MANIFEST_NAME, write_manifest
-from pretrain.core.errors import DataError
+from pretrain.data.locking import file_lock
 
 log = logging.getLogger(__name__)
 

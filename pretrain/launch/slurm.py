@@ -2,7 +2,7 @@
 
     python -m pretrain.launch.slurm experiment=gpt_125m data.path=/data/pipeline trainer.micro_batch_size=8 \\
         slurm.nodes=4 slurm.gpus_per_node=8 slurm.partition=gpu slurm.time=48:00:00
-    python -m pretrain.launch.slurm --dry-run experiment=gpt_125m trainer.micro_batch_size=8 slurm.nodes=4  # the script only
+    python -m pretrain.launch.slurm --dry-run experiment=gpt_125m trainer.micro_batch_size=8 slurm.nodes=4
     python -m pretrain.launch.slurm --wait experiment=gpt_tiny slurm=cpu             # block until the job ends
 
 ``slurm.*`` keys (``conf/slurm/``) describe the allocation; every other argument is a training override and

@@ -20,7 +20,7 @@ from torch import nn
 
 from pretrain.bench.parallel import model_state_bytes
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _step(model: nn.Module, opt: torch.optim.Optimizer) -> None:

@@ -20,7 +20,7 @@ from pretrain.models import FAMILIES, FAMILY_PACKAGES, ModelConfig, TokenizerInf
 from pretrain.models.gpt.model import GPTArgs
 from pretrain.models.schema import ModelConfigBase, union_schema
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 PRESETS = sorted(f"{p.parent.name}/{p.stem}" for p in (CONF / "model").glob("*/*.yaml"))
 
 

@@ -12,14 +12,14 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
 
 from pretrain.config import register_configs, validate_schema
+from pretrain.core.errors import ConfigError
 from pretrain.engines import batch_plan, check_precision
 from pretrain.engines.deepspeed import deepspeed_config
-from pretrain.optim import lr_lambda
-from pretrain.core.errors import ConfigError
 from pretrain.models import TokenizerInfo, get_family, resolve_args
 from pretrain.models.gpt import count_parameters
+from pretrain.optim import lr_lambda
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
 

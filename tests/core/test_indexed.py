@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pretrain.core.errors import DataError
 from pretrain.core.indexed import (
     DTYPE_CODES,
     MAGIC,
@@ -17,7 +18,6 @@ from pretrain.core.indexed import (
     bin_path,
     idx_path,
 )
-from pretrain.core.errors import DataError
 
 DOCS = [[5, 1, 2, 0], [], [7], [3, 3, 3, 3, 3, 0], [], [9, 8]]
 

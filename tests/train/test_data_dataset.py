@@ -18,15 +18,15 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from pretrain.data.blend import Blend
-from pretrain.data.dataset import build_datasets, check_vocab, parse_split, split_bounds
+from pretrain.core.errors import ConfigError, DataError
 from pretrain.core.indexed import IndexedDatasetWriter, bin_path, idx_path
 from pretrain.core.manifest import read_manifest, write_manifest
+from pretrain.data.blend import Blend
+from pretrain.data.dataset import build_datasets, check_vocab, parse_split, split_bounds
 from pretrain.data.sampler import PretrainingSampler, collate_tokens, make_loader
-from pretrain.core.errors import ConfigError, DataError
 
 EOD = 0
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write_corpus(root: Path, name: str, lengths: list[int], first_token: int, shards: int = 1) -> list[list[int]]:

@@ -21,7 +21,7 @@ from pretrain.core.manifest import read_manifest
 from pretrain.data import sample
 from pretrain.data.dataset import build_datasets, check_vocab
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 CHILD = textwrap.dedent("""
     import logging, sys
