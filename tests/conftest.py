@@ -49,6 +49,24 @@ def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("pretrain-cache")
 
 
+# What torchrun (or pretrain.distributed.ensure_launcher_env, for a world of one) puts in the environment.
+LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture(autouse=True)
+def _restore_launcher_env():
+    """A test that runs the Trainer in this process leaves the launcher variables behind, and with them a
+    MASTER_PORT whose store may still listen here: every later training subprocess would then fail with
+    EADDRINUSE. Put the variables back as they were."""
+    saved = {var: os.environ.get(var) for var in LAUNCHER_VARS}
+    yield
+    for var, value in saved.items():
+        if value is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = value
+
+
 def make_train_env(cache_dir: Path) -> dict[str, str]:
     """The environment of a training subprocess (also for module-scoped fixtures, which cannot use train_env)."""
     env = dict(os.environ)
@@ -56,7 +74,8 @@ def make_train_env(cache_dir: Path) -> dict[str, str]:
         PRETRAIN_CACHE=str(cache_dir), WANDB_MODE=env.get("WANDB_MODE", "disabled"), OMP_NUM_THREADS="1",
         PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false", DS_ACCELERATOR="cpu",
     )
-    env.pop("RANK", None)
+    for var in LAUNCHER_VARS:  # a subprocess is its own world (an in-process Trainer of a test set these)
+        env.pop(var, None)
     return env
 
 

@@ -274,28 +274,6 @@ def test_a_full_disk_reads_as_no_space_left():
     assert files.write_error(err, "/tmp/z.pt", 10**6) == "cannot write /tmp/z.pt: Permission denied"
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    """``mount(size)`` mounts a tmpfs of ``size`` bytes and returns its folder; unmounted after the test."""
-    if os.geteuid() != 0:
-        pytest.skip("a full disk needs a small tmpfs, and mounting one needs root")
-    mounted = []
-
-    def mount(size: int) -> Path:
-        point = tmp_path / f"tmpfs{len(mounted)}"
-        point.mkdir()
-        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
-        mounted.append(point)
-        return point
-
-    yield mount
-    for point in mounted:
-        subprocess.run(["umount", str(point)], check=False)
-
-
 def test_a_full_disk_during_a_write_on_a_real_tmpfs(small_tmpfs):
     ckpt_dir = small_tmpfs(2 << 20) / "checkpoints"
     save_steps(ckpt_dir, [1], numel=100_000)  # ~0.8 MB + RNG states: fits

@@ -148,33 +148,12 @@ def test_kill_9_after_complete_before_latest_resumes_with_the_same_losses(tmp_pa
     assert all(files.verify(ckpts / t) is None for t in ("step_000005", "step_000006"))
 
 
-@pytest.fixture
-def tmpfs(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("a full disk needs a small tmpfs, and mounting one needs root")
-    mounted = []
-
-    def mount(size: int) -> Path:
-        point = tmp_path / f"disk{len(mounted)}"
-        point.mkdir()
-        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
-        mounted.append(point)
-        return point
-
-    yield mount
-    for point in mounted:
-        subprocess.run(["umount", str(point)], check=False)
-
-
 def test_a_full_disk_stops_the_run_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path, reference, env,
-                                                                                       tmpfs):
+                                                                                       small_tmpfs):
     """On a disk with room for 1.5 checkpoints: step 1 is saved, step 2 is refused by the free-space check
     before anything is written. On a disk with room for half a checkpoint: the first save fails mid-write."""
     size = files.checkpoint_bytes(reference[0] / "checkpoints" / "step_000001")
-    roomy = tmpfs(int(size * 1.5)) / "checkpoints"
+    roomy = small_tmpfs(int(size * 1.5)) / "checkpoints"
     proc = run_train([*COMMON, f"run_dir={tmp_path / 'a'}", "trainer.max_steps=3", f"checkpoint.dir={roomy}"],
                      env, check=False)
     size = files.checkpoint_bytes(roomy / "step_000001")  # its trainer_state.json names another run_dir
@@ -184,7 +163,7 @@ def test_a_full_disk_stops_the_run_with_a_clear_message_and_keeps_the_last_check
     assert ckpt.complete_tags(roomy) == ["step_000001"] and not (roomy / "step_000002").exists()
     assert (roomy / "latest").read_text() == "step_000001" and files.verify(roomy / "step_000001") is None
 
-    tight = tmpfs(size // 2) / "checkpoints"
+    tight = small_tmpfs(size // 2) / "checkpoints"
     proc = run_train([*COMMON, f"run_dir={tmp_path / 'b'}", "trainer.max_steps=2", f"checkpoint.dir={tight}"],
                      env, check=False)
     refused(proc, f"no space left on device writing {tight / 'step_000001'}/", "there is no earlier checkpoint")
