@@ -138,7 +138,10 @@ def test_yaml_defaults_match_the_reference_thresholds():
     assert (c4.min_num_sentences, c4.min_words_per_line, c4.max_word_length) == (5, 3, 1000)
     assert (fineweb.line_punct_thr, fineweb.short_line_thr, fineweb.short_line_length,
             fineweb.char_duplicates_ratio, fineweb.new_line_ratio) == (0.12, 0.67, 30, 0.01, 0.3)
-    assert isinstance(pii, PIIRedactor) and pii.kinds == ["email", "ip", "phone"]
+    assert isinstance(pii, PIIRedactor) and pii.kinds == ["secret", "email", "ip", "phone"]
+    # web prose: URL credentials and fixed-prefix tokens, not the name = value rules of code and config files
+    assert "url_credentials" in pii.secret_patterns and "assignment" not in pii.secret_patterns
+    assert pii.redact("see mysql://root:pa$$w0rd@db.example.org/x")[0] == "see mysql://root:<SECRET>@db.example.org/x"
 
 
 def test_the_filters_schema_and_the_block_list_come_from_the_registries():
