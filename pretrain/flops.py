@@ -154,6 +154,24 @@ def _read_cache(path: Path) -> dict:
     return entries if isinstance(entries, dict) else {}
 
 
+def forget_cpu_peak(precision: str) -> bool:
+    """Drop this CPU's cached peak for ``precision`` (True if there was one), so the next run measures again.
+    Called when a run's MFU exceeded 100% against it: the cached best run was then measured on a busy machine
+    (it can only ever read low), and keeping it would make every later run's MFU wrong too."""
+    from pretrain.data.locking import file_lock
+
+    path, key = cpu_peak_cache_path(), f"v{CPU_PEAK_CACHE_VERSION} | {cpu_fingerprint()} | {precision}"
+    with file_lock(path.with_name(path.name + ".lock")):
+        entries = _read_cache(path)
+        if entries.pop(key, None) is None:
+            return False
+        try:
+            atomic_write(path, json.dumps(entries, indent=1, sort_keys=True) + "\n")
+        except OSError:
+            return False
+    return True
+
+
 def check_mfu(mfu: float, peak_source: str = "") -> str | None:
     """A warning when ``mfu`` exceeds 100% (the peak is too low: measured on a busy machine, or a wrong
     ``trainer.peak_flops_per_device``), else None. The caller logs it (once per run is enough)."""

@@ -18,7 +18,7 @@ import torch
 
 from pretrain.callbacks import Callback, StepOutput
 from pretrain.distributed import all_reduce_mean
-from pretrain.flops import check_mfu
+from pretrain.flops import check_mfu, forget_cpu_peak
 from pretrain.parallel.pipeline import PP_COMM
 from pretrain.parallel.tensor import TP_COMM
 
@@ -99,6 +99,8 @@ class StepRecorder(Callback):
             "comm_dp_allreduce_bytes": trainer.dp_bytes_per_step,
         })
         if not self.warned_mfu and (warning := check_mfu(out.record["mfu"], trainer.peak_source)):
+            if "cached in" in trainer.peak_source and trainer.dist.is_main and forget_cpu_peak(trainer.precision):
+                warning += "; the cached CPU peak is dropped, so the next run measures it again"
             log.warning(warning)
             self.warned_mfu = True
         if trainer.pipelined:  # activations and their gradients this rank sent to its neighbour stages
