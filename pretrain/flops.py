@@ -110,6 +110,10 @@ def cpu_peak_cache_path() -> Path:
     return root / "cpu_peak_flops.json"
 
 
+def _cache_key(precision: str) -> str:
+    return f"v{CPU_PEAK_CACHE_VERSION} | {cpu_fingerprint()} | {precision}"
+
+
 def cpu_peak_flops(precision: str, runs: int = CPU_PEAK_RUNS, seconds: float = CPU_PEAK_SECONDS,
                    cache: bool = True) -> tuple[float, str]:
     """(peak FLOP/s of this CPU, where it came from): the best of ``runs`` matmul runs of ``seconds`` each,
@@ -119,7 +123,7 @@ def cpu_peak_flops(precision: str, runs: int = CPU_PEAK_RUNS, seconds: float = C
     is the closest to what the CPU can do (timeit's reasoning); a single 0.5 s run on a busy machine read half
     the peak and MFU showed 170%. The median is kept in the cache for reference. Delete the cache file (its path
     is in the returned source) or set ``trainer.peak_flops_per_device`` to override."""
-    path, key = cpu_peak_cache_path(), f"v{CPU_PEAK_CACHE_VERSION} | {cpu_fingerprint()} | {precision}"
+    path, key = cpu_peak_cache_path(), _cache_key(precision)
     if not cache:
         return _best_of(precision, runs, seconds)[0], f"measured on this CPU (best of {runs} x {seconds:g} s)"
     from pretrain.data.locking import file_lock
@@ -160,7 +164,7 @@ def forget_cpu_peak(precision: str) -> bool:
     (it can only ever read low), and keeping it would make every later run's MFU wrong too."""
     from pretrain.data.locking import file_lock
 
-    path, key = cpu_peak_cache_path(), f"v{CPU_PEAK_CACHE_VERSION} | {cpu_fingerprint()} | {precision}"
+    path, key = cpu_peak_cache_path(), _cache_key(precision)
     with file_lock(path.with_name(path.name + ".lock")):
         entries = _read_cache(path)
         if entries.pop(key, None) is None:

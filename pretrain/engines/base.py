@@ -117,10 +117,6 @@ class Engine(ABC):
     def loss_scale(self) -> float: ...
 
     @abstractmethod
-    def parameters(self) -> Iterator[torch.nn.Parameter]:
-        """This rank's parameters."""
-
-    @abstractmethod
     def save(self, ckpt_dir: Path, step: int, state: dict[str, Any], keep_last: int) -> Path:
         """Collective: a complete checkpoint of step ``step`` (``state`` = the trainer state)."""
 

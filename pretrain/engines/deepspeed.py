@@ -223,9 +223,6 @@ class DeepSpeedEngine(Engine):
     def loss_scale(self) -> float:
         return current_loss_scale(self.ds)
 
-    def parameters(self) -> Iterator[torch.nn.Parameter]:
-        return self.ds.module.parameters()
-
     def save(self, ckpt_dir: Path, step: int, state: dict[str, Any], keep_last: int) -> Path:
         from pretrain import checkpoint as ckpt
         from pretrain.parallel import reshard
