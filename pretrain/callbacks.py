@@ -18,6 +18,10 @@ Callbacks run in ``order`` (lower first; ties keep the given order). The built-i
 Every callback runs on every rank; a callback that calls collectives must do so on the same steps on all,
 and one that ends the run (``trainer.request_stop``) must decide the same on every rank and run before the
 Checkpointer (``order`` < 50) for the last step to be saved.
+
+A callback with state that must survive a restart sets ``state_key`` and implements ``state_dict`` /
+``load_state_dict``: the checkpoint's ``trainer_state.json`` holds it under ``callbacks.<state_key>`` (JSON
+values only), and a resumed run hands it back before ``on_train_start``.
 """
 
 from __future__ import annotations
@@ -46,6 +50,13 @@ class StepOutput:
 
 class Callback:
     order = 100
+    state_key: str | None = None  # set by a callback whose state_dict() goes into checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
 
     def on_train_start(self, trainer: "Trainer") -> None:
         pass
@@ -66,6 +77,16 @@ class CallbackList:
 
     def __iter__(self):
         return iter(self.callbacks)
+
+    def state_dict(self) -> dict[str, dict[str, Any]]:
+        return {c.state_key: c.state_dict() for c in self.callbacks if c.state_key}
+
+    def load_state_dict(self, states: dict[str, dict[str, Any]]) -> list[str]:
+        """Hand each callback its saved state; returns the saved keys no callback of this run claimed."""
+        for c in self.callbacks:
+            if c.state_key and c.state_key in states:
+                c.load_state_dict(states[c.state_key])
+        return sorted(set(states) - {c.state_key for c in self.callbacks})
 
     def on_train_start(self, trainer: "Trainer") -> None:
         for c in self.callbacks:

@@ -255,8 +255,8 @@ class Trainer:
         """Restore the checkpoint chosen in :meth:`plan`, write the run files, start metrics and the data stream."""
         cfg, dist = self.cfg, self.dist
         if self.resume_tag:
-            state, self._rng = self.engine.load(self.ckpt_dir, self.resume_tag, self.same_layout)
-            self.load_state_dict(state)
+            self.resume_state, self._rng = self.engine.load(self.ckpt_dir, self.resume_tag, self.same_layout)
+            self.load_state_dict(self.resume_state)
             log.info("resumed from %s at step %d (%d samples consumed)", self.ckpt_dir / self.resume_tag,
                      self.step, self.consumed_samples)
             lost, last_logged = preemption.steps_lost(self.run_dir / METRICS_FILE, self.step)
@@ -283,6 +283,9 @@ class Trainer:
             Checkpointer(cfg.checkpoint.interval, cfg.checkpoint.keep_last, cfg.checkpoint.save_at_end),
             *self.extra_callbacks,
         ])
+        unclaimed = self.callbacks.load_state_dict(self.resume_state.get("callbacks", {}))
+        if unclaimed:
+            log.info("the checkpoint holds state of callbacks this run does not have: %s", ", ".join(unclaimed))
         self.batches = BatchStream(iter(self.loader(self.data.train, self.num_train_samples, self.consumed_samples)))
         self.engine.train()
         return self
@@ -340,6 +343,7 @@ class Trainer:
             "zero_stage": plan.zero_stage, "tensor_parallel_size": plan.tensor_parallel_size,
             "pipeline_parallel_size": plan.pipeline_parallel_size,
             "seed": self.cfg.seed, "name": self.cfg.name,
+            "callbacks": self.callbacks.state_dict(),
         }
 
     def request_stop(self, reason: str, requeue: bool = False) -> None:

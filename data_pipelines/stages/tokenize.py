@@ -1,6 +1,8 @@
 """Stage ``tokenize`` (per part): the part's documents -> ``tokens/<source>/part-N.{bin,idx}`` with EOD tokens.
 
-The shards are the Megatron indexed format (:mod:`pretrain.core.indexed`), the one the trainer reads.
+The shards are the Megatron indexed format (:mod:`pretrain.core.indexed`), the one the trainer reads. Beside
+each shard goes its provenance sidecar (:mod:`pretrain.core.provenance`): per document its source, input file,
+id, URL or title, and this stage's fingerprint, so a training step can be traced back to its documents.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from data_pipelines.executor.local import Progress
 from data_pipelines.executor.markers import fingerprint
 from data_pipelines.executor.parts import Part
 from data_pipelines.stages.base import PartStage, Task
-from data_pipelines.stages.io import iter_texts, text_bytes
+from data_pipelines.stages.io import text_bytes
 from data_pipelines.stages.layout import Layout
 
 if TYPE_CHECKING:
@@ -49,6 +51,7 @@ class Tokenize(PartStage):
 
     def run(self, task: Task, progress: Progress) -> dict[str, Any]:
         from pretrain.core.indexed import IndexedDatasetWriter, best_dtype
+        from pretrain.core.provenance import ProvenanceWriter
         from pretrain.core.tokenizer import TokenizerSpec, batched, encode_documents, eod_id
 
         part, lay = task.part, task.layout
@@ -57,16 +60,32 @@ class Tokenize(PartStage):
         eod = eod_id(tok, spec, str(lay.tokenizer_file))
         vocab = tok.get_vocab_size(with_added_tokens=True)
         docs = tokens = nbytes = 0
-        with IndexedDatasetWriter(lay.tokens_prefix(part), best_dtype(vocab)) as writer:
-            texts_in = iter_texts(lay.documents(part), task.batch_size)
-            for texts in batched(texts_in, task.tokenizer.get("batch_size", 1000)):
-                for ids in encode_documents(tok, texts, eod):
+        prefix = lay.tokens_prefix(part)
+        with (IndexedDatasetWriter(prefix, best_dtype(vocab)) as writer,
+              ProvenanceWriter(prefix, task.fingerprint) as origins):
+            rows_in = _iter_rows(lay.documents(part), task.batch_size)
+            for rows in batched(rows_in, task.tokenizer.get("batch_size", 1000)):
+                texts = [r.pop("text") for r in rows]
+                for ids, row in zip(encode_documents(tok, texts, eod), rows):
                     writer.add_document(ids)
+                    origins.add(row)
                     tokens += len(ids)
                 docs += len(texts)
                 nbytes += sum(map(text_bytes, texts))
                 progress.update(docs=len(texts), units=len(texts))
         return {"docs": docs, "tokens": tokens, "bytes": nbytes}
+
+
+def _iter_rows(path: Path, batch_size: int):
+    """Each document's text and provenance columns, in order."""
+    import pyarrow.parquet as pq
+
+    from pretrain.core.provenance import RECORD_KEYS
+
+    pf = pq.ParquetFile(path)
+    wanted = ["text", *(c for c in RECORD_KEYS if c in pf.schema_arrow.names)]
+    for batch in pf.iter_batches(batch_size=batch_size, columns=wanted):
+        yield from batch.to_pylist()
 
 
 STAGE = Tokenize()

@@ -27,3 +27,6 @@ def test_a_callback_sees_every_step_and_stops_the_run_with_a_checkpoint(tmp_path
     never = StopAtLoss(target=-1.0)
     summary = Trainer(cfg, callbacks=[never]).fit()
     assert never.seen == [2, 3, 4, 5, 6] and summary["steps"] == 6 and summary["stopped"] is None
+    assert never.seen_before == 1  # its state came back from the step-1 checkpoint
+    state = json.loads((tmp_path / "checkpoints" / "step_000006" / "trainer_state.json").read_text())
+    assert state["callbacks"]["stop_at_loss"] == {"steps_seen": 6}

@@ -28,6 +28,7 @@ from pretrain.core.atomic import atomic_write
 from pretrain.core.errors import ConfigError, DataError
 from pretrain.core.indexed import IndexedDataset
 from pretrain.core.manifest import read_manifest
+from pretrain.core.provenance import read_provenance
 
 REPO = Path(__file__).resolve().parents[2]
 CONF = REPO / "conf"
@@ -161,6 +162,12 @@ def test_outputs_and_report_counts(reference):
         shards = [IndexedDataset(p) for p in corpus.prefixes]
         assert sum(len(s) for s in shards) == corpus.documents
         assert all(int(s[i][-1]) == eod for s in shards for i in range(len(s)))
+        # every document's provenance sidecar record, in shard order: its source, file and id
+        origins = [read_provenance(p) for p in corpus.prefixes]
+        assert [len(o) for o in origins] == [len(s) for s in shards]
+        recs = [o[i] for o in origins for i in range(len(o))]
+        assert all(r["source"] == name and r["file"] and r["id"] and r["fingerprint"] for r in recs), recs[:2]
+        assert len({r["id"] for r in recs}) == len(recs)
     md = (reference / "report.md").read_text()
     assert "## alpha" in md and "exact_duplicate" in md
     for png in ("funnel", "removals", "clusters", "tokens"):
