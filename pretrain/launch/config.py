@@ -51,6 +51,10 @@ class SlurmConfig:
     extra_sbatch: List[str] = field(default_factory=list)
     array: int = 4
     array_parallelism: Optional[int] = None
+    # The GPU the pre-flight plan (python -m pretrain.plan) checks a training job's memory against; skip_plan:
+    # submit without it.
+    gpu: str = "h100"
+    skip_plan: bool = False
 
     @property
     def procs(self) -> int:
@@ -76,6 +80,10 @@ def check(s: SlurmConfig) -> None:
         raise ConfigError("slurm.signal_seconds and slurm.max_restarts must be >= 0")
     if s.array < 1 or (s.array_parallelism is not None and s.array_parallelism < 1):
         raise ConfigError(f"slurm.array={s.array} / slurm.array_parallelism={s.array_parallelism}: must be >= 1")
+    from pretrain.planner.devices import DEVICES
+
+    if s.gpu.lower() not in DEVICES:
+        raise ConfigError(f"slurm.gpu={s.gpu!r}: expected one of {', '.join(DEVICES)}")
     for line in s.extra_sbatch:
         if not line.startswith("--"):
             raise ConfigError(f"slurm.extra_sbatch: {line!r} is not an sbatch option (expected '--name=value')")

@@ -10,6 +10,10 @@ is checked by composing the training config before anything is submitted. The sc
 ``slurm/train.sbatch``'s body under ``#SBATCH`` lines rendered from the config, written to
 ``<run_dir>/slurm/<job id>.sbatch`` (what ran is on disk); the job's log is ``<run_dir>/slurm/<job id>.out``
 (appended across requeues). The job id is printed on stdout.
+
+Before anything is rendered, the pre-flight planner (``pretrain.planner``, ``python -m pretrain.plan``) predicts
+the memory per GPU of the layout on ``slurm.gpu`` and refuses one that will not fit (``slurm.skip_plan=true``
+submits anyway).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ def render_train(overrides: list[str]) -> tuple[str, Path, SlurmConfig]:
     # the layout of the whole allocation, checked here: a mistake is one line now, not an error on every rank
     # of a job that waited in the queue (data paths are checked by the job, on the nodes that read them)
     batch_plan(cfg, s.nodes * s.procs)
+    preflight(cfg, s)
     run_dir = Path(cfg.run_dir).absolute()
     per_node_tasks = 1 if s.launcher == "torchrun" else s.procs
     header = allocation_lines(s, str(cfg.name), per_node_tasks, str(run_dir / "slurm" / "%j.out"))
@@ -54,6 +59,43 @@ def render_train(overrides: list[str]) -> tuple[str, Path, SlurmConfig]:
     comment = (f"training job of {cfg.name}: {s.nodes} node(s) x {s.procs} process(es), launcher {s.launcher}; "
                f"rendered by python -m pretrain.launch.slurm")
     return script(header, settings, list(s.setup), args, "train.sbatch", comment), run_dir, s
+
+
+def preflight(cfg, s: SlurmConfig) -> None:
+    """Refuse a layout the planner predicts will not fit in ``slurm.gpu``'s memory, in seconds instead of after
+    the queue (``slurm.skip_plan=true`` submits anyway). CPU jobs (``slurm.gpus_per_node=0``) are not planned,
+    and neither is a model whose vocabulary comes from a tokenizer this host cannot read (a warning says so)."""
+    if s.skip_plan:
+        log.info("plan: skipped (slurm.skip_plan=true)")
+        return
+    if s.gpus_per_node == 0:
+        log.info("plan: skipped (a CPU job, slurm.gpus_per_node=0)")
+        return
+    from pretrain.planner import UnknownVocabulary, make_plan
+    from pretrain.planner.layouts import gib
+
+    world = s.nodes * s.procs
+    try:
+        res = make_plan(cfg, world, s.gpu, s.nodes, enumerate_all=False)
+    except UnknownVocabulary as e:
+        log.warning("plan: skipped: %s", e)
+        return
+    c = res["configured"]
+    summary = (f"{gib(c.memory['total']):.1f} GiB of {gib(c.usable_bytes):.1f} GiB usable per {s.gpu} (model states "
+               f"{gib(c.memory['model_states']):.1f}, activations {gib(c.memory['activations']):.1f}); "
+               f"~{c.time['step_s']:.2f} s/step, MFU ~{100 * c.time['mfu']:.0f}%")
+    if c.fits:
+        log.info("plan: fits: %s", summary)
+        return
+    hint = ""
+    try:
+        best = make_plan(cfg, world, s.gpu, s.nodes)["best"]
+        if best is not None:
+            hint = f"; a layout that fits: {' '.join(best.overrides)}"
+    except UnknownVocabulary:
+        pass
+    raise ConfigError(f"the layout does not fit: predicted {summary}{hint} (python -m pretrain.plan ... --gpus "
+                      f"{world} --gpu {s.gpu} lists them all); set slurm.skip_plan=true to submit anyway")
 
 
 def _is_slurm(arg: str) -> bool:

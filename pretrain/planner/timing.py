@@ -1,0 +1,100 @@
+"""Time per step and MFU of a layout: compute from the FLOP formulas the trainer logs, communication from the
+bytes each parallel dimension moves over the links it spans.
+
+* compute: the family's hardware FLOPs per token (``ModelFamily.flops_per_token``, recomputation included) x the
+  step's tokens / the world size, at ``efficiency`` x the device's dense peak (``pretrain.flops.PEAK_FLOPS``),
+  plus ``LAYER_OVERHEAD_S`` per layer and micro-batch (kernel launches); the 1F1B pipeline adds its bubble,
+  ``(pp - 1) / micro-batches`` of it.
+* tensor parallelism: per layer and micro-batch, Megatron's four all-reduces of the ``[micro, seq, hidden]``
+  activations (two forward, two backward; two more forward under full recomputation; sequence parallelism
+  moves the same bytes as all-gathers and reduce-scatters); not overlapped.
+* pipeline: each micro-batch's activations sent forward and their gradients back across every stage boundary;
+  on the critical path ``micro-batches + pp - 1`` times.
+* data parallelism: the ring all-reduce of the gradients (``2 (dp-1)/dp`` x the rank's gradient bytes: ZeRO-1/2's
+  reduce-scatter + all-gather move the same), once per step at ZeRO-0/1, once per micro-batch at ZeRO-2 (it
+  reduces as gradients arrive), and ZeRO-3's parameter all-gathers (forward and backward) on top. With
+  ``overlap_comm`` (GPU runs) ZeRO-1..3 hide it behind one micro-batch's backward.
+* A group stays on NVLink while its ranks fit in one node (tensor ranks innermost, then data, then pipeline,
+  as ``pretrain.parallel.topology`` orders them); otherwise it runs at the inter-node bandwidth.
+
+Not modelled: kernel launch overheads, the optimizer step's memory traffic, stragglers, the data loader.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pretrain.planner.devices import BUS_EFFICIENCY, Device
+from pretrain.planner.memory import Setup, precision_bytes
+from pretrain.planner.shapes import ModelFacts
+
+# The fraction of the dense peak large transformer matmuls reach in practice (what good runs report as MFU
+# before communication); a command-line flag (--efficiency) overrides it.
+DEFAULT_EFFICIENCY = 0.6
+# Seconds each layer costs per micro-batch beyond its FLOPs: ~20 kernel launches forward and backward at ~5 us
+# each; what makes many small micro-batches slower than few large ones.
+LAYER_OVERHEAD_S = 1e-4
+
+
+def _bandwidth(device: Device, group_span: int, gpus_per_node: int) -> float:
+    """Bus bandwidth of a group whose ranks span ``group_span`` consecutive ranks."""
+    bw = device.intra_node_bw if group_span <= gpus_per_node else device.inter_node_bw
+    return bw * BUS_EFFICIENCY
+
+
+def step_time(facts: ModelFacts, s: Setup, device: Device, global_batch: int, gpus_per_node: int,
+              efficiency: float = DEFAULT_EFFICIENCY, overlap_comm: bool = True) -> dict[str, Any]:
+    """Seconds per optimizer step by part, tokens/s and MFU."""
+    world = s.tp * s.pp * s.dp
+    tokens_per_sample = facts.family.tokens_per_sample(facts.args)
+    tokens = global_batch * tokens_per_sample
+    model_fpt, hw_fpt = facts.flops["model"], _hardware_flops(facts, s)
+    peak = device.peak_flops(s.precision)
+    m = s.grad_accum_steps
+    compute = hw_fpt * tokens / world / (peak * efficiency)
+    compute += LAYER_OVERHEAD_S * (facts.num_layers // s.pp) * m * (1.5 if s.recompute == "full" else 1.0)
+    bubble = compute * (s.pp - 1) / m if s.pp > 1 else 0.0
+    a = precision_bytes(s.precision)
+    args = facts.args
+    micro_act = s.micro_batch_size * tokens_per_sample * args.hidden_size * a
+    layers_here = facts.num_layers // s.pp
+    tp_comm = 0.0
+    if s.tp > 1:
+        per_allreduce = 2 * (s.tp - 1) / s.tp * micro_act / _bandwidth(device, s.tp, gpus_per_node)
+        n = 4 + (2 if s.recompute == "full" else 0)
+        tp_comm = n * layers_here * m * per_allreduce
+    pp_comm = 0.0
+    if s.pp > 1:
+        send = micro_act / s.tp / _bandwidth(device, s.tp * s.dp * 2, gpus_per_node)
+        pp_comm = 2 * (m + s.pp - 1) * send
+    dp_comm = 0.0
+    if s.dp > 1:
+        grads = max(sum(n for _, n in facts.stage_params(s.tp, s.pp, st)) for st in range(s.pp))
+        ring = 2 * (s.dp - 1) / s.dp * grads * a / _bandwidth(device, s.tp * s.dp, gpus_per_node)
+        times = m if s.zero_stage >= 2 else 1
+        dp_comm = ring * times
+        if s.zero_stage == 3:
+            dp_comm += ring * m  # all-gather of the parameters in the forward and again in the backward
+        if overlap_comm and s.zero_stage >= 1:
+            backward_one_micro = compute / m * 2 / 3
+            dp_comm = max(0.0, dp_comm - backward_one_micro * (m if s.zero_stage >= 2 else 1))
+    total = compute + bubble + tp_comm + pp_comm + dp_comm
+    return {
+        "step_s": total, "compute_s": compute, "bubble_s": bubble, "tp_comm_s": tp_comm, "pp_comm_s": pp_comm,
+        "dp_comm_s": dp_comm, "tokens_per_s": tokens / total, "tokens_per_step": tokens,
+        "mfu": model_fpt * tokens / (total * world * peak), "hfu": hw_fpt * tokens / (total * world * peak),
+        "efficiency": efficiency,
+    }
+
+
+def _hardware_flops(facts: ModelFacts, s: Setup) -> float:
+    """Hardware FLOPs per token under this layout's recomputation: the family's own formula, asked with the
+    layout's ``activation_checkpointing`` / ``recompute_granularity`` (the args are a dataclass)."""
+    import dataclasses
+
+    args = facts.args
+    if hasattr(args, "activation_checkpointing"):
+        on = s.recompute is not None
+        args = dataclasses.replace(args, activation_checkpointing=on,
+                                   recompute_granularity=s.recompute or args.recompute_granularity)
+    return facts.family.flops_per_token(args)["hardware"]
