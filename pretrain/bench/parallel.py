@@ -7,7 +7,9 @@ torchrun would set. Everything goes through our stack: the config composed from 
 the Trainer's plan and build phases (``pretrain.trainer``), ``ParallelGrid`` as the ``mpu``,
 ``parallelize`` for tensor parallelism.
 
-1. **Model-state bytes per rank**, ZeRO stage 1, 2, 3 at dp=2 against dp=1. The dp=1 figure is what a user
+1. **Model-state bytes per rank**, ZeRO stage 0, 1, 2, 3 at dp=2 against dp=1, and tp=2 / pp=2 (one
+   data-parallel rank each, so ZeRO-0), every rank's bytes kept (``pretrain.bench.plan`` checks the planner's
+   predictions against them). The dp=1 figure is what a user
    holds with one data-parallel rank: ``batch_plan`` runs one rank without offload as ZeRO stage 0 whatever
    ``parallel.zero_stage`` says (params, grads, master weights and Adam states held whole), so that is the
    baseline of every stage. Bytes are counted by :func:`model_state_bytes` after the *backward* of the second
@@ -45,7 +47,10 @@ DEFAULT_SHAPE = dict(layers=8, hidden=512, heads=8, vocab=8192, seq=256, micro_b
 # --tiny (the test): 5.2M parameters, every matrix above our stage3_param_persistence_threshold of 1e5 elements
 # (hidden 384: 384 x 384 = 147k), so ZeRO-3 partitions all but the biases and norms with the config as it is.
 TINY_SHAPE = dict(layers=2, hidden=384, heads=4, vocab=4096, seq=64, micro_batch=2)
-STAGES = (1, 2, 3)
+STAGES = (0, 1, 2, 3)
+# The two-rank runs that split the model instead of the data (tp=2 or pp=2, one data-parallel rank, so ZeRO-0):
+# their model-state bytes per rank are what the planner's shares are checked against (pretrain.bench.plan).
+SPLITS = ((2, 1), (1, 2))
 CATEGORIES = ("params", "grads", "master", "optimizer")  # model states; "buffers" and "other" are reported apart
 
 
@@ -185,27 +190,59 @@ def _batches(args, micro: int, n: int, seed: int) -> list[torch.Tensor]:
     return [torch.randint(0, args.vocab_size, (micro, args.seq_length), generator=g) for _ in range(n)]
 
 
-def _measure_memory(rank: int, world: int, overrides: list[str], runs: list[tuple[str, int]]) -> list[dict]:
-    """For each (precision, ZeRO stage): build the engine, run a step, then the forward and backward of a second
-    one, count :func:`model_state_bytes`, finish the step."""
+def _count_before_pipeline_step(engine, out: dict) -> None:
+    """Make DeepSpeed's pipeline engine count :func:`model_state_bytes` just before its optimizer step (after the
+    backward of the step's last micro-batch), as the data-parallel runs count after their backward."""
+    from deepspeed.runtime.pipe.schedule import OptimizerStep
+
+    table = dict(type(engine)._INSTRUCTION_MAP)
+    step = table[OptimizerStep]
+
+    def counted_step(self, *a, **kw):
+        sources: dict[str, int] = {}
+        out["bytes"], out["sources"] = model_state_bytes(self, sources), sources
+        return step(self, *a, **kw)
+
+    table[OptimizerStep] = counted_step
+    engine._INSTRUCTION_MAP = table
+
+
+def _measure_memory(rank: int, world: int, overrides: list[str], runs: list[tuple]) -> list[dict]:
+    """For each (precision, ZeRO stage[, tp, pp]): build the engine, run a step, then the forward and backward of a
+    second one, count :func:`model_state_bytes`, finish the step. tp/pp (default 1) split the ``world`` ranks;
+    the data-parallel size is what is left."""
     results = []
-    for precision, stage in runs:
+    for run in runs:
+        precision, stage, tp, pp = (*run, 1, 1)[:4]
         # micro batch 1: model states do not depend on the batch, and two bf16 steps on a CPU are slow enough
         cfg = _compose(overrides + [f"trainer.precision={precision}", f"parallel.zero_stage={stage}",
-                                    "trainer.micro_batch_size=1"])
+                                    "trainer.micro_batch_size=1", f"parallel.tensor_model_parallel_size={tp}",
+                                    f"parallel.pipeline_model_parallel_size={pp}"])
         trainer, model = _build(cfg)
         plan, args = trainer.batch, trainer.args
-        n_params = sum(p.numel() for p in model.parameters())
+        n_params = trainer.n_params
         trainer.build_engine()
         engine = trainer.engine.ds
-        for i, x in enumerate(_batches(args, plan.micro_batch_size, 2, seed=rank)):
-            loss = engine(x, x)
-            engine.backward(loss)
-            if i == 1:
-                sources: dict[str, int] = {}
-                counted = model_state_bytes(engine, sources)
-            engine.step()
+        batches = _batches(args, plan.micro_batch_size, 2, seed=rank if pp == 1 else 0)
+        if pp > 1:
+            got: dict = {}
+            stream = iter({"input_ids": x, "labels": x} for x in batches)
+            trainer.engine.train_step(stream, plan.grad_accum_steps, trainer.device)
+            _count_before_pipeline_step(engine, got)
+            trainer.engine.train_step(stream, plan.grad_accum_steps, trainer.device)
+            counted, sources = got["bytes"], got["sources"]
+        else:
+            for i, x in enumerate(batches):
+                loss = engine(x, x)
+                engine.backward(loss)
+                if i == 1:
+                    sources = {}
+                    counted = model_state_bytes(engine, sources)
+                engine.step()
         results.append({"precision": precision, "requested_stage": stage, "stage": plan.zero_stage, "dp": world,
+                        "tp": tp, "pp": pp, "data_parallel_size": plan.data_parallel_size,
+                        "pipeline_stage": trainer.grid.get_pipe_parallel_rank(),
+                        "tensor_rank": trainer.grid.get_tensor_model_parallel_rank(),
                         "parameters": n_params, "bytes": counted, "sources": sources,
                         "ds_optimizer": type(engine.optimizer).__name__})
         engine.destroy()
@@ -456,7 +493,8 @@ def main(argv: list[str] | None = None) -> dict:
                 info = {1: one.call("info")[0], 2: two.call("info")[0]}
                 phase("tp steps")
             one.send("memory", [(p, 0) for p in precisions])  # bytes, not time: both groups at once
-            two.send("memory", [(p, s) for p in precisions for s in STAGES])
+            two.send("memory", [(p, s) for p in precisions for s in STAGES]
+                     + [(p, 0, *split) for p in precisions for split in SPLITS])
             mem1, mem2 = one.collect(), two.collect()
             phase("memory")
         finally:
@@ -477,8 +515,8 @@ def main(argv: list[str] | None = None) -> dict:
         rows: dict[str, Any] = {"dp1": {"stage": base["stage"], "bytes": bb, "sources": base["sources"],
                                         "ds_optimizer": base["ds_optimizer"]}}
         for s in STAGES:
-            per_rank = [next(r for r in mem2[k] if r["precision"] == prec and r["requested_stage"] == s)
-                        for k in range(2)]
+            per_rank = [next(r for r in mem2[k] if r["precision"] == prec and r["requested_stage"] == s
+                             and (r["tp"], r["pp"]) == (1, 1)) for k in range(2)]
             worst = max(per_rank, key=lambda r: model_states(r["bytes"]))
             b = worst["bytes"]
             rows[f"zero{s}_dp2"] = {
@@ -487,6 +525,17 @@ def main(argv: list[str] | None = None) -> dict:
                 "ratio": model_states(b) / model_states(bb),
                 "ratio_by_kind": {k: (b[k] / bb[k] if bb[k] else None) for k in CATEGORIES},
                 "ratio_optimizer_states": (b["master"] + b["optimizer"]) / (bb["master"] + bb["optimizer"]),
+            }
+        for tp, pp in SPLITS:
+            ranks = [next(r for r in mem2[k] if r["precision"] == prec and (r["tp"], r["pp"]) == (tp, pp))
+                     for k in range(2)]
+            rows[f"tp{tp}_pp{pp}"] = {
+                "stage": ranks[0]["stage"], "tp": tp, "pp": pp, "ds_optimizer": ranks[0]["ds_optimizer"],
+                "per_rank": [{"bytes": r["bytes"], "pipeline_stage": r["pipeline_stage"],
+                              "tensor_rank": r["tensor_rank"]} for r in ranks],
+                "bytes": max((r["bytes"] for r in ranks), key=model_states),
+                "per_rank_total": [model_states(r["bytes"]) for r in ranks],
+                "ratio": max(model_states(r["bytes"]) for r in ranks) / model_states(bb),
             }
         res["memory"][prec] = rows
     # -------- timing
@@ -514,8 +563,10 @@ def main(argv: list[str] | None = None) -> dict:
               f"{'opt.st.':>9}{'buffers':>11}")
         for name, r in rows.items():
             b = r["bytes"]
-            label = f"dp1 (ZeRO-{r['stage']})" if name == "dp1" else f"ZeRO-{r['stage']} dp2"
-            ratios = f"{r['ratio']:9.3f}{r['ratio_optimizer_states']:9.3f}" if "ratio" in r else f"{'-':>9}{'-':>9}"
+            label = (f"dp1 (ZeRO-{r['stage']})" if name == "dp1" else f"tp{r['tp']} pp{r['pp']} (Z{r['stage']})"
+                     if "tp" in r else f"ZeRO-{r['stage']} dp2")
+            ratios = (f"{r['ratio']:9.3f}" + (f"{r['ratio_optimizer_states']:9.3f}" if "ratio_optimizer_states" in r
+                                              else f"{'-':>9}")) if "ratio" in r else f"{'-':>9}{'-':>9}"
             print(f"{label:13}{_mib(b['params'])}{_mib(b['grads'])}{_mib(b['master'])}{_mib(b['optimizer'])}"
                   f"{_mib(model_states(b))}{ratios}{b['buffers'] / 2**20:11.1f}")
             if a.verbose:

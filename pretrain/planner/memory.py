@@ -6,7 +6,8 @@ Model states follow what DeepSpeed 0.19 allocates, checked against ``pretrain.be
 * ZeRO-0 (also what one data-parallel rank runs, see ``pretrain.engines.batch_plan``): parameters and gradients
   in the training precision; with bf16/fp16 an fp32 master copy (DeepSpeed's ``FP16_UnfusedOptimizer``), whose
   step also makes an fp32 copy of every gradient for a moment; Adam's two fp32 moments (+ a 4-byte step per
-  tensor).
+  tensor). bf16 with pipeline stages runs DeepSpeed's ``BF16_Optimizer`` instead: the gradients accumulate in
+  fp32 (4 bytes per parameter), at ZeRO-1 with master and moments split over the data-parallel ranks.
 * ZeRO-1/2: the parameters whole, flattened per optimizer group (weight decay / none) and padded to a multiple
   of ``2 x dp``; each rank steps its 1/dp slice: fp32 master + moments of the slice. The gradients a rank keeps
   after the backward are those of every parameter that *intersects* its slice, whole (DeepSpeed gathers them
@@ -92,11 +93,18 @@ def model_states(facts: ModelFacts, s: Setup, stage: int, ds_zero: dict[str, Any
     intersect = [_intersecting(g, dp) for g in groups] if s.zero_stage in (1, 2) else []
     for r in range(dp):
         b = {"params": 0, "grads": 0, "master": 0, "optimizer": 0, "host": 0, "step_transient": 0}
+        bf16_pipeline = P != 4 and s.pp > 1  # DeepSpeed's BF16_Optimizer: gradients accumulate in fp32
         if s.zero_stage == 0:
             b["params"] = b["grads"] = P * N
             b["master"] = 4 * N if P != 4 else 0
             b["optimizer"] = 8 * N + 4 * n
-            b["step_transient"] = 4 * N if P != 4 else 0
+            b["step_transient"] = 4 * N if P != 4 and not bf16_pipeline else 0
+            if bf16_pipeline:
+                b["grads"] = 4 * N
+        elif s.zero_stage == 1 and bf16_pipeline:
+            b["params"], b["grads"] = P * N, 4 * N
+            b["master"] = 4 * math.ceil(N / dp)
+            b["optimizer"] = 8 * math.ceil(N / dp) + 4 * n
         elif s.zero_stage in (1, 2):
             for g, inter in zip(groups, intersect):
                 aligned = math.ceil(sum(g) / (2 * dp)) * 2 * dp
@@ -199,7 +207,7 @@ def gpt_layer_bytes(args: Any, tp: int, sp: bool, a: int) -> dict[str, float]:
     dropout = 2 * chunk if getattr(args, "hidden_dropout", 0.0) > 0 else 0
     full = attn + mlp + dropout
     return {"none": full, "selective": full - core_extra, "full": a * chunk,
-            "recompute_selective": core_extra, "recompute_full": full}
+            "recompute_selective": core_extra, "recompute_full": full - a * chunk}  # the layer's input is held
 
 
 def activations(facts: ModelFacts, s: Setup, stage: int) -> dict[str, float]:

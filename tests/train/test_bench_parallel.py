@@ -76,19 +76,28 @@ def test_model_state_bytes_zero_like_wrapper_dedupes_views():
     assert sources["grads <- averaged_gradients"] == 4 * (n // 2)
 
 
+def tiny_bench(tmp_path_factory) -> tuple[dict, str, float]:
+    """(JSON result, stdout, seconds) of ``pretrain.bench.parallel --tiny``, run once per test session: its byte
+    counts are also what tests/train/test_plan.py checks the planner's predictions against."""
+    base = tmp_path_factory.getbasetemp()
+    out, text = base / "bench_parallel_tiny.json", base / "bench_parallel_tiny.stdout"
+    if not out.exists():
+        env = dict(os.environ, DS_ACCELERATOR="cpu", PYTHONUNBUFFERED="1")
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "pretrain.bench.parallel", "--tiny", "--json", str(out)],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        elapsed = time.perf_counter() - t0
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+        text.write_text(proc.stdout)
+        (base / "bench_parallel_tiny.seconds").write_text(str(elapsed))
+    return json.loads(out.read_text()), text.read_text(), float((base / "bench_parallel_tiny.seconds").read_text())
+
+
 @pytest.mark.slow
-def test_bench_parallel_tiny(tmp_path):
-    out = tmp_path / "res.json"
-    env = dict(os.environ, DS_ACCELERATOR="cpu", PYTHONUNBUFFERED="1")
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pretrain.bench.parallel", "--tiny", "--json", str(out)], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=300)
-    elapsed = time.perf_counter() - t0
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    text = proc.stdout
+def test_bench_parallel_tiny(tmp_path_factory):
+    res, text, elapsed = tiny_bench(tmp_path_factory)
     for needle in ("ZeRO-3 dp2/dp1 model-state bytes per rank", "tp2/tp1 step time", "dp2/dp1", "opt.st."):
         assert needle in text, text
-    res = json.loads(out.read_text())
     n = res["parameters"]
 
     bf16, fp32 = res["memory"]["bf16"], res["memory"]["fp32"]

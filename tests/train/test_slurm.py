@@ -61,6 +61,7 @@ def test_dry_run_for_4_nodes_of_8_gpus_has_the_allocation_and_the_launch():
     ("trainer.max_stepz=3", "trainer.max_stepz"),
     # the layout of the whole allocation (1 node x 8 GPUs here), before anything is submitted
     ("parallel.tensor_model_parallel_size=3", "world size 8 is not divisible by parallel.tensor_model_parallel_size"),
+    ("slurm.gpu=tpu9", "slurm.gpu='tpu9'"),
 ])
 def test_bad_helper_input_is_one_clear_line(override, fragment):
     out = _run([*HELPER, "--dry-run", override])
