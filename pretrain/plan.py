@@ -44,14 +44,15 @@ def breakdown(e: Evaluated) -> list[str]:
     m = e.memory
     lines = [f"  parameters {gib(m['params']):8.2f} GiB   gradients {gib(m['grads']):8.2f}   fp32 master "
              f"{gib(m['master']):8.2f}   Adam moments {gib(m['optimizer']):8.2f}",
-             f"  activations {gib(m['activations']):7.2f} GiB ({m['in_flight_micro_batches']} micro-batch(es) in "
-             f"flight, {gib(m['activations_per_micro_batch']):.2f} each)   logits {gib(m['logits']):.2f}   "
+             f"  activations {gib(m['activations']):7.2f} GiB + logits {gib(m['logits']):.2f} "
+             f"({m['in_flight_micro_batches']} micro-batch(es) in flight, {gib(m['activations_per_micro_batch']):.2f}"
+             f" each)   "
              f"backward transient {gib(m['transient']):.2f} (recompute {gib(m['recompute']):.2f}, loss "
              f"{gib(m['logits_backward']):.2f})",
              f"  buckets {gib(m['buckets']):.2f} GiB   ZeRO-3 gathered {gib(m['zero3_gathered']):.2f}   "
-             f"offloaded to host {gib(m['host']):.2f}   (pipeline stage {m['stage']} holds most)",
-             f"  total {gib(m['total']):.2f} GiB of {gib(e.usable_bytes):.2f} usable -> "
-             f"{'fits' if e.fits else 'DOES NOT FIT'}"]
+             f"optimizer-step copy {gib(m['step_transient']):.2f}   offloaded to host {gib(m['host']):.2f}",
+             f"  total {gib(m['total']):.2f} GiB (peak in the {m['peak_at']}, pipeline stage {m['stage']}) of "
+             f"{gib(e.usable_bytes):.2f} usable -> {'fits' if e.fits else 'DOES NOT FIT'}"]
     t = e.time
     lines.append(f"  step {t['step_s']:.3f} s (compute {t['compute_s']:.3f}, bubble {t['bubble_s']:.3f}, tp "
                  f"{t['tp_comm_s']:.3f}, pp {t['pp_comm_s']:.3f}, dp {t['dp_comm_s']:.3f})   "

@@ -9,7 +9,8 @@ the Trainer's plan and build phases (``pretrain.trainer``), ``ParallelGrid`` as 
 
 1. **Model-state bytes per rank**, ZeRO stage 0, 1, 2, 3 at dp=2 against dp=1, and tp=2 / pp=2 (one
    data-parallel rank each, so ZeRO-0), every rank's bytes kept (``pretrain.bench.plan`` checks the planner's
-   predictions against them). The dp=1 figure is what a user
+   predictions against them), and, in the ZeRO-0 runs other than pp2, the activation bytes of one micro-batch
+   (the tensors autograd saves in the forward: :func:`saved_activation_bytes`). The dp=1 figure is what a user
    holds with one data-parallel rank: ``batch_plan`` runs one rank without offload as ZeRO stage 0 whatever
    ``parallel.zero_stage`` says (params, grads, master weights and Adam states held whole), so that is the
    baseline of every stage. Bytes are counted by :func:`model_state_bytes` after the *backward* of the second
@@ -51,6 +52,8 @@ STAGES = (0, 1, 2, 3)
 # The two-rank runs that split the model instead of the data (tp=2 or pp=2, one data-parallel rank, so ZeRO-0):
 # their model-state bytes per rank are what the planner's shares are checked against (pretrain.bench.plan).
 SPLITS = ((2, 1), (1, 2))
+# and tp=2 with sequence parallelism, fp32 only (its activations differ, its model states do not)
+SEQUENCE_PARALLEL_RUN = ("fp32", 0, 2, 1, True)
 CATEGORIES = ("params", "grads", "master", "optimizer")  # model states; "buffers" and "other" are reported apart
 
 
@@ -153,6 +156,27 @@ def _tensors(obj: Any, depth: int, visited: set[int]):
             yield from _tensors(getattr(obj, f.name), depth + 1, visited)
 
 
+def saved_activation_bytes(module: torch.nn.Module, forward) -> tuple[Any, int]:
+    """(``forward()``, bytes of the tensors autograd saved for the backward meanwhile): each storage once,
+    ``module``'s parameters and buffers left out. The activations of one micro-batch on this rank, what
+    ``pretrain.bench.plan`` checks the planner's prediction against (a CPU has no max_memory_allocated)."""
+    fixed = {t.untyped_storage().data_ptr() for t in (*module.parameters(), *module.buffers())}
+    seen: set[int] = set()
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        st = t.untyped_storage()
+        if st.data_ptr() not in seen and st.data_ptr() not in fixed:
+            seen.add(st.data_ptr())
+            total += st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = forward()
+    return out, total
+
+
 def model_states(b: dict[str, int]) -> int:
     return sum(b[k] for k in CATEGORIES)
 
@@ -213,11 +237,12 @@ def _measure_memory(rank: int, world: int, overrides: list[str], runs: list[tupl
     the data-parallel size is what is left."""
     results = []
     for run in runs:
-        precision, stage, tp, pp = (*run, 1, 1)[:4]
+        precision, stage, tp, pp, sp = (*run, *(1, 1, False)[len(run) - 2:])
         # micro batch 1: model states do not depend on the batch, and two bf16 steps on a CPU are slow enough
         cfg = _compose(overrides + [f"trainer.precision={precision}", f"parallel.zero_stage={stage}",
                                     "trainer.micro_batch_size=1", f"parallel.tensor_model_parallel_size={tp}",
-                                    f"parallel.pipeline_model_parallel_size={pp}"])
+                                    f"parallel.pipeline_model_parallel_size={pp}",
+                                    f"parallel.sequence_parallel={'true' if sp else 'false'}"])
         trainer, model = _build(cfg)
         plan, args = trainer.batch, trainer.args
         n_params = trainer.n_params
@@ -232,18 +257,23 @@ def _measure_memory(rank: int, world: int, overrides: list[str], runs: list[tupl
             trainer.engine.train_step(stream, plan.grad_accum_steps, trainer.device)
             counted, sources = got["bytes"], got["sources"]
         else:
+            activations = None
             for i, x in enumerate(batches):
-                loss = engine(x, x)
+                if i == 1 and plan.zero_stage == 0:  # (ZeRO-3 would gather parameters inside the forward)
+                    loss, activations = saved_activation_bytes(engine.module, lambda e=engine, x=x: e(x, x))
+                else:
+                    loss = engine(x, x)
                 engine.backward(loss)
                 if i == 1:
                     sources = {}
                     counted = model_state_bytes(engine, sources)
                 engine.step()
         results.append({"precision": precision, "requested_stage": stage, "stage": plan.zero_stage, "dp": world,
-                        "tp": tp, "pp": pp, "data_parallel_size": plan.data_parallel_size,
+                        "tp": tp, "pp": pp, "sp": sp, "data_parallel_size": plan.data_parallel_size,
                         "pipeline_stage": trainer.grid.get_pipe_parallel_rank(),
                         "tensor_rank": trainer.grid.get_tensor_model_parallel_rank(),
                         "parameters": n_params, "bytes": counted, "sources": sources,
+                        "activation_bytes": activations if pp == 1 else None,
                         "ds_optimizer": type(engine.optimizer).__name__})
         engine.destroy()
         trainer.stop_request.close()
@@ -494,7 +524,8 @@ def main(argv: list[str] | None = None) -> dict:
                 phase("tp steps")
             one.send("memory", [(p, 0) for p in precisions])  # bytes, not time: both groups at once
             two.send("memory", [(p, s) for p in precisions for s in STAGES]
-                     + [(p, 0, *split) for p in precisions for split in SPLITS])
+                     + [(p, 0, *split) for p in precisions for split in SPLITS]
+                     + ([SEQUENCE_PARALLEL_RUN] if "fp32" in precisions else []))
             mem1, mem2 = one.collect(), two.collect()
             phase("memory")
         finally:
@@ -513,10 +544,11 @@ def main(argv: list[str] | None = None) -> dict:
         base = next(r for r in mem1[0] if r["precision"] == prec)
         bb = base["bytes"]
         rows: dict[str, Any] = {"dp1": {"stage": base["stage"], "bytes": bb, "sources": base["sources"],
-                                        "ds_optimizer": base["ds_optimizer"]}}
+                                        "ds_optimizer": base["ds_optimizer"],
+                                        "activation_bytes": base["activation_bytes"]}}
         for s in STAGES:
             per_rank = [next(r for r in mem2[k] if r["precision"] == prec and r["requested_stage"] == s
-                             and (r["tp"], r["pp"]) == (1, 1)) for k in range(2)]
+                             and (r["tp"], r["pp"]) == (1, 1) and not r["sp"]) for k in range(2)]
             worst = max(per_rank, key=lambda r: model_states(r["bytes"]))
             b = worst["bytes"]
             rows[f"zero{s}_dp2"] = {
@@ -526,13 +558,16 @@ def main(argv: list[str] | None = None) -> dict:
                 "ratio_by_kind": {k: (b[k] / bb[k] if bb[k] else None) for k in CATEGORIES},
                 "ratio_optimizer_states": (b["master"] + b["optimizer"]) / (bb["master"] + bb["optimizer"]),
             }
-        for tp, pp in SPLITS:
-            ranks = [next(r for r in mem2[k] if r["precision"] == prec and (r["tp"], r["pp"]) == (tp, pp))
-                     for k in range(2)]
-            rows[f"tp{tp}_pp{pp}"] = {
-                "stage": ranks[0]["stage"], "tp": tp, "pp": pp, "ds_optimizer": ranks[0]["ds_optimizer"],
+        for tp, pp, sp in [(tp, pp, False) for tp, pp in SPLITS] + [(2, 1, True)]:
+            ranks = [next((r for r in mem2[k] if r["precision"] == prec
+                           and (r["tp"], r["pp"], r["sp"]) == (tp, pp, sp)), None) for k in range(2)]
+            if None in ranks:  # the sequence-parallel run is fp32 only
+                continue
+            rows[f"tp{tp}_pp{pp}" + ("_sp" if sp else "")] = {
+                "stage": ranks[0]["stage"], "tp": tp, "pp": pp, "sp": sp, "ds_optimizer": ranks[0]["ds_optimizer"],
                 "per_rank": [{"bytes": r["bytes"], "pipeline_stage": r["pipeline_stage"],
-                              "tensor_rank": r["tensor_rank"]} for r in ranks],
+                              "tensor_rank": r["tensor_rank"], "activation_bytes": r["activation_bytes"]}
+                             for r in ranks],
                 "bytes": max((r["bytes"] for r in ranks), key=model_states),
                 "per_rank_total": [model_states(r["bytes"]) for r in ranks],
                 "ratio": max(model_states(r["bytes"]) for r in ranks) / model_states(bb),
@@ -563,8 +598,9 @@ def main(argv: list[str] | None = None) -> dict:
               f"{'opt.st.':>9}{'buffers':>11}")
         for name, r in rows.items():
             b = r["bytes"]
-            label = (f"dp1 (ZeRO-{r['stage']})" if name == "dp1" else f"tp{r['tp']} pp{r['pp']} (Z{r['stage']})"
-                     if "tp" in r else f"ZeRO-{r['stage']} dp2")
+            label = (f"dp1 (ZeRO-{r['stage']})" if name == "dp1" else
+                     f"tp{r['tp']}{' sp' if r['sp'] else ''} pp{r['pp']} Z{r['stage']}" if "tp" in r
+                     else f"ZeRO-{r['stage']} dp2")
             ratios = (f"{r['ratio']:9.3f}" + (f"{r['ratio_optimizer_states']:9.3f}" if "ratio_optimizer_states" in r
                                               else f"{'-':>9}")) if "ratio" in r else f"{'-':>9}{'-':>9}"
             print(f"{label:13}{_mib(b['params'])}{_mib(b['grads'])}{_mib(b['master'])}{_mib(b['optimizer'])}"

@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import subprocess
@@ -39,6 +40,7 @@ ACTIVATION_MODELS = {
               "model.vocab_size=8192", "model.seq_length=256", "trainer.micro_batch_size=4"],
 }
 RECOMPUTE = (None, "selective", "full")
+_MODELS: dict = {}  # the last model measure_activations made (see there)
 
 
 def _compose(overrides: list[str]):
@@ -47,10 +49,10 @@ def _compose(overrides: list[str]):
     return compose_train(["trainer.device=cpu", "run_dir=/tmp/pretrain-bench-plan", *overrides])
 
 
-def _setup(tp=1, pp=1, dp=1, stage=0, micro=1, accum=1, recompute=None, precision="fp32"):
+def _setup(tp=1, pp=1, dp=1, stage=0, micro=1, accum=1, recompute=None, precision="fp32", sp=False):
     from pretrain.planner.memory import Setup
 
-    return Setup(tp, pp, dp, stage, micro, accum, recompute, False, precision)
+    return Setup(tp, pp, dp, stage, micro, accum, recompute, sp, precision)
 
 
 # ------------------------------------------------------------------------------------------------ model states
@@ -58,17 +60,12 @@ def _setup(tp=1, pp=1, dp=1, stage=0, micro=1, accum=1, recompute=None, precisio
 
 def model_state_rows(bench: dict[str, Any]) -> list[dict[str, Any]]:
     """Predicted vs measured model-state bytes of every rank of every run of a ``pretrain.bench.parallel`` result."""
-    from pretrain.bench.parallel import BASE, model_states
+    from pretrain.bench.parallel import model_states
     from pretrain.planner import model_facts
     from pretrain.planner.memory import CATEGORIES
     from pretrain.planner.memory import model_states as predict
 
-    sh = bench["shape"]
-    cfg = _compose(BASE[:1] + BASE[2:] + [
-        f"model.num_layers={sh['layers']}", f"model.hidden_size={sh['hidden']}",
-        f"model.num_attention_heads={sh['heads']}", f"model.vocab_size={sh['vocab']}",
-        f"model.seq_length={sh['seq']}", *bench.get("overrides", [])])
-    facts = model_facts(cfg)
+    facts = model_facts(_bench_cfg(bench))
     zero = {"stage3_param_persistence_threshold": 1e5}
     rows = []
     for prec, runs in bench["memory"].items():
@@ -76,8 +73,9 @@ def model_state_rows(bench: dict[str, Any]) -> list[dict[str, Any]]:
             if name == "dp1":
                 cases = [("dp1", _setup(stage=0, precision=prec), 0, 0, model_states(r["bytes"]))]
             elif "tp" in r:
-                tp, pp = r["tp"], r["pp"]
-                cases = [(f"tp{tp} pp{pp} rank {k}", _setup(tp=tp, pp=pp, stage=r["stage"], precision=prec),
+                tp, pp, sp = r["tp"], r["pp"], r.get("sp", False)
+                cases = [(f"tp{tp}{' sp' if sp else ''} pp{pp} rank {k}",
+                          _setup(tp=tp, pp=pp, stage=r["stage"], precision=prec, sp=sp),
                           rk["pipeline_stage"], 0, model_states(rk["bytes"])) for k, rk in enumerate(r["per_rank"])]
             else:
                 cases = [(f"ZeRO-{r['stage']} dp2 rank {k}", _setup(dp=2, stage=r["stage"], precision=prec), 0, k,
@@ -88,6 +86,40 @@ def model_state_rows(bench: dict[str, Any]) -> list[dict[str, Any]]:
                 rows.append({"precision": prec, "run": label, "predicted": predicted, "measured": measured,
                              "ratio": predicted / measured})
     return rows
+
+
+def engine_activation_rows(bench: dict[str, Any]) -> list[dict[str, Any]]:
+    """Predicted vs measured activation bytes of one micro-batch per rank in ``pretrain.bench.parallel``'s ZeRO-0
+    DeepSpeed runs (dp1, tp2 and tp2 with sequence parallelism: the tensor-parallel shares of every term, and the
+    vocabulary-parallel loss)."""
+    from pretrain.planner import model_facts
+    from pretrain.planner.memory import activations
+
+    facts = model_facts(_bench_cfg(bench))
+    rows = []
+    for prec, runs in bench["memory"].items():
+        cases = [("dp1", 1, False, runs["dp1"].get("activation_bytes"))]
+        for key, sp in (("tp2_pp1", False), ("tp2_pp1_sp", True)):
+            if key in runs:
+                cases += [(f"tp2{' sp' if sp else ''} rank {k}", 2, sp, r.get("activation_bytes"))
+                          for k, r in enumerate(runs[key]["per_rank"])]
+        for label, tp, sp, measured in cases:
+            if not measured:
+                continue
+            pred = activations(facts, _setup(tp=tp, micro=1, precision=prec, sp=sp), 0)["saved"]
+            rows.append({"precision": prec, "run": label, "predicted": pred, "measured": measured,
+                         "ratio": pred / measured})
+    return rows
+
+
+def _bench_cfg(bench: dict[str, Any]):
+    from pretrain.bench.parallel import BASE
+
+    sh = bench["shape"]
+    return _compose(BASE + [
+        f"model.num_layers={sh['layers']}", f"model.hidden_size={sh['hidden']}",
+        f"model.num_attention_heads={sh['heads']}", f"model.vocab_size={sh['vocab']}",
+        f"model.seq_length={sh['seq']}", *bench.get("overrides", [])])
 
 
 # ------------------------------------------------------------------------------------------------ activations
@@ -125,12 +157,20 @@ def measure_activations(facts, recompute: str | None, precision: str, micro: int
     built as the trainer builds it (``ModelFamily.build``, recomputation applied), in ``precision``."""
     import dataclasses
 
+    from pretrain.models.recompute import apply_ac
+
     family = facts.family
     args = dataclasses.replace(facts.args, activation_checkpointing=recompute is not None,
                                recompute_granularity=recompute or "full")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
-    torch.manual_seed(seed)
-    model = family.build(args).to(dtype).train()
+    # ModelFamily.build = apply_ac(make_model(args)); the model is made once per shape and precision (its
+    # initialization is most of the time of a measurement) and copied for each recomputation mode
+    key = (id(facts), precision, seed)
+    if key not in _MODELS:
+        torch.manual_seed(seed)
+        _MODELS.clear()
+        _MODELS[key] = family.make_model(facts.args).to(dtype)
+    model = apply_ac(copy.deepcopy(_MODELS[key]), family.recompute, args).train()
     fixed = _ptrs(*model.parameters(), *model.buffers())
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(0, args.vocab_size, (micro, args.seq_length), generator=g)
@@ -198,11 +238,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         with tempfile.TemporaryDirectory() as d:
             bench = run_bench_parallel(os.path.join(d, "bench.json"))
-    states, acts = model_state_rows(bench), activation_rows()
+    states, engine_acts, acts = model_state_rows(bench), engine_activation_rows(bench), activation_rows()
     print(f"model-state bytes per rank (params + grads + fp32 master + Adam), pretrain.bench.parallel's "
           f"{bench['parameters'] / 1e6:.2f}M GPT; measured on the live DeepSpeed engines")
     print(f"{'':6}{'run':<22}{'predicted MiB':>15}{'measured MiB':>14}{'ratio':>8}")
     for r in states:
+        print(f"{r['precision']:6}{r['run']:<22}{r['predicted'] / 2**20:15.3f}{r['measured'] / 2**20:14.3f}"
+              f"{r['ratio']:8.3f}")
+    print("\nactivation bytes of one micro-batch (micro-batch 1) per rank in the ZeRO-0 DeepSpeed runs of that bench")
+    print(f"{'':6}{'run':<22}{'predicted MiB':>15}{'measured MiB':>14}{'ratio':>8}")
+    for r in engine_acts:
         print(f"{r['precision']:6}{r['run']:<22}{r['predicted'] / 2**20:15.3f}{r['measured'] / 2**20:14.3f}"
               f"{r['ratio']:8.3f}")
     print("\nactivation bytes per micro-batch (saved for the backward; peak = + what recomputation brings back), "
@@ -214,10 +259,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"{r['measured_saved'] / 2**20:12.3f}{r['predicted_peak'] / 2**20:12.3f}"
               f"{r['measured_peak'] / 2**20:12.3f}{r['ratio']:8.3f}")
     worst_s = max(abs(r["ratio"] - 1) for r in states)
-    worst_a = max(abs(r["ratio"] - 1) for r in acts)
+    worst_a = max(abs(r["ratio"] - 1) for r in acts + engine_acts)
     print(f"\nsummary: model states within {100 * worst_s:.2f}% (target 5%), activation peaks within "
           f"{100 * worst_a:.2f}% (target 15%)")
-    res = {"model_states": states, "activations": acts}
+    res = {"model_states": states, "engine_activations": engine_acts, "activations": acts}
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=1)

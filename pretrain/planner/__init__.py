@@ -55,7 +55,10 @@ def ds_zero_config(cfg: DictConfig, zero_stage: int) -> dict[str, Any]:
     from pretrain.engines.deepspeed import deepspeed_config
 
     plan = BatchPlan(1, 1, 1, 1, zero_stage, 1, 1)
-    return deepspeed_config(cfg, plan, torch.device("cuda"))["zero_optimization"]
+    ds = deepspeed_config(cfg, plan, torch.device("cuda"))
+    zero = dict(ds["zero_optimization"])
+    zero["grad_accum_dtype"] = (ds.get("data_types") or {}).get("grad_accum_dtype")
+    return zero
 
 
 def nodes_for(gpus: int, device: Device, nodes: int | None) -> tuple[int, int]:

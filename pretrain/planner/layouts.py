@@ -47,9 +47,11 @@ def _val(x: Any) -> Any:
     return x.value if hasattr(x, "value") else x
 
 
-def config_view(cfg: DictConfig, tp: int, pp: int, zero: int, micro: int) -> SimpleNamespace:
-    """``cfg`` with another layout, as the layout checks read it (no OmegaConf copy: thousands are checked)."""
-    p = dict(OmegaConf.to_container(cfg.parallel, resolve=True))
+def config_view(cfg: DictConfig, tp: int, pp: int, zero: int, micro: int,
+                parallel: dict | None = None) -> SimpleNamespace:
+    """``cfg`` with another layout, as the layout checks read it (no OmegaConf copy: thousands are checked);
+    ``parallel``: ``cfg.parallel`` as a dict, when the caller has it already."""
+    p = dict(parallel if parallel is not None else OmegaConf.to_container(cfg.parallel, resolve=True))
     p.update(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, zero_stage=zero)
     t = SimpleNamespace(micro_batch_size=micro, global_batch_size=cfg.trainer.global_batch_size)
     return SimpleNamespace(parallel=SimpleNamespace(**p), trainer=t, model=cfg.model)
@@ -99,7 +101,8 @@ def evaluate(facts: ModelFacts, s: Setup, global_batch: int, device: Device, gpu
         step_peak = held + states["step_transient"]
         row = {**{k: float(states[k]) for k in memory.CATEGORIES}, "model_states": float(held),
                "activations": act["layers"] + act["embedding_and_head"], "logits": act["logits"],
-               "transient": float(max(transient, states["step_transient"] if step_peak > backward_peak else 0)),
+               "transient": float(transient), "step_transient": float(states["step_transient"]),
+               "peak_at": "optimizer step" if step_peak > backward_peak else "backward",
                "recompute": act["recompute"], "logits_backward": act["logits_backward"],
                "buckets": float(buckets), "zero3_gathered": float(gathered), "host": float(states["host"]),
                "in_flight_micro_batches": act["in_flight"], "activations_per_micro_batch": act["per_micro_batch"],
@@ -121,11 +124,12 @@ def enumerate_setups(cfg: DictConfig, world: int, precision: str) -> list[Setup]
     fixed_gbs = cfg.trainer.global_batch_size is not None
     micros = MICRO_BATCHES if fixed_gbs else (cfg.trainer.micro_batch_size,)
     out, seen = [], set()
+    parallel = OmegaConf.to_container(cfg.parallel, resolve=True)
     for tp in divisors:
         for pp in (d for d in divisors if (world // tp) % d == 0):
             for zero in (0, 1, 2, 3):
                 for micro in micros:
-                    view = config_view(cfg, tp, pp, zero, micro)
+                    view = config_view(cfg, tp, pp, zero, micro, parallel)
                     try:
                         plan = batch_plan(view, world)
                     except ConfigError:

@@ -151,8 +151,9 @@ def zero3_gathered(facts: ModelFacts, s: Setup, stage: int, ds_zero: dict[str, A
 
 
 def buckets(facts: ModelFacts, s: Setup, stage: int, ds_zero: dict[str, Any]) -> int:
-    """Communication buffers of the gradient reduction (DeepSpeed's ``reduce_bucket_size`` elements; two with
-    ``overlap_comm`` at ZeRO-1/2; stage 0 at dp > 1 flattens up to ``allgather``-bucket-sized chunks)."""
+    """Communication buffers of the gradient reduction: DeepSpeed's ``reduce_bucket_size`` elements (whatever the
+    model's size: ``torch.empty`` of the configured size), two with ``overlap_comm`` at ZeRO-1/2; ZeRO-0 at
+    dp > 1 flattens the gradients in chunks of up to that many elements."""
     if s.dp == 1 and s.zero_stage == 0:
         return 0
     grads = sum(n for _, n in facts.stage_params(s.tp, s.pp, stage))
@@ -162,11 +163,11 @@ def buckets(facts: ModelFacts, s: Setup, stage: int, ds_zero: dict[str, Any]) ->
         return P * min(grads, reduce)
     if not ds_zero.get("contiguous_gradients", True):
         return 0
+    # in the gradient-accumulation precision: the training precision unless data_types.grad_accum_dtype says fp32
+    per = 4 if ds_zero.get("grad_accum_dtype") in ("fp32", "float32") else P
     if s.zero_stage in (1, 2):
-        # ZeRO-1 stages the reduction in fp32, ZeRO-2 in the training precision
-        per = 4 if s.zero_stage == 1 else P
         return per * reduce * (2 if ds_zero.get("overlap_comm") else 1)
-    return P * reduce
+    return per * reduce
 
 
 # ------------------------------------------------------------------------------------------------ activations

@@ -10,6 +10,7 @@ stage, ``num_layers / pp`` layers per stage, final norm and output layer on the 
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import re
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ class ModelFacts:
     flops: dict[str, float] = field(default_factory=dict)
     # activation weight of a layer relative to a decoder-only block: T5's decoder layers add cross-attention
     layer_weight: float = 1.0
+    _stage_cache: dict = field(default_factory=dict, repr=False)
 
     @property
     def num_parameters(self) -> int:
@@ -58,6 +60,12 @@ class ModelFacts:
 
     def stage_params(self, tp: int, pp: int, stage: int) -> list[tuple[Param, int]]:
         """(parameter, elements this rank holds) of pipeline stage ``stage`` at tensor-parallel size ``tp``."""
+        key = (tp, pp, stage)
+        if key not in self._stage_cache:
+            self._stage_cache[key] = self._stage_params(tp, pp, stage)
+        return self._stage_cache[key]
+
+    def _stage_params(self, tp: int, pp: int, stage: int) -> list[tuple[Param, int]]:
         per_stage = self.num_layers // pp
         out = []
         for p in self.params:
@@ -72,6 +80,23 @@ class ModelFacts:
             if mine:
                 out.append((p, p.per_rank(tp)))
         return out
+
+
+@contextlib.contextmanager
+def _no_init():
+    """``torch.nn.init``'s initializers as no-ops while a model is built on the meta device: they would fill
+    nothing, and their meta kernels cost seconds for a large model."""
+    import torch
+
+    names = [n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_")]
+    saved = {n: getattr(torch.nn.init, n) for n in names}
+    try:
+        for n in names:
+            setattr(torch.nn.init, n, lambda tensor, *a, **k: tensor)
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(torch.nn.init, n, f)
 
 
 def resolve_vocab(cfg: DictConfig, vocab_size: int | None = None) -> tuple[int | None, str]:
@@ -106,7 +131,7 @@ def model_facts(cfg: DictConfig, vocab_size: int | None = None) -> ModelFacts:
     family = get_family(str(cfg.model.family))
     tok_vocab, note = resolve_vocab(cfg, vocab_size)
     args = family.resolve_args(cfg.model, TokenizerInfo(None, tok_vocab, 0))
-    with torch.device("meta"):
+    with torch.device("meta"), _no_init():
         model = family.make_model(args)
     layer_keys = tuple(family.recompute.layers)
     plan = dict(family.tp_plan)

@@ -8,12 +8,14 @@ bytes each parallel dimension moves over the links it spans.
 * tensor parallelism: per layer and micro-batch, Megatron's four all-reduces of the ``[micro, seq, hidden]``
   activations (two forward, two backward; two more forward under full recomputation; sequence parallelism
   moves the same bytes as all-gathers and reduce-scatters); not overlapped.
-* pipeline: each micro-batch's activations sent forward and their gradients back across every stage boundary;
-  on the critical path ``micro-batches + pp - 1`` times.
-* data parallelism: the ring all-reduce of the gradients (``2 (dp-1)/dp`` x the rank's gradient bytes: ZeRO-1/2's
-  reduce-scatter + all-gather move the same), once per step at ZeRO-0/1, once per micro-batch at ZeRO-2 (it
-  reduces as gradients arrive), and ZeRO-3's parameter all-gathers (forward and backward) on top. With
-  ``overlap_comm`` (GPU runs) ZeRO-1..3 hide it behind one micro-batch's backward.
+* pipeline: each micro-batch's activations sent forward and their gradients back across every stage boundary
+  (bytes + ``P2P_LATENCY_S``); on the critical path ``micro-batches + pp - 1`` times.
+* data parallelism, in ring reduce-scatters / all-gathers of ``(dp-1)/dp`` x the rank's gradient bytes: ZeRO-0 one
+  all-reduce (two of them) after the last backward; ZeRO-1 a reduce-scatter in the last backward and an
+  all-gather of the updated parameters; ZeRO-2 a reduce-scatter in every micro-batch's backward and the
+  all-gather; ZeRO-3 per micro-batch a gather in the forward, a gather and a reduce-scatter in the backward, plus
+  a latency per collective and layer. With ``overlap_comm`` (GPU runs) what runs inside a forward/backward
+  hides behind that micro-batch's compute (a third of it forward, two thirds backward).
 * A group stays on NVLink while its ranks fit in one node (tensor ranks innermost, then data, then pipeline,
   as ``pretrain.parallel.topology`` orders them); otherwise it runs at the inter-node bandwidth.
 
@@ -34,6 +36,11 @@ DEFAULT_EFFICIENCY = 0.6
 # Seconds each layer costs per micro-batch beyond its FLOPs: ~20 kernel launches forward and backward at ~5 us
 # each; what makes many small micro-batches slower than few large ones.
 LAYER_OVERHEAD_S = 1e-4
+# ZeRO-3 runs three collectives per layer and micro-batch (gather forward, gather backward, reduce-scatter),
+# each with a latency of its own that overlap cannot hide.
+ZERO3_COLLECTIVE_LATENCY_S = 3e-5
+# The pipeline's send/receive of one micro-batch between two stages, beyond its bytes.
+P2P_LATENCY_S = 5e-5
 
 
 def _bandwidth(device: Device, group_span: int, gpus_per_node: int) -> float:
@@ -66,18 +73,27 @@ def step_time(facts: ModelFacts, s: Setup, device: Device, global_batch: int, gp
     pp_comm = 0.0
     if s.pp > 1:
         send = micro_act / s.tp / _bandwidth(device, s.tp * s.dp * 2, gpus_per_node)
-        pp_comm = 2 * (m + s.pp - 1) * send
+        pp_comm = 2 * (m + s.pp - 1) * (send + P2P_LATENCY_S)
     dp_comm = 0.0
     if s.dp > 1:
         grads = max(sum(n for _, n in facts.stage_params(s.tp, s.pp, st)) for st in range(s.pp))
-        ring = 2 * (s.dp - 1) / s.dp * grads * a / _bandwidth(device, s.tp * s.dp, gpus_per_node)
-        times = m if s.zero_stage >= 2 else 1
-        dp_comm = ring * times
-        if s.zero_stage == 3:
-            dp_comm += ring * m  # all-gather of the parameters in the forward and again in the backward
-        if overlap_comm and s.zero_stage >= 1:
-            backward_one_micro = compute / m * 2 / 3
-            dp_comm = max(0.0, dp_comm - backward_one_micro * (m if s.zero_stage >= 2 else 1))
+        # a reduce-scatter or an all-gather of the rank's gradient (parameter) bytes over the ring
+        half = (s.dp - 1) / s.dp * grads * a / _bandwidth(device, s.tp * s.dp, gpus_per_node)
+        fwd_micro, bwd_micro = compute / m / 3, compute / m * 2 / 3
+        hide = overlap_comm
+
+        def exposed(t: float, behind: float) -> float:
+            return max(0.0, t - behind) if hide else t
+
+        if s.zero_stage == 0:  # one all-reduce after the step's last backward
+            dp_comm = 2 * half
+        elif s.zero_stage == 1:  # reduce-scatter in the last backward, all-gather of the updated parameters
+            dp_comm = exposed(half, bwd_micro) + half
+        elif s.zero_stage == 2:  # reduce-scatter in every micro-batch's backward, all-gather after the step
+            dp_comm = m * exposed(half, bwd_micro) + half
+        else:  # parameters gathered in every forward and backward, gradients reduce-scattered in every backward
+            dp_comm = m * (exposed(half, fwd_micro) + exposed(2 * half, bwd_micro))
+            dp_comm += m * ZERO3_COLLECTIVE_LATENCY_S * 3 * (facts.num_layers // s.pp)
     total = compute + bubble + tp_comm + pp_comm + dp_comm
     return {
         "step_s": total, "compute_s": compute, "bubble_s": bubble, "tp_comm_s": tp_comm, "pp_comm_s": pp_comm,

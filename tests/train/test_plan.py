@@ -51,6 +51,22 @@ def test_model_states_per_rank_match_bench_parallel_within_5_percent(tmp_path_fa
     assert not bad, bad
 
 
+@pytest.mark.slow
+def test_activations_per_rank_match_the_deepspeed_runs_at_tp2_within_15_percent(tmp_path_factory):
+    """The tensor-parallel shares of the activation terms (and the vocabulary-parallel loss), and sequence
+    parallelism's, against the bytes autograd saved on each rank of the same bench's tp2 engines."""
+    from pretrain.bench.plan import engine_activation_rows
+    from train.test_bench_parallel import tiny_bench
+
+    bench, _, _ = tiny_bench(tmp_path_factory)
+    rows = engine_activation_rows(bench)
+    assert {r["run"] for r in rows} >= {"dp1", "tp2 rank 0", "tp2 rank 1", "tp2 sp rank 0", "tp2 sp rank 1"}, rows
+    bad = [r for r in rows if abs(r["ratio"] - 1) > 0.15]
+    assert not bad, bad
+    by = {(r["precision"], r["run"]): r["measured"] for r in rows}
+    assert by[("fp32", "tp2 sp rank 0")] < by[("fp32", "tp2 rank 0")] < by[("fp32", "dp1")]
+
+
 def test_activation_peaks_match_saved_tensors_within_15_percent():
     from pretrain.bench.plan import activation_rows
 
