@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pretrain.core.errors import ConfigError
-from pretrain.flops import PEAK_FLOPS
 
 GiB = 2**30
 GB = 1e9
@@ -33,6 +32,8 @@ class Device:
     gpus_per_node: int = 8
 
     def peak_flops(self, precision: str) -> float:
+        from pretrain.flops import PEAK_FLOPS  # imports torch: not needed to name a device (slurm.gpu's check)
+
         peak = PEAK_FLOPS[self.table_name].get(precision) or 0.0
         if not peak:
             raise ConfigError(f"--gpu {self.name} has no dense {precision} peak in pretrain.flops.PEAK_FLOPS; "

@@ -161,3 +161,16 @@ def test_slurm_helper_refuses_a_layout_that_does_not_fit_unless_skipped():
     text, _, _ = render_train(["experiment=gpt_125m", "model.vocab_size=50304", "trainer.micro_batch_size=8",
                                "slurm.nodes=1", "slurm.gpu=a100", "run_dir=/tmp/plan-slurm-test"])
     assert "#SBATCH --gpus-per-node=8" in text
+
+
+def test_every_gpu_of_the_planner_has_its_peak_in_the_mfu_table():
+    from pretrain.flops import PEAK_FLOPS
+    from pretrain.planner.devices import DEVICES, get_device
+
+    for d in DEVICES.values():
+        assert d.table_name in PEAK_FLOPS and d.peak_flops("fp32") > 0 and d.memory_bytes > 16 * 2**30
+    assert get_device("H100").name == "h100" and get_device("h200").peak_flops("bf16") == 989e12
+    with pytest.raises(ConfigError, match="v100 has no dense bf16 peak"):
+        get_device("v100").peak_flops("bf16")
+    with pytest.raises(ConfigError, match="--gpu 'tpu' is not known"):
+        get_device("tpu")
