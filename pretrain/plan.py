@@ -43,7 +43,8 @@ def _layout_name(e: Evaluated) -> str:
 def breakdown(e: Evaluated) -> list[str]:
     m = e.memory
     lines = [f"  parameters {gib(m['params']):8.2f} GiB   gradients {gib(m['grads']):8.2f}   fp32 master "
-             f"{gib(m['master']):8.2f}   Adam moments {gib(m['optimizer']):8.2f}",
+             f"{gib(m['master']):8.2f}   Adam moments {gib(m['optimizer']):8.2f}"
+             + (f"   + whole gradients until reduced {gib(m['backward_grads']):.2f}" if m["backward_grads"] else ""),
              f"  activations {gib(m['activations']):7.2f} GiB + logits {gib(m['logits']):.2f} "
              f"({m['in_flight_micro_batches']} micro-batch(es) in flight, {gib(m['activations_per_micro_batch']):.2f}"
              f" each)   "

@@ -97,11 +97,12 @@ def evaluate(facts: ModelFacts, s: Setup, global_batch: int, device: Device, gpu
         gathered = memory.zero3_gathered(facts, s, stage, ds_zero)
         held = sum(states[k] for k in memory.CATEGORIES)
         transient = max(act["recompute"], act["logits_backward"])
-        backward_peak = held + act["saved"] + transient + buckets + gathered
+        backward_peak = held + states["backward_grads"] + act["saved"] + transient + buckets + gathered
         step_peak = held + states["step_transient"]
         row = {**{k: float(states[k]) for k in memory.CATEGORIES}, "model_states": float(held),
                "activations": act["layers"] + act["embedding_and_head"], "logits": act["logits"],
                "transient": float(transient), "step_transient": float(states["step_transient"]),
+               "backward_grads": float(states["backward_grads"]),
                "peak_at": "optimizer step" if step_peak > backward_peak else "backward",
                "recompute": act["recompute"], "logits_backward": act["logits_backward"],
                "buckets": float(buckets), "zero3_gathered": float(gathered), "host": float(states["host"]),

@@ -12,7 +12,8 @@ Model states follow what DeepSpeed 0.19 allocates, checked against ``pretrain.be
   of ``2 x dp``; each rank steps its 1/dp slice: fp32 master + moments of the slice. The gradients a rank keeps
   after the backward are those of every parameter that *intersects* its slice, whole (DeepSpeed gathers them
   per parameter before flattening the slice), so a rank whose slice starts inside a large matrix holds a little
-  more than 1/dp.
+  more than 1/dp. ZeRO-1 holds every gradient whole until the step's last backward reduces them (across all the
+  step's micro-batches: ``backward_grads``); ZeRO-2 reduces them bucket by bucket as they are produced.
 * ZeRO-3: every parameter split into ``ceil(numel / dp)`` pieces (parameters, gradients, master, moments all
   1/dp), plus, whole on every rank, the parameters below ``stage3_param_persistence_threshold``, plus the
   parameters gathered for the layer being computed (and the one prefetched).
@@ -92,7 +93,8 @@ def model_states(facts: ModelFacts, s: Setup, stage: int, ds_zero: dict[str, Any
     rows = []
     intersect = [_intersecting(g, dp) for g in groups] if s.zero_stage in (1, 2) else []
     for r in range(dp):
-        b = {"params": 0, "grads": 0, "master": 0, "optimizer": 0, "host": 0, "step_transient": 0}
+        b = {"params": 0, "grads": 0, "master": 0, "optimizer": 0, "host": 0, "step_transient": 0,
+             "backward_grads": 0}
         bf16_pipeline = P != 4 and s.pp > 1  # DeepSpeed's BF16_Optimizer: gradients accumulate in fp32
         if s.zero_stage == 0:
             b["params"] = b["grads"] = P * N
@@ -112,6 +114,8 @@ def model_states(facts: ModelFacts, s: Setup, stage: int, ds_zero: dict[str, Any
                 b["grads"] += P * inter[r]
                 b["master"] += 4 * (aligned // dp)
                 b["optimizer"] += 8 * (aligned // dp) + 4
+            if s.zero_stage == 1:  # every gradient is held whole until the step's last backward reduces them
+                b["backward_grads"] = P * N - b["grads"]
         else:
             threshold = float(ds_zero.get("stage3_param_persistence_threshold", 1e5))
             pieces = sum(math.ceil(x / dp) for g in groups for x in g)
