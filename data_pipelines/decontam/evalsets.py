@@ -20,6 +20,7 @@ from typing import Any, Iterator
 
 from pretrain.core.errors import ConfigError
 
+# .json: JSON lines, or one array of records (also {"data": [...]})
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson")
 PARQUET_SUFFIXES = (".parquet",)
 
@@ -68,7 +69,25 @@ def _add(es: EvalSet, index: int, record: Any, fields: list[str]) -> None:
     es.examples.append((index, texts))
 
 
+def _read_json_array(es: EvalSet, fields: list[str]) -> bool:
+    """A ``.json`` file holding one array of records (or ``{"data": [...]}``); False if it is JSON lines."""
+    try:
+        with open(es.path, "rb") as f:
+            data = json.loads(f.read().decode("utf-8"))
+    except ValueError:  # JSON lines (or corrupt lines, counted one by one there)
+        return False
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]
+    if not isinstance(data, list):
+        return False
+    for index, record in enumerate(data):
+        _add(es, index, record, fields)
+    return True
+
+
 def _read_jsonl(es: EvalSet, fields: list[str]) -> None:
+    if es.path.endswith(".json") and _read_json_array(es, fields):
+        return
     with open(es.path, "rb") as f:
         gz = f.read(2) == b"\x1f\x8b"
     opener = gzip.open if gz else open

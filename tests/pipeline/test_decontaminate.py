@@ -8,6 +8,7 @@ The corpus is synthetic (random words of a made-up vocabulary, so no 13-gram rep
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from pathlib import Path
@@ -118,6 +119,12 @@ def _documents(out: Path) -> dict[str, str]:
     return rows
 
 
+def tree_hashes(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root`` except logs/."""
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.relative_to(root).as_posix().startswith("logs/")}
+
+
 def _all_docs(world) -> dict[str, str]:
     docs = {}
     for d in world["sources"].values():
@@ -200,6 +207,25 @@ def test_cut_mode_removes_exactly_the_overlapping_spans(world, dropped_run, tmp_
     assert decon["bytes_out"] < decon["bytes_in"]
 
 
+def test_shard_runs_with_two_workers_give_the_same_bytes(world, dropped_run, tmp_path):
+    """The stage as a SLURM array task runs it (executor.shard of num_shards), then the global stages."""
+    out = tmp_path / "sharded"
+
+    def run(stages: str, shard: int | None = None, *extra: str):
+        more = [f"executor.stages=[{stages}]", *extra]
+        if shard is not None:
+            more += [f"executor.shard={shard}", "executor.num_shards=2"]
+        return run_pipeline(_compose(_overrides(world, out, *more)))
+
+    for shard in (0, 1):
+        run("read,signatures,decontaminate", shard, "executor.workers=2", "executor.start_method=fork")
+    run("cluster")
+    for shard in (0, 1):
+        run("documents", shard)
+    assert run("tokenizer,tokenize,report").complete
+    assert tree_hashes(out) == tree_hashes(dropped_run)
+
+
 def test_short_eval_texts_and_the_index():
     sets = [EvalSet("s", "s.jsonl", [(0, ["The Quick brown fox jumps"]), (1, ["too short"]),
                                      (2, [" ".join(f"w{i}" for i in range(20))])])]
@@ -214,6 +240,17 @@ def test_short_eval_texts_and_the_index():
     spans, hits = idx.match(long)
     assert hits == {"s": [2]} and cut(long, spans) == "a  b"
     assert idx.match(" ".join(f"w{i}" for i in range(3, 15)))[1] == {}  # 12 words: below the n-gram
+
+
+def test_a_json_array_eval_file_and_nested_fields(tmp_path):
+    from data_pipelines.decontam import read_eval_set
+
+    path = tmp_path / "squad.json"
+    path.write_text(json.dumps({"data": [{"context": "one two three four five six", "answers": {"text": ["x y"]}},
+                                         {"context": 7}, "bad"]}))
+    es = read_eval_set(str(path), ["context", "answers"])
+    assert es.examples == [(0, ["one two three four five six", "x y"])] and es.records == 3
+    assert dict(es.skipped) == {"no_text": 1, "not_an_object": 1}
 
 
 def test_off_by_default_and_on_slurm_with_the_read_array(world, tmp_path):
