@@ -1,17 +1,19 @@
 """Word n-grams hashed to 64-bit integers: the eval index is built once, documents are looked up against it.
 
 Words are the ``\\w+`` runs of a text, case-folded (punctuation, whitespace and case do not matter). A word
-hashes with xxh64; a run of ``L`` words hashes polynomially, ``sum(w[j] * P**(L-1-j)) mod 2**64``, computed for
-every window of a text at once from prefix sums (``P`` is odd, so it has an inverse modulo ``2**64``). The index
-keeps one sorted ``uint64`` array per length: the ``ngram``-grams of the eval texts, and the whole word
-sequence of each eval text shorter than that (at least ``min_words`` words). A document matches where any of its
-windows of one of those lengths is in the array of that length (``np.searchsorted``, no per-document sets).
+hashes with xxh64 (a document's words are looked up in the eval vocabulary instead: an unknown word is 0); a run
+of ``L`` words hashes polynomially, ``sum(w[j] * P**(L-1-j)) mod 2**64``, computed for every window of a text at
+once from prefix sums (``P`` is odd, so it has an inverse modulo ``2**64``). The index keeps one sorted ``uint64``
+array per length: the ``ngram``-grams of the eval texts, and the whole word sequence of each eval text shorter
+than that (at least ``min_words`` words). A document matches where any of its windows of one of those lengths is
+in the array of that length: a bitmap of the hashes rejects most windows, ``np.searchsorted`` checks the rest.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Sequence
 
 import numpy as np
@@ -24,15 +26,29 @@ _P_INV = pow(_P, -1, 1 << 64)
 
 
 def words(text: str) -> list[re.Match]:
+    """The words of ``text`` with their character offsets (for the spans of a document that matched)."""
     return list(WORD.finditer(text))
 
 
-def word_hashes(matches: Sequence[re.Match]) -> np.ndarray:
+def normalised_words(text: str) -> list[str]:
+    """The case-folded words of ``text``: the same sequence as :func:`words`, without match objects (faster)."""
+    if text.isascii():  # lower() is casefold() for ASCII and keeps the word boundaries
+        return WORD.findall(text.lower())
+    return [w.casefold() for w in WORD.findall(text)]
+
+
+def hash_word(word: str) -> int:
     import xxhash
 
-    digest = xxhash.xxh64_intdigest
-    return np.fromiter((digest(m.group().casefold().encode("utf-8", "surrogatepass")) for m in matches),
-                       dtype=np.uint64, count=len(matches))
+    return xxhash.xxh64_intdigest(word.encode("utf-8", "surrogatepass"))
+
+
+def _signed(h: int) -> int:
+    return h - (1 << 64) if h >= 1 << 63 else h
+
+
+def word_hashes(matches: Sequence[re.Match]) -> np.ndarray:
+    return np.fromiter((hash_word(m.group().casefold()) for m in matches), dtype=np.uint64, count=len(matches))
 
 
 class Windows:
@@ -81,6 +97,22 @@ class EvalIndex:
     owner_set: dict[int, np.ndarray] = field(default_factory=dict)
     owner_example: dict[int, np.ndarray] = field(default_factory=dict)
     summaries: dict[str, EvalSummary] = field(default_factory=dict)
+    # word -> its xxh64, for every word of the eval texts; a document word not in it can be in no eval window, so
+    # it maps to 0 (one dictionary look-up per document word instead of a hash)
+    vocab: dict[str, int] = field(default_factory=dict)
+    # One bit per hash value modulo 2**bits (about 16 bits per eval hash): most document windows are rejected by one
+    # cache-friendly gather here, and only the rest are searched in the sorted tables.
+    bitmap: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.uint8))
+    mask: int = 7
+
+    def _values(self, ws: Sequence[str], add: bool) -> np.ndarray:
+        # the hashes are kept as signed 64-bit ints: numpy converts those from Python ints much faster
+        if add:
+            vocab = self.vocab
+            vals = [vocab[w] if w in vocab else vocab.setdefault(w, _signed(hash_word(w))) for w in ws]
+        else:
+            vals = list(map(self.vocab.get, ws, repeat(0)))
+        return np.array(vals, dtype=np.int64).view(np.uint64)
 
     @classmethod
     def build(cls, sets: Sequence[EvalSet], ngram: int, min_words: int) -> "EvalIndex":
@@ -92,7 +124,7 @@ class EvalIndex:
             for example, texts in es.examples:
                 for text in texts:
                     summary.texts += 1
-                    h = word_hashes(words(text))
+                    h = idx._values(normalised_words(text), add=True)
                     if len(h) >= ngram:
                         win = Windows(h)(ngram)
                         parts.setdefault(ngram, []).append((win, si, example))
@@ -110,7 +142,19 @@ class EvalIndex:
             e = np.concatenate([np.full(len(w), ex, dtype=np.int64) for w, _, ex in items])
             uniq, first = np.unique(h, return_index=True)  # first: the earliest (eval set, example) of each hash
             idx.hashes[length], idx.owner_set[length], idx.owner_example[length] = uniq, s[first], e[first]
+        total = sum(len(t) for t in idx.hashes.values())
+        bits = max(16, int(np.ceil(np.log2(max(1, total) * 16))))
+        idx.mask = (1 << bits) - 1
+        idx.bitmap = np.zeros(1 << (bits - 3), dtype=np.uint8)
+        for table in idx.hashes.values():
+            low = (table & np.uint64(idx.mask)).astype(np.int64)
+            np.bitwise_or.at(idx.bitmap, low >> 3, (1 << (low & 7)).astype(np.uint8))
         return idx
+
+    def _maybe(self, h: np.ndarray) -> np.ndarray:
+        """Positions of ``h`` whose bit is set (a superset of the hashes in the tables)."""
+        low = (h & np.uint64(self.mask)).astype(np.int64)
+        return np.nonzero((self.bitmap[low >> 3] >> (low & 7).astype(np.uint8)) & 1)[0]
 
     @property
     def lengths(self) -> list[int]:
@@ -119,28 +163,33 @@ class EvalIndex:
     def match(self, text: str) -> tuple[list[tuple[int, int]], dict[str, list[int]]]:
         """Character spans of ``text`` that overlap an eval example (merged, in order), and the examples hit
         per eval set (record indices, sorted). Both empty when the text is clean."""
-        ms = words(text)
-        if len(ms) < min(self.lengths, default=1 << 30):
+        ws = normalised_words(text)
+        if len(ws) < min(self.lengths, default=1 << 30):
             return [], {}
-        win = Windows(word_hashes(ms))
-        covered = np.zeros(len(ms) + 1, dtype=np.int32)  # +1 at a window's first word, -1 after its last
+        win = Windows(self._values(ws, add=False))
+        covered = np.zeros(len(ws) + 1, dtype=np.int32)  # +1 at a window's first word, -1 after its last
         hits: dict[str, set[int]] = {}
         for length in self.lengths:
             h = win(length)
             if not len(h):
                 continue
+            maybe = self._maybe(h)
+            if not len(maybe):
+                continue
             table = self.hashes[length]
-            pos = np.minimum(np.searchsorted(table, h), len(table) - 1)
-            found = np.nonzero(table[pos] == h)[0]
+            pos = np.minimum(np.searchsorted(table, h[maybe]), len(table) - 1)
+            ok = table[pos] == h[maybe]
+            found, pos = maybe[ok], pos[ok]
             if not len(found):
                 continue
             np.add.at(covered, found, 1)
             np.add.at(covered, found + length, -1)
-            for si, ex in zip(self.owner_set[length][pos[found]], self.owner_example[length][pos[found]]):
+            for si, ex in zip(self.owner_set[length][pos], self.owner_example[length][pos]):
                 hits.setdefault(self.names[int(si)], set()).add(int(ex))
         if not hits:
             return [], {}
         inside = np.cumsum(covered[:-1]) > 0
+        ms = words(text)  # the same words, now with their offsets
         spans: list[tuple[int, int]] = []
         i, n = 0, len(ms)
         while i < n:
@@ -172,4 +221,4 @@ def has_words(text: str) -> bool:
     return WORD.search(text) is not None
 
 
-__all__ = ["EvalIndex", "EvalSummary", "Windows", "cut", "has_words", "word_hashes", "words"]
+__all__ = ["EvalIndex", "EvalSummary", "Windows", "cut", "has_words", "normalised_words", "word_hashes", "words"]
