@@ -90,8 +90,13 @@ def build_data(name: str, out: Path, overrides: Sequence[str], tokenizer: Path |
     return out
 
 
-def prepare_data(variants: list[Variant], valid: Variant, out: Path, common: list[str], tokenizer: Path | None) -> Path:
-    """Every variant's folder and the validation folder, all with one tokenizer; returns that tokenizer."""
+def prepare_data(variants: list[Variant], valid: Variant, out: Path, common: list[str], tokenizer: Path | None,
+                 jobs: int = 1) -> Path:
+    """Every variant's folder and the validation folder, all with one tokenizer; returns that tokenizer.
+
+    Builds run ``jobs`` at a time; without a tokenizer, the first build trains it alone and the others follow."""
+    from concurrent.futures import ThreadPoolExecutor
+
     logs = out / "logs"
     given = [v for v in [*variants, valid] if v.folder is not None]
     for v in given:
@@ -100,11 +105,18 @@ def prepare_data(variants: list[Variant], valid: Variant, out: Path, common: lis
                               "`python -m data_pipelines.run`")
     if tokenizer is None and given:
         tokenizer = _tokenizer_of(given[0].folder)
-    for v in [*variants, valid]:
-        if v.folder is None:
-            v.folder = build_data(v.name, out / "data" / v.name, [*common, *v.overrides], tokenizer, logs)
-            if tokenizer is None:  # the first built variant trained it: every later one uses it
-                tokenizer = _tokenizer_of(v.folder)
+    todo = [v for v in [*variants, valid] if v.folder is None]
+
+    def build(v: Variant) -> None:
+        v.folder = build_data(v.name, out / "data" / v.name, [*common, *v.overrides], tokenizer, logs)
+
+    if todo and tokenizer is None:  # the first built variant trains it: every later one uses it
+        build(todo[0])
+        tokenizer = _tokenizer_of(todo[0].folder)
+        todo = todo[1:]
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        for f in [pool.submit(build, v) for v in todo]:
+            f.result()
     want = _digest(tokenizer)
     for v in [*variants, valid]:
         tok = _tokenizer_of(v.folder)
@@ -263,6 +275,8 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
                    help="a pipeline variant built here: data_pipelines.run overrides (may be empty)")
     p.add_argument("--data", action="append", default=[], metavar="NAME=DIR", help="a variant already built")
     p.add_argument("--pipeline", default="", metavar="OVERRIDES", help="pipeline overrides common to built variants")
+    p.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1),
+                   help="pipeline builds at a time (default: min(4, CPUs))")
     p.add_argument("--tokenizer", default=None, help="tokenizer.json for every pipeline run (default: the first "
                                                      "variant's)")
     g = p.add_mutually_exclusive_group(required=True)
@@ -294,19 +308,19 @@ def run(argv: Sequence[str]) -> list[dict[str, Any]]:
     compose_train(args.overrides)  # a bad training override fails before any pipeline runs
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    tokenizer = prepare_data(variants, valid, out, shlex.split(args.pipeline), tokenizer)
+    tokenizer = prepare_data(variants, valid, out, shlex.split(args.pipeline), tokenizer, args.jobs)
     _say(f"data ready in {time.perf_counter() - t0:.1f} s: {len(variants)} variants, validation {valid.folder}, "
          f"tokenizer {tokenizer}")
-    results, started = [], time.perf_counter()
+    results = []
     for i, v in enumerate(variants):
         t = time.perf_counter()
         _say(f"variant {i + 1}/{len(variants)} '{v.name}': training on {v.folder}")
         v.result = train_variant(v, valid.folder, args.overrides, out)
         results.append(v.result)
-        per_variant = (time.perf_counter() - started) / (i + 1)
-        eta = per_variant * (len(variants) - i - 1)
+        took = time.perf_counter() - t
+        eta = took * (len(variants) - i - 1)  # the last run's time: the first one also paid for the imports
         _say(f"variant {i + 1}/{len(variants)} '{v.name}': val_loss {v.result['val_loss']:.4f} at step "
-             f"{v.result['step']} ({time.perf_counter() - t:.1f} s; ETA {eta:.0f} s for the rest)")
+             f"{v.result['step']} ({took:.1f} s; ETA {eta:.0f} s for the rest)")
     budgets = {r["variant"]: r["consumed_tokens"] for r in results}
     if len(set(budgets.values())) != 1:
         raise DataError(f"the proxies trained on different token budgets {budgets}; they are not comparable")
