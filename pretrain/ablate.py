@@ -82,7 +82,8 @@ def build_data(name: str, out: Path, overrides: Sequence[str], tokenizer: Path |
     _say(f"{name}: building its data: {shlex.join(cmd[1:])} (log: {log_file})")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
     with open(log_file, "w") as f:
-        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
+        # in the caller's directory: relative input paths in the overrides mean what they mean on a command line
+        proc = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         tail = log_file.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
         raise DataError(f"the data pipeline for variant '{name}' failed (exit {proc.returncode}): {tail[0]}; "
