@@ -264,6 +264,26 @@ def test_off_by_default_and_on_slurm_with_the_read_array(world, tmp_path):
     assert [j.stages for j in plan(on, 2)][0] == ["read", "signatures", "decontaminate"]
 
 
+def test_an_edited_eval_set_changes_the_fingerprints(world, tmp_path):
+    import shutil
+
+    evals = [tmp_path / p.name for p in world["evals"]]
+    for a, b in zip(world["evals"], evals):
+        shutil.copy(a, b)
+    overrides = [*_overrides(world, tmp_path / "o")[:-1], f"decontamination.eval_paths=[{evals[0]},{evals[1]}]"]
+    before = Pipeline(_compose(overrides))
+    part = before.parts[0]
+    with open(evals[0], "a") as f:  # the same path, one more example
+        f.write(json.dumps({"question": "one more question of the eval set that nobody planted"}) + "\n")
+    after = Pipeline(_compose(overrides))
+    assert after.fp("read", part) == before.fp("read", part)
+    for stage in ("decontaminate", "documents", "tokenize"):
+        assert after.fp(stage, part) != before.fp(stage, part), stage
+    cut = Pipeline(_compose([*overrides, "decontamination.mode=cut"]))  # the mode: documents onwards only
+    assert cut.fp("decontaminate", part) == after.fp("decontaminate", part)
+    assert cut.fp("documents", part) != after.fp("documents", part)
+
+
 @pytest.mark.parametrize("name,content,needle", [
     ("missing.jsonl", None, "does not exist"),
     ("broken.parquet", b"PAR1 this is not parquet", "not a readable Parquet file"),
