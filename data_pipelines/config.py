@@ -23,6 +23,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from data_pipelines.decontam.config import DecontaminationConfig
 from data_pipelines.dedup import DedupConfig
 from data_pipelines.filters import FiltersConfig
 from data_pipelines.sources.registry import SOURCE_KINDS
@@ -88,6 +89,8 @@ class PipelineConfig:
     dedup: DedupConfig = field(default_factory=DedupConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    # Off unless eval_paths names eval sets (data_pipelines/decontam/config.py, the decontaminate stage).
+    decontamination: DecontaminationConfig = field(default_factory=DecontaminationConfig)
 
 
 def register() -> None:
@@ -171,6 +174,17 @@ def validate(cfg: DictConfig, stages: Sequence[Stage] = STAGES) -> None:
         source_inputs(name, src)  # missing path / glob matching nothing
         filters_for_source(cfg.filters, name, src.kind)  # unknown block / parameter
     as_dedup_config(plain(cfg.dedup)).validate()
+    _validate_decontamination(cfg)
     TokenizerSpec.from_config(cfg.tokenizer)
     if cfg.tokenizer.batch_size < 1:
         raise ConfigError(f"tokenizer.batch_size: must be >= 1, got {cfg.tokenizer.batch_size}")
+
+
+def _validate_decontamination(cfg: DictConfig) -> None:
+    """The decontamination keys, and every eval file read once: a missing or unusable file names itself here."""
+    from data_pipelines.decontam import as_decontamination_config, check_config, read_eval_sets
+
+    decon = as_decontamination_config(plain(cfg.decontamination))
+    check_config(decon)
+    if decon.eval_paths:
+        read_eval_sets(list(decon.eval_paths), decon.fields)

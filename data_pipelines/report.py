@@ -8,7 +8,9 @@ documents and bytes in and out and every removal by reason. The counts chain and
     next_stage.docs_in == stage.docs_out
 
 (a reader's ``skipped`` are input records it could not read: corrupt gzip, cut WARC record...). The global
-``dedup`` section has the cluster-size histogram. Nothing time- or machine-dependent is written, so the
+``dedup`` section has the cluster-size histogram. With decontamination on, each source has a ``decontaminate``
+stage after ``dedup``, and the ``decontamination`` section lists the eval sets (records, skipped records, n-grams)
+and every hit: documents per eval set and source, and each document hit (id, examples, dropped or cut). Nothing time- or machine-dependent is written, so the
 report is byte-identical across reruns; timings go to ``logs/``.
 """
 
@@ -50,8 +52,11 @@ def build_report(
     cluster: dict[str, Any] | None,
     tokenizer: dict[str, Any] | None,
     dedup_on: bool,
+    decontam: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The report as a JSON-able dict, from the completion markers of every part and global stage."""
+    """The report as a JSON-able dict, from the completion markers of every part and global stage.
+
+    ``decontam``: ``{"config": the decontamination section, "eval_sets": the index summary}`` when it ran."""
     by_source: dict[str, list[Part]] = {}
     for p in parts:
         by_source.setdefault(p.source, []).append(p)
@@ -70,6 +75,8 @@ def build_report(
             stages.append(_stage_row(label, _merged([m["read"]["filters"][i]["stats"] for m in marks])))
         if dedup_on:
             stages.append(_stage_row("dedup", _merged([m["documents"]["dedup"] for m in marks])))
+        if decontam is not None:
+            stages.append(_stage_row("decontaminate", _merged([m["documents"]["decontam"]["stats"] for m in marks])))
         docs = sum(int(m["tokenize"]["docs"]) for m in marks)
         nbytes = sum(int(m["tokenize"]["bytes"]) for m in marks)
         tokens = sum(int(m["tokenize"]["tokens"]) for m in marks)
@@ -104,7 +111,31 @@ def build_report(
         "dedup": {"enabled": dedup_on, **(cluster or {}).get("stats", {})},
         "tokenizer": {k: v for k, v in (tokenizer or {}).items() if k != "fingerprint"},
     }
+    if decontam is not None:
+        report["decontamination"] = _decontamination(parts, per_part, decontam)
     return report
+
+
+def _decontamination(parts: Sequence[Part], per_part: dict[int, dict[str, Any]], decontam: dict[str, Any]) -> dict:
+    """Eval sets, hit counts by eval set and source, and every document hit (in plan order)."""
+    cfg = decontam["config"]
+    sets = decontam["eval_sets"]
+    by_set: dict[str, Counter] = {name: Counter() for name in sets}
+    examples: dict[str, set[int]] = {name: set() for name in sets}
+    listed: list[dict[str, Any]] = []
+    for p in parts:
+        for hit in per_part[p.global_index]["documents"]["decontam"]["hits"]:
+            for name, exs in hit["eval"].items():
+                by_set.setdefault(name, Counter())[p.source] += 1
+                examples.setdefault(name, set()).update(exs)
+            listed.append({"source": p.source, **hit})
+    return {
+        "mode": cfg["mode"], "ngram": cfg["ngram"], "min_words": cfg["min_words"],
+        "eval_sets": {name: {**info, "examples_hit": len(examples.get(name, ()))} for name, info in sorted(sets.items())},
+        "hits": {name: dict(sorted(c.items())) for name, c in sorted(by_set.items())},
+        "documents_hit": len(listed),
+        "documents": listed,
+    }
 
 
 def write_manifest_for(layout, parts: Sequence[Part], per_part: dict[int, dict[str, Any]], tokenizer: dict[str, Any]) -> Path:
@@ -288,6 +319,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         if sizes:
             out += ["| cluster size | clusters |", "|---:|---:|", *(f"| {k} | {v:,} |" for k, v in sizes), ""]
         out += ["![duplicate cluster sizes](report/clusters.png)", ""]
+    if "decontamination" in report:
+        out += _decontamination_md(report["decontamination"], list(report["sources"]))
     tok = report["tokenizer"]
     out += ["## Tokenizer", ""]
     if tok:
@@ -298,3 +331,28 @@ def render_markdown(report: dict[str, Any]) -> str:
                 "listed in `manifest.json`.", ""]
     out += ["![tokens per source](report/tokens.png)", ""]
     return "\n".join(out)
+
+
+def _decontamination_md(d: dict[str, Any], sources: list[str], shown: int = 50) -> list[str]:
+    out = ["## Decontamination", "",
+           f"Mode `{d['mode']}`, {d['ngram']}-grams of normalised words; eval texts of {d['min_words']} to "
+           f"{d['ngram'] - 1} words are matched whole. {d['documents_hit']:,} documents hit.", "",
+           "| eval set | file | records | skipped | texts | n-grams | short texts | too short | examples hit | "
+           + " | ".join(sources) + " |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(sources)]
+    for name, e in d["eval_sets"].items():
+        skipped = ", ".join(f"{k}: {v}" for k, v in sorted(e["skipped"].items())) or "0"
+        per = " | ".join(f"{d['hits'].get(name, {}).get(s, 0):,}" for s in sources)
+        out.append(f"| {name} | `{e['file']}` | {e['records']:,} | {skipped} | {e['texts']:,} | {e['ngrams']:,} | "
+                   f"{e['short_texts']:,} | {e['too_short']:,} | {e['examples_hit']:,} | {per} |")
+    out.append("")
+    if d["documents"]:
+        out += ["| source | document | eval set: examples | action |", "|---|---|---|---|"]
+        for h in d["documents"][:shown]:
+            ev = "; ".join(f"{k}: {', '.join(map(str, v[:10]))}{' ...' if len(v) > 10 else ''}"
+                           for k, v in h["eval"].items())
+            out.append(f"| {h['source']} | `{h['id']}` | {ev} | {h['action']} |")
+        if len(d["documents"]) > shown:
+            out.append(f"\n... and {len(d['documents']) - shown:,} more in report.json (`decontamination.documents`).")
+        out.append("")
+    return out

@@ -61,6 +61,14 @@ class DataConfig:
     index_cache_dir: Optional[str] = None
     # Tokenizer of the built-in sample data (data.path=null): bpe (GPT), wordpiece (BERT), unigram (T5).
     sample_tokenizer: str = "bpe"
+    # A second pipeline output (manifest.json + shards, the same tokenizer) used only for validation, per source,
+    # instead of data.split (every document of data.path then trains): held-out data shared by several runs.
+    valid_path: Optional[str] = None
+    # A mixture that changes during the run, instead of data.weights: phases {until_tokens|until_step: X,
+    # weights: {corpus: w}[, interpolate: linear]}; the last phase's boundary may be left out (it holds to the end).
+    schedule: List[Any] = field(default_factory=list)
+    # A checkpoint trained with another schedule: refuse (the default) or allow (continue with this one, warned).
+    schedule_changed: str = "refuse"
 
 
 @dataclass

@@ -38,6 +38,7 @@ from pretrain import jit_ops, preemption
 from pretrain.callbacks import Callback, CallbackList, StepOutput
 from pretrain.checkpointer import Checkpointer
 from pretrain.config import validate_schema
+from pretrain.data.tracking import MixtureTracker
 from pretrain.distributed import barrier, ensure_launcher_env, env_rank, env_world_size, init_distributed, pick_device
 from pretrain.engines import batch_plan, check_precision, get_engine
 from pretrain.evaluator import Evaluator
@@ -149,10 +150,14 @@ class Trainer:
         self._plan_data()
         self._plan_resume()
         from pretrain.data.dataset import build_datasets, check_vocab
+        from pretrain.data.schedule import plan_mixture
 
+        self.mixture = plan_mixture(cfg.data, self.resume_state, self.family.tokens_per_sample(self.args),
+                                    plan.global_batch_size)  # data.schedule, checked against the checkpoint's
         self.data = build_datasets(cfg.data, seq_length=self.family.sample_length(self.args) - 1, seed=cfg.seed,
                                    num_train_samples=self.num_train_samples, num_valid_samples=self.num_eval_samples,
-                                   cache_dir=cfg.data.index_cache_dir or str(self.run_dir / "data_index"))
+                                   cache_dir=cfg.data.index_cache_dir or str(self.run_dir / "data_index"),
+                                   mixture=self.mixture)
         check_vocab(self.data, self.args.vocab_size)
         self.transform = self.family.make_transform(self.args, self.tokenizer, cfg.seed)
         self.seq = self.family.tokens_per_sample(self.args)
@@ -277,7 +282,7 @@ class Trainer:
         self._log_setup(self.peak_source)
         self.callbacks = CallbackList([
             StepRecorder(cfg.trainer.log_interval),
-            Evaluator(cfg.trainer.eval_interval, cfg.trainer.eval_iters),
+            Evaluator(cfg.trainer.eval_interval, cfg.trainer.eval_iters), MixtureTracker(self),
             self.metrics,
             preemption.StopOnRequest(self.stop_request),
             Checkpointer(cfg.checkpoint.interval, cfg.checkpoint.keep_last, cfg.checkpoint.save_at_end),

@@ -222,6 +222,15 @@ def _data_problems(d: DictConfig) -> list[str]:
     for name, w in (d.weights or {}).items():
         if w is None or not math.isfinite(float(w)) or float(w) < 0:
             out.append(f"data.weights.{name}={w} must be a finite number >= 0")
+    valid_path = getattr(d, "valid_path", None)
+    if valid_path is not None:
+        folder = Path(str(valid_path)).expanduser()
+        if not (folder / "manifest.json").is_file():
+            out.append(f"data.valid_path={valid_path}: no manifest.json in {folder.absolute()}; point it at a folder "
+                       f"written by the data pipeline (its corpora become the validation set)")
+    from pretrain.data.schedule import schedule_problems
+
+    out += schedule_problems(d)
     if d.path is not None:
         folder = Path(str(d.path)).expanduser()
         if not folder.exists():

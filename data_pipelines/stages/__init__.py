@@ -5,6 +5,8 @@ stage          scope     output (under ``output_dir``)
 =============  ========  ====================================================================================
 read           per part  ``work/read/<source>/part-N.parquet``: reader + filters (id, text, metadata JSON)
 signatures     per part  ``work/signatures/<source>/part-N.npz``: dedup hashes (dedup helper's format)
+decontaminate  per part  ``work/decontam/<source>/part-N.json``: rows overlapping eval sets (only with
+                         ``decontamination.eval_paths``; applied by ``documents``)
 cluster        global    ``work/dedup/``: removal lists per part, ``dedup.json`` (cluster sizes)
 documents      per part  ``documents/<source>/part-N.parquet`` through ``datasets``: the final documents
 tokenizer      global    ``tokenizer/tokenizer.json``: trained on the documents, or the given file
@@ -22,13 +24,14 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from data_pipelines.stages import cluster, documents, read, report, signatures, tokenize, tokenizer
+from data_pipelines.stages import cluster, decontaminate, documents, read, report, signatures, tokenize, tokenizer
 from data_pipelines.stages.base import GLOBAL, PART, GlobalStage, PartStage, Stage, Task
 from data_pipelines.stages.layout import Layout
 
 STAGES: tuple[Stage, ...] = (
     read.STAGE,
     signatures.STAGE,
+    decontaminate.STAGE,
     cluster.STAGE,
     documents.STAGE,
     tokenizer.STAGE,

@@ -1,5 +1,8 @@
 """Stage ``documents`` (per part): drop the part's duplicates and write its final documents with ``datasets``.
 
+With ``decontamination.eval_paths``, the hits of the ``decontaminate`` stage are then dropped or cut (after dedup,
+so the report's stages chain: dedup, then decontaminate).
+
 Output: ``documents/<source>/part-N.parquet``, one schema for every source (id, text, source, the provenance
 columns of :data:`~data_pipelines.stages.io.PROVENANCE`, and the remaining metadata as JSON), so all
 documents load as one dataset.
@@ -7,6 +10,7 @@ documents load as one dataset.
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -15,6 +19,7 @@ from data_pipelines.document import Document
 from data_pipelines.executor.local import Progress
 from data_pipelines.executor.markers import fingerprint
 from data_pipelines.executor.parts import Part
+from data_pipelines.stages import decontaminate
 from data_pipelines.stages.base import PartStage, Task, dedup_enabled
 from data_pipelines.stages.io import COLUMNS, PROVENANCE, iter_work_docs, meta_json
 from data_pipelines.stages.layout import Layout
@@ -27,14 +32,17 @@ if TYPE_CHECKING:
 
 class Documents(PartStage):
     name = "documents"
-    upstream = ("read", "cluster")
+    upstream = ("read", "decontaminate", "cluster")
     folder = "documents"
 
     def output(self, layout: Layout, part: Part) -> Path:
         return layout.documents(part)
 
     def fingerprint(self, pipe: "Pipeline", part: Part) -> str:
-        return fingerprint({"read": pipe.fp("read", part), "dedup": pipe.fp("cluster") if pipe.dedup_on else pipe.dedup})
+        parts = {"read": pipe.fp("read", part), "dedup": pipe.fp("cluster") if pipe.dedup_on else pipe.dedup}
+        if decontaminate.enabled_in(pipe.config):  # absent when off: the fingerprints of a run without it stay
+            parts["decontaminate"] = [pipe.fp("decontaminate", part), pipe.config["decontamination"]["mode"]]
+        return fingerprint(parts)
 
     def measure(self, payload: dict[str, Any]) -> tuple[int, int]:
         st = payload.get("dedup")
@@ -49,10 +57,20 @@ class Documents(PartStage):
         docs: Iterator[Document] = iter_work_docs(lay.read_data(part), part.source, task.batch_size)
         stats = StageStats()
         dedup_on = dedup_enabled(task.dedup)
+        rows: Iterator[int] = itertools.count()  # the read row of each document that leaves dedup
         if dedup_on:
             from data_pipelines.dedup import DedupFilter
 
-            docs = DedupFilter(str(lay.dedup_dir), part.global_index)(docs, stats)
+            dedup = DedupFilter(str(lay.dedup_dir), part.global_index)
+            docs = dedup(docs, stats)
+            rows = (r for r in itertools.count() if r not in dedup.reasons)
+        decon, decon_stats = None, StageStats()
+        if decontaminate.enabled_in(task.config):
+            from data_pipelines.decontam import DecontamFilter
+
+            decon = DecontamFilter(decontaminate.STAGE.output(lay, part), task.config["decontamination"]["mode"],
+                                   rows)
+            docs = decon(docs, decon_stats)
         # Stream the rows into an Arrow file (memory-mapped by ``datasets``), then let ``datasets`` write the
         # Parquet file from it: memory stays at one batch whatever the part's size.
         datasets.disable_progress_bars()
@@ -91,6 +109,9 @@ class Documents(PartStage):
         finally:
             arrow_tmp.unlink(missing_ok=True)
         commit(tmp, out)
+        if decon is not None:  # what was written is what left decontamination (dropped or cut)
+            return {"dedup": stats.to_dict() if dedup_on else None, "decontam": decon.payload(decon_stats),
+                    "docs": decon_stats.docs_out, "bytes": decon_stats.bytes_out}
         return {"dedup": stats.to_dict() if dedup_on else None, "docs": stats.docs_out, "bytes": stats.bytes_out}
 
 

@@ -37,7 +37,11 @@ class Report(GlobalStage):
         per_part = {p.global_index: {s: pipe.marker(s, p) for s in ("read", "documents", "tokenize")} for p in pipe.parts}
         cluster = pipe.marker("cluster") if pipe.dedup_on else None
         tokenizer = pipe.marker("tokenizer")
-        report = build_report(pipe.parts, per_part, cluster, tokenizer, pipe.dedup_on)
+        decon = None
+        if pipe.by_name["decontaminate"].enabled(pipe):
+            decon = {"config": pipe.config["decontamination"],
+                     "eval_sets": (pipe.marker("decontaminate", pipe.parts[0]) or {}).get("eval_sets", {})}
+        report = build_report(pipe.parts, per_part, cluster, tokenizer, pipe.dedup_on, decon)
         write_manifest_for(lay, pipe.parts, per_part, tokenizer)
         write_report(lay.root, report)
         return {"sources": sorted(pipe.sources)}

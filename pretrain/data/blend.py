@@ -50,6 +50,9 @@ class Blend:
             out[k] = n
         return out
 
+    def _times(self, corpus: np.ndarray, local: np.ndarray) -> np.ndarray:
+        return (local + 0.5) / self.weights[corpus]
+
     def window_offset(self, c: int) -> int:
         """Global index of the first sample in window ``c``."""
         return int(self._first_in_window(c).sum())
@@ -61,7 +64,7 @@ class Blend:
         lo, hi = self._first_in_window(c), self._first_in_window(c + 1)
         corpus = np.concatenate([np.full(h - l, k, dtype=np.int16) for k, (l, h) in enumerate(zip(lo, hi))])
         local = np.concatenate([np.arange(l, h, dtype=np.int64) for l, h in zip(lo, hi)])
-        times = (local + 0.5) / self.weights[corpus]
+        times = self._times(corpus, local)
         order = np.lexsort((corpus, times))  # by time, ties by corpus number
         win = (corpus[order], local[order])
         self._windows[c] = win
@@ -107,3 +110,74 @@ class Blend:
         corpus, _ = self._window(c)
         j = n - self.window_offset(c)
         return self._first_in_window(c) + np.bincount(corpus[:j], minlength=len(self.weights))
+
+
+class ScheduledBlend(Blend):
+    """A :class:`Blend` whose weights change along the run: piecewise constant over ``segments``, a list of
+    ``(end, weights)`` in global-sample positions (the last ``end`` is ``inf``; each weight vector sums to 1).
+
+    Corpus ``k``'s ``n``-th sample sits at the position ``x`` where its cumulative share ``S_k(x)`` (the integral
+    of its weight) reaches ``n + 0.5``; the blend is all samples sorted by position (ties: lower corpus first).
+    Since the weights sum to 1, ``sum_k S_k(x) = x``, so every prefix of ``N`` samples holds ``S_k(N)`` samples of
+    corpus ``k`` up to about one, in every phase, and nothing else changes: prefix-stable, windowed, vectorised.
+    With one segment the positions are exactly :class:`Blend`'s ``(n + 0.5) / w_k``. A corpus whose weight is 0
+    after some point has no samples there (position ``inf``).
+
+    Positions are monotone in ``n`` by construction (each segment's value is clamped to its end), so the windows
+    partition the samples exactly as in :class:`Blend`.
+    """
+
+    def __init__(self, segments: list[tuple[float, list[float]]], chunk: int = CHUNK, cache_windows: int = 4):
+        if not segments or not math.isinf(segments[-1][0]):
+            raise ValueError("a scheduled blend needs segments that end with one to infinity")
+        w = np.asarray([ws for _, ws in segments], dtype=np.float64)  # [segment, corpus]
+        if w.ndim != 2 or np.any(~np.isfinite(w)) or np.any(w < 0) or np.any(np.abs(w.sum(1) - 1) > 1e-9):
+            raise ValueError(f"segment weights must be non-negative and sum to 1, got {w.tolist()}")
+        self.starts = np.asarray([0.0] + [e for e, _ in segments[:-1]], dtype=np.float64)
+        self.ends = np.asarray([e for e, _ in segments], dtype=np.float64)
+        if np.any(self.ends <= self.starts):
+            raise ValueError(f"segment ends must increase, got {self.ends.tolist()}")
+        self.seg_weights = w
+        lengths = np.where(np.isinf(self.ends), 0.0, self.ends - self.starts)
+        # cumulative share of each corpus at each segment's start: [segment, corpus]
+        self.cum = np.vstack([np.zeros(w.shape[1]), np.cumsum(w[:-1] * lengths[:-1, None], axis=0)])
+        self.weights = w[-1]
+        self.chunk = int(chunk)
+        self._windows = OrderedDict()
+        self._cache_windows = cache_windows
+
+    def share(self, k: int, x: float) -> float:
+        """``S_k(x)``: how many samples of corpus ``k`` the first ``x`` positions hold (fractional)."""
+        j = int(np.searchsorted(self.starts, x, side="right")) - 1
+        return float(self.cum[j, k] + self.seg_weights[j, k] * (x - self.starts[j]))
+
+    def positions(self, k: int, n: np.ndarray) -> np.ndarray:
+        """Positions of samples ``n`` (array) of corpus ``k``."""
+        r = np.asarray(n, dtype=np.int64) + 0.5
+        cum = self.cum[:, k]
+        j = np.searchsorted(cum, r, side="right") - 1  # last segment whose start share is <= r
+        wk = self.seg_weights[j, k]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x = self.starts[j] + (r - cum[j]) / wk
+        x = np.where(wk > 0, np.minimum(x, self.ends[j]), np.inf)
+        return x
+
+    def _times(self, corpus: np.ndarray, local: np.ndarray) -> np.ndarray:
+        out = np.empty(local.shape, dtype=np.float64)
+        for k in range(len(self.weights)):
+            sel = corpus == k
+            out[sel] = self.positions(k, local[sel])
+        return out
+
+    def _first_in_window(self, c: int) -> np.ndarray:
+        t0 = float(c) * self.chunk
+        out = np.empty(len(self.weights), dtype=np.int64)
+        for k in range(len(self.weights)):
+            n = max(0, math.ceil(self.share(k, t0) - 0.5))
+            at = lambda m: float(self.positions(k, np.asarray([m]))[0])  # noqa: E731
+            while n > 0 and at(n - 1) >= t0:
+                n -= 1
+            while at(n) < t0:
+                n += 1
+            out[k] = n
+        return out

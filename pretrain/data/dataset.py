@@ -339,12 +339,13 @@ class GPTDataset(torch.utils.data.Dataset):
     """``len(ds)`` samples; ``ds[i]`` is an int64 array of ``seq_length + 1`` tokens. Index ``i`` maps through the
     blend to a corpus and a sample of that corpus; the mapping does not depend on ``len(ds)``."""
 
-    def __init__(self, parts: list[CorpusSplit], weights: list[float], num_samples: int, seq_length: int):
+    def __init__(self, parts: list[CorpusSplit], weights: list[float], num_samples: int, seq_length: int,
+                 blend: Any = None):
         self.parts = parts
         self.weights = list(weights)
         self.num_samples = int(num_samples)
         self.seq_length = seq_length
-        self.blend = Blend(self.weights)
+        self.blend = Blend(self.weights) if blend is None else blend  # a schedule's blend has the same interface
         counts = self.blend.counts(self.num_samples)
         for part, c in zip(parts, counts):
             part.ensure_epochs(math.ceil(int(c) / part.samples_per_epoch))
@@ -381,6 +382,11 @@ class DataBundle:
     corpus_names: list[str] = field(default_factory=list)  # corpora with weight > 0, manifest order
     corpus_weights: list[float] = field(default_factory=list)  # normalised to sum 1
     corpus_tokens: list[int] = field(default_factory=list)  # all tokens of each corpus (both splits)
+    # validation per source: corpus name -> its validation samples alone (``valid`` is their blend), and the
+    # weights of the total (``val_loss``) over them, normalised to sum 1
+    valid_sources: dict[str, GPTDataset] = field(default_factory=dict)
+    valid_weights: dict[str, float] = field(default_factory=dict)
+    valid_manifest: Manifest | None = None  # data.valid_path's manifest, when the validation set is its own
 
 
 def tokenizer_vocab_size(path: str | os.PathLike) -> int:
@@ -415,11 +421,14 @@ def check_vocab(bundle_or_manifest: DataBundle | Manifest, model_vocab_size: int
 
 
 def build_datasets(data_cfg: Any, *, seq_length: int, seed: int, num_train_samples: int, num_valid_samples: int,
-                   cache_dir: str | os.PathLike) -> DataBundle:
+                   cache_dir: str | os.PathLike, mixture: Any = None) -> DataBundle:
     """Validate the data configuration and files, then build (or load from ``cache_dir``) the sample indices.
 
     ``data_cfg`` has ``path`` (folder with ``manifest.json``; ``None`` = the built-in sample data),
-    ``weights`` (corpus name -> weight, ``None`` or empty = proportional to tokens, 0 = excluded) and ``split``.
+    ``weights`` (corpus name -> weight, ``None`` or empty = proportional to tokens, 0 = excluded), ``split``
+    and optionally ``valid_path`` (a second pipeline output whose corpora are the validation set; every
+    document of ``path`` then trains). ``mixture`` (:class:`pretrain.data.schedule.Mixture`, from
+    ``data.schedule``) replaces the fixed weights by a schedule.
     """
     if int(seq_length) < 1:
         raise DataError(f"seq_length must be >= 1, got {seq_length}")
@@ -427,6 +436,9 @@ def build_datasets(data_cfg: Any, *, seq_length: int, seed: int, num_train_sampl
         raise DataError(f"sample counts must be >= 0 (train {num_train_samples}, valid {num_valid_samples})")
     split = getattr(data_cfg, "split", None)
     fractions = parse_split("98,2" if split is None else split)
+    valid_path = getattr(data_cfg, "valid_path", None)
+    if valid_path:  # the validation set is another folder: every document of data.path trains
+        fractions = (1.0, 0.0)
     path = getattr(data_cfg, "path", None)
     if path is None:
         from pretrain.data.sample import ensure_sample_data
@@ -438,7 +450,14 @@ def build_datasets(data_cfg: Any, *, seq_length: int, seed: int, num_train_sampl
     if isinstance(raw_weights, (Mapping, DictConfig)) and len(raw_weights) == 0:
         raw_weights = None  # the schema's default: an empty map (settable from the command line) = by tokens
 
-    if raw_weights is not None:
+    if mixture is not None:  # a schedule: its sources, each weighted by its share of the last phase
+        if raw_weights is not None:
+            raise DataError("data.weights and data.schedule are both set; give the weights in the schedule's phases")
+        weights = mixture.check_sources(manifest)
+        names = [n for n in manifest.corpora if n in weights]
+        corpora = {n: CorpusShards(n, manifest.corpora[n].prefixes) for n in names}
+        tokens = {n: corpora[n].num_tokens() for n in names}
+    elif raw_weights is not None:
         weights = _resolve_weights(raw_weights, manifest, None)
         names = [n for n in manifest.corpora if weights.get(n, 0.0) > 0]
         corpora = {n: CorpusShards(n, manifest.corpora[n].prefixes) for n in names}
@@ -478,25 +497,64 @@ def build_datasets(data_cfg: Any, *, seq_length: int, seed: int, num_train_sampl
 
     total_w = sum(weights[n] for n in names)
     norm = [weights[n] / total_w for n in names]
-    train = GPTDataset([parts["train"][n] for n in names], norm, num_train_samples, int(seq_length))
+    if mixture is not None:
+        train = GPTDataset([parts["train"][n] for n in names], norm, num_train_samples, int(seq_length),
+                           blend=mixture.blend(names))
+    else:
+        train = GPTDataset([parts["train"][n] for n in names], norm, num_train_samples, int(seq_length))
 
-    valid = None
-    if num_valid_samples > 0 and fractions[1] > 0:
-        usable = [n for n in names if parts["valid"][n].samples_per_epoch >= 1]
-        for n in names:
+    valid, vmanifest, vparts, vweights = None, None, {}, {}
+    if num_valid_samples > 0 and valid_path:
+        vmanifest = read_manifest(Path(str(valid_path)).expanduser())
+        check_same_tokenizer(manifest, vmanifest)
+        for n, entry in vmanifest.corpora.items():
+            c = CorpusShards(n, entry.prefixes)
+            vparts[n] = CorpusSplit(c, "valid", 0, len(c.doc_starts()) - 1, c.num_tokens(), int(seq_length), seed,
+                                    cache)
+            vweights[n] = float(vparts[n].tokens)  # the held-out set's own composition, whatever the training mix
+        where = (f"data.valid_path={valid_path} leaves no corpus of {vmanifest.root / 'manifest.json'}", "add held-out data")
+    elif num_valid_samples > 0 and fractions[1] > 0:
+        vparts, vweights = parts["valid"], {n: weights[n] for n in names}
+        where = (f"data.split={split!r} leaves no corpus of {mpath}", "raise the validation fraction or use more data")
+    if vparts:
+        usable = [n for n in vparts if vparts[n].samples_per_epoch >= 1]
+        for n in vparts:
             if n not in usable:
                 log.warning("corpus '%s' has only %d validation tokens (< %d): left out of validation",
-                            n, parts["valid"][n].tokens, seq_length + 1)
+                            n, vparts[n].tokens, seq_length + 1)
         if not usable:
             raise DataError(
-                f"data.split={split!r} leaves no corpus of {mpath} enough validation "
-                f"tokens for one sample of {seq_length + 1}; raise the validation fraction or use more data"
+                f"{where[0]} enough validation tokens for one sample of {seq_length + 1}; {where[1]}"
             )
-        vw = [weights[n] for n in usable]
-        valid = GPTDataset([parts["valid"][n] for n in usable], [w / sum(vw) for w in vw], num_valid_samples,
+        vw = [vweights[n] for n in usable]
+        if sum(vw) <= 0:  # a schedule whose last phase has none of the validated sources: equal weights
+            vw = [1.0] * len(usable)
+        vweights = {n: w / sum(vw) for n, w in zip(usable, vw)}
+        weighted = [n for n in usable if vweights[n] > 0]
+        valid = GPTDataset([vparts[n] for n in weighted], [vweights[n] for n in weighted], num_valid_samples,
                            int(seq_length))
+        by_source = {n: GPTDataset([vparts[n]], [1.0], num_valid_samples, int(seq_length)) for n in usable}
+    else:
+        vweights, by_source = {}, {}
 
     log.info("data: %s", ", ".join(f"{n} w={w:.3f} tokens={tokens[n]:,}" for n, w in zip(names, norm)))
     return DataBundle(train=train, valid=valid, manifest=manifest, tokenizer_path=tok_path, vocab_size=vocab,
                       eod_id=manifest.eod_id, seq_length=int(seq_length), corpus_names=names, corpus_weights=norm,
-                      corpus_tokens=[tokens[n] for n in names])
+                      corpus_tokens=[tokens[n] for n in names], valid_sources=by_source, valid_weights=vweights,
+                      valid_manifest=vmanifest)
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def check_same_tokenizer(train: Manifest, valid: Manifest) -> None:
+    """The validation folder must be tokenized exactly like the training data, or its losses mean nothing."""
+    tp, vp = train.root / "manifest.json", valid.root / "manifest.json"
+    if (train.vocab_size, train.eod_id) != (valid.vocab_size, valid.eod_id):
+        raise DataError(f"data.valid_path: {vp} has vocab_size {valid.vocab_size} / EOD {valid.eod_id} but the training "
+                        f"data {tp} has {train.vocab_size} / {train.eod_id}; tokenize both with the same tokenizer")
+    if (train.tokenizer is None) != (valid.tokenizer is None) or (
+            train.tokenizer is not None and _file_digest(train.tokenizer) != _file_digest(valid.tokenizer)):
+        raise DataError(f"data.valid_path: the tokenizer of {vp} ({valid.tokenizer}) differs from the training data's "
+                        f"({tp}: {train.tokenizer}); tokenize both with the same tokenizer file")

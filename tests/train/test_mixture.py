@@ -1,0 +1,220 @@
+"""Data mixtures: validation per source (``data.valid_path`` or the split), scheduled weights (``data.schedule``)
+that switch at the right token counts and give the scheduled fractions, the blend under a schedule (exact,
+prefix-stable, nothing repeated or skipped, the unscheduled blend untouched), bad schedules refused before any
+work, a changed schedule on resume refused or continued, and real one-process runs resumed at a phase boundary
+and inside a phase, bitwise."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from pretrain.core.errors import CheckpointError, ConfigError, DataError
+from pretrain.core.manifest import write_manifest
+from pretrain.data.blend import Blend, ScheduledBlend
+from pretrain.data.dataset import build_datasets
+from pretrain.data.schedule import Mixture, parse_phases, plan_mixture, resolve_phases
+from tests.train.test_data_dataset import EOD, write_corpus
+
+# ----------------------------------------------------------------------------------------- per-source validation
+
+
+@pytest.fixture
+def corpora(tmp_path):
+    """Training corpora a, b (tokens 1.., 20000..) and a held-out folder with corpora a, d (30000.., 40000..)."""
+    rng = np.random.RandomState(1)
+    out = {}
+    for folder, spec in (("train", (("a", 1), ("b", 20000))), ("held", (("a", 30000), ("d", 40000)))):
+        root, entries, docs = tmp_path / folder, {}, {}
+        for name, first in spec:
+            docs[name], entries[name] = write_corpus(root, name, rng.randint(5, 60, 50).tolist(), first)
+        write_manifest(root, tokenizer=None, vocab_size=65000, eod_id=EOD, dtype="uint16", corpora=entries)
+        out[folder] = SimpleNamespace(root=root, docs=docs)
+    out["cache"] = tmp_path / "cache"
+    return SimpleNamespace(**out)
+
+
+def data_cfg(path, **kw):
+    return SimpleNamespace(path=str(path), weights=kw.pop("weights", None), split=kw.pop("split", "80,20"),
+                           num_workers=0, **kw)
+
+
+def tokens_of(ds, n) -> set[int]:
+    return {t for i in range(n) for t in ds[i].tolist() if t != EOD}
+
+
+def test_the_validation_split_is_kept_per_source(corpora):
+    b = build_datasets(data_cfg(corpora.train.root, weights={"a": 3, "b": 1}), seq_length=8, seed=3,
+                       num_train_samples=100, num_valid_samples=24, cache_dir=str(corpora.cache))
+    assert list(b.valid_sources) == ["a", "b"] and b.valid_weights == pytest.approx({"a": 0.75, "b": 0.25})
+    for name, first in (("a", 1), ("b", 20000)):
+        ds = b.valid_sources[name]
+        assert len(ds) == 24 and {ds.source(i)[0] for i in range(24)} == {name}
+        got = tokens_of(ds, 24)
+        held = {t for d in corpora.train.docs[name][40:] for t in d if t != EOD}  # the last 20% of the documents
+        assert got <= held and min(got) >= first
+    # the blended validation set is still there, unchanged in meaning
+    assert {b.valid.source(i)[0] for i in range(24)} == {"a", "b"}
+
+
+def test_valid_path_is_the_validation_set_and_every_training_document_trains(corpora):
+    b = build_datasets(data_cfg(corpora.train.root, valid_path=str(corpora.held.root)), seq_length=8, seed=3,
+                       num_train_samples=2000, num_valid_samples=16, cache_dir=str(corpora.cache))
+    assert list(b.valid_sources) == ["a", "d"]  # the held-out folder's corpora, whatever the training mix
+    held_tokens = {n: sum(map(len, corpora.held.docs[n])) for n in ("a", "d")}
+    total = sum(held_tokens.values())
+    assert b.valid_weights == pytest.approx({n: t / total for n, t in held_tokens.items()})
+    for name in ("a", "d"):
+        allowed = {t for d in corpora.held.docs[name] for t in d if t != EOD}
+        assert tokens_of(b.valid_sources[name], 16) <= allowed
+    assert all(p.doc_lo == 0 and p.doc_hi == 50 for p in b.train.parts)  # no split of data.path
+    trained = tokens_of(b.train, 2000)
+    assert trained <= {t for n in ("a", "b") for d in corpora.train.docs[n] for t in d}
+
+    other = corpora.held.root.parent / "other"  # tokenized differently: refused, naming the folder
+    write_manifest(other, tokenizer=None, vocab_size=50000, eod_id=EOD, dtype="uint16",
+                   corpora={"a": {"prefixes": [str(corpora.held.root / "tokens/a/part-00000")], "documents": 50,
+                                  "tokens": held_tokens["a"]}})
+    with pytest.raises(DataError, match=r"data.valid_path: .*other/manifest.json has vocab_size 50000"):
+        build_datasets(data_cfg(corpora.train.root, valid_path=str(other)), seq_length=8, seed=3,
+                       num_train_samples=10, num_valid_samples=16, cache_dir=str(corpora.cache))
+
+
+# ----------------------------------------------------------------------------------------- the scheduled blend
+
+
+def assert_exact_blend(blend, n: int, k: int) -> np.ndarray:
+    """range() agrees with [i], counts() with the samples, and each corpus's samples are 0, 1, 2, ... in order
+    (nothing repeated, nothing skipped); returns the corpus of every sample."""
+    corpus, local = blend.range(0, n)
+    assert [blend[i] for i in range(0, n, 97)] == list(zip(corpus[::97].tolist(), local[::97].tolist()))
+    for c in range(k):
+        assert local[corpus == c].tolist() == list(range(int((corpus == c).sum())))
+    for m in (1, n // 3, n - 1, n):
+        assert blend.counts(m).tolist() == np.bincount(corpus[:m], minlength=k).tolist()
+    return corpus
+
+
+def test_one_phase_schedule_is_the_fixed_blend_bit_for_bit():
+    w = [0.5, 0.3, 0.2]
+    fixed, sched = Blend(w, chunk=256), ScheduledBlend([(math.inf, w)], chunk=256)
+    assert [tuple(a.tolist()) for a in sched.range(0, 3000)] == [tuple(a.tolist()) for a in fixed.range(0, 3000)]
+
+
+def test_a_schedule_switches_weights_at_the_right_token_counts_and_gives_its_fractions():
+    tps, gbs = 128, 8  # tokens per sample, global batch
+    raw = [{"until_tokens": 1000 * tps, "weights": {"web": 3, "code": 1}},  # samples 0..999: 0.75 / 0.25
+           {"until_step": 250, "weights": {"web": 1, "code": 1, "books": 2}},  # 1000..1999
+           {"until_tokens": 3000 * tps, "weights": {"web": 0, "code": 1, "books": 1}, "interpolate": "linear"},
+           {"weights": {"code": 1}}]  # 3000..: code only
+    mix = Mixture(resolve_phases(raw, tps, gbs))
+    names = ["web", "code", "books"]
+    blend = mix.blend(names)
+    blend.chunk = 512  # several windows, phases crossing them
+    n = 4000
+    corpus = assert_exact_blend(blend, n, 3)
+
+    def counts(lo, hi):
+        return np.bincount(corpus[lo:hi], minlength=3)
+
+    # every prefix holds its integral of the weights up to about one sample per corpus: the switch is exact
+    assert np.abs(counts(0, 1000) - [750, 250, 0]).max() <= 1
+    assert np.abs(counts(1000, 2000) - [250, 250, 500]).max() <= 2
+    # the linear ramp from (1/4, 1/4, 1/2) to (0, 1/2, 1/2): web's share over the ramp is 1/8, code's 3/8
+    assert np.abs(counts(2000, 3000) - [125, 375, 500]).max() <= 2
+    assert np.abs(counts(2000, 2500) - [500 * 0.1875, 500 * 0.3125, 250]).max() <= 2  # first half of the ramp
+    assert counts(3001, 4000).tolist() == [0, 999, 0]
+    assert mix.weights_at(500, names) == pytest.approx({"web": 0.75, "code": 0.25, "books": 0})
+    assert mix.weights_at(2999.9, names)["web"] == pytest.approx(0, abs=1e-3)
+
+    # the scheduled fractions hold within sampling error at every scale (a binomial 3-sigma bound)
+    for lo, hi, w in ((0, 1000, [0.75, 0.25, 0]), (1000, 2000, [0.25, 0.25, 0.5])):
+        for a in range(lo, hi, 100):
+            got = counts(a, a + 100) / 100
+            assert np.all(np.abs(got - w) <= 3 * np.sqrt(np.asarray(w) * (1 - np.asarray(w)) / 100) + 0.02)
+
+
+def test_a_changed_schedule_continues_every_corpus_where_it_stopped():
+    names = ["web", "code"]
+    old = Mixture(resolve_phases([{"weights": {"web": 1, "code": 1}}], 1, 1))
+    first = old.blend(names)
+    start = 777
+    offsets = dict(zip(names, first.counts(start).tolist()))
+    new = Mixture(resolve_phases([{"weights": {"web": 1, "code": 3}}], 1, 1), start, offsets, old)
+    blend = new.blend(names)
+    corpus = assert_exact_blend(blend, 3000, 2)  # no sample of either corpus repeated or skipped
+    assert [blend[i] for i in range(start)] == [first[i] for i in range(start)]  # the past is the old mixture's
+    assert abs(int((corpus[start:] == 1).sum()) - 0.75 * (3000 - start)) <= 1
+
+
+# ----------------------------------------------------------------------------------------- bad schedules
+
+
+@pytest.mark.parametrize("schedule, message", [
+    ([{"until_tokens": 100, "weights": {"web": 1}}], r"data.schedule\[0\].weights names corpus 'web'.*available: "
+                                                     r"prose, code"),
+    ([{"until_step": 10, "weights": {"code": 1}}, {"until_step": 10, "weights": {"prose": 1}}],
+     r"data.schedule\[1\].until_step=10 is not after data.schedule\[0\].until_step=10"),
+    ([{"until_step": 10, "weights": {"code": -1, "prose": 1}}], r"data.schedule\[0\].weights.code=-1 must be"),
+    ([{"weights": {"code": 1}}, {"until_step": 5, "weights": {"prose": 1}}], r"data.schedule\[0\] has no boundary"),
+    ([{"until_step": 2.5, "weights": {"code": 1}}], r"data.schedule\[0\].until_step=2.5 must be a whole number"),
+    ([{"until_step": 5, "until_tokens": 9, "weights": {"code": 1}}], r"data.schedule\[0\] sets both"),
+    ([{"until_step": 5, "weights": {"code": 1}, "interpolate": "linear"}], r"data.schedule\[0\].interpolate=linear"),
+    ([{"until_step": 5, "weight": {"code": 1}}], r"data.schedule\[0\].weight: unknown key"),
+    ([{"until_step": 5, "weights": {"code": 0}}], r"data.schedule\[0\].weights gives every corpus weight 0"),
+])
+def test_bad_schedules_are_refused_at_validation_naming_the_key(compose_cfg, schedule, message):
+    from pretrain.validation import validate_values
+
+    cfg = compose_cfg("experiment=gpt_tiny", "run_dir=/tmp/unused")
+    cfg.data.schedule = schedule
+    with pytest.raises(ConfigError, match=message):
+        validate_values(cfg)
+
+
+def test_mixed_units_that_do_not_increase_are_refused_once_converted():
+    parse = [{"until_tokens": 4096, "weights": {"a": 1}}, {"until_step": 2, "weights": {"b": 1}}]
+    assert parse_phases(parse)[1] == []  # each unit alone increases
+    with pytest.raises(ConfigError, match=r"data.schedule\[1\] ends at sample 16 .*not after .*sample 32"):
+        resolve_phases(parse, tokens_per_sample=128, global_batch_size=8)
+
+
+def test_a_changed_schedule_on_resume_is_refused_or_continued_with_a_warning(caplog):
+    names = ["prose", "code"]
+    sched = [{"until_step": 4, "weights": {"prose": 1}}, {"weights": {"prose": 1, "code": 1}}]
+    saved = Mixture(resolve_phases(sched, 64, 8))
+    state = {"step": 6, "consumed_samples": 48, "callbacks": {"data_mixture": {
+        "mixture": saved.to_json(), "consumed_samples": dict(zip(names, saved.blend(names).counts(48).tolist()))}}}
+    cfg = SimpleNamespace(schedule=sched, schedule_changed="refuse")
+    assert plan_mixture(cfg, state, 64, 8).same_schedule(saved)
+    cfg.schedule = [{"until_step": 5, "weights": {"prose": 1}}, {"weights": {"prose": 1, "code": 1}}]
+    with pytest.raises(CheckpointError, match="checkpoint at step 6 was trained with another data.schedule.*"
+                                              "data.schedule_changed=allow"):
+        plan_mixture(cfg, state, 64, 8)
+    with pytest.raises(CheckpointError, match="trained with another data.schedule"):
+        plan_mixture(cfg, state, 64, 4)  # until_step under another global batch is another schedule too
+    cfg.schedule_changed = "allow"
+    with caplog.at_level("WARNING"):
+        mix = plan_mixture(cfg, state, 64, 8)
+    assert "data.schedule_changed=allow" in caplog.text and mix.start == 48 and mix.previous is not None
+    fixed = SimpleNamespace(schedule=[], schedule_changed="refuse")
+    with pytest.raises(CheckpointError, match="this run has fixed data.weights"):
+        plan_mixture(fixed, state, 64, 8)
+    assert plan_mixture(fixed, {"step": 3, "callbacks": {}}, 64, 8) is None  # fixed before and now: as always
+
+
+def test_the_mixture_state_round_trips_through_json():
+    sched = [{"until_tokens": 1e4, "weights": {"a": 2, "b": 1}}, {"until_step": 200, "weights": {"b": 1},
+                                                                  "interpolate": "linear"}]
+    mix = Mixture(resolve_phases(sched, 16, 4), 100, {"a": 60, "b": 40}, Mixture.fixed({"a": 1, "b": 1}))
+    again = Mixture.from_json(json.loads(json.dumps(mix.to_json())))
+    assert again.to_json() == mix.to_json()
+    assert again.blend(["a", "b"]).range(0, 500)[0].tolist() == mix.blend(["a", "b"]).range(0, 500)[0].tolist()
+
+
+REPO = Path(__file__).resolve().parents[2]
