@@ -3,6 +3,7 @@
 Layout of ``<checkpoint.dir>``::
 
     latest                     -> "step_000020" (same format as DeepSpeed's, so its tools work)
+    last_good                  -> "step_000010" while the guard protects it from rotation (pretrain.guard)
     step_000020/
         mp_rank_00_model_states.pt, *_optim_states.pt ...   (DeepSpeed)
         trainer_state.json     step, consumed samples, W&B run id, model shape, world size

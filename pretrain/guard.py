@@ -375,15 +375,14 @@ class Guard(Callback):
             trainer.engine.set_lr_scale(self.cfg.lr_factor)
             self._record(out, LOWER_LR, v.reason, guard_lr_scale=self.cfg.lr_factor,
                          guard_lr_until=self.escalation.lr_until)
-            self._say(trainer, f"{where}: {v.reason}: {done}; anomaly {self.escalation.strikes} since step "
-                      f"{self.escalation.open_since}: LR x {self.cfg.lr_factor} up to step "
-                      f"{self.escalation.lr_until}", v.step)
+            self._say(trainer, f"{where}: {v.reason}: {done}; LR x {self.cfg.lr_factor} up to step "
+                      f"{self.escalation.lr_until} (episode open since step {self.escalation.open_since})", v.step)
         else:
             self._rollback(trainer, out, v, where)
 
     def _rollback(self, trainer: "Trainer", out: StepOutput, v: Verdict, where: str) -> None:
         esc, tag = self.escalation, self.last_good
-        why = f"{where}: {v.reason}: anomaly {esc.strikes} since step {esc.open_since}, after the LR was lowered"
+        why = f"{where}: {v.reason}: the episode open since step {esc.open_since} goes on after the LR was lowered"
         if esc.rollbacks >= self.cfg.max_rollbacks:
             self._fail(trainer, f"{why}, and the {esc.rollbacks} rollbacks trainer.guard.max_rollbacks allows are "
                        "spent: the run does not recover; look at the data and the LR", v.step)
