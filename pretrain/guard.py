@@ -237,9 +237,10 @@ class Guard(Callback):
     # -- planning
     def reserve_samples(self, checkpoint_interval: int, global_batch_size: int) -> int:
         """Samples to plan beyond ``max_steps`` global batches: each rollback continues past the samples between
-        its checkpoint (up to ``checkpoint.interval`` steps before the episode) and the end of the episode (at
-        most ``(max_skips + 1) x patience + lr_steps`` steps). Sample ``i`` does not depend on how many are
-        planned (the data index is prefix-stable), so a healthy run reads exactly what it would without."""
+        its checkpoint (up to ``checkpoint.interval`` steps before the episode) and the end of the episode
+        (anomalies at most ``patience`` apart: below ``(max_skips + 2) x patience + lr_steps`` steps). Sample
+        ``i`` does not depend on how many are planned (the data index is prefix-stable), so a healthy run reads
+        exactly what it would without."""
         g = self.cfg
         if not self.enabled or g.max_rollbacks == 0:
             return 0

@@ -9,7 +9,10 @@
 
 ``Trainer(cfg).fit()`` runs all five. Every bad setting or input is refused in :meth:`plan`, before a process
 group or a model exists. What happens *when* (metrics records, evaluation, stop requests, checkpoints) is
-decided by callbacks (``pretrain.callbacks``), so a new capability plugs in without editing the loop.
+decided by callbacks (``pretrain.callbacks``), so a new capability plugs in without editing the loop. The
+guard (``pretrain.guard``, training health) is one of them, with two hooks of its own: it arms fault injection
+before each step and decides inside the optimizer step whether to skip it; a rollback it asks for runs after
+the step's callbacks (:meth:`Trainer.rollback`).
 
 Order of random draws matters for exact resume: the model is built from ``seed`` on every rank, dropout
 streams are then seeded per data-parallel rank, and a checkpoint's RNG states are restored as the very last
