@@ -222,7 +222,7 @@ class DropBatches(Callback):
             trainer.seek_data(trainer.consumed_samples)
 
 
-def _train(run_dir: Path, *overrides: str, callbacks=()) -> dict:
+def _train(run_dir: Path, *overrides: str, callbacks=(), trainer_out: list | None = None) -> dict:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -236,13 +236,22 @@ def _train(run_dir: Path, *overrides: str, callbacks=()) -> dict:
             cfg = compose("train", overrides=[*COMMON, *overrides, f"run_dir={run_dir}"])
     finally:
         GlobalHydra.instance().clear()
-    return Trainer(cfg, callbacks=list(callbacks)).fit()
+    trainer = Trainer(cfg, callbacks=list(callbacks))
+    if trainer_out is not None:
+        trainer_out.append(trainer)
+    return trainer.fit()
+
+
+def _adam_steps(trainer) -> set[int]:
+    """The step counts in the base optimizer's state (one per parameter): the updates it really made."""
+    return {int(s["step"]) for s in trainer.engine.ds.basic_optimizer.state.values()}
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, cache_dir):
     """In-process runs by name, each trained once for this module."""
     done: dict[str, Path] = {}
+    adam_steps: dict[str, set[int]] = {}
     specs = {
         # a NaN at step 7 and a one-step spike at step 12 (10 x the loss of the first micro-batch)
         "faults": ((f"trainer.max_steps={STEPS}", *GUARD, NO_SAVE,
@@ -258,10 +267,13 @@ def runs(tmp_path_factory, cache_dir):
                 mp.setenv("PRETRAIN_CACHE", str(cache_dir))
                 mp.setenv("WANDB_MODE", "disabled")
                 run_dir = tmp_path_factory.mktemp(name)
-                _train(run_dir, *overrides, callbacks=callbacks)
+                trainers: list = []
+                _train(run_dir, *overrides, callbacks=callbacks, trainer_out=trainers)
+                adam_steps[name] = _adam_steps(trainers[0])
             done[name] = run_dir
         return done[name]
 
+    get.adam_steps = adam_steps
     return get
 
 
@@ -287,6 +299,7 @@ def test_a_nan_and_a_spike_are_skipped_and_the_run_equals_one_without_those_batc
         assert (got["loss"], got["lr"], got["consumed_samples"], got["batch_checksum"]) == (
             want["loss"], want["lr"], want["consumed_samples"], want["batch_checksum"]), (s, r)
     assert faults[NAN_AT + 1]["lr"] == faults[NAN_AT]["lr"]
+    assert runs.adam_steps["faults"] == runs.adam_steps["reference"] == {STEPS - 2}  # Adam's count: 2 updates less
     log = (runs("faults") / "train.log").read_text()
     line = next(x for x in log.splitlines() if f"guard: step {NAN_AT} " in x)
     assert "samples 48-55" in line and "non-finite loss" in line and "skipped" in line
