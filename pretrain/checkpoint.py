@@ -3,6 +3,7 @@
 Layout of ``<checkpoint.dir>``::
 
     latest                     -> "step_000020" (same format as DeepSpeed's, so its tools work)
+    last_good                  -> "step_000010" while the guard protects it from rotation (pretrain.guard)
     step_000020/
         mp_rank_00_model_states.pt, *_optim_states.pt ...   (DeepSpeed)
         trainer_state.json     step, consumed samples, W&B run id, model shape, world size
@@ -48,6 +49,9 @@ from pretrain.core.errors import CheckpointError, ConfigError
 log = logging.getLogger(__name__)
 
 LATEST = "latest"
+# Names the checkpoint the guard protects while a loss spike is open (pretrain.guard): rotation keeps it whatever
+# keep_last says, so the run (or a person) can roll back to it. Absent when no spike is open.
+LAST_GOOD = "last_good"
 COMPLETE = "COMPLETE"
 STATE = "trainer_state.json"
 _TAG = re.compile(r"^step_(\d+)$")
@@ -381,13 +385,39 @@ def save(engine, ckpt_dir: Path, step: int, state: dict[str, Any], rank: int, ke
     return tag_dir
 
 
+def protected_tag(ckpt_dir: Path) -> str | None:
+    """The tag ``last_good`` names (the guard's protected checkpoint), or None."""
+    try:
+        tag = (ckpt_dir / LAST_GOOD).read_text().strip()
+    except OSError:
+        return None
+    return tag if _TAG.match(tag) else None
+
+
+def set_protected(ckpt_dir: Path, tag: str | None) -> None:
+    """Rank 0: protect ``tag`` from rotation (write ``last_good``), or lift the protection (None)."""
+    if tag is None:
+        (ckpt_dir / LAST_GOOD).unlink(missing_ok=True)
+    else:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(ckpt_dir / LAST_GOOD, tag)
+
+
+def set_latest(ckpt_dir: Path, tag: str) -> None:
+    """Rank 0: point ``latest`` at the complete checkpoint ``tag`` (after an in-process rollback to it, so that a
+    restart resumes there and not at a checkpoint of the abandoned steps)."""
+    atomic_write(ckpt_dir / LATEST, tag)
+
+
 def _prune(ckpt_dir: Path, keep_last: int, current: str) -> None:
-    """Keep the ``keep_last`` newest complete checkpoints up to ``current``, which has just been made complete.
-    Checkpoints of later steps are left alone: they are of a run this one fell back from (damaged, or resumed
-    from an older checkpoint on purpose), and the save of their step replaces them."""
+    """Keep the ``keep_last`` newest complete checkpoints up to ``current``, which has just been made complete,
+    and the protected one (``last_good``) whatever its age. Checkpoints of later steps are left alone: they are
+    of a run this one fell back from (damaged, resumed from an older checkpoint on purpose, or rolled back by
+    the guard), and the save of their step replaces them."""
     tags = [t for t in complete_tags(ckpt_dir) if _step_of(t) <= _step_of(current)]
+    keep = {current, protected_tag(ckpt_dir)}
     for old in tags[: max(0, len(tags) - keep_last)]:
-        if old != current:
+        if old not in keep:
             shutil.rmtree(ckpt_dir / old, ignore_errors=True)
     for p in ckpt_dir.iterdir():  # half-written folders of crashed saves
         if p.is_dir() and _TAG.match(p.name) and not (p / COMPLETE).exists() and p.name != current:

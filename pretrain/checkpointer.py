@@ -22,6 +22,8 @@ class Checkpointer(Callback):
         self.interval, self.keep_last, self.save_at_end = interval, keep_last, save_at_end
 
     def due(self, trainer: "Trainer", step: int) -> bool:
+        if trainer.rollback_request is not None:  # the guard abandons this step's state: never save it
+            return False
         return ((self.interval > 0 and step % self.interval == 0) or (step == trainer.max_steps and self.save_at_end)
                 or trainer.stop_reason is not None)
 

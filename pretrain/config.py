@@ -40,6 +40,12 @@ class VerifyMode(str, Enum):
     size = "size"
 
 
+class SpikeMethod(str, Enum):
+    zscore = "zscore"
+    ratio = "ratio"
+    off = "off"
+
+
 class WandbMode(str, Enum):
     online = "online"
     offline = "offline"
@@ -111,6 +117,41 @@ class OptimConfig:
 
 
 @dataclass
+class GuardInjectConfig:
+    # Fault injection, for tests: the batch of each listed step (numbered in global batches of the data from its
+    # start, so a rollback that continues past it does not meet it again) gets its loss multiplied by NaN
+    # (nan_at) or by spike_factor (spike_at), on the micro-batch holding the step's first sample.
+    nan_at: List[int] = field(default_factory=list)
+    spike_at: List[int] = field(default_factory=list)
+    spike_factor: float = 10.0
+
+
+@dataclass
+class GuardConfig:
+    """Training health (pretrain/guard.py): detect a non-finite loss or gradient norm and loss spikes, then skip
+    the step, lower the LR, roll back. The defaults fire on nothing a healthy run does."""
+
+    # false: no skipping, no rollback; a non-finite loss then stops the run with an error naming the step.
+    enabled: bool = True
+    # Loss spikes: zscore (loss above the window's mean by `zscore` standard deviations), ratio (loss above
+    # `ratio` x the window's median) or off (non-finite values only).
+    spike: SpikeMethod = SpikeMethod.zscore
+    window: int = 100  # recent healthy losses the spike test compares with
+    warmup_steps: int = 100  # healthy steps seen before spike detection starts
+    zscore: float = 6.0
+    ratio: float = 2.0
+    # Escalation within one episode (anomalies no more than `patience` steps apart): the first `max_skips`
+    # anomalies skip their step; the next also lowers the LR by `lr_factor` for `lr_steps` steps; the next rolls
+    # back to the last good checkpoint and continues past the offending samples, at most `max_rollbacks` times.
+    max_skips: int = 1
+    lr_factor: float = 0.1
+    lr_steps: int = 20
+    patience: int = 50  # healthy steps that close an episode (and release the protected checkpoint)
+    max_rollbacks: int = 3
+    inject: GuardInjectConfig = field(default_factory=GuardInjectConfig)
+
+
+@dataclass
 class TrainerConfig:
     max_steps: int = 100
     micro_batch_size: int = 4
@@ -130,6 +171,7 @@ class TrainerConfig:
     max_wall_time_s: Optional[float] = None
     # After a stop by signal or budget, rank 0 runs `scontrol requeue $SLURM_JOB_ID` (only inside a SLURM job).
     requeue: bool = True
+    guard: GuardConfig = field(default_factory=GuardConfig)
 
 
 @dataclass

@@ -63,7 +63,7 @@ class StepRecorder(Callback):
         return step % self.log_interval == 0 or step == trainer.max_steps or step == trainer.first_step + 1
 
     def on_step_end(self, trainer: "Trainer", out: StepOutput) -> None:
-        if not self.due(trainer, out.step):
+        if not self.due(trainer, out.step) and not out.record:  # a step the guard acted on is always recorded
             return
         plan, device, world = trainer.batch, trainer.device, trainer.dist.world_size
         loss, mean_checksum = all_reduce_mean(
@@ -169,6 +169,8 @@ class MetricsLogger(Callback):
         ]
         if "val_loss" in r:
             parts.append(f"val_loss {r['val_loss']:.4f}")
+        if "guard_action" in r:
+            parts.append(f"guard {r['guard_action']}")
         return " | ".join(parts)
 
     def on_step_end(self, trainer: "Trainer", out: StepOutput) -> None:

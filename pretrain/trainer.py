@@ -9,7 +9,10 @@
 
 ``Trainer(cfg).fit()`` runs all five. Every bad setting or input is refused in :meth:`plan`, before a process
 group or a model exists. What happens *when* (metrics records, evaluation, stop requests, checkpoints) is
-decided by callbacks (``pretrain.callbacks``), so a new capability plugs in without editing the loop.
+decided by callbacks (``pretrain.callbacks``), so a new capability plugs in without editing the loop. The
+guard (``pretrain.guard``, training health) is one of them, with two hooks of its own: it arms fault injection
+before each step and decides inside the optimizer step whether to skip it; a rollback it asks for runs after
+the step's callbacks (:meth:`Trainer.rollback`).
 
 Order of random draws matters for exact resume: the model is built from ``seed`` on every rank, dropout
 streams are then seeded per data-parallel rank, and a checkpoint's RNG states are restored as the very last
@@ -43,6 +46,7 @@ from pretrain.distributed import barrier, ensure_launcher_env, env_rank, env_wor
 from pretrain.engines import batch_plan, check_precision, get_engine
 from pretrain.evaluator import Evaluator
 from pretrain.flops import peak_flops_per_device
+from pretrain.guard import Guard
 from pretrain.metrics import METRICS_FILE, MetricsLogger, StepRecorder
 from pretrain.models import TokenizerInfo, get_family
 from pretrain.parallel.pipeline import PP_COMM, build_pipeline, parameter_names
@@ -114,13 +118,18 @@ class Trainer:
         self.last_val_loss: float | None = None
         self.steps_lost = 0
         self._rng: dict | None = None
+        self.rollback_request: tuple[str, int] | None = None  # (checkpoint tag, data position): see request_rollback
 
     # ------------------------------------------------------------------ phases
     def fit(self) -> dict[str, Any]:
         self.plan()
         self.build()
         self.resume()
-        summary = self.train()
+        try:
+            summary = self.train()
+        except BaseException:
+            self._abort()
+            raise
         self.close()
         return summary
 
@@ -147,6 +156,8 @@ class Trainer:
                      cfg.parallel.zero_stage)
         self.max_steps = cfg.trainer.max_steps
         self.pipelined = plan.pipeline_parallel_size > 1
+        # training health: checks trainer.guard.* now; plans the data a rollback continues on (_plan_resume)
+        self.guard = Guard(cfg.trainer.guard, self.pipelined, fp16=self.precision == "fp16")
         self._plan_data()
         self._plan_resume()
         from pretrain.data.dataset import build_datasets, check_vocab
@@ -207,6 +218,7 @@ class Trainer:
                         "continues at sample %d with the new batch, so its losses will not follow the old run's",
                         saved_gbs, plan.global_batch_size, start_consumed)
         self.num_train_samples = start_consumed + max(0, self.max_steps - start_step) * plan.global_batch_size
+        self.num_train_samples += self.guard.reserve_samples(cfg.checkpoint.interval, plan.global_batch_size)
 
     def build(self) -> "Trainer":
         """Process group, model (the same seeded weights on every rank), parallelize, engine."""
@@ -280,18 +292,21 @@ class Trainer:
         self.peak_flops, self.peak_source = peak_flops_per_device(self.device, self.precision,
                                                                   cfg.trainer.peak_flops_per_device)
         self._log_setup(self.peak_source)
+        self.checkpointer = Checkpointer(cfg.checkpoint.interval, cfg.checkpoint.keep_last, cfg.checkpoint.save_at_end)
         self.callbacks = CallbackList([
+            self.guard,
             StepRecorder(cfg.trainer.log_interval),
             Evaluator(cfg.trainer.eval_interval, cfg.trainer.eval_iters), MixtureTracker(self),
             self.metrics,
             preemption.StopOnRequest(self.stop_request),
-            Checkpointer(cfg.checkpoint.interval, cfg.checkpoint.keep_last, cfg.checkpoint.save_at_end),
+            self.checkpointer,
             *self.extra_callbacks,
         ])
         unclaimed = self.callbacks.load_state_dict(self.resume_state.get("callbacks", {}))
         if unclaimed:
             log.info("the checkpoint holds state of callbacks this run does not have: %s", ", ".join(unclaimed))
-        self.batches = BatchStream(iter(self.loader(self.data.train, self.num_train_samples, self.consumed_samples)))
+        self.seek_data(self.consumed_samples)
+        self.guard.attach(self)
         self.engine.train()
         return self
 
@@ -305,12 +320,15 @@ class Trainer:
         while self.step < self.max_steps:
             preemption.maybe_hang(self.step + 1, self.dist.rank)
             t0, lr = time.perf_counter(), self.engine.lr()
+            self.guard.before_step(self)
             self.batches.take_checksum()
             loss_sum = self.engine.train_step(self.batches, self.batch.grad_accum_steps, self.device)
             self.step += 1
             self.consumed_samples += self.batch.global_batch_size
             out = StepOutput(self.step, loss_sum, lr, self.batches.take_checksum(), t0)
-            self.callbacks.on_step_end(self, out)  # record, evaluate, log, stop request, checkpoint
+            self.callbacks.on_step_end(self, out)  # guard, record, evaluate, log, stop request, checkpoint
+            if self.rollback_request:
+                self.rollback(*self.rollback_request)
             if self.stop_reason:
                 log.info("stopping after step %d of %d (%s); the checkpoint is complete",
                          self.step, self.max_steps, self.stop_reason)
@@ -325,6 +343,16 @@ class Trainer:
         }
         self.callbacks.on_train_end(self, summary)
         return summary
+
+    def _abort(self) -> None:
+        """After an error in the loop: release what an in-process caller would otherwise inherit (the metrics
+        file, W&B, the process group, the signal handlers), then let the error through."""
+        try:
+            self.metrics.close()
+            self.stop_request.close()
+        finally:
+            if torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
 
     def close(self) -> None:
         self.metrics.close()
@@ -360,6 +388,40 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step, self.consumed_samples = int(state["step"]), int(state["consumed_samples"])
+
+    def request_rollback(self, tag: str, consumed_samples: int) -> None:
+        """Reload checkpoint ``tag`` after the current step's callbacks and continue at data position
+        ``consumed_samples``; every rank must ask at the same step. The step is not saved (the Checkpointer
+        skips it)."""
+        self.rollback_request = (tag, consumed_samples)
+
+    def rollback(self, tag: str, consumed_samples: int) -> None:
+        """Collective, in-process: model, optimizer, LR schedule and RNG states from checkpoint ``tag`` (a resume
+        without a restart), the data stream from sample ``consumed_samples`` (past what led there), ``latest``
+        pointed back at ``tag``. The callbacks get the checkpoint's state (the guard keeps its memory of the
+        episode) and ``on_train_start`` again: the loop restarts at the checkpoint's step."""
+        self.rollback_request = None
+        tag_dir = self.ckpt_dir / tag
+        state = ckpt.read_state(tag_dir)
+        plan = self.batch
+        same = ckpt.check_layout(tag_dir, state, self.world, plan.zero_stage, plan.tensor_parallel_size,
+                                 plan.pipeline_parallel_size)
+        state, rng = self.engine.load(self.ckpt_dir, tag, same)
+        self.load_state_dict(state)
+        self.consumed_samples = consumed_samples
+        self.callbacks.load_state_dict({k: v for k, v in state.get("callbacks", {}).items() if k != self.guard.state_key})
+        self.guard.rolled_back(self, state)
+        if self.dist.is_main:
+            ckpt.set_latest(self.ckpt_dir, tag)
+        self.seek_data(consumed_samples)
+        self.callbacks.on_train_start(self)
+        if rng is not None:
+            ckpt.set_rng_state(rng)
+        log.info("rolled back to %s: step %d, continuing at sample %d", tag_dir, self.step, consumed_samples)
+
+    def seek_data(self, consumed_samples: int) -> None:
+        """The training stream from global sample ``consumed_samples`` on (all ranks together)."""
+        self.batches = BatchStream(iter(self.loader(self.data.train, self.num_train_samples, consumed_samples)))
 
     def loader(self, dataset, total: int, start: int):
         """Batches of this data-parallel rank from sample ``start`` on (``total`` samples in all)."""

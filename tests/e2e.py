@@ -138,6 +138,11 @@ RUNS: dict[str, Run] = {
     "bert_pp2": run(*PIPE_BERT, PP2, nproc=2),
     # ------------------------------------------------------- failures (test_failures.py)
     "gpt_budget_stop": run(*TINY, "trainer.max_steps=6", "trainer.max_wall_time_s=0.000001"),
+    # ------------------------------------------------------- training health (test_guard.py: "faults" on 2 ranks)
+    "gpt_dp2_zero2_guard": run(*TINY, "trainer.global_batch_size=8", "model.hidden_dropout=0",
+                               "model.attention_dropout=0", "optim.sched.decay_steps=30", "trainer.max_steps=16",
+                               "trainer.guard.window=5", "trainer.guard.warmup_steps=5", "trainer.guard.patience=3",
+                               "trainer.guard.inject={nan_at: [7], spike_at: [12]}", "parallel=zero2", nproc=2),
 }
 
 _PLACEHOLDER = re.compile(r"\{(dir|run:[A-Za-z0-9_]+)\}")

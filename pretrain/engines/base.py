@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from omegaconf import DictConfig
@@ -79,15 +79,55 @@ class Engine(ABC):
 
     def train_step(self, batches: Iterator[Batch], num_micro_batches: int, device: torch.device) -> torch.Tensor:
         """One optimizer step over ``num_micro_batches`` batches drawn from ``batches``; returns the sum of
-        their losses (fp32, detached)."""
+        their losses (fp32, detached). The sum is complete before the last ``step()`` (the accumulation
+        boundary), so the step gate (:meth:`set_step_gate`) decides on the step's whole loss."""
+        self.begin_step()
         loss_sum = torch.zeros((), device=device)
-        for _ in range(num_micro_batches):
+        for i in range(num_micro_batches):
             batch = next(batches)
             loss = self.forward({k: v.to(device, non_blocking=True) for k, v in batch.items()})
+            if self.corruption is not None and i == self.corruption[1]:
+                loss = loss * self.corruption[0]  # fault injection (trainer.guard.inject)
             self.backward(loss)
-            self.step()
             loss_sum += loss.detach().float()
+            if i == num_micro_batches - 1:
+                self.pending_loss = loss_sum
+            self.step()
         return loss_sum
+
+    # -- training health (pretrain.guard): the hooks an engine offers so that a step can be skipped cleanly
+    corruption: tuple[float, int] | None = None  # (loss factor, micro-batch index) for the next step, or None
+    pending_loss: torch.Tensor | None = None  # this rank's loss sum of the step, once every micro-batch is done
+
+    def begin_step(self) -> None:
+        """Called at the start of every training step: forget the last step's gate verdict and loss."""
+        self.pending_loss = None
+
+    def corrupt_next_step(self, factor: float | None, micro_batch: int = 0) -> None:
+        """Fault injection: multiply the loss of this rank's ``micro_batch``-th micro-batch of the next step by
+        ``factor`` (NaN, or a spike factor) before its backward; None: leave the next step alone."""
+        self.corruption = None if factor is None else (float(factor), int(micro_batch))
+
+    @abstractmethod
+    def set_step_gate(self, gate: Callable[[torch.Tensor | None, float | None], bool] | None) -> None:
+        """``gate(loss_sum, grad_norm) -> skip`` runs inside every optimizer step, after the gradients are
+        reduced and their norm is known and before any parameter, optimizer state or LR changes; it must be
+        collective-safe (every rank calls it at the same step). ``loss_sum`` is this rank's (None where the
+        backend does not know it yet: pipeline parallelism). Returning True skips the update: parameters,
+        optimizer moments and step count and the LR schedule stay as they were; the gradients are dropped."""
+
+    @abstractmethod
+    def update_applied(self) -> bool:
+        """Whether the last step changed the parameters (False after a gate skip or the backend's own
+        overflow skip)."""
+
+    @abstractmethod
+    def gate_consulted(self) -> bool:
+        """Whether the gate ran during the last step (it does not when the backend skipped on its own)."""
+
+    @abstractmethod
+    def set_lr_scale(self, scale: float) -> None:
+        """Multiply the scheduled LR by ``scale`` from the next step on (1.0: the schedule as it is)."""
 
     def eval_loss(self, batches: Iterable[Batch], num_micro_batches: int, device: torch.device) -> float:
         """Mean loss of ``batches`` on this rank, without gradients."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -85,10 +85,13 @@ def initialize(model: torch.nn.Module, cfg: DictConfig, ds_config: dict, device:
     model.to(device)
     optimizer = build_optimizer(model, cfg, device)
     fn = lr_lambda(cfg.optim.sched, cfg.trainer.max_steps)
+    # the guard's LR multiplier (set_lr_scale); x 1.0 is exact, so the schedule is bit for bit the same. A plain
+    # function, not an object: LambdaLR saves an object's __dict__ into the checkpoint, a function's nothing.
+    lr_scale = [1.0]
     engine, _, _, scheduler = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
-        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, fn),
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: fn(step) * lr_scale[0]),
         config=ds_config,
         mpu=None if _is_pipeline(model) else mpu,  # a PipelineModule brings its grid (our ParallelGrid)
     )
@@ -100,7 +103,7 @@ def initialize(model: torch.nn.Module, cfg: DictConfig, ds_config: dict, device:
         engine.enable_backward_allreduce = False
         if hasattr(engine, "pipeline_enable_backward_allreduce"):
             engine.pipeline_enable_backward_allreduce = False
-    return engine, scheduler
+    return engine, scheduler, lr_scale
 
 
 def grad_norm_and_clip(params: list[torch.Tensor], max_norm: float, mpu) -> torch.Tensor:
@@ -158,6 +161,21 @@ def current_loss_scale(engine) -> float:
     return 1.0
 
 
+class _GatedSchedule:
+    """The LR schedule as DeepSpeed sees it: stepped unless the guard skipped the update. Everything else
+    (state_dict for checkpoints, load_state_dict, get_last_lr) is the real schedule's."""
+
+    def __init__(self, schedule, skipped: Callable[[], bool]):
+        self._schedule, self._skipped = schedule, skipped
+
+    def step(self, *args, **kwargs) -> None:
+        if not self._skipped():
+            self._schedule.step(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._schedule, name)
+
+
 class DeepSpeedEngine(Engine):
     """:class:`Engine` over ``deepspeed.initialize``: ZeRO 0-3 (+ offload) on the data-parallel dimension, the
     grid (``ParallelGrid``) as DeepSpeed's ``mpu``, and a ``PipelineModule`` (pipeline parallelism) stepped by
@@ -169,12 +187,89 @@ class DeepSpeedEngine(Engine):
     def __init__(self, model: torch.nn.Module, cfg: DictConfig, plan: BatchPlan, device: torch.device, grid,
                  param_names: dict[int, str], family) -> None:
         self.config = deepspeed_config(cfg, plan, device)
-        self.ds, self.scheduler = initialize(model, cfg, self.config, device, mpu=grid)
+        self.ds, self.scheduler, self._lr_scale = initialize(model, cfg, self.config, device, mpu=grid)
         self.pipelined = plan.pipeline_parallel_size > 1
         self.grid, self.param_names, self.family = grid, param_names, family
         self.universal = bool(cfg.checkpoint.universal)
         self._pipe_source: Iterator[Batch] | None = None
         self._pipe_iter: Iterator | None = None
+        self._gate: Callable[[torch.Tensor | None, float | None], bool] | None = None
+        self._skip: bool | None = None  # the gate's verdict for the current step (None: not consulted)
+        self._install_step_gate()
+
+    # -- skipping a step inside DeepSpeed (see set_step_gate)
+    def _install_step_gate(self) -> None:
+        """Every DeepSpeed optimizer (ZeRO 0-3, bf16, offload, the pipeline engine) ends its step by calling the
+        base optimizer's ``step()`` after reducing, norming and clipping the gradients, and DeepSpeed then
+        steps the LR schedule. So the gate wraps exactly those two: the base optimizer's ``step`` (one call per
+        parameter group or sub-group under ZeRO; the verdict is taken on the first) and the schedule
+        DeepSpeed sees. What the ZeRO wrappers do around a skipped base step is copying unchanged fp32 master
+        weights back into the model, and dropping the gradients, as after any step. DeepSpeed's own
+        overflow skip (a non-finite norm under ZeRO 1-3 and bf16, fp16 loss scaling) stays as it is."""
+        ds = self.ds
+        for opt in (ds.basic_optimizer, getattr(ds.optimizer, "backup_optimizer", None)):
+            if opt is None:
+                continue
+            inner = opt.step
+
+            def gated_step(*args, _inner=inner, **kwargs):
+                if self._skip is None:
+                    self._skip = bool(self._gate(self.pending_loss, self._grad_norm_now())) if self._gate else False
+                return None if self._skip else _inner(*args, **kwargs)
+
+            if hasattr(inner, "_wrapped_by_lr_sched"):  # torch's LR scheduler marks the step it wrapped
+                gated_step._wrapped_by_lr_sched = True
+            opt.step = gated_step
+        ds.lr_scheduler = _GatedSchedule(self.scheduler, lambda: self._skip is True)
+        if self.pipelined:  # the loss is computed on the last stage inside train_batch: inject there
+            module, loss_fn = ds.module, ds.module.loss_fn
+            calls = [0]
+
+            def injected_loss(*args, **kwargs):
+                loss = loss_fn(*args, **kwargs)
+                if self.corruption is not None and self.ds.training and calls[0] == self.corruption[1]:
+                    loss = loss * self.corruption[0]
+                calls[0] += 1
+                return loss
+
+            module.loss_fn, self._pipe_loss_calls = injected_loss, calls
+
+    def _grad_norm_now(self) -> float | None:
+        """The global gradient norm of the step under way, as the optimizer computed it before its base step."""
+        opt = self.ds.optimizer
+        norm = getattr(opt, "_global_grad_norm", None) if opt is not self.ds.basic_optimizer else None
+        if norm is None:
+            norm = getattr(self.ds, "_global_grad_norm", None)  # fp32 ZeRO-0: our clip_and_record
+        return float(norm) if norm is not None else None
+
+    def begin_step(self) -> None:
+        super().begin_step()
+        self._skip = None
+        if self.pipelined:
+            self._pipe_loss_calls[0] = 0
+
+    def set_step_gate(self, gate) -> None:
+        self._gate = gate
+
+    def update_applied(self) -> bool:
+        return self._skip is not True and bool(self.ds.was_step_applied())
+
+    def gate_consulted(self) -> bool:
+        return self._skip is not None
+
+    def set_lr_scale(self, scale: float) -> None:
+        self._lr_scale[0] = float(scale)
+        sched = self.scheduler
+        for group, base_lr, fn in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+            group["lr"] = base_lr * fn(sched.last_epoch)  # what LambdaLR.step computes, without advancing it
+        sched._last_lr = [g["lr"] for g in sched.optimizer.param_groups]
+
+    def _relink_after_skip(self) -> None:
+        """A skip of the very first update leaves the base optimizer without state, and ZeRO/bf16 would never
+        link their fp32 fragments to it (they link once, after the first base step, which the skip was): link
+        at the next one, so that the layout-free checkpoint finds the Adam moments."""
+        if self._skip and not self.ds.basic_optimizer.state and hasattr(self.ds.optimizer, "_hp_optimizer_states_linked"):
+            self.ds.optimizer._hp_optimizer_states_linked = False
 
     def _pipe_batches(self, batches: Iterator[Batch]) -> Iterator:
         """Loader batches as DeepSpeed's pipeline engine takes them; it pulls them on the first and last stage."""
@@ -193,8 +288,13 @@ class DeepSpeedEngine(Engine):
         self.ds.step()
 
     def train_step(self, batches: Iterator[Batch], num_micro_batches: int, device: torch.device) -> torch.Tensor:
-        if not self.pipelined:
-            return super().train_step(batches, num_micro_batches, device)
+        loss_sum = self._pipe_step(batches, num_micro_batches, device) if self.pipelined else super().train_step(
+            batches, num_micro_batches, device)
+        self._relink_after_skip()
+        return loss_sum
+
+    def _pipe_step(self, batches: Iterator[Batch], num_micro_batches: int, device: torch.device) -> torch.Tensor:
+        self.begin_step()
         if self._pipe_source is not batches:  # one converting iterator per training stream
             self._pipe_source, self._pipe_iter = batches, self._pipe_batches(batches)
         # 1F1B over the step's micro-batches; the mean loss comes back on every stage
