@@ -218,3 +218,97 @@ def test_the_mixture_state_round_trips_through_json():
 
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+# ----------------------------------------------------------------------------------------- real runs, resumed
+
+# 8 steps of 8 samples: code-heavy for 3 steps, a linear ramp to prose-heavy until step 6, then prose only.
+# The LR curve is fixed (decay over 8 steps) so that a run stopped and resumed follows the straight one.
+SCHEDULE = ("data.schedule=[{until_step: 3, weights: {prose: 1, code: 3}}, "
+            "{until_step: 6, weights: {prose: 3, code: 1}, interpolate: linear}, {weights: {prose: 1}}]")
+RUN = ("trainer.global_batch_size=8", "optim.sched.decay_steps=8", "trainer.eval_interval=4", SCHEDULE)
+
+
+@pytest.fixture(scope="module")
+def scheduled_runs(tmp_path_factory, cache_dir):
+    """One straight 8-step run and one stopped at step 3 (a phase boundary) and 5 (inside the ramp), resumed to 8;
+    in-process one-process Trainer runs of the tiny GPT (dropout on: the RNG streams must resume too)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from pretrain.config import register_configs
+    from pretrain.trainer import Trainer
+    from tests.conftest import TINY
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PRETRAIN_CACHE", str(cache_dir))
+    mp.setenv("WANDB_MODE", "disabled")
+    root = tmp_path_factory.mktemp("mixture")
+    register_configs()
+    GlobalHydra.instance().clear()
+    out = {}
+    try:
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            for name, legs in (("straight", (8,)), ("split", (3, 5, 8))):
+                for steps in legs:
+                    cfg = compose("train", overrides=[*TINY, *RUN, f"trainer.max_steps={steps}",
+                                                      f"run_dir={root / name}"])
+                    Trainer(cfg).fit()
+                out[name] = root / name
+            out["compose"] = lambda *ov: compose("train", overrides=[*TINY, *RUN, *ov])
+            yield SimpleNamespace(**out)
+    finally:
+        GlobalHydra.instance().clear()
+        mp.undo()
+
+
+def records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def test_resume_at_a_phase_boundary_and_inside_a_phase_is_bitwise(scheduled_runs):
+    straight = {r["step"]: r for r in records(scheduled_runs.straight) if "loss" in r}
+    split = {r["step"]: r for r in records(scheduled_runs.split) if "loss" in r}
+    assert sorted(straight) == sorted(split) == list(range(1, 9))
+    for s in straight:  # the same batches and bit-for-bit the same losses, per-source token counts included
+        for key in ("batch_checksum", "loss", "grad_norm", "tokens/prose", "tokens/code", "data_weight/prose"):
+            assert split[s][key] == straight[s][key], (s, key)
+    # the schedule as run: code-heavy up to step 3, prose only after step 6
+    t = lambda s, n: straight[s][f"tokens/{n}"]  # noqa: E731
+    assert t(3, "prose") + t(3, "code") == straight[3]["consumed_tokens"]
+    assert abs(t(3, "code") / 64 - 18) <= 1 and abs(t(3, "prose") / 64 - 6) <= 1
+    assert t(8, "code") == t(6, "code") or t(8, "code") - t(6, "code") <= 64  # at most a sample at the boundary
+    assert t(8, "prose") - t(6, "prose") >= 15 * 64
+    assert straight[2]["data_weight/code"] == pytest.approx(0.75) and straight[8]["data_weight/prose"] == 1.0
+    # checkpointed: the step-5 checkpoint's counts are the step-5 record's
+    state = json.loads((scheduled_runs.split / "checkpoints" / "step_000005" / "trainer_state.json").read_text())
+    mix = state["callbacks"]["data_mixture"]
+    assert mix["consumed_tokens"] == {"prose": split[5]["tokens/prose"], "code": split[5]["tokens/code"]}
+    assert [p["until_sample"] for p in mix["mixture"]["phases"]] == [24.0, 48.0, None]
+
+
+def test_val_loss_per_source_and_the_weighted_total(scheduled_runs):
+    evals = [r for r in records(scheduled_runs.straight) if "val_loss" in r]
+    assert [r["step"] for r in evals] == [4, 8]
+    for r in evals:
+        per = {n: r[f"val_loss/{n}"] for n in ("prose", "code")}
+        assert all(math.isfinite(v) for v in per.values()) and per["prose"] != per["code"]
+        assert r["val_ppl/code"] == pytest.approx(math.exp(per["code"]), rel=1e-5)
+        # the total is weighted by the schedule's last phase: prose only
+        assert r["val_loss"] == pytest.approx(1.0 * per["prose"] + 0.0 * per["code"], rel=1e-12)
+    split = {r["step"]: r for r in records(scheduled_runs.split) if "val_loss" in r}
+    assert split[8]["val_loss/code"] == evals[-1]["val_loss/code"]  # the same held-out samples after a resume
+
+
+def test_a_changed_schedule_is_refused_by_the_resumed_run_before_any_work(scheduled_runs):
+    from pretrain.checkpoint import read_state
+    from pretrain.data.schedule import plan_mixture
+
+    state = read_state(scheduled_runs.split / "checkpoints" / "step_000008")
+    cfg = scheduled_runs.compose("data.schedule=[{until_step: 4, weights: {prose: 1, code: 3}}, {weights: {prose: 1}}]",
+                                 "run_dir=/tmp/unused")
+    with pytest.raises(CheckpointError, match="checkpoint at step 8 was trained with another data.schedule"):
+        plan_mixture(cfg.data, state, 64, 8)
+    same = scheduled_runs.compose("run_dir=/tmp/unused")
+    assert plan_mixture(same.data, state, 64, 8).same_schedule(Mixture.from_json(
+        state["callbacks"]["data_mixture"]["mixture"]))
