@@ -193,8 +193,9 @@ def test_a_changed_schedule_on_resume_is_refused_or_continued_with_a_warning(cap
     cfg = SimpleNamespace(schedule=sched, schedule_changed="refuse")
     assert plan_mixture(cfg, state, 64, 8).same_schedule(saved)
     cfg.schedule = [{"until_step": 5, "weights": {"prose": 1}}, {"weights": {"prose": 1, "code": 1}}]
-    with pytest.raises(CheckpointError, match="checkpoint at step 6 was trained with another data.schedule.*"
-                                              "data.schedule_changed=allow"):
+    with pytest.raises(CheckpointError, match=r"checkpoint at step 6 was trained with another data.schedule \(until "
+                                              r"sample 32: prose=1; then: prose=0.5 code=0.5\); this run has "
+                                              r"data.schedule until sample 40: .*data.schedule_changed=allow"):
         plan_mixture(cfg, state, 64, 8)
     with pytest.raises(CheckpointError, match="trained with another data.schedule"):
         plan_mixture(cfg, state, 64, 4)  # until_step under another global batch is another schedule too
@@ -312,3 +313,23 @@ def test_a_changed_schedule_is_refused_by_the_resumed_run_before_any_work(schedu
     same = scheduled_runs.compose("run_dir=/tmp/unused")
     assert plan_mixture(same.data, state, 64, 8).same_schedule(Mixture.from_json(
         state["callbacks"]["data_mixture"]["mixture"]))
+
+
+def test_inspect_follows_the_schedule(scheduled_runs):
+    from pretrain.data.inspect import inspect_step
+
+    logged = {r["step"]: r for r in records(scheduled_runs.split) if "loss" in r}
+    for step in (3, 4, 7):  # the last step of a phase, the first after it (resumed there), inside the ramp
+        info = inspect_step(scheduled_runs.split, step)
+        assert info.checksum == info.logged_checksum == logged[step]["batch_checksum"]
+    assert {s.source for s in inspect_step(scheduled_runs.split, 8).samples} == {"prose"}
+
+
+def test_the_anneal_example_config_is_a_valid_schedule(compose_cfg):
+    cfg = compose_cfg("data=anneal", "run_dir=/tmp/unused")
+    phases, problems = parse_phases(cfg.data.schedule, ["web", "wiki", "books", "code"])
+    assert problems == [] and len(phases) == 2
+    mix = Mixture(resolve_phases(cfg.data.schedule, 1024, 512))
+    names = ["web", "wiki", "books", "code"]
+    assert mix.weights_at(0, names) == pytest.approx({"web": 0.55, "wiki": 0.25, "books": 0.1, "code": 0.1})
+    assert mix.weights_at(1e9 / 1024, names) == pytest.approx({"web": 0.35, "wiki": 0.2, "books": 0.2, "code": 0.25})
