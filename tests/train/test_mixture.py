@@ -227,7 +227,8 @@ REPO = Path(__file__).resolve().parents[2]
 # The LR curve is fixed (decay over 8 steps) so that a run stopped and resumed follows the straight one.
 SCHEDULE = ("data.schedule=[{until_step: 3, weights: {prose: 1, code: 3}}, "
             "{until_step: 6, weights: {prose: 3, code: 1}, interpolate: linear}, {weights: {prose: 1}}]")
-RUN = ("trainer.global_batch_size=8", "optim.sched.decay_steps=8", "trainer.eval_interval=4", SCHEDULE)
+RUN = ("trainer.global_batch_size=8", "optim.sched.decay_steps=8", "trainer.eval_interval=4", SCHEDULE,
+       "checkpoint.universal=false")  # a same-layout resume: DeepSpeed's files suffice
 
 
 @pytest.fixture(scope="module")
