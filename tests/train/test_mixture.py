@@ -334,3 +334,26 @@ def test_the_anneal_example_config_is_a_valid_schedule(compose_cfg):
     names = ["web", "wiki", "books", "code"]
     assert mix.weights_at(0, names) == pytest.approx({"web": 0.55, "wiki": 0.25, "books": 0.1, "code": 0.1})
     assert mix.weights_at(1e9 / 1024, names) == pytest.approx({"web": 0.35, "wiki": 0.2, "books": 0.2, "code": 0.25})
+
+
+def test_per_source_validation_reaches_metrics_and_wandb_on_two_ranks(e2e_run, cache_dir, monkeypatch):
+    """The shared 2-process resume run (fixed weights: by tokens) logs each source's validation loss, and their
+    total weighted by the mixture, to metrics.jsonl and to its offline W&B run."""
+    from pretrain.core.manifest import read_manifest
+    from pretrain.data.sample import ensure_sample_data
+    from tests.conftest import read_wandb_offline_run
+
+    run = e2e_run("gpt_resume_split").dir
+    monkeypatch.setenv("PRETRAIN_CACHE", str(cache_dir))
+    manifest = read_manifest(ensure_sample_data())
+    tokens = {n: c.tokens for n, c in manifest.corpora.items()}
+    weights = {n: t / sum(tokens.values()) for n, t in tokens.items()}
+    evals = [r for r in records(run) if "val_loss" in r]
+    assert [r["step"] for r in evals] == [5, 10, 15, 20]
+    for r in evals:
+        assert r["val_loss"] == pytest.approx(sum(weights[n] * r[f"val_loss/{n}"] for n in weights), rel=1e-12)
+    logged = [h for h in read_wandb_offline_run(run)["history"] if h.get("val_loss") is not None]
+    assert logged and all({"val_loss/prose", "val_ppl/prose", "val_loss/code", "val_ppl/code"} <= set(h)
+                          for h in logged)
+    by_step = {r["step"]: r for r in evals}
+    assert all(h["val_loss/code"] == pytest.approx(by_step[h["step"]]["val_loss/code"]) for h in logged)
