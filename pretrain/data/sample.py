@@ -105,7 +105,11 @@ def ensure_sample_data(root: str | os.PathLike | None = None, kind: str = "bpe")
     root = Path(root).expanduser().resolve() if root is not None else default_root(kind)
     if _is_complete(root, key):
         if not _has_provenance(root):
-            _add_provenance(root, key)
+            try:
+                _add_provenance(root, key)
+            except OSError as e:  # a read-only shared cache: train all the same, without provenance
+                log.warning("cannot add provenance sidecars to the sample data in %s (%s); "
+                            "pretrain.data.inspect will print 'no provenance' for its documents", root, e)
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(root.parent / f".{root.name}.lock"):

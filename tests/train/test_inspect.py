@@ -111,3 +111,20 @@ def test_shards_without_a_sidecar_print_no_provenance(e2e_run, tmp_path, capsys)
     assert main([str(copy), "--step", "2"]) == 0
     out = capsys.readouterr().out
     assert out.count("| no provenance") == sum(len(s.pieces) for s in info.samples)
+
+
+def test_sample_data_built_before_sidecars_gets_them_added(cache_dir, tmp_path, monkeypatch):
+    from pretrain.core.provenance import prov_paths, read_provenance
+    from pretrain.data.sample import ensure_sample_data
+
+    monkeypatch.setenv("PRETRAIN_CACHE", str(cache_dir))
+    built = ensure_sample_data()
+    old = tmp_path / built.name
+    shutil.copytree(built, old, ignore=shutil.ignore_patterns("*.prov.*"))
+    assert ensure_sample_data(old) == old
+    for name in ("prose", "code"):
+        prefix = f"tokens/{name}/part-00000"
+        same = [p.read_bytes() for p in prov_paths(built / prefix)]
+        assert [p.read_bytes() for p in prov_paths(old / prefix)] == same
+        documents = json.loads((old / "manifest.json").read_text())["corpora"][name]["documents"]
+        assert len(read_provenance(old / prefix)) == documents
