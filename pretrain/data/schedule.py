@@ -337,6 +337,8 @@ def plan_mixture(data_cfg: Any, resume_state: dict[str, Any], tokens_per_sample:
     """The run's mixture (None: fixed weights, the unscheduled path), checked against the checkpoint's."""
     raw = getattr(data_cfg, "schedule", None)
     mixture = Mixture(resolve_phases(raw, tokens_per_sample, global_batch_size)) if raw else None
+    if mixture is not None:
+        log.info("data.schedule: %s", mixture.describe())
     if "step" not in resume_state:  # a fresh run
         return mixture
     state = (resume_state.get("callbacks") or {}).get(STATE_KEY) or {}
