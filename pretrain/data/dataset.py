@@ -563,4 +563,5 @@ def check_same_tokenizer(train: Manifest, valid: Manifest) -> None:
     if (train.tokenizer is None) != (valid.tokenizer is None) or (
             train.tokenizer is not None and _file_digest(train.tokenizer) != _file_digest(valid.tokenizer)):
         raise DataError(f"data.valid_path: the tokenizer of {vp} ({valid.tokenizer}) differs from the training data's "
-                        f"({tp}: {train.tokenizer}); tokenize both with the same tokenizer file")
+                        f"({tp}: {train.tokenizer}); tokenize both with the same tokenizer file (the pipeline's "
+                        f"tokenizer.path={train.tokenizer} for the held-out folder)")

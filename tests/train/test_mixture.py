@@ -85,6 +85,26 @@ def test_valid_path_is_the_validation_set_and_every_training_document_trains(cor
                        num_train_samples=10, num_valid_samples=16, cache_dir=str(corpora.cache))
 
 
+def test_valid_path_must_share_the_training_tokenizer_file(tmp_path):
+    from pretrain.core.manifest import read_manifest
+    from pretrain.data.dataset import check_same_tokenizer
+
+    def folder(name, tokenizer_bytes):
+        root = tmp_path / name
+        (root / "tokenizer").mkdir(parents=True)
+        (root / "tokenizer" / "tokenizer.json").write_bytes(tokenizer_bytes)
+        _, entry = write_corpus(root, "a", [5, 6], 1)
+        write_manifest(root, tokenizer=str(root / "tokenizer" / "tokenizer.json"), vocab_size=300, eod_id=0,
+                       dtype="uint16", corpora={"a": entry})
+        return read_manifest(root)
+
+    train, same, other = folder("train", b'{"v": 1}'), folder("same", b'{"v": 1}'), folder("other", b'{"v": 2}')
+    check_same_tokenizer(train, same)  # a copy of the file (the pipeline's tokenizer.path=...) is the same tokenizer
+    with pytest.raises(DataError, match=r"the tokenizer of .*other/manifest.json .* differs from the training data's.*"
+                                        r"tokenizer.path=.*train/tokenizer/tokenizer.json"):
+        check_same_tokenizer(train, other)
+
+
 # ----------------------------------------------------------------------------------------- the scheduled blend
 
 
