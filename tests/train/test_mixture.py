@@ -293,10 +293,11 @@ def test_resume_at_a_phase_boundary_and_inside_a_phase_is_bitwise(scheduled_runs
     split = {r["step"]: r for r in records(scheduled_runs.split) if "loss" in r}
     assert sorted(straight) == sorted(split) == list(range(1, 9))
     for s in straight:  # the same batches and bit-for-bit the same losses, per-source token counts included
-        for key in ("batch_checksum", "loss", "grad_norm", "tokens/prose", "tokens/code", "data_weight/prose"):
+        for key in ("batch_checksum", "loss", "grad_norm", "consumed_tokens/prose", "consumed_tokens/code",
+                    "data_weight/prose"):
             assert split[s][key] == straight[s][key], (s, key)
     # the schedule as run: code-heavy up to step 3, prose only after step 6
-    t = lambda s, n: straight[s][f"tokens/{n}"]  # noqa: E731
+    t = lambda s, n: straight[s][f"consumed_tokens/{n}"]  # noqa: E731
     assert t(3, "prose") + t(3, "code") == straight[3]["consumed_tokens"]
     assert abs(t(3, "code") / 64 - 18) <= 1 and abs(t(3, "prose") / 64 - 6) <= 1
     assert t(8, "code") == t(6, "code") or t(8, "code") - t(6, "code") <= 64  # at most a sample at the boundary
@@ -305,7 +306,7 @@ def test_resume_at_a_phase_boundary_and_inside_a_phase_is_bitwise(scheduled_runs
     # checkpointed: the step-5 checkpoint's counts are the step-5 record's
     state = json.loads((scheduled_runs.split / "checkpoints" / "step_000005" / "trainer_state.json").read_text())
     mix = state["callbacks"]["data_mixture"]
-    assert mix["consumed_tokens"] == {"prose": split[5]["tokens/prose"], "code": split[5]["tokens/code"]}
+    assert mix["consumed_tokens"] == {n: split[5][f"consumed_tokens/{n}"] for n in ("prose", "code")}
     assert [p["until_sample"] for p in mix["mixture"]["phases"]] == [24.0, 48.0, None]
 
 
