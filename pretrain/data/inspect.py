@@ -175,6 +175,9 @@ def inspect_step(run_dir: str | Path, step: int, rank: int | None = None, run: R
     run = run or RunData(run_dir)
     if step < 1:
         raise DataError(f"--step {step}: steps count from 1")
+    last = max([*run.records, int(run.state.get("step", 0))], default=0)
+    if step > last:
+        raise DataError(f"--step {step}: the run in {run.run_dir} has trained {last} steps")
     if rank is not None and not 0 <= rank < run.dp:
         raise DataError(f"--rank {rank}: the run has data-parallel ranks 0..{run.dp - 1}")
     first, gbs = run.step_range(step)

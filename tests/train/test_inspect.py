@@ -80,6 +80,8 @@ def test_rank_selects_the_samples_that_rank_read(e2e_run, tmp_path):
     assert {s.index for r in ranks for s in r.samples} == {s.index for s in whole.samples}
     with pytest.raises(DataError, match="--rank 2: the run has data-parallel ranks 0..1"):
         inspect_step(dp2, 5, rank=2)
+    with pytest.raises(DataError, match="--step 31: the run in .* has trained 30 steps"):
+        inspect_step(dp2, 31)
 
 
 def test_the_command_prints_sources_origins_and_text(e2e_run, capsys):
