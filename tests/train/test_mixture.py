@@ -271,10 +271,10 @@ def scheduled_runs(tmp_path_factory, cache_dir):
     out = {}
     try:
         with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-            for name, legs in (("straight", (8,)), ("split", (3, 5, 8))):
+            for name, legs, save in (("straight", (8,), "false"), ("split", (3, 5, 8), "true")):
                 for steps in legs:
                     cfg = compose("train", overrides=[*TINY, *RUN, f"trainer.max_steps={steps}",
-                                                      f"run_dir={root / name}"])
+                                                      f"checkpoint.save_at_end={save}", f"run_dir={root / name}"])
                     Trainer(cfg).fit()
                 out[name] = root / name
             out["compose"] = lambda *ov: compose("train", overrides=[*TINY, *RUN, *ov])
