@@ -277,7 +277,19 @@ def scheduled_runs(tmp_path_factory, cache_dir):
                                                       f"checkpoint.save_at_end={save}", f"run_dir={root / name}"])
                     Trainer(cfg).fit()
                 out[name] = root / name
-            out["compose"] = lambda *ov: compose("train", overrides=[*TINY, *RUN, *ov])
+            # validated on a held-out folder (here the sample data itself: any pipeline output of that tokenizer)
+            from pretrain.data.sample import ensure_sample_data
+
+            held = ensure_sample_data()
+            cfg = compose("train", overrides=[*TINY, "trainer.max_steps=2", "trainer.eval_interval=2",
+                                              f"data.valid_path={held}", f"run_dir={root / 'held'}"])
+            Trainer(cfg).fit()
+            out["held"], out["held_data"] = root / "held", held
+            # configs of a resume with another schedule and with the same one (composed here: tests in between
+            # may reset Hydra)
+            other = "data.schedule=[{until_step: 4, weights: {prose: 1, code: 3}}, {weights: {prose: 1}}]"
+            out["changed"] = compose("train", overrides=[*TINY, *RUN, "run_dir=/tmp/unused", other])
+            out["same"] = compose("train", overrides=[*TINY, *RUN, "run_dir=/tmp/unused"])
             yield SimpleNamespace(**out)
     finally:
         GlobalHydra.instance().clear()
@@ -323,17 +335,31 @@ def test_val_loss_per_source_and_the_weighted_total(scheduled_runs):
     assert split[8]["val_loss/code"] == evals[-1]["val_loss/code"]  # the same held-out samples after a resume
 
 
+def test_a_run_validated_on_valid_path_weights_its_total_by_the_held_out_tokens(scheduled_runs):
+    from pretrain.core.manifest import read_manifest
+
+    tokens = {n: c.tokens for n, c in read_manifest(scheduled_runs.held_data).corpora.items()}
+    (r,) = [r for r in records(scheduled_runs.held) if "val_loss" in r]
+    total = sum(tokens[n] / sum(tokens.values()) * r[f"val_loss/{n}"] for n in tokens)
+    assert r["val_loss"] == pytest.approx(total, rel=1e-12) and r["step"] == 2
+
+
+def test_a_missing_valid_path_is_refused_at_validation(compose_cfg, tmp_path):
+    from pretrain.validation import validate_values
+
+    cfg = compose_cfg("experiment=gpt_tiny", "run_dir=/tmp/unused", f"data.valid_path={tmp_path / 'nowhere'}")
+    with pytest.raises(ConfigError, match=r"data.valid_path=.*nowhere: no manifest.json"):
+        validate_values(cfg)
+
+
 def test_a_changed_schedule_is_refused_by_the_resumed_run_before_any_work(scheduled_runs):
     from pretrain.checkpoint import read_state
     from pretrain.data.schedule import plan_mixture
 
     state = read_state(scheduled_runs.split / "checkpoints" / "step_000008")
-    cfg = scheduled_runs.compose("data.schedule=[{until_step: 4, weights: {prose: 1, code: 3}}, {weights: {prose: 1}}]",
-                                 "run_dir=/tmp/unused")
     with pytest.raises(CheckpointError, match="checkpoint at step 8 was trained with another data.schedule"):
-        plan_mixture(cfg.data, state, 64, 8)
-    same = scheduled_runs.compose("run_dir=/tmp/unused")
-    assert plan_mixture(same.data, state, 64, 8).same_schedule(Mixture.from_json(
+        plan_mixture(scheduled_runs.changed.data, state, 64, 8)
+    assert plan_mixture(scheduled_runs.same.data, state, 64, 8).same_schedule(Mixture.from_json(
         state["callbacks"]["data_mixture"]["mixture"]))
 
 
