@@ -38,7 +38,6 @@ from pretrain import jit_ops, preemption
 from pretrain.callbacks import Callback, CallbackList, StepOutput
 from pretrain.checkpointer import Checkpointer
 from pretrain.config import validate_schema
-from pretrain.data.tracking import MixtureTracker
 from pretrain.distributed import barrier, ensure_launcher_env, env_rank, env_world_size, init_distributed, pick_device
 from pretrain.engines import batch_plan, check_precision, get_engine
 from pretrain.evaluator import Evaluator
@@ -280,6 +279,8 @@ class Trainer:
         self.peak_flops, self.peak_source = peak_flops_per_device(self.device, self.precision,
                                                                   cfg.trainer.peak_flops_per_device)
         self._log_setup(self.peak_source)
+        from pretrain.data.tracking import MixtureTracker
+
         self.callbacks = CallbackList([
             StepRecorder(cfg.trainer.log_interval),
             Evaluator(cfg.trainer.eval_interval, cfg.trainer.eval_iters), MixtureTracker(self),
