@@ -8,7 +8,9 @@ A new capability (guardrails, a profiler, another logger) is a new :class:`Callb
 Callbacks run in ``order`` (lower first; ties keep the given order). The built-in ones:
 
 ====  ======================  ==============================================================
+5     ``Guard``               non-finite or spiking loss/grad norm: skip, lower the LR, roll back
 10    ``StepRecorder``        builds the step's metrics record (``pretrain.metrics``)
+15    ``MixtureTracker``      tokens consumed per source (and scheduled weights) into the record
 20    ``Evaluator``           validation loss every ``trainer.eval_interval`` steps
 30    ``MetricsLogger``       writes the record: metrics.jsonl, W&B, console
 40    ``StopOnRequest``       SIGUSR1/SIGTERM/wall-time budget: every rank stops after the same step

@@ -9,6 +9,7 @@ different training data are scored alike; with ``data.schedule``, the last phase
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import torch
@@ -20,6 +21,8 @@ from pretrain.parallel.tensor import TP_COMM
 
 if TYPE_CHECKING:
     from pretrain.trainer import Trainer
+
+log = logging.getLogger("pretrain")
 
 
 def perplexity(loss: float) -> float:
@@ -61,6 +64,9 @@ class Evaluator(Callback):
         out.record.update({"val_loss": val, "val_ppl": perplexity(val)})
         for name, loss in per_source.items():
             out.record.update({f"val_loss/{name}": loss, f"val_ppl/{name}": perplexity(loss)})
+        if len(per_source) > 1:
+            log.info("step %d validation per source: %s (weighted total %.4f)", out.step,
+                     ", ".join(f"{n} {v:.4f}" for n, v in per_source.items()), val)
 
 
 def weighted_total(per_source: dict[str, float], weights: dict[str, float]) -> float:

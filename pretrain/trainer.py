@@ -41,7 +41,6 @@ from pretrain import jit_ops, preemption
 from pretrain.callbacks import Callback, CallbackList, StepOutput
 from pretrain.checkpointer import Checkpointer
 from pretrain.config import validate_schema
-from pretrain.data.tracking import MixtureTracker
 from pretrain.distributed import barrier, ensure_launcher_env, env_rank, env_world_size, init_distributed, pick_device
 from pretrain.engines import batch_plan, check_precision, get_engine
 from pretrain.evaluator import Evaluator
@@ -293,10 +292,13 @@ class Trainer:
                                                                   cfg.trainer.peak_flops_per_device)
         self._log_setup(self.peak_source)
         self.checkpointer = Checkpointer(cfg.checkpoint.interval, cfg.checkpoint.keep_last, cfg.checkpoint.save_at_end)
+        from pretrain.data.tracking import MixtureTracker
+
         self.callbacks = CallbackList([
             self.guard,
             StepRecorder(cfg.trainer.log_interval),
-            Evaluator(cfg.trainer.eval_interval, cfg.trainer.eval_iters), MixtureTracker(self),
+            Evaluator(cfg.trainer.eval_interval, cfg.trainer.eval_iters),
+            MixtureTracker(self),
             self.metrics,
             preemption.StopOnRequest(self.stop_request),
             self.checkpointer,

@@ -145,6 +145,7 @@ class ScheduledBlend(Blend):
         self.chunk = int(chunk)
         self._windows = OrderedDict()
         self._cache_windows = cache_windows
+        self._firsts: dict[int, np.ndarray] = {}
 
     def share(self, k: int, x: float) -> float:
         """``S_k(x)``: how many samples of corpus ``k`` the first ``x`` positions hold (fractional)."""
@@ -170,6 +171,15 @@ class ScheduledBlend(Blend):
         return out
 
     def _first_in_window(self, c: int) -> np.ndarray:
+        # a few scalar searches per corpus: cached, since every lookup asks for its window's bounds
+        if c in self._firsts:
+            return self._firsts[c]
+        out = self._firsts[c] = self._search_first(c)
+        if len(self._firsts) > 64:
+            self._firsts.pop(next(iter(self._firsts)))
+        return out
+
+    def _search_first(self, c: int) -> np.ndarray:
         t0 = float(c) * self.chunk
         out = np.empty(len(self.weights), dtype=np.int64)
         for k in range(len(self.weights)):

@@ -313,19 +313,25 @@ class CorpusSplit:
             self._epochs.popitem(last=False)
         return idx
 
-    def sample(self, m: int) -> np.ndarray:
-        """Sample ``m`` of this split: ``seq_length + 1`` tokens as int64."""
+    def pieces(self, m: int) -> list[tuple[int, int, int]]:
+        """What sample ``m`` of this split is cut from: ``(sequence, start, end)`` token ranges, in order
+        (``sequence`` indexes all shards of the corpus concatenated; see :meth:`CorpusShards.doc_starts`)."""
         e, j = divmod(int(m), self.samples_per_epoch)
         idx = self.epoch(e)
         s = int(idx.shuffle[j])
         (p0, o0), (p1, o1) = idx.starts[s], idx.starts[s + 1]
-        pieces = []
+        out = []
         for p in range(int(p0), int(p1) + 1):
             seq = int(idx.seq_order[p])
             start = int(o0) if p == p0 else 0
             end = int(o1) + 1 if p == p1 else self.corpus.seq_size(seq)
             if end > start:
-                pieces.append(self.corpus.read(seq, start, end - start))
+                out.append((seq, start, end))
+        return out
+
+    def sample(self, m: int) -> np.ndarray:
+        """Sample ``m`` of this split: ``seq_length + 1`` tokens as int64."""
+        pieces = [self.corpus.read(seq, start, end - start) for seq, start, end in self.pieces(m)]
         out = np.concatenate(pieces).astype(np.int64)
         if out.size != self.seq_length + 1:  # cannot happen with a consistent index; never train on garbage
             raise DataError(f"corrupt sample index in {self.dir} (sample {m} has {out.size} tokens); delete the folder")
@@ -557,4 +563,5 @@ def check_same_tokenizer(train: Manifest, valid: Manifest) -> None:
     if (train.tokenizer is None) != (valid.tokenizer is None) or (
             train.tokenizer is not None and _file_digest(train.tokenizer) != _file_digest(valid.tokenizer)):
         raise DataError(f"data.valid_path: the tokenizer of {vp} ({valid.tokenizer}) differs from the training data's "
-                        f"({tp}: {train.tokenizer}); tokenize both with the same tokenizer file")
+                        f"({tp}: {train.tokenizer}); tokenize both with the same tokenizer file (the pipeline's "
+                        f"tokenizer.path={train.tokenizer} for the held-out folder)")

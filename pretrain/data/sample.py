@@ -14,6 +14,11 @@ build runs under an ``fcntl`` lock into a temporary folder that is renamed into 
 no folder or a complete one. Once built, a call only checks that ``manifest.json`` and the build stamp are
 there. The output is byte-identical for the same corpus and builder version.
 
+Every shard has its provenance sidecar (:mod:`pretrain.core.provenance`), as the pipeline's shards do: per
+document its source (corpus name), the bundled file (relative to the repository) and the record's own ``id``,
+so ``python -m pretrain.data.inspect`` names the documents of any step of a run on the sample data. A cache
+built before sidecars existed gets them added on first use (same data, nothing else rewritten).
+
     python -m pretrain.data.sample [--root DIR]     # build (or find) the sample data and print its folder
 """
 
@@ -99,6 +104,12 @@ def ensure_sample_data(root: str | os.PathLike | None = None, kind: str = "bpe")
     key = build_key(kind)
     root = Path(root).expanduser().resolve() if root is not None else default_root(kind)
     if _is_complete(root, key):
+        if not _has_provenance(root):
+            try:
+                _add_provenance(root, key)
+            except OSError as e:  # a read-only shared cache: train all the same, without provenance
+                log.warning("cannot add provenance sidecars to the sample data in %s (%s); "
+                            "pretrain.data.inspect will print 'no provenance' for its documents", root, e)
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(root.parent / f".{root.name}.lock"):
@@ -133,6 +144,39 @@ def _is_complete(root: Path, key: str) -> bool:
         return json.loads(stamp.read_text()).get("key") == key
     except (OSError, json.JSONDecodeError):
         return False
+
+
+def _prefixes(root: Path) -> dict[str, Path]:
+    return {name: root / "tokens" / name / "part-00000" for name in CORPORA}
+
+
+def _has_provenance(root: Path) -> bool:
+    from pretrain.core.provenance import prov_paths
+
+    return all(prov_paths(p)[0].is_file() for p in _prefixes(root).values())
+
+
+def _add_provenance(root: Path, key: str) -> None:
+    """Sidecars for a cache built before they existed (under the build lock; the shards are left as they are)."""
+    with file_lock(root.parent / f".{root.name}.lock"):
+        if not _has_provenance(root):
+            for name, path in zip(CORPORA, corpus_files()):
+                _write_provenance(_prefixes(root)[name], name, path, key)
+
+
+def _write_provenance(prefix: Path, name: str, path: Path, key: str) -> None:
+    from pretrain.core.provenance import ProvenanceWriter
+
+    rel = path.relative_to(CORPUS_DIR.parents[2]).as_posix()  # pretrain/data/sample_corpus/<name>.jsonl.gz
+    with ProvenanceWriter(prefix, f"pretrain-sample-{key}") as w:
+        for lineno, rec_id in enumerate(read_corpus_ids(path), 1):
+            w.add({"source": name, "file": rel, "id": rec_id if rec_id is not None else f"{name}:{path.name}:{lineno}"})
+
+
+def read_corpus_ids(path: Path) -> list[str | None]:
+    """The ``id`` of every record of a bundled corpus file (None where a record has none), in file order."""
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line).get("id") for line in f]
 
 
 def read_corpus(path: Path) -> list[str]:
@@ -197,6 +241,7 @@ def _build(out: Path, key: str, kind: str = "bpe") -> None:
                 ids = np.asarray(enc.ids + [eod], dtype=dtype)
                 w.add_document(ids)
                 n_tokens += ids.size
+        _write_provenance(prefix, name, CORPUS_DIR / f"{name}.jsonl.gz", key)
         corpora[name] = {"prefixes": [str(prefix)], "documents": len(texts[name]), "tokens": n_tokens}
     write_manifest(out, tokenizer=str(tok_path), vocab_size=vocab, eod_id=eod, dtype=np.dtype(dtype).name,
                    corpora=corpora)

@@ -190,6 +190,7 @@ class Mixture:
                  previous: "Mixture | None" = None):
         self.phases, self.start, self.previous = phases, int(start), previous
         self.offsets = {str(n): int(v) for n, v in (offsets or {}).items()}
+        self._segments: dict[tuple[str, ...], list[tuple[float, list[float]]]] = {}
         names: list[str] = []
         for m in self.chain():
             for ph in m.phases:
@@ -222,6 +223,12 @@ class Mixture:
 
     def segments(self, names: list[str]) -> list[tuple[float, list[float]]]:
         """Piecewise-constant weights over ``names``, positions relative to :attr:`start`; ramps cut in pieces."""
+        key = tuple(names)
+        if key not in self._segments:
+            self._segments[key] = self._build_segments(names)
+        return self._segments[key]
+
+    def _build_segments(self, names: list[str]) -> list[tuple[float, list[float]]]:
         vec = lambda w: np.asarray([w.get(n, 0.0) for n in names], dtype=np.float64)  # noqa: E731
         segs: list[tuple[float, list[float]]] = []
         phase_start, prev_w = 0.0, None
@@ -235,10 +242,10 @@ class Mixture:
             else:
                 segs.append((end, list(vec(ph.weights))))
             phase_start, prev_w = end, ph.weights
-        if not math.isinf(segs[-1][0]):
-            segs.append((math.inf, segs[-1][1]))
+        if not math.isinf(segs[-1][0]):  # after the last boundary: the last phase's weights (a ramp's target)
+            segs.append((math.inf, list(vec(self.phases[-1].weights))))
         out = [(e - self.start, w) for e, w in segs if e - self.start > 0]  # what lies after this mixture's start
-        return [(e, [x / sum(w) for x in w]) for e, w in out]
+        return [(e, [float(x) / float(sum(w)) for x in w]) for e, w in out]
 
     def blend(self, names: list[str]):
         """The blend over ``names`` (the dataset's corpus order)."""
@@ -270,6 +277,15 @@ class Mixture:
         prev = Mixture.from_json(d["previous"]) if d.get("previous") else None
         phases = [Phase(p["until_sample"], dict(p["weights"]), bool(p["linear"])) for p in d["phases"]]
         return Mixture(phases, d.get("start", 0), d.get("offsets"), prev)
+
+    def describe(self) -> str:
+        """The phases in one line: ``until sample 24: prose=0.25 code=0.75; ...; then: prose=1``."""
+        parts = []
+        for p in self.phases:
+            w = " ".join(f"{n}={v:.4g}" for n, v in p.weights.items())
+            head = "then" if p.until is None else f"until sample {p.until:g}"
+            parts.append(f"{head}{' (linear)' if p.linear else ''}: {w}")
+        return "; ".join(parts)
 
     def same_schedule(self, other: "Mixture") -> bool:
         return [(p.until, p.weights, p.linear) for p in self.phases] == [
@@ -321,6 +337,8 @@ def plan_mixture(data_cfg: Any, resume_state: dict[str, Any], tokens_per_sample:
     """The run's mixture (None: fixed weights, the unscheduled path), checked against the checkpoint's."""
     raw = getattr(data_cfg, "schedule", None)
     mixture = Mixture(resolve_phases(raw, tokens_per_sample, global_batch_size)) if raw else None
+    if mixture is not None:
+        log.info("data.schedule: %s", mixture.describe())
     if "step" not in resume_state:  # a fresh run
         return mixture
     state = (resume_state.get("callbacks") or {}).get(STATE_KEY) or {}
@@ -336,12 +354,13 @@ def plan_mixture(data_cfg: Any, resume_state: dict[str, Any], tokens_per_sample:
     if mixture is not None and was_scheduled and saved.same_schedule(mixture):
         return saved  # the same schedule, with the history of any change allowed earlier
     step, consumed = int(resume_state["step"]), int(resume_state.get("consumed_samples", 0))
-    had = "another data.schedule" if was_scheduled else "fixed data.weights (no data.schedule)"
-    now = "this data.schedule" if mixture is not None else "fixed data.weights (no data.schedule)"
+    fixed = "fixed data.weights (no data.schedule)"
+    had = f"another data.schedule ({saved.describe()})" if was_scheduled else fixed
+    now = f"data.schedule {mixture.describe()}" if mixture is not None else fixed
     if getattr(data_cfg, "schedule_changed", "refuse") != "allow":
         raise CheckpointError(
-            f"the checkpoint at step {step} was trained with {had} (its boundaries in samples depend on the tokens "
-            f"per sample and, for until_step, on the global batch), this run has {now}. Restore the schedule, or set "
+            f"the checkpoint at step {step} was trained with {had}; this run has {now} (boundaries in global samples: "
+            f"tokens / tokens per sample, until_step x global batch). Restore the schedule, or set "
             f"data.schedule_changed=allow to continue with the new mixture from this step on")
     log.warning("data.schedule_changed=allow: the checkpoint at step %d was trained with %s; continuing with %s "
                 "from sample %d on%s", step, had, now, consumed,

@@ -3,9 +3,9 @@
 The blend is a pure function of the global sample index, so the samples per source after ``consumed_samples``
 are ``blend.counts(consumed_samples)``: exact at any step, after any resume (at another data-parallel size or
 global batch too), and the same on every rank without a collective. Each training record gets
-``tokens/<source>`` (and, with ``data.schedule``, ``data_weight/<source>``: the weight in force); checkpoints
-hold the counts and the mixture itself under ``callbacks.data_mixture`` of ``trainer_state.json``, which
-is what a resumed run compares its ``data.schedule`` against (:func:`pretrain.data.schedule.plan_mixture`).
+``consumed_tokens/<source>`` (and, with ``data.schedule``, ``data_weight/<source>``: the weight in force);
+checkpoints hold the counts and the mixture itself under ``callbacks.data_mixture`` of ``trainer_state.json``,
+which is what a resumed run compares its ``data.schedule`` against (:func:`pretrain.data.schedule.plan_mixture`).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class MixtureTracker(Callback):
         if "loss" not in out.record:
             return
         for name, c in self.samples_per_source(trainer.consumed_samples).items():
-            out.record[f"tokens/{name}"] = c * trainer.seq
+            out.record[f"consumed_tokens/{name}"] = c * trainer.seq
         if trainer.mixture is not None:
             weights = trainer.mixture.weights_at(trainer.consumed_samples, trainer.data.train.corpus_names)
             out.record.update({f"data_weight/{n}": w for n, w in weights.items()})
