@@ -1,5 +1,6 @@
-"""JIT-built DeepSpeed ops (the shared-memory comm op, CPU Adam): one build folder per environment, and no silent
-wait on a build lock that nobody holds.
+"""JIT-built DeepSpeed ops (CPU Adam for optimizer offload; the shared-memory comm op, which training no longer
+builds: see ``pretrain.distributed``): one build folder per environment, and no silent wait on a build lock that
+nobody holds.
 
 ``torch.utils.cpp_extension`` builds each op under ``TORCH_EXTENSIONS_DIR`` (by default
 ``~/.cache/torch_extensions/py<ver>_<cpu|cu>/``, one folder shared by every environment of the user). Two things

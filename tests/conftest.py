@@ -17,7 +17,7 @@ from pretrain.jit_ops import is_built, prepare_extensions_dir
 REPO = Path(__file__).resolve().parents[1]
 
 # Every process of the session (this one, the trainers, torchrun's workers, everyone's test runs in this
-# environment) builds and finds DeepSpeed's JIT ops (shm comm, CPU Adam) in the environment's own folder, built
+# environment) builds and finds DeepSpeed's JIT ops (CPU Adam) in the environment's own folder, built
 # once per environment; a lock left there by a killed build is cleared instead of hanging the next run.
 prepare_extensions_dir()
 

@@ -180,3 +180,16 @@ def test_the_suite_starts_building_the_ops_its_tests_mark_and_only_those_missing
     conftest.pytest_collection_finish(session("cpu_adam"))  # built: nothing started
     conftest.pytest_collection_finish(session(None))  # no test needs it
     assert len(started) == 1
+
+
+def test_training_on_cpu_does_not_build_the_shared_memory_comm_op(tmp_path):
+    """DeepSpeed would compile deepspeed_shm_comm (used only by its inference all-reduce) when its comm backend
+    starts: a world of one started by pretrain.distributed builds nothing, and its collectives still work."""
+    code = ("import torch; from pretrain.distributed import ensure_launcher_env, init_distributed, all_reduce_mean; "
+            "ensure_launcher_env(); init_distributed(torch.device('cpu'), None, 60); "
+            "print(all_reduce_mean([2.5], torch.device('cpu'))); torch.distributed.destroy_process_group()")
+    env = dict(os.environ, TORCH_EXTENSIONS_DIR=str(tmp_path), DS_ACCELERATOR="cpu")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().endswith("[2.5]")
+    assert not (tmp_path / "deepspeed_shm_comm").exists(), sorted(p.name for p in tmp_path.iterdir())
