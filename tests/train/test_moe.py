@@ -236,30 +236,11 @@ def test_invalid_moe_layouts_give_their_message(over, world, fragment):
     validate_parallel(cfg(model__num_experts=4, model__vocab_size=256, parallel__tensor_model_parallel_size=2), 4)
 
 
-def _ep_worker(rank: int, world: int, init: str, k: int, cf, results):
-    from pretrain.parallel.expert import expert_parallelize
-
+def _ep_worker(rank: int, world: int, init: str, results):
     torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
-        ref = block(True, k, cf, E=4)
-        ep = block(True, k, cf, E=4)
-        torch.manual_seed(100 + rank)
-        x = torch.randn(2, 6, 16)
-        gy = torch.randn(2, 6, 16)
-        xr, xe = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-        ref(xr).backward(gy)
-        assert expert_parallelize(ep, None, rank, world) == 1
-        y = ep(xe)
-        y.backward(gy)
-        torch.testing.assert_close(y, ref(x), rtol=1e-4, atol=1e-6)
-        torch.testing.assert_close(xe.grad, xr.grad, rtol=1e-4, atol=1e-6)
-        torch.testing.assert_close(ep.gate.weight.grad, ref.gate.weight.grad, rtol=1e-4, atol=1e-6)
-        lo = 2 * rank
-        for name in ("gate_up_proj", "down_proj"):  # an expert's gradient comes from every rank's tokens
-            full = getattr(ref.experts, name).grad.clone()
-            torch.distributed.all_reduce(full)
-            torch.testing.assert_close(getattr(ep.experts, name).grad, full[lo:lo + 2], rtol=1e-4, atol=1e-6)
-        assert ep.pending[-1]["a2a_bytes"] > 0 and ep.pending[-1]["dropped"] == ref.pending[-1]["dropped"]
+        for k, cf in ((2, None), (1, 0.5)):
+            _ep_case(rank, world, k, cf)
         results[rank] = "ok"
     except Exception as e:  # reported by the parent
         results[rank] = repr(e)
@@ -267,15 +248,39 @@ def _ep_worker(rank: int, world: int, init: str, k: int, cf, results):
         torch.distributed.destroy_process_group()
 
 
+def _ep_case(rank: int, world: int, k: int, cf) -> None:
+    from pretrain.parallel.expert import expert_parallelize
+
+    ref = block(True, k, cf, E=4)
+    ep = block(True, k, cf, E=4)
+    torch.manual_seed(100 + rank)
+    x = torch.randn(2, 6, 16)
+    gy = torch.randn(2, 6, 16)
+    xr, xe = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ref(xr).backward(gy)
+    assert expert_parallelize(ep, None, rank, world) == 1
+    y = ep(xe)
+    y.backward(gy)
+    torch.testing.assert_close(y, ref(x), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(xe.grad, xr.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(ep.gate.weight.grad, ref.gate.weight.grad, rtol=1e-4, atol=1e-6)
+    lo = 2 * rank
+    for name in ("gate_up_proj", "down_proj"):  # an expert's gradient comes from every rank's tokens
+        full = getattr(ref.experts, name).grad.clone()
+        torch.distributed.all_reduce(full)
+        torch.testing.assert_close(getattr(ep.experts, name).grad, full[lo:lo + 2], rtol=1e-4, atol=1e-6)
+    assert ep.pending[-1]["a2a_bytes"] > 0 and ep.pending[-1]["dropped"] == ref.pending[-1]["dropped"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("k, cf", [(2, None), (1, 0.5)])
-def test_expert_parallel_dispatch_equals_one_rank(tmp_path, k, cf):
-    """ep2 over gloo: outputs, input and router gradients equal the whole block's on each rank's tokens; each
+def test_expert_parallel_dispatch_equals_one_rank(tmp_path):
+    """ep2 over gloo (top-2 without dropping; top-1 with capacity 0.5): outputs, input and router gradients
+    equal the whole block's on each rank's tokens; each
     expert's gradient equals the sum of the ranks' whole-block gradients (capacity is per source rank)."""
     import torch.multiprocessing as mp
 
     results = mp.Manager().dict()
-    mp.spawn(_ep_worker, args=(2, f"file://{tmp_path}/init", k, cf, results), nprocs=2)
+    mp.spawn(_ep_worker, args=(2, f"file://{tmp_path}/init", results), nprocs=2)
     assert dict(results) == {0: "ok", 1: "ok"}
 
 
