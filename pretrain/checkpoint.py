@@ -34,7 +34,7 @@ import re
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -188,7 +188,13 @@ def check_model_shape(tag_dir: Path, state: dict[str, Any], args: Any, family: s
             "use a new run_dir"
         )
     saved = state.get("model_args", {})
-    diffs = [f"model.{k}: checkpoint {saved.get(k)!r}, config {v!r}" for k, v in shape_of(args).items() if saved.get(k) != v]
+    # a field that shape_of leaves out at its default (the MoE ones) counts as that default where a checkpoint
+    # of before it lacks it, and counts again when the checkpoint has it and the config is back at the default
+    dense = {f.name: f.default for f in fields(args) if f.metadata.get("dense_default")}
+    shape = shape_of(args)
+    shape.update({k: getattr(args, k) for k in dense if k in saved and k not in shape})
+    diffs = [f"model.{k}: checkpoint {saved.get(k, dense.get(k))!r}, config {v!r}" for k, v in shape.items()
+             if saved.get(k, dense.get(k)) != v]
     if diffs:
         raise CheckpointError(
             f"the checkpoint {tag_dir} was saved for a different model shape ({'; '.join(diffs)}). "

@@ -200,6 +200,21 @@ def test_dense_model_is_unchanged_by_the_moe_fields():
     assert take_moe_stats(GPT(dense)) == {}
 
 
+def test_a_checkpoint_of_the_other_kind_is_refused_naming_the_expert_count(tmp_path):
+    """A dense checkpoint (written before the MoE fields existed: no num_experts) resumed by an MoE config, and an
+    MoE checkpoint resumed by a dense config, are both refused by the shape check, before anything is built."""
+    from pretrain.checkpoint import check_model_shape
+    from pretrain.core.errors import CheckpointError
+
+    dense = dataclasses.replace(ARGS, num_experts=0, moe_ffn_hidden_size=0)
+    old_dense = {k: v for k, v in dataclasses.asdict(dense).items() if k != "num_experts" and not k.startswith("moe_")}
+    check_model_shape(tmp_path, {"family": "gpt", "model_args": old_dense}, dense, "gpt")  # same shape: accepted
+    with pytest.raises(CheckpointError, match="model.num_experts: checkpoint 0, config 4"):
+        check_model_shape(tmp_path, {"family": "gpt", "model_args": old_dense}, ARGS, "gpt")
+    with pytest.raises(CheckpointError, match="model.num_experts: checkpoint 4, config 0"):
+        check_model_shape(tmp_path, {"family": "gpt", "model_args": dataclasses.asdict(ARGS)}, dense, "gpt")
+
+
 def cfg(**over):
     c = OmegaConf.structured(TrainConfig)
     c.run_dir = "/tmp/x"
