@@ -8,15 +8,19 @@ Model FLOPs per token (fwd + bwd, the PaLM / Megatron convention)::
   + 12 * layers * hidden * seq   (attention scores and weighted sum: 2·2·seq·hidden forward, x3 with backward;
                                   counted in full for causal attention, as PaLM does)
 
-Embedding lookups cost no FLOPs and are excluded. Hardware FLOPs add what activation checkpointing
-recomputes (:mod:`pretrain.models.recompute`): under ``model.recompute_granularity=full`` one more forward of
-every layer (``2 * N_layers + 4 * layers * hidden * seq``), under ``selective`` only the attention core's
-forward (``4 * layers * hidden * seq``, the score and weighted-sum matmuls: a third of the attention term).
+Embedding lookups cost no FLOPs and are excluded. A mixture-of-experts layer counts its *active* weights in
+``N_layers``: the router and the ``moe_router_topk`` experts a token runs through (:func:`gpt_parameter_counts`),
+so a MoE model's MFU compares with that of the dense model of the same active size. Hardware FLOPs add what
+activation checkpointing recomputes (:mod:`pretrain.models.recompute`): under ``model.recompute_granularity=full``
+one more forward of every layer (``2 * N_layers + 4 * layers * hidden * seq``), under ``selective`` only the
+attention core's forward (``4 * layers * hidden * seq``, the score and weighted-sum matmuls: a third of the
+attention term).
 MFU uses model FLOPs, HFU hardware FLOPs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -52,10 +56,47 @@ PEAK_FLOPS: dict[str, dict[str, float]] = {
 }
 
 
+def moe_layer_indices(args: GPTArgs) -> list[int]:
+    """The layers whose MLP is a mixture of experts (none for a dense model): every ``model.moe_layer_freq``-th,
+    as :mod:`pretrain.models.gpt.moe` builds them."""
+    if not getattr(args, "num_experts", 0):
+        return []
+    freq = max(1, int(getattr(args, "moe_layer_freq", 1) or 1))
+    return [i for i in range(args.num_layers) if i % freq == 0]
+
+
+def gpt_parameter_counts(args: GPTArgs) -> dict[str, int]:
+    """``count_parameters`` of the dense shape, with the MLP of each MoE layer replaced by its router
+    (``E x h``, no bias) and experts (SwiGLU ``3 h f_e``, GELU ``2 h f_e``, no biases): ``total`` holds every
+    expert, ``active`` the ``moe_router_topk`` experts one token runs through plus the router (what FLOPs and
+    MFU count). A dense model has ``active == total``. ``*_non_embedding`` leave out the embeddings and a
+    separate output layer, as ``count_parameters`` does."""
+    dense = count_parameters(dataclasses.replace(args, num_experts=0) if hasattr(args, "num_experts") else args)
+    out = {"total": dense["total"], "active": dense["total"], "non_embedding": dense["non_embedding"],
+           "active_non_embedding": dense["non_embedding"], "moe_layers": 0, "expert": 0, "router": 0}
+    layers = moe_layer_indices(args)
+    if not layers:
+        return out
+    h, f = args.hidden_size, args.ffn_hidden_size
+    n_mats = 3 if args.activation == "swiglu" else 2
+    dense_mlp = n_mats * h * f + (1 if args.bias else 0) * ((n_mats - 1) * f + h)
+    E, k = args.num_experts, args.moe_router_topk
+    expert = n_mats * h * (args.moe_ffn_hidden_size or f)
+    router = E * h
+    all_, active = len(layers) * (router + E * expert - dense_mlp), len(layers) * (router + k * expert - dense_mlp)
+    out.update(total=out["total"] + all_, active=out["active"] + active,
+               non_embedding=out["non_embedding"] + all_, active_non_embedding=out["active_non_embedding"] + active,
+               moe_layers=len(layers), expert=expert, router=router)
+    return out
+
+
 def gpt_flops_per_token(args: GPTArgs) -> dict[str, float]:
-    p = count_parameters(args)
+    """Model and hardware FLOPs per token of a GPT (module docstring). A mixture of experts counts its *active*
+    parameters: the ``moe_router_topk`` experts each token is routed to and the router, not the experts it
+    skips; tokens a capacity factor drops are still counted (the model's FLOPs, not the work that ran)."""
+    p = gpt_parameter_counts(args)
     h, L, s, V = args.hidden_size, args.num_layers, args.seq_length, args.vocab_size
-    layer_params = p["non_embedding"] - (h if args.normalization == "rmsnorm" or not args.bias else 2 * h)
+    layer_params = p["active_non_embedding"] - (h if args.normalization == "rmsnorm" or not args.bias else 2 * h)
     attn = 12 * L * h * s
     model = 6 * layer_params + 6 * h * V + attn
     recompute = recompute_flops(args, layers_forward=2 * layer_params + attn / 3, attention_core_forward=attn / 3)
