@@ -45,6 +45,7 @@ from pretrain.evaluator import Evaluator
 from pretrain.flops import peak_flops_per_device
 from pretrain.metrics import METRICS_FILE, MetricsLogger, StepRecorder
 from pretrain.models import TokenizerInfo, get_family
+from pretrain.models.gpt import moe_metrics
 from pretrain.parallel.pipeline import PP_COMM, build_pipeline, parameter_names
 from pretrain.validation import fit_schedule_to_run, validate_values
 
@@ -282,6 +283,7 @@ class Trainer:
         self._log_setup(self.peak_source)
         self.callbacks = CallbackList([
             StepRecorder(cfg.trainer.log_interval),
+            *moe_metrics.callbacks(self),  # mixture of experts: aux/z losses, drops, loads, all-to-all bytes
             Evaluator(cfg.trainer.eval_interval, cfg.trainer.eval_iters), MixtureTracker(self),
             self.metrics,
             preemption.StopOnRequest(self.stop_request),

@@ -1,0 +1,129 @@
+"""Per-step mixture-of-experts metrics in the step's record (``metrics.jsonl``, W&B, the same record):
+
+==========================  ====================================================================================
+``moe_aux_loss``            the load-balancing loss (before ``model.moe_aux_loss_coeff``), mean over MoE layers
+``moe_z_loss``              the router z-loss (before ``model.moe_z_loss_coeff``), mean over MoE layers
+``moe_dropped_fraction``    routed token slots a capacity factor dropped / all routed slots (0 with no capacity)
+``moe_expert_load_max``     tokens of the most used expert / the mean tokens per expert (1.0 = perfectly balanced)
+``moe_expert_load_min``     tokens of the least used expert / the mean (0.0 = an expert that got nothing)
+``moe_a2a_bytes``           bytes one rank sent through the expert-parallel all-to-alls per step (0 at ep 1)
+==========================  ====================================================================================
+
+Loads count every MoE layer (summed per global expert) over every data-parallel rank and every step since the
+last record; the losses are means over the same; the all-to-all bytes are the mean rank's, per step.
+
+:class:`MoEMetrics` takes the layers' statistics after every step (``pretrain.models.gpt.moe.take_moe_stats``:
+what the forwards since the last call saw), adds them up, and on the steps the ``StepRecorder`` (order 10) built
+a record for, all-reduces them over the data-parallel group (a collective on the same steps on every rank: the
+record is due on the same steps everywhere) and writes them into that record before the ``MetricsLogger`` (30)
+logs it. It runs at order 15, before the ``Evaluator`` (20), whose forwards would otherwise count as training
+ones; :class:`DiscardEvalStats` (25) throws those away.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from pretrain.callbacks import Callback, StepOutput
+
+if TYPE_CHECKING:
+    from pretrain.trainer import Trainer
+
+
+def _module(trainer: "Trainer") -> torch.nn.Module:
+    """The module this rank trains (the engine's wrapped model, a pipeline stage under pipeline parallelism)."""
+    engine = trainer.engine
+    for attr in ("module", "ds", "model"):
+        m = getattr(engine, attr, None)
+        if isinstance(m, torch.nn.Module):
+            return m
+    raise TypeError(f"{type(engine).__name__} exposes no module to read the MoE statistics from")
+
+
+def _take(trainer: "Trainer") -> dict[str, Any]:
+    from pretrain.models.gpt.moe import take_moe_stats
+
+    return take_moe_stats(_module(trainer))
+
+
+class MoEStats:
+    """Running sums of ``take_moe_stats`` results over the steps since the last record (this rank)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.steps = 0
+        self.aux = self.z = self.tokens = self.dropped = self.a2a = 0.0
+        self.load: list[float] = []
+
+    def add(self, s: dict[str, Any]) -> None:
+        self.steps += 1
+        self.aux += float(s.get("aux_loss", 0.0))
+        self.z += float(s.get("z_loss", 0.0))
+        self.tokens += float(s.get("tokens", 0))
+        self.dropped += float(s.get("dropped", 0))
+        self.a2a += float(s.get("a2a_bytes", 0))
+        load = [float(x) for x in s.get("expert_load", [])]
+        self.load = [a + b for a, b in zip(self.load, load)] if self.load else load
+
+    def vector(self) -> list[float]:
+        """What the all-reduce sums: per-step means of the losses and bytes, then counts and loads."""
+        n = max(self.steps, 1)
+        return [self.aux / n, self.z / n, self.a2a / n, self.tokens, self.dropped, *self.load]
+
+
+def record_fields(summed: list[float], ranks: int) -> dict[str, float]:
+    """The record's ``moe_*`` values from :meth:`MoEStats.vector` summed over ``ranks`` data-parallel ranks."""
+    aux, z, a2a, tokens, dropped, *load = summed
+    mean_load = sum(load) / len(load) if load else 0.0
+    return {
+        "moe_aux_loss": aux / ranks,
+        "moe_z_loss": z / ranks,
+        "moe_dropped_fraction": dropped / tokens if tokens else 0.0,
+        "moe_expert_load_max": max(load) / mean_load if mean_load else 0.0,
+        "moe_expert_load_min": min(load) / mean_load if mean_load else 0.0,
+        "moe_a2a_bytes": a2a / ranks,
+    }
+
+
+class MoEMetrics(Callback):
+    order = 15  # after the StepRecorder (10) built the record, before the Evaluator (20) and the logger (30)
+
+    def __init__(self) -> None:
+        self.stats = MoEStats()
+
+    def on_train_start(self, trainer: "Trainer") -> None:
+        _take(trainer)  # forget what ran before training (a resume's or a test's forwards)
+        self.stats.reset()
+
+    def on_step_end(self, trainer: "Trainer", out: StepOutput) -> None:
+        self.stats.add(_take(trainer))
+        if not out.record:  # not a logged step
+            return
+        values = self.stats.vector()
+        ranks = 1
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            t = torch.tensor(values, dtype=torch.float64, device=trainer.device)
+            torch.distributed.all_reduce(t, group=trainer.dp_group)
+            values, ranks = t.tolist(), torch.distributed.get_world_size(trainer.dp_group)
+        out.record.update(record_fields(values, ranks))
+        self.stats.reset()
+
+
+class DiscardEvalStats(Callback):
+    """Drops the statistics of the Evaluator's forwards (order 20), so the next record counts training only."""
+
+    order = 25
+
+    def on_step_end(self, trainer: "Trainer", out: StepOutput) -> None:
+        _take(trainer)
+
+
+def callbacks(trainer: "Trainer") -> list[Callback]:
+    """The Trainer's MoE callbacks: none for a dense model."""
+    if not getattr(trainer.args, "num_experts", 0):
+        return []
+    return [MoEMetrics(), DiscardEvalStats()]
