@@ -100,15 +100,24 @@ def test_planner_splits_experts_over_ep_and_times_active_parameters(compose_cfg)
 def test_moe_stats_reduce_into_the_records_fields():
     from pretrain.models.gpt.moe_metrics import MoEStats, record_fields
 
-    s = MoEStats()
+    s = MoEStats(num_experts=4, num_layers=2)
     s.add({"aux_loss": 1.0, "z_loss": 0.5, "tokens": 100, "dropped": 10, "expert_load": [50, 30, 20, 0],
            "a2a_bytes": 1000})
     s.add({"aux_loss": 3.0, "z_loss": 1.5, "tokens": 100, "dropped": 0, "expert_load": [25, 25, 25, 25],
            "a2a_bytes": 3000})
-    other_rank = [1.0, 0.0, 0.0, 200.0, 0.0, 25.0, 25.0, 25.0, 125.0]
-    fields = record_fields([a + b for a, b in zip(s.vector(), other_rank)], ranks=2)
-    assert fields == {"moe_aux_loss": 1.5, "moe_z_loss": 0.5, "moe_dropped_fraction": 10 / 400,
-                      "moe_expert_load_max": 150 / 100, "moe_expert_load_min": 70 / 100, "moe_a2a_bytes": 1000.0}
+    # another rank: a pipeline stage with one MoE layer (aux 1.0, z 0), and one with none (no load at all)
+    one = MoEStats(4, 1)
+    one.add({"aux_loss": 1.0, "z_loss": 0.0, "tokens": 200, "dropped": 0, "expert_load": [25, 25, 25, 125],
+             "a2a_bytes": 0})
+    none = MoEStats(4, 0)
+    none.add({"aux_loss": 0.0, "z_loss": 0.0, "tokens": 0, "dropped": 0, "expert_load": [], "a2a_bytes": 0})
+    summed = [a + b + c for a, b, c in zip(s.vector(), one.vector(), none.vector())]
+    fields = record_fields(summed, ranks=3)
+    assert fields == {"moe_aux_loss": (2 * 2.0 + 1.0) / 3, "moe_z_loss": 2 * 1.0 / 3,
+                      "moe_dropped_fraction": 10 / 400, "moe_expert_load_max": 150 / 100,
+                      "moe_expert_load_min": 70 / 100, "moe_a2a_bytes": 2000 / 3}
+    s.reset()
+    assert s.vector() == [0.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
 
 
 def test_a_moe_run_logs_its_metrics_and_mfu_of_active_parameters(tmp_path, compose_cfg, monkeypatch, cache_dir):

@@ -9,8 +9,9 @@
 ``moe_a2a_bytes``           bytes one rank sent through the expert-parallel all-to-alls per step (0 at ep 1)
 ==========================  ====================================================================================
 
-Loads count every MoE layer (summed per global expert) over every data-parallel rank and every step since the
-last record; the losses are means over the same; the all-to-all bytes are the mean rank's, per step.
+Loads count every MoE layer (summed per global expert) over every data-parallel rank, every pipeline stage and
+every step since the last record; the losses are means over the same; the all-to-all bytes are the mean rank's,
+per step.
 
 :class:`MoEMetrics` takes the layers' statistics after every step (``pretrain.models.gpt.moe.take_moe_stats``:
 what the forwards since the last call saw), adds them up, and on the steps the ``StepRecorder`` (order 10) built
@@ -42,6 +43,12 @@ def _module(trainer: "Trainer") -> torch.nn.Module:
     raise TypeError(f"{type(engine).__name__} exposes no module to read the MoE statistics from")
 
 
+def _is_moe_layer(m: torch.nn.Module) -> bool:
+    """A mixture-of-experts block: a router (``gate``) beside stacked ``experts`` (the layout of
+    :mod:`pretrain.models.gpt.moe`)."""
+    return hasattr(m, "experts") and hasattr(m, "gate")
+
+
 def _take(trainer: "Trainer") -> dict[str, Any]:
     from pretrain.models.gpt.moe import take_moe_stats
 
@@ -51,13 +58,14 @@ def _take(trainer: "Trainer") -> dict[str, Any]:
 class MoEStats:
     """Running sums of ``take_moe_stats`` results over the steps since the last record (this rank)."""
 
-    def __init__(self) -> None:
+    def __init__(self, num_experts: int, num_layers: int) -> None:
+        self.num_experts, self.num_layers = num_experts, num_layers  # global experts; MoE layers on this rank
         self.reset()
 
     def reset(self) -> None:
         self.steps = 0
         self.aux = self.z = self.tokens = self.dropped = self.a2a = 0.0
-        self.load: list[float] = []
+        self.load = [0.0] * self.num_experts
 
     def add(self, s: dict[str, Any]) -> None:
         self.steps += 1
@@ -66,22 +74,24 @@ class MoEStats:
         self.tokens += float(s.get("tokens", 0))
         self.dropped += float(s.get("dropped", 0))
         self.a2a += float(s.get("a2a_bytes", 0))
-        load = [float(x) for x in s.get("expert_load", [])]
-        self.load = [a + b for a, b in zip(self.load, load)] if self.load else load
+        for i, x in enumerate(s.get("expert_load") or []):
+            self.load[i] += float(x)
 
     def vector(self) -> list[float]:
-        """What the all-reduce sums: per-step means of the losses and bytes, then counts and loads."""
-        n = max(self.steps, 1)
-        return [self.aux / n, self.z / n, self.a2a / n, self.tokens, self.dropped, *self.load]
+        """What the all-reduces sum: the per-step mean losses weighted by this rank's MoE layers (a pipeline stage
+        may hold none), the layer count, the per-step bytes, then counts and loads."""
+        n, L = max(self.steps, 1), self.num_layers
+        return [L * self.aux / n, L * self.z / n, float(L), self.a2a / n, self.tokens, self.dropped, *self.load]
 
 
 def record_fields(summed: list[float], ranks: int) -> dict[str, float]:
-    """The record's ``moe_*`` values from :meth:`MoEStats.vector` summed over ``ranks`` data-parallel ranks."""
-    aux, z, a2a, tokens, dropped, *load = summed
+    """The record's ``moe_*`` values from :meth:`MoEStats.vector` summed over ``ranks`` ranks (the data-parallel
+    ranks, times the pipeline stages)."""
+    aux, z, layers, a2a, tokens, dropped, *load = summed
     mean_load = sum(load) / len(load) if load else 0.0
     return {
-        "moe_aux_loss": aux / ranks,
-        "moe_z_loss": z / ranks,
+        "moe_aux_loss": aux / layers if layers else 0.0,
+        "moe_z_loss": z / layers if layers else 0.0,
         "moe_dropped_fraction": dropped / tokens if tokens else 0.0,
         "moe_expert_load_max": max(load) / mean_load if mean_load else 0.0,
         "moe_expert_load_min": min(load) / mean_load if mean_load else 0.0,
@@ -92,23 +102,32 @@ def record_fields(summed: list[float], ranks: int) -> dict[str, float]:
 class MoEMetrics(Callback):
     order = 15  # after the StepRecorder (10) built the record, before the Evaluator (20) and the logger (30)
 
-    def __init__(self) -> None:
-        self.stats = MoEStats()
+    def __init__(self, num_experts: int) -> None:
+        self.num_experts = num_experts
+        self.stats: MoEStats | None = None
 
     def on_train_start(self, trainer: "Trainer") -> None:
-        _take(trainer)  # forget what ran before training (a resume's or a test's forwards)
-        self.stats.reset()
+        from pretrain.models.gpt.moe import take_moe_stats
+
+        module = _module(trainer)
+        layers = sum(1 for m in module.modules() if _is_moe_layer(m))
+        take_moe_stats(module)  # forget what ran before training (a resume's or a test's forwards)
+        self.stats = MoEStats(self.num_experts, layers)
 
     def on_step_end(self, trainer: "Trainer", out: StepOutput) -> None:
+        assert self.stats is not None
         self.stats.add(_take(trainer))
         if not out.record:  # not a logged step
             return
-        values = self.stats.vector()
-        ranks = 1
+        values, ranks = self.stats.vector(), 1
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             t = torch.tensor(values, dtype=torch.float64, device=trainer.device)
             torch.distributed.all_reduce(t, group=trainer.dp_group)
-            values, ranks = t.tolist(), torch.distributed.get_world_size(trainer.dp_group)
+            ranks = torch.distributed.get_world_size(trainer.dp_group)
+            if trainer.pipelined:  # every stage's MoE layers, into the record rank 0 writes
+                torch.distributed.all_reduce(t, group=trainer.grid.get_pipe_parallel_group())
+                ranks *= trainer.grid.get_pipe_parallel_world_size()
+            values = t.tolist()
         out.record.update(record_fields(values, ranks))
         self.stats.reset()
 
@@ -124,6 +143,7 @@ class DiscardEvalStats(Callback):
 
 def callbacks(trainer: "Trainer") -> list[Callback]:
     """The Trainer's MoE callbacks: none for a dense model."""
-    if not getattr(trainer.args, "num_experts", 0):
+    experts = int(getattr(trainer.args, "num_experts", 0) or 0)
+    if not experts:
         return []
-    return [MoEMetrics(), DiscardEvalStats()]
+    return [MoEMetrics(experts), DiscardEvalStats()]
