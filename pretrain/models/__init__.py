@@ -11,7 +11,7 @@ Importing this package imports no torch: ``pretrain.config`` reads the families'
 from __future__ import annotations
 
 import importlib
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from typing import TYPE_CHECKING, Any
 
 from pretrain.core.errors import ConfigError
@@ -70,7 +70,11 @@ def family_of(args: Any) -> ModelFamily:
 
 
 def shape_of(args: Any) -> dict[str, Any]:
-    return {k: v for k, v in asdict(args).items() if k not in NON_SHAPE_FIELDS}
+    """The fields of ``args`` that fix the parameter shapes. A field marked ``dense_default`` (the MoE fields)
+    is left out while at its default, so a dense model's shape reads as it did before the field existed."""
+    dense = {f.name: f.default for f in fields(args) if f.metadata.get("dense_default")}
+    return {k: v for k, v in asdict(args).items()
+            if k not in NON_SHAPE_FIELDS and not (k in dense and v == dense[k])}
 
 
 def resolve_args(model_cfg: DictConfig, tokenizer_vocab_size: int | None) -> Any:

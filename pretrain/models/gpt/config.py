@@ -5,7 +5,8 @@ to the other with the checks that name the key. No torch here."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Optional
 
 from pretrain.core.errors import ConfigError
 from pretrain.models.family import TokenizerInfo, check_heads, enum_value, resolve_vocab
@@ -20,6 +21,19 @@ class GPTConfig(ModelConfigBase):
     family: str = "gpt"
     # Base of the rotary embedding's frequencies (position_embedding: rope).
     rotary_base: float = 10000.0
+    # Mixture of experts (pretrain/models/gpt/moe.py, docs/moe.md). 0: every MLP dense (the default).
+    num_experts: int = 0
+    # Every N-th layer is an MoE layer, counting from layer 0 (layer i when i % N == 0; 1 = every layer).
+    moe_layer_freq: int = 1
+    # Experts per token: 1 = Switch (the top probability weighs the expert), 2 = Mixtral (top-k renormalised).
+    moe_router_topk: int = 2
+    # Width of each expert's MLP; null: model.ffn_hidden_size.
+    moe_ffn_hidden_size: Optional[int] = None
+    # Tokens an expert takes per micro-batch = ceil(factor * tokens * topk / num_experts); null: no dropping.
+    moe_capacity_factor: Optional[float] = None
+    # Switch/GShard load-balancing loss and ST-MoE router z-loss, added to the training loss with these weights.
+    moe_aux_loss_coeff: float = 0.01
+    moe_z_loss_coeff: float = 0.001
 
 
 @dataclass
@@ -46,6 +60,23 @@ class GPTArgs:
     # applied by ModelFamily.build (pretrain.models.recompute.apply_ac), not by the GPT module itself
     activation_checkpointing: bool = False
     recompute_granularity: str = "full"  # full | selective (pretrain.models.recompute)
+    # Mixture of experts (pretrain.models.gpt.moe). Fields marked DENSE_DEFAULT leave a dense model's shape
+    # (pretrain.models.shape_of) as before MoE existed, so older checkpoints resume.
+    num_experts: int = field(default=0, metadata={"dense_default": True})
+    moe_layer_freq: int = field(default=1, metadata={"dense_default": True})
+    moe_ffn_hidden_size: int = field(default=0, metadata={"dense_default": True})
+    moe_router_topk: int = 2
+    moe_capacity_factor: Optional[float] = None
+    moe_aux_loss_coeff: float = 0.01
+    moe_z_loss_coeff: float = 0.001
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
+
+    def is_moe_layer(self, i: int) -> bool:
+        """Whether layer ``i`` (from 0) has an MoE MLP: every ``moe_layer_freq``-th layer, from layer 0."""
+        return self.num_experts > 0 and i % self.moe_layer_freq == 0
 
     @property
     def head_dim(self) -> int:
@@ -72,7 +103,9 @@ def resolve(m, tokenizer: TokenizerInfo) -> GPTArgs:
             "rotary embeddings need an even head dimension; hidden_size/heads = "
             f"{m.hidden_size // m.num_attention_heads}"
         )
+    moe = resolve_moe(m)
     return GPTArgs(
+        **moe,
         vocab_size=resolve_vocab(m, tokenizer.vocab_size),
         num_layers=m.num_layers,
         hidden_size=m.hidden_size,
@@ -95,8 +128,40 @@ def resolve(m, tokenizer: TokenizerInfo) -> GPTArgs:
     )
 
 
+def resolve_moe(m) -> dict:
+    """The MoE fields of :class:`GPTArgs` from the model group, checked (ConfigError naming the key)."""
+    e = int(getattr(m, "num_experts", 0) or 0)
+    if e < 0:
+        raise ConfigError(f"model.num_experts={e}; expected 0 (dense) or the number of experts (>= 1)")
+    if e == 0:
+        return {}
+    k, freq = int(m.moe_router_topk), int(m.moe_layer_freq)
+    problems = []
+    if not 1 <= k <= e:
+        problems.append(f"model.moe_router_topk={k} must be between 1 and model.num_experts={e}")
+    if freq < 1:
+        problems.append(f"model.moe_layer_freq={freq} must be >= 1 (1 = every layer is MoE)")
+    f = m.moe_ffn_hidden_size
+    if f is not None and f < 1:
+        problems.append(f"model.moe_ffn_hidden_size={f} must be >= 1 (null: model.ffn_hidden_size)")
+    cf = m.moe_capacity_factor
+    if cf is not None and cf <= 0:
+        problems.append(f"model.moe_capacity_factor={cf} must be > 0 (null: no token dropping)")
+    for key in ("moe_aux_loss_coeff", "moe_z_loss_coeff"):
+        if getattr(m, key) < 0:
+            problems.append(f"model.{key}={getattr(m, key)} must be >= 0")
+    if problems:
+        raise ConfigError("invalid mixture-of-experts config: " + "; ".join(problems))
+    act = enum_value(m.activation)
+    return dict(num_experts=e, moe_layer_freq=freq, moe_router_topk=k,
+                moe_ffn_hidden_size=int(f or m.ffn_hidden_size or default_ffn_hidden_size(m.hidden_size, act)),
+                moe_capacity_factor=None if cf is None else float(cf),
+                moe_aux_loss_coeff=float(m.moe_aux_loss_coeff), moe_z_loss_coeff=float(m.moe_z_loss_coeff))
+
+
 def count_parameters(args: GPTArgs) -> dict[str, int]:
-    """Parameter counts from the shape alone (no model built): used for FLOPs/MFU of real-size presets."""
+    """Parameter counts from the shape alone (no model built): used for FLOPs/MFU of real-size presets.
+    ``active``: the parameters one token passes through (an MoE layer counts its router and top-k experts)."""
     h, f, L, V = args.hidden_size, args.ffn_hidden_size, args.num_layers, args.vocab_size
     kv = args.num_key_value_heads * args.head_dim
     b = 1 if args.bias else 0
@@ -108,4 +173,14 @@ def count_parameters(args: GPTArgs) -> dict[str, int]:
     embed = V * h + (args.seq_length * h if args.position_embedding == "learned" else 0)
     head = 0 if args.tie_word_embeddings else V * h
     total = embed + L * per_layer + norm + head
-    return {"total": total, "embedding": embed, "non_embedding": total - embed - head, "lm_head": head}
+    out = {"total": total, "embedding": embed, "non_embedding": total - embed - head, "lm_head": head,
+           "active": total}
+    n_moe = sum(args.is_moe_layer(i) for i in range(L))
+    if n_moe:  # experts carry no biases (Switch, Mixtral); the router is one [E, h] matrix
+        expert = n_mats * h * args.moe_ffn_hidden_size
+        moe = args.num_experts * expert + args.num_experts * h
+        out["total"] = total + n_moe * (moe - mlp)
+        out["non_embedding"] = out["total"] - embed - head
+        out["active"] = total + n_moe * (args.moe_router_topk * expert + args.num_experts * h - mlp)
+        out["experts"] = n_moe * args.num_experts * expert
+    return out

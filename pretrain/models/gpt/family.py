@@ -14,7 +14,8 @@ class GPTFamily(ModelFamily):
     name = "gpt"
     config_schema = config.GPTConfig
     args_type = config.GPTArgs
-    non_shape_fields = ModelFamily.non_shape_fields | {"rotary_base"}
+    non_shape_fields = ModelFamily.non_shape_fields | {"rotary_base", "moe_router_topk", "moe_capacity_factor",
+                                                       "moe_aux_loss_coeff", "moe_z_loss_coeff"}
     tp_plan = TP_PLAN
     sequence_parallel = SEQUENCE_PARALLEL
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pretrain.models.gpt.config import GPTArgs, count_parameters  # noqa: F401  (count_parameters: re-exported)
+from pretrain.models.gpt.moe import MoE, collect, moe_modules
 
 
 class RMSNorm(nn.Module):
@@ -109,13 +110,21 @@ class MLP(nn.Module):
         return self.down_proj(F.gelu(self.up_proj(x), approximate="tanh"))
 
 
+def make_mlp(args: GPTArgs, layer: int) -> nn.Module:
+    """The dense MLP, or the mixture of experts on the layers ``args.is_moe_layer`` names."""
+    if not args.is_moe_layer(layer):
+        return MLP(args)
+    return MoE(args.hidden_size, args.moe_ffn_hidden_size, args.num_experts, args.moe_router_topk,
+               args.activation == "swiglu", args.moe_capacity_factor)
+
+
 class Block(nn.Module):
-    def __init__(self, args: GPTArgs):
+    def __init__(self, args: GPTArgs, layer: int = 0):
         super().__init__()
         self.input_layernorm = make_norm(args)
         self.self_attn = Attention(args)
         self.post_attention_layernorm = make_norm(args)
-        self.mlp = MLP(args)
+        self.mlp = make_mlp(args, layer)
         self.dropout = nn.Dropout(args.hidden_dropout)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
@@ -132,7 +141,7 @@ class GPT(nn.Module):
             nn.Embedding(args.seq_length, args.hidden_size) if args.position_embedding == "learned" else None
         )
         self.embed_dropout = nn.Dropout(args.hidden_dropout)
-        self.layers = nn.ModuleList(Block(args) for _ in range(args.num_layers))
+        self.layers = nn.ModuleList(Block(args, i) for i in range(args.num_layers))
         self.norm = make_norm(args)
         self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
         if args.tie_word_embeddings:
@@ -154,7 +163,7 @@ class GPT(nn.Module):
                     nn.init.zeros_(p)
                 else:
                     nn.init.ones_(p)
-            elif name.endswith(("o_proj.weight", "down_proj.weight")):
+            elif name.endswith(("o_proj.weight", "down_proj.weight", "experts.down_proj")):
                 nn.init.normal_(p, 0.0, out_std)
             else:
                 nn.init.normal_(p, 0.0, std)
@@ -172,7 +181,16 @@ class GPT(nn.Module):
         x = self.embed_dropout(x)
         for layer in self.layers:
             x = layer(x, rope)
+        moe = collect(self._moe_layers(), self.training) if self.args.is_moe else None
         logits = self.lm_head(self.norm(x))
         if labels is None:
             return logits
-        return self.loss_fn(logits.float().view(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100)
+        loss = self.loss_fn(logits.float().view(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100)
+        if moe is not None and self.training:  # the routers' auxiliary losses train, they are not evaluated
+            loss = loss + self.args.moe_aux_loss_coeff * moe[0] + self.args.moe_z_loss_coeff * moe[1]
+        return loss
+
+    def _moe_layers(self) -> list[MoE]:
+        if getattr(self, "_moe_cache", None) is None:
+            self._moe_cache = moe_modules(self)
+        return self._moe_cache
