@@ -12,6 +12,7 @@ import torch
 
 from pretrain.flops import gpt_flops_per_token, gpt_parameter_counts
 from pretrain.models import TokenizerInfo, get_family
+from pretrain.models.gpt import count_parameters
 from tests.conftest import TINY
 
 
@@ -35,6 +36,7 @@ def test_mixtral_and_switch_presets_have_their_papers_parameter_counts(compose_c
     c = gpt_parameter_counts(mixtral)
     assert abs(c["total"] - 46.7e9) < 0.05e9 and abs(c["active"] - 12.9e9) < 0.05e9, c
     assert c["total"] == meta_numel(mixtral) == get_family("gpt").num_parameters(mixtral)
+    assert c["active"] == count_parameters(mixtral)["active"]  # the model file's own count agrees
     # Switch Transformers (Fedus et al. 2021), Table 9: Switch-Base 7B parameters at T5-Base's 0.2B per token
     switch = resolved(compose_cfg, "model=gpt/switch_base", "model.vocab_size=32128")
     c = gpt_parameter_counts(switch)
@@ -101,16 +103,16 @@ def test_moe_stats_reduce_into_the_records_fields():
     from pretrain.models.gpt.moe_metrics import MoEStats, record_fields
 
     s = MoEStats(num_experts=4, num_layers=2)
-    s.add({"aux_loss": 1.0, "z_loss": 0.5, "tokens": 100, "dropped": 10, "expert_load": [50, 30, 20, 0],
+    s.add({"aux_loss": 1.0, "z_loss": 0.5, "assignments": 100, "dropped": 10, "expert_load": [50, 30, 20, 0],
            "a2a_bytes": 1000})
-    s.add({"aux_loss": 3.0, "z_loss": 1.5, "tokens": 100, "dropped": 0, "expert_load": [25, 25, 25, 25],
+    s.add({"aux_loss": 3.0, "z_loss": 1.5, "assignments": 100, "dropped": 0, "expert_load": [25, 25, 25, 25],
            "a2a_bytes": 3000})
     # another rank: a pipeline stage with one MoE layer (aux 1.0, z 0), and one with none (no load at all)
     one = MoEStats(4, 1)
-    one.add({"aux_loss": 1.0, "z_loss": 0.0, "tokens": 200, "dropped": 0, "expert_load": [25, 25, 25, 125],
+    one.add({"aux_loss": 1.0, "z_loss": 0.0, "assignments": 200, "dropped": 0, "expert_load": [25, 25, 25, 125],
              "a2a_bytes": 0})
     none = MoEStats(4, 0)
-    none.add({"aux_loss": 0.0, "z_loss": 0.0, "tokens": 0, "dropped": 0, "expert_load": [], "a2a_bytes": 0})
+    none.add({"aux_loss": 0.0, "z_loss": 0.0, "assignments": 0, "dropped": 0, "expert_load": [], "a2a_bytes": 0})
     summed = [a + b + c for a, b, c in zip(s.vector(), one.vector(), none.vector())]
     fields = record_fields(summed, ranks=3)
     assert fields == {"moe_aux_loss": (2 * 2.0 + 1.0) / 3, "moe_z_loss": 2 * 1.0 / 3,

@@ -3,10 +3,10 @@
 ==========================  ====================================================================================
 ``moe_aux_loss``            the load-balancing loss (before ``model.moe_aux_loss_coeff``), mean over MoE layers
 ``moe_z_loss``              the router z-loss (before ``model.moe_z_loss_coeff``), mean over MoE layers
-``moe_dropped_fraction``    routed token slots a capacity factor dropped / all routed slots (0 with no capacity)
-``moe_expert_load_max``     tokens of the most used expert / the mean tokens per expert (1.0 = perfectly balanced)
-``moe_expert_load_min``     tokens of the least used expert / the mean (0.0 = an expert that got nothing)
-``moe_a2a_bytes``           bytes one rank sent through the expert-parallel all-to-alls per step (0 at ep 1)
+``moe_dropped_fraction``    token-to-expert assignments the capacity dropped / all (tokens x topk; 0: no capacity)
+``moe_expert_load_max``     assignments of the most used expert / the mean per expert (1.0 = perfectly balanced)
+``moe_expert_load_min``     assignments of the least used expert / the mean (0.0 = an expert that got nothing)
+``moe_a2a_bytes``           bytes one rank sent + received by the expert-parallel all-to-alls per step (0 at ep 1)
 ==========================  ====================================================================================
 
 Loads count every MoE layer (summed per global expert) over every data-parallel rank, every pipeline stage and
@@ -17,8 +17,7 @@ per step.
 what the forwards since the last call saw), adds them up, and on the steps the ``StepRecorder`` (order 10) built
 a record for, all-reduces them over the data-parallel group (a collective on the same steps on every rank: the
 record is due on the same steps everywhere) and writes them into that record before the ``MetricsLogger`` (30)
-logs it. It runs at order 15, before the ``Evaluator`` (20), whose forwards would otherwise count as training
-ones; :class:`DiscardEvalStats` (25) throws those away.
+logs it. Only training forwards count (the layers skip eval-mode ones: the ``Evaluator``'s).
 """
 
 from __future__ import annotations
@@ -43,12 +42,6 @@ def _module(trainer: "Trainer") -> torch.nn.Module:
     raise TypeError(f"{type(engine).__name__} exposes no module to read the MoE statistics from")
 
 
-def _is_moe_layer(m: torch.nn.Module) -> bool:
-    """A mixture-of-experts block: a router (``gate``) beside stacked ``experts`` (the layout of
-    :mod:`pretrain.models.gpt.moe`)."""
-    return hasattr(m, "experts") and hasattr(m, "gate")
-
-
 def _take(trainer: "Trainer") -> dict[str, Any]:
     from pretrain.models.gpt.moe import take_moe_stats
 
@@ -64,14 +57,14 @@ class MoEStats:
 
     def reset(self) -> None:
         self.steps = 0
-        self.aux = self.z = self.tokens = self.dropped = self.a2a = 0.0
+        self.aux = self.z = self.assignments = self.dropped = self.a2a = 0.0
         self.load = [0.0] * self.num_experts
 
     def add(self, s: dict[str, Any]) -> None:
         self.steps += 1
         self.aux += float(s.get("aux_loss", 0.0))
         self.z += float(s.get("z_loss", 0.0))
-        self.tokens += float(s.get("tokens", 0))
+        self.assignments += float(s.get("assignments", 0))
         self.dropped += float(s.get("dropped", 0))
         self.a2a += float(s.get("a2a_bytes", 0))
         for i, x in enumerate(s.get("expert_load") or []):
@@ -81,18 +74,18 @@ class MoEStats:
         """What the all-reduces sum: the per-step mean losses weighted by this rank's MoE layers (a pipeline stage
         may hold none), the layer count, the per-step bytes, then counts and loads."""
         n, L = max(self.steps, 1), self.num_layers
-        return [L * self.aux / n, L * self.z / n, float(L), self.a2a / n, self.tokens, self.dropped, *self.load]
+        return [L * self.aux / n, L * self.z / n, float(L), self.a2a / n, self.assignments, self.dropped, *self.load]
 
 
 def record_fields(summed: list[float], ranks: int) -> dict[str, float]:
     """The record's ``moe_*`` values from :meth:`MoEStats.vector` summed over ``ranks`` ranks (the data-parallel
     ranks, times the pipeline stages)."""
-    aux, z, layers, a2a, tokens, dropped, *load = summed
+    aux, z, layers, a2a, assignments, dropped, *load = summed
     mean_load = sum(load) / len(load) if load else 0.0
     return {
         "moe_aux_loss": aux / layers if layers else 0.0,
         "moe_z_loss": z / layers if layers else 0.0,
-        "moe_dropped_fraction": dropped / tokens if tokens else 0.0,
+        "moe_dropped_fraction": dropped / assignments if assignments else 0.0,
         "moe_expert_load_max": max(load) / mean_load if mean_load else 0.0,
         "moe_expert_load_min": min(load) / mean_load if mean_load else 0.0,
         "moe_a2a_bytes": a2a / ranks,
@@ -107,10 +100,10 @@ class MoEMetrics(Callback):
         self.stats: MoEStats | None = None
 
     def on_train_start(self, trainer: "Trainer") -> None:
-        from pretrain.models.gpt.moe import take_moe_stats
+        from pretrain.models.gpt.moe import moe_modules, take_moe_stats
 
         module = _module(trainer)
-        layers = sum(1 for m in module.modules() if _is_moe_layer(m))
+        layers = len(moe_modules(module))
         take_moe_stats(module)  # forget what ran before training (a resume's or a test's forwards)
         self.stats = MoEStats(self.num_experts, layers)
 
@@ -132,18 +125,9 @@ class MoEMetrics(Callback):
         self.stats.reset()
 
 
-class DiscardEvalStats(Callback):
-    """Drops the statistics of the Evaluator's forwards (order 20), so the next record counts training only."""
-
-    order = 25
-
-    def on_step_end(self, trainer: "Trainer", out: StepOutput) -> None:
-        _take(trainer)
-
-
 def callbacks(trainer: "Trainer") -> list[Callback]:
     """The Trainer's MoE callbacks: none for a dense model."""
     experts = int(getattr(trainer.args, "num_experts", 0) or 0)
     if not experts:
         return []
-    return [MoEMetrics(experts), DiscardEvalStats()]
+    return [MoEMetrics(experts)]
