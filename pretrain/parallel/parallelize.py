@@ -47,7 +47,7 @@ from pretrain.parallel.tensor import (
     world_size,
 )
 from pretrain.parallel.tensor.mappings import _all_reduce
-from pretrain.parallel.validate import tensor_parallel_problems
+from pretrain.parallel.validate import moe_sequence_parallel_problem, tensor_parallel_problems
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +179,8 @@ def parallelize(model: nn.Module, group: Group, sequence_parallel: bool = False)
         problems.append(f"model family {family.name!r} declares no tensor-parallel plan")
     if sp and family.sequence_parallel is None:
         problems.append(f"sequence parallelism is implemented for {_sp_families()} only, not {type(model).__name__}")
+    if sp and getattr(model.args, "is_moe", False):
+        problems.append(moe_sequence_parallel_problem(tp))
     if sp and model.args.seq_length % tp:
         problems.append(f"model.seq_length={model.args.seq_length} is not divisible by the tensor-parallel size {tp}")
     if problems:
@@ -187,10 +189,15 @@ def parallelize(model: nn.Module, group: Group, sequence_parallel: bool = False)
         raise ValueError(f"{type(model).__name__} is tensor-parallel already; parallelize() takes the unsharded model")
     ties = _tied_groups(model)
     targets = [(name, module, _pattern_of(name, plan)) for name, module in model.named_modules()]
-    targets = [(name, module, pattern) for name, module, pattern in targets if pattern is not None]
+    # a module marked tensor_parallel_replicated (the MoE block: whole experts on every tensor rank) and what is
+    # under it stay replicated, though its name matches the dense MLP's entries
+    kept = tuple(name for name, module in model.named_modules() if getattr(module, "tensor_parallel_replicated", False))
+    targets = [(name, module, pattern) for name, module, pattern in targets if pattern is not None
+               and not any(name == k or name.startswith(k + ".") for k in kept)]
     # the vocabulary pieces must be found, or the vocab-parallel loss would read whole-vocabulary logits
     unmatched = [p for p, style in plan.items() if isinstance(style, (VocabEmbedding, VocabOutput, Row))
-                 and not any(pattern == p for _, _, pattern in targets)]
+                 and not any(pattern == p for _, _, pattern in targets)
+                 and not (kept and isinstance(style, Row) and ".mlp." in p)]
     if unmatched:
         raise TypeError(f"the tensor-parallel plan of {type(model).__name__} found no module for {unmatched}")
     for name, module, pattern in targets:  # check everything before changing anything

@@ -62,6 +62,26 @@ def tensor_parallel_problems(*, tp: int, heads: int, kv_heads: int, ffn: int, vo
     return out
 
 
+def moe_sequence_parallel_problem(tp: int) -> str:
+    return (f"parallel.sequence_parallel=true with model.num_experts > 0: the MoE layers hold whole experts on "
+            f"every one of the {tp} tensor ranks and route the full sequence, which sequence parallelism splits; "
+            "set parallel.sequence_parallel=false (tensor parallelism of the attention works with MoE)")
+
+
+def moe_problems(m, *, tp: int, pp: int, sequence_parallel: bool) -> list[str]:
+    """What keeps a mixture-of-experts model (``model.num_experts`` > 0) from this layout (empty: nothing)."""
+    if not getattr(m, "num_experts", 0):
+        return []
+    out = []
+    if pp > 1:
+        out.append(f"parallel.pipeline_model_parallel_size={pp} with model.num_experts={m.num_experts}: the MoE "
+                   "layers' auxiliary losses are summed by the whole model's forward, which DeepSpeed's pipeline "
+                   "stages do not run; use tensor and data parallelism for MoE models")
+    if sequence_parallel and tp > 1:
+        out.append(moe_sequence_parallel_problem(tp))
+    return out
+
+
 def validate_parallel(cfg: DictConfig, world_size: int) -> ParallelLayout:
     """The layout ``tp x pp x dp`` of ``world_size`` ranks for ``cfg`` (``parallel``, ``trainer``, ``model``),
     or a :class:`ConfigError` listing every problem with what to change."""
@@ -111,6 +131,8 @@ def validate_parallel(cfg: DictConfig, world_size: int) -> ParallelLayout:
         elif m.seq_length % tp:
             problems.append(f"parallel.sequence_parallel=true splits the sequence over the tensor ranks: "
                             f"model.seq_length={m.seq_length} is not divisible by parallel.tensor_model_parallel_size={tp}")
+
+    problems += moe_problems(m, tp=tp, pp=pp, sequence_parallel=bool(p.sequence_parallel))
 
     micro = t.micro_batch_size
     if micro < 1:

@@ -120,7 +120,12 @@ class MoE(nn.Module):
 
     Each forward leaves its auxiliary losses and counts in ``pending``; :class:`~pretrain.models.gpt.model.GPT`
     takes them after its layers ran (adding the losses to the training loss and the counts to ``stats``), so a
-    recomputed forward (activation checkpointing, inside backward) counts nothing twice."""
+    recomputed forward (activation checkpointing, inside backward) counts nothing twice.
+
+    Under tensor parallelism the block stays whole on every tensor rank (``tensor_parallel_replicated``): its
+    input is the full activation there, so every rank routes the same tokens to the same experts."""
+
+    tensor_parallel_replicated = True
 
     def __init__(self, hidden: int, ffn: int, num_experts: int, topk: int, swiglu: bool,
                  capacity_factor: float | None):

@@ -1,0 +1,279 @@
+"""The mixture-of-experts block (pretrain/models/gpt/moe.py): routing and dispatch against references that loop
+over the experts (ours and Hugging Face's Mixtral block), ties, capacity dropping, the auxiliary losses by hand,
+the statistics, the config checks and the layout checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from pretrain.config import TrainConfig
+from pretrain.core.errors import ConfigError
+from pretrain.models.gpt.config import GPTArgs, count_parameters
+from pretrain.models.gpt.model import GPT
+from pretrain.models.gpt.moe import MoE, capacity, keep_mask, load_balancing_loss, route, take_moe_stats, z_loss
+from pretrain.parallel.validate import validate_parallel
+
+ARGS = GPTArgs(vocab_size=64, num_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=4,
+               ffn_hidden_size=64, seq_length=16, position_embedding="rope", normalization="rmsnorm",
+               activation="swiglu", bias=False, tie_word_embeddings=False, num_experts=4, moe_ffn_hidden_size=48)
+
+
+def block(swiglu=True, k=2, cf=None, E=4, h=16, f=24, seed=0):
+    torch.manual_seed(seed)
+    m = MoE(h, f, E, k, swiglu, cf)
+    for p in m.parameters():
+        torch.nn.init.normal_(p, 0.0, 0.3)
+    return m
+
+
+def reference(m: MoE, x: torch.Tensor) -> torch.Tensor:
+    """The definition, one token and one expert at a time: sum over the token's top-k experts (ties to the lower
+    index; renormalised when k > 1) of weight * expert(x), capacity by GShard's order."""
+    x2 = x.reshape(-1, x.shape[-1])
+    probs = torch.softmax(x2.float() @ m.gate.weight.float().t(), -1)
+    T, E, k = x2.shape[0], m.num_experts, m.topk
+    chosen = [sorted(range(E), key=lambda e: (-probs[t, e].item(), e))[:k] for t in range(T)]
+    cap = capacity(T, k, E, m.capacity_factor) or T * k
+    taken = [0] * E
+    kept = [[False] * k for _ in range(T)]
+    for j in range(k):
+        for t in range(T):
+            e = chosen[t][j]
+            if taken[e] < cap:
+                taken[e] += 1
+                kept[t][j] = True
+    rows = []
+    for t in range(T):
+        w = torch.stack([probs[t, e] for e in chosen[t]])
+        if k > 1:
+            w = w / w.sum()
+        y = torch.zeros_like(x2[t])
+        for j, e in enumerate(chosen[t]):
+            if not kept[t][j]:
+                continue
+            if m.experts.swiglu:
+                g, u = (m.experts.gate_up_proj[e] @ x2[t]).chunk(2)
+                hdn = F.silu(g) * u
+            else:
+                hdn = F.gelu(m.experts.up_proj[e] @ x2[t], approximate="tanh")
+            y = y + w[j] * (m.experts.down_proj[e] @ hdn)
+        rows.append(y)
+    return torch.stack(rows).view(x.shape)
+
+
+@pytest.mark.parametrize("swiglu, k, cf", [(True, 2, None), (False, 1, None), (True, 2, 0.5), (False, 1, 0.75)])
+def test_block_matches_the_expert_loop_outputs_and_gradients(swiglu, k, cf):
+    m = block(swiglu, k, cf)
+    x = torch.randn(3, 5, 16, requires_grad=True)
+    y = m(x)
+    gy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, [x, *m.parameters()], gy)
+    x_ref = x.detach().clone().requires_grad_(True)
+    y_ref = reference(m, x_ref)
+    grads_ref = torch.autograd.grad(y_ref, [x_ref, *m.parameters()], gy)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
+    for g, r in zip(grads, grads_ref):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+
+
+def test_block_matches_hugging_face_mixtral():
+    from transformers import MixtralConfig
+    from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
+
+    m = block(True, 2, None, E=4, h=16, f=24)
+    hf = MixtralSparseMoeBlock(MixtralConfig(hidden_size=16, intermediate_size=24, num_local_experts=4,
+                                             num_experts_per_tok=2, hidden_act="silu"))
+    missing = hf.load_state_dict({k: v for k, v in m.state_dict().items()}, strict=True)
+    assert not missing.missing_keys and not missing.unexpected_keys  # the same parameter names and shapes
+    x = torch.randn(2, 7, 16)
+    torch.testing.assert_close(m(x), hf(x), rtol=1e-5, atol=1e-6)
+
+
+def test_ties_go_to_the_lower_expert_and_weights():
+    logits = torch.tensor([[0.0, 1.0, 1.0, 1.0], [2.0, 2.0, 0.0, 2.0]])
+    probs, chosen, weights = route(logits, 2)
+    assert chosen.tolist() == [[1, 2], [0, 1]]
+    torch.testing.assert_close(weights, torch.full((2, 2), 0.5))
+    _, chosen1, weights1 = route(logits, 1)  # Switch: no renormalisation
+    assert chosen1.tolist() == [[1], [0]]
+    torch.testing.assert_close(weights1[:, 0], probs[torch.arange(2), chosen1[:, 0]])
+
+
+def test_capacity_drops_exactly_the_rule():
+    # 6 tokens, k=2, E=3, factor 0.5 -> capacity ceil(0.5 * 6 * 2 / 3) = 2 per expert
+    chosen = torch.tensor([[0, 1], [0, 2], [0, 1], [1, 0], [1, 2], [2, 1]])
+    assert capacity(6, 2, 3, 0.5) == 2 and capacity(6, 2, 3, None) is None
+    keep = keep_mask(chosen, 3, 2)
+    # first choices in token order: e0 <- t0, t1 (t2 dropped); e1 <- t3, t4; e2 <- t5
+    # then second choices: e1 full (t0, t2, t5 dropped); e2 <- t1 (second slot; t4 dropped); e0 full (t3 dropped)
+    assert keep.tolist() == [[True, False], [True, True], [False, False], [True, False], [True, False],
+                             [True, False]]
+    assert keep_mask(chosen, 3, None).all()
+
+
+def test_dropped_count_and_no_drop_mode():
+    x = torch.randn(2, 8, 16)
+    m = block(True, 2, 0.5)
+    m(x)
+    p = m.pending[-1]
+    probs, chosen, _ = route(F.linear(x.reshape(-1, 16), m.gate.weight), 2)
+    assert p["dropped"] == 32 - int(keep_mask(chosen, 4, capacity(16, 2, 4, 0.5)).sum()) and p["dropped"] > 0
+    m.capacity_factor = None
+    m(x)
+    assert m.pending[-1]["dropped"] == 0
+
+
+def test_aux_and_z_loss_by_hand():
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.5, 0.25, 0.25], [0.2, 0.2, 0.6]])
+    chosen = torch.tensor([[0], [1], [0], [2]])  # f = (2/4, 1/4, 1/4)
+    P = probs.mean(0)
+    expected = 3 * (0.5 * P[0] + 0.25 * P[1] + 0.25 * P[2])
+    torch.testing.assert_close(load_balancing_loss(probs, chosen, 3), expected)
+    uniform = torch.full((6, 3), 1 / 3)
+    torch.testing.assert_close(load_balancing_loss(uniform, torch.tensor([[0], [1], [2]] * 2), 3), torch.tensor(1.0))
+    logits = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+    lse = [math.log(math.e + math.e ** 2 + math.e ** 3), math.log(3.0)]
+    torch.testing.assert_close(z_loss(logits), torch.tensor((lse[0] ** 2 + lse[1] ** 2) / 2))
+
+
+def test_model_loss_adds_the_router_losses_in_training_only():
+    torch.manual_seed(0)
+    m = GPT(dataclasses.replace(ARGS, moe_aux_loss_coeff=0.1, moe_z_loss_coeff=0.01))
+    names = dict(m.named_parameters())
+    assert names["layers.0.mlp.gate.weight"].shape == (4, 32)
+    assert names["layers.1.mlp.experts.gate_up_proj"].shape == (4, 96, 32)
+    assert names["layers.1.mlp.experts.down_proj"].shape == (4, 32, 48)
+    x = torch.randint(0, 64, (2, 16))
+    loss = m(x, x)
+    layers = [m.layers[0].mlp, m.layers[1].mlp]
+    m.eval()
+    ce = m(x, x)
+    m.train()
+    stats = take_moe_stats(m)
+    # recompute each layer's losses from its router on the same activations: the training loss is ce + coefficients
+    assert stats["tokens"] == 64 and stats["assignments"] == 128 and stats["dropped"] == 0
+    assert sum(stats["expert_load"]) == 128 and len(stats["expert_load"]) == 4
+    assert loss.item() == pytest.approx(ce.item() + 0.1 * stats["aux_loss"] + 0.01 * stats["z_loss"], abs=1e-6)
+    assert take_moe_stats(m)["tokens"] == 0  # reset; eval forwards are not counted
+    assert all(not layer.pending for layer in layers)
+    assert count_parameters(m.args)["total"] == sum(p.numel() for p in m.parameters())
+
+
+def test_layer_freq_and_active_parameters():
+    args = dataclasses.replace(ARGS, num_layers=4, moe_layer_freq=2, moe_router_topk=1)
+    m = GPT(args)
+    assert [isinstance(layer.mlp, MoE) for layer in m.layers] == [True, False, True, False]
+    counts = count_parameters(args)
+    assert counts["total"] == sum(p.numel() for p in m.parameters())
+    expert = 3 * 32 * 48
+    assert counts["total"] - counts["active"] == 2 * 3 * expert  # 3 of 4 experts idle per token, 2 MoE layers
+
+
+def test_activation_checkpointing_counts_once_and_gives_the_same_gradients():
+    from pretrain.models import build_model
+
+    x = torch.randint(0, 64, (2, 16))
+    out = []
+    for ac in (False, True):
+        torch.manual_seed(0)
+        m = build_model(dataclasses.replace(ARGS, activation_checkpointing=ac))
+        m(x, x).backward()
+        out.append(([p.grad.clone() for p in m.parameters()], take_moe_stats(m)))
+    for a, b in zip(out[0][0], out[1][0]):
+        torch.testing.assert_close(a, b)
+    assert out[0][1] == out[1][1] and out[1][1]["tokens"] == 64
+
+
+def test_dense_model_is_unchanged_by_the_moe_fields():
+    from pretrain.models import shape_of
+
+    dense = dataclasses.replace(ARGS, num_experts=0, moe_ffn_hidden_size=0)
+    assert not any(k.startswith(("num_experts", "moe_")) for k in shape_of(dense))
+    assert "num_experts" in shape_of(ARGS)
+    torch.manual_seed(0)
+    assert take_moe_stats(GPT(dense)) == {}
+
+
+def cfg(**over):
+    c = OmegaConf.structured(TrainConfig)
+    c.run_dir = "/tmp/x"
+    for key, value in over.items():
+        OmegaConf.update(c, key.replace("__", "."), value)
+    return c
+
+
+@pytest.mark.parametrize("over, fragment", [
+    ({"model__moe_router_topk": 5}, "model.moe_router_topk=5 must be between 1 and model.num_experts=4"),
+    ({"model__moe_layer_freq": 0}, "model.moe_layer_freq=0 must be >= 1"),
+    ({"model__moe_capacity_factor": 0.0}, "model.moe_capacity_factor=0.0 must be > 0"),
+    ({"model__moe_aux_loss_coeff": -1.0}, "model.moe_aux_loss_coeff=-1.0 must be >= 0"),
+])
+def test_bad_moe_config_names_the_key(over, fragment):
+    from pretrain.models import resolve_args
+
+    c = cfg(model__num_experts=4, **over)
+    with pytest.raises(ConfigError, match="invalid mixture-of-experts config") as e:
+        resolve_args(c.model, 100)
+    assert fragment in str(e.value)
+
+
+@pytest.mark.parametrize("over, world, fragment", [
+    ({"parallel__pipeline_model_parallel_size": 2}, 2,
+     "parallel.pipeline_model_parallel_size=2 with model.num_experts=4"),
+    ({"parallel__tensor_model_parallel_size": 2, "parallel__sequence_parallel": True}, 2,
+     "parallel.sequence_parallel=true with model.num_experts > 0"),
+])
+def test_invalid_moe_layouts_give_their_message(over, world, fragment):
+    with pytest.raises(ConfigError, match="invalid parallel layout") as e:
+        validate_parallel(cfg(model__num_experts=4, model__vocab_size=256, **over), world)
+    assert fragment in str(e.value)
+    validate_parallel(cfg(model__num_experts=4, model__vocab_size=256, parallel__tensor_model_parallel_size=2), 4)
+
+
+def _ep_worker(rank: int, world: int, init: str, k: int, cf, results):
+    from pretrain.parallel.expert import expert_parallelize
+
+    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        ref = block(True, k, cf, E=4)
+        ep = block(True, k, cf, E=4)
+        torch.manual_seed(100 + rank)
+        x = torch.randn(2, 6, 16)
+        gy = torch.randn(2, 6, 16)
+        xr, xe = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        ref(xr).backward(gy)
+        assert expert_parallelize(ep, None, rank, world) == 1
+        y = ep(xe)
+        y.backward(gy)
+        torch.testing.assert_close(y, ref(x), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(xe.grad, xr.grad, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(ep.gate.weight.grad, ref.gate.weight.grad, rtol=1e-4, atol=1e-6)
+        lo = 2 * rank
+        for name in ("gate_up_proj", "down_proj"):  # an expert's gradient comes from every rank's tokens
+            full = getattr(ref.experts, name).grad.clone()
+            torch.distributed.all_reduce(full)
+            torch.testing.assert_close(getattr(ep.experts, name).grad, full[lo:lo + 2], rtol=1e-4, atol=1e-6)
+        assert ep.pending[-1]["a2a_bytes"] > 0 and ep.pending[-1]["dropped"] == ref.pending[-1]["dropped"]
+        results[rank] = "ok"
+    except Exception as e:  # reported by the parent
+        results[rank] = repr(e)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("k, cf", [(2, None), (1, 0.5)])
+def test_expert_parallel_dispatch_equals_one_rank(tmp_path, k, cf):
+    """ep2 over gloo: outputs, input and router gradients equal the whole block's on each rank's tokens; each
+    expert's gradient equals the sum of the ranks' whole-block gradients (capacity is per source rank)."""
+    import torch.multiprocessing as mp
+
+    results = mp.Manager().dict()
+    mp.spawn(_ep_worker, args=(2, f"file://{tmp_path}/init", k, cf, results), nprocs=2)
+    assert dict(results) == {0: "ok", 1: "ok"}
