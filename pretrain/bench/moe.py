@@ -6,11 +6,12 @@ and model-state bytes per rank at expert parallelism 1 and 2.
 CPU only (DeepSpeed's CPU accelerator, gloo), through our whole stack, with the ranks of
 :mod:`pretrain.bench.parallel` (spawned processes, each with torchrun's variables; its byte counting):
 
-1. **Tokens/s, MoE vs dense**, fp32, one process with 2 threads each: ``experiment=moe_tiny`` and the same model
-   with ``model.num_experts=0`` and ``model.ffn_hidden_size = moe_router_topk x moe_ffn_hidden_size``, whose MLP
-   has as many weights as the experts one token runs through (the MoE side has the router on top: printed).
-   Both the same FLOPs per token (:func:`pretrain.flops.gpt_flops_per_token` counts active parameters), so the
-   ratio is what routing and dispatch cost. Timed rounds alternate which model goes first.
+1. **Tokens/s, MoE vs dense**, fp32, one process with 2 threads each (``--threads``): ``experiment=moe_tiny``
+   and the same model with ``model.num_experts=0`` and ``model.ffn_hidden_size = moe_router_topk x
+   moe_ffn_hidden_size``, whose MLP has as many weights as the experts one token runs through (the MoE side
+   has the router on top: printed). Both have the same FLOPs per token (:func:`pretrain.flops.gpt_flops_per_token`
+   counts active parameters), so the ratio is what routing and dispatch cost. Timed rounds alternate which
+   model goes first.
 2. **Model-state bytes per rank**, 2 processes (dp 2), ``parallel.expert_model_parallel_size`` 1 and 2, for each
    ZeRO stage of ``--stages``: counted after the backward of the second step, as ``pretrain.bench.parallel``
    counts them. At ep 2 each rank holds half the experts (and their gradients and Adam states).
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=4, help="timed steps per round and model (default 4)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds alternating MoE and dense (default 3)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first, per model (default 2)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of each timed process (default 2)")
     ap.add_argument("--stages", default="0,1", help="ZeRO stages of the memory part (default 0,1; empty: none)")
     ap.add_argument("--dry-run", action="store_true", help="compose, count, print the plan; run nothing")
     ap.add_argument("--json", help="also write the results to this file")
@@ -81,14 +83,15 @@ def main(argv: list[str] | None = None) -> dict:
     res: dict[str, Any] = {"overrides": a.overrides, "parameters": counts, "timing": None, "memory": {},
                            "torch": torch.__version__}
     if a.dry_run:
-        print(f"would run: {a.warmup} warm-up + {a.rounds} x {a.steps} timed steps per model (1 process x 2 "
-              f"threads each); model-state bytes at dp2 x ep1 and dp2 x ep2 for ZeRO stages {stages or 'none'}")
+        print(f"would run: {a.warmup} warm-up + {a.rounds} x {a.steps} timed steps per model (1 process x "
+              f"{a.threads} threads each); model-state bytes at dp2 x ep1 and dp2 x ep2 for ZeRO stages "
+              f"{stages or 'none'}")
         return res
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as logs:
         if a.steps > 0 and a.rounds > 0:
-            groups = {"moe": Ranks(1, 2, moe_ov, logs), "dense": Ranks(1, 2, dense_ov, logs)}
+            groups = {"moe": Ranks(1, a.threads, moe_ov, logs), "dense": Ranks(1, a.threads, dense_ov, logs)}
             try:
                 for g in groups.values():
                     g.send("trainer")
@@ -115,7 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
             res["timing"] = {"steps": n, "tokens_per_s": tok, "ratio": tok["moe"] / tok["dense"],
                              "round_ratios": [d / m_ for m_, d in zip(seconds["moe"], seconds["dense"])],
                              "seconds": seconds, "other_processes_cpu_share": max(foreign) if foreign else None,
-                             "global_batch": info["moe"]["global_batch"], "seq_length": info["moe"]["seq_length"]}
+                             "global_batch": info["moe"]["global_batch"], "seq_length": info["moe"]["seq_length"],
+                             "threads": a.threads}
         if stages:
             runs = [("fp32", s) for s in stages]
             ep1 = Ranks(2, 1, moe_ov + ["parallel.expert_model_parallel_size=1"], logs)
@@ -146,8 +150,8 @@ def main(argv: list[str] | None = None) -> dict:
 def report(res: dict) -> None:
     t = res["timing"]
     if t:
-        print(f"\ntokens/s, fp32, 1 process x 2 threads, global batch {t['global_batch']} x seq {t['seq_length']}, "
-              f"{t['steps']} timed steps each (rounds alternating)")
+        print(f"\ntokens/s, fp32, 1 process x {t['threads']} thread(s), global batch {t['global_batch']} x seq "
+              f"{t['seq_length']}, {t['steps']} timed steps each (rounds alternating)")
         for k in ("moe", "dense"):
             print(f"  {k:6}{t['tokens_per_s'][k]:10.1f} tokens/s")
         share = t["other_processes_cpu_share"]
