@@ -12,10 +12,11 @@ is the ep-1 block's on the same tokens): the rows grouped by global expert go to
 rank order within an expert), runs its experts, restores the order and sends them back. Its backward is the
 same two all-to-alls reversed.
 
-Why not DeepSpeed's ``deepspeed.moe.layer.MoE`` (docs/moe.md): its gate is ``TopKGate`` with random token
-selection / jitter options, drops by a capacity computed over the whole group, has no z-loss, keeps its router
-weights in the model dtype, renormalises top-2 by its own rule, and names parameters
-``deepspeed_moe.experts.deepspeed_experts.N.*`` (one module per expert), not Mixtral's stacked layout.
+Why not DeepSpeed's ``deepspeed.moe.layer.MoE`` (docs/moe.md): random token selection and Gumbel sampling of
+the second expert by default, top-2 renormalised after dropping (Mixtral renormalises before), no z-loss,
+dense ``[tokens, experts, capacity]`` dispatch tensors, and parameters named
+``deepspeed_moe.experts.deepspeed_experts.N.*`` (one module per expert), not Mixtral's stacked layout, which
+its engine's checkpoint code parses.
 """
 
 from __future__ import annotations

@@ -236,30 +236,11 @@ def test_invalid_moe_layouts_give_their_message(over, world, fragment):
     validate_parallel(cfg(model__num_experts=4, model__vocab_size=256, parallel__tensor_model_parallel_size=2), 4)
 
 
-def _ep_worker(rank: int, world: int, init: str, k: int, cf, results):
-    from pretrain.parallel.expert import expert_parallelize
-
+def _ep_worker(rank: int, world: int, init: str, results):
     torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
-        ref = block(True, k, cf, E=4)
-        ep = block(True, k, cf, E=4)
-        torch.manual_seed(100 + rank)
-        x = torch.randn(2, 6, 16)
-        gy = torch.randn(2, 6, 16)
-        xr, xe = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-        ref(xr).backward(gy)
-        assert expert_parallelize(ep, None, rank, world) == 1
-        y = ep(xe)
-        y.backward(gy)
-        torch.testing.assert_close(y, ref(x), rtol=1e-4, atol=1e-6)
-        torch.testing.assert_close(xe.grad, xr.grad, rtol=1e-4, atol=1e-6)
-        torch.testing.assert_close(ep.gate.weight.grad, ref.gate.weight.grad, rtol=1e-4, atol=1e-6)
-        lo = 2 * rank
-        for name in ("gate_up_proj", "down_proj"):  # an expert's gradient comes from every rank's tokens
-            full = getattr(ref.experts, name).grad.clone()
-            torch.distributed.all_reduce(full)
-            torch.testing.assert_close(getattr(ep.experts, name).grad, full[lo:lo + 2], rtol=1e-4, atol=1e-6)
-        assert ep.pending[-1]["a2a_bytes"] > 0 and ep.pending[-1]["dropped"] == ref.pending[-1]["dropped"]
+        for k, cf in ((2, None), (1, 0.5)):
+            _ep_case(rank, world, k, cf)
         results[rank] = "ok"
     except Exception as e:  # reported by the parent
         results[rank] = repr(e)
@@ -267,13 +248,97 @@ def _ep_worker(rank: int, world: int, init: str, k: int, cf, results):
         torch.distributed.destroy_process_group()
 
 
+def _ep_case(rank: int, world: int, k: int, cf) -> None:
+    from pretrain.parallel.expert import expert_parallelize
+
+    ref = block(True, k, cf, E=4)
+    ep = block(True, k, cf, E=4)
+    torch.manual_seed(100 + rank)
+    x = torch.randn(2, 6, 16)
+    gy = torch.randn(2, 6, 16)
+    xr, xe = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ref(xr).backward(gy)
+    assert expert_parallelize(ep, None, rank, world) == 1
+    y = ep(xe)
+    y.backward(gy)
+    torch.testing.assert_close(y, ref(x), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(xe.grad, xr.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(ep.gate.weight.grad, ref.gate.weight.grad, rtol=1e-4, atol=1e-6)
+    lo = 2 * rank
+    for name in ("gate_up_proj", "down_proj"):  # an expert's gradient comes from every rank's tokens
+        full = getattr(ref.experts, name).grad.clone()
+        torch.distributed.all_reduce(full)
+        torch.testing.assert_close(getattr(ep.experts, name).grad, full[lo:lo + 2], rtol=1e-4, atol=1e-6)
+    assert ep.pending[-1]["a2a_bytes"] > 0 and ep.pending[-1]["dropped"] == ref.pending[-1]["dropped"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("k, cf", [(2, None), (1, 0.5)])
-def test_expert_parallel_dispatch_equals_one_rank(tmp_path, k, cf):
-    """ep2 over gloo: outputs, input and router gradients equal the whole block's on each rank's tokens; each
+def test_expert_parallel_dispatch_equals_one_rank(tmp_path):
+    """ep2 over gloo (top-2 without dropping; top-1 with capacity 0.5): outputs, input and router gradients
+    equal the whole block's on each rank's tokens; each
     expert's gradient equals the sum of the ranks' whole-block gradients (capacity is per source rank)."""
     import torch.multiprocessing as mp
 
     results = mp.Manager().dict()
-    mp.spawn(_ep_worker, args=(2, f"file://{tmp_path}/init", k, cf, results), nprocs=2)
+    mp.spawn(_ep_worker, args=(2, f"file://{tmp_path}/init", results), nprocs=2)
     assert dict(results) == {0: "ok", 1: "ok"}
+
+
+MOE_TINY = ["model.num_experts=4", "model.moe_router_topk=2", "model.moe_ffn_hidden_size=96",
+            "model.moe_capacity_factor=1.5", "optim.sched.decay_steps=6"]
+
+
+def test_tiny_moe_trains_and_resumes_to_the_same_losses(tmp_path, compose_cfg, monkeypatch, cache_dir):
+    """In-process Trainer on the tiny GPT with every MLP an MoE (ep1): checkpoints hold the experts, a resumed
+    run continues with bitwise the losses of an uninterrupted one."""
+    from conftest import TINY, losses_by_step
+    from pretrain.trainer import Trainer
+
+    monkeypatch.setenv("PRETRAIN_CACHE", str(cache_dir))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    whole = compose_cfg(*TINY, *MOE_TINY, "trainer.max_steps=6", f"run_dir={tmp_path / 'whole'}")
+    Trainer(whole).fit()
+    first = compose_cfg(*TINY, *MOE_TINY, "trainer.max_steps=3", f"run_dir={tmp_path / 'split'}")
+    Trainer(first).fit()
+    second = compose_cfg(*TINY, *MOE_TINY, "trainer.max_steps=6", f"run_dir={tmp_path / 'split'}")
+    Trainer(second).fit()
+    a, b = losses_by_step(tmp_path / "whole"), losses_by_step(tmp_path / "split")
+    assert sorted(a) == [1, 2, 3, 4, 5, 6] and all(math.isfinite(v) for v in a.values())
+    assert [b[s] for s in (4, 5, 6)] == [a[s] for s in (4, 5, 6)]
+
+
+def _tp_checks(rank: int, world: int) -> dict:
+    from pretrain.parallel.parallelize import parallelize
+    from pretrain.parallel.tensor import gather_tensor_parallel, is_tensor_parallel
+    from pretrain.parallel.topology import ParallelGrid
+
+    g = ParallelGrid(tensor_parallel_size=2).get_tensor_model_parallel_group()
+    args = dataclasses.replace(ARGS, vocab_size=64, moe_layer_freq=2)  # layer 0 MoE, layer 1 dense
+    torch.manual_seed(7)
+    dense = GPT(args)
+    torch.manual_seed(7)
+    tp = parallelize(GPT(args), g)
+    x = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(3))
+    loss_d, loss_t = dense(x, x), tp(x, x)
+    loss_d.backward()
+    loss_t.backward()
+    ref = dict(dense.named_parameters())
+    worst = 0.0
+    for name, p in tp.named_parameters():
+        grad = gather_tensor_parallel(p.grad, p.partition_dim, g) if is_tensor_parallel(p) else p.grad
+        worst = max(worst, float((grad - ref[name].grad).abs().max()))
+    return {"loss": abs(float(loss_t) - float(loss_d)), "grad": worst,
+            "moe_whole": tuple(tp.layers[0].mlp.experts.gate_up_proj.shape),
+            "dense_split": tuple(tp.layers[1].mlp.up_proj.weight.shape),
+            "stats": take_moe_stats(tp)["expert_load"] == take_moe_stats(dense)["expert_load"]}
+
+
+@pytest.mark.slow
+def test_tensor_parallel_attention_with_moe_equals_unsharded():
+    """tp2 (gloo): attention and dense MLPs split, MoE blocks whole on both ranks (same routing); the loss and
+    every gradient equal the unsharded model's."""
+    from tp_harness import run_ranks
+
+    for r in run_ranks(_tp_checks, 2):
+        assert r["loss"] < 1e-5 and r["grad"] < 1e-5, r
+        assert r["moe_whole"] == (4, 96, 32) and r["dense_split"] == (32, 32) and r["stats"]
