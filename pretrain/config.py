@@ -82,6 +82,9 @@ class ParallelConfig:
     # parameters (balanced parameter counts) or uniform (layer count).
     pipeline_partition: str = "type:TransformerLayer"
     sequence_parallel: bool = False
+    # Spread each MoE layer's experts' computation over this many data-parallel ranks, tokens sent by all-to-all
+    # (docs/moe.md); 1 = every rank runs every expert. Needs model.num_experts divisible by it and dividing dp.
+    expert_model_parallel_size: int = 1
     # null: nccl on CUDA, gloo on CPU.
     backend: Optional[str] = None
     # Seconds a collective may wait before the job fails instead of hanging.

@@ -238,6 +238,13 @@ class Trainer:
 
             parallelize(model, self.grid.get_tensor_model_parallel_group(),  # slices the seeded full weights
                         sequence_parallel=cfg.parallel.sequence_parallel)
+        if cfg.parallel.expert_model_parallel_size > 1:  # MoE: each rank runs its share of the experts (docs/moe.md)
+            from pretrain.parallel.expert import expert_parallelize
+
+            ep_group, ep_rank = self.grid.expert_parallel_group(cfg.parallel.expert_model_parallel_size)
+            n = expert_parallelize(model, ep_group, ep_rank, cfg.parallel.expert_model_parallel_size, keep_all=True)
+            log.info("expert parallel: %d MoE layers, experts spread over %d ranks (this rank: expert-parallel "
+                     "rank %d)", n, cfg.parallel.expert_model_parallel_size, ep_rank)
         self.param_names = parameter_names(model)  # names in the unsharded model, for the layout-free checkpoint
         if self.pipelined:  # this rank's stage of the model, wrapping the modules just built (same weights)
             model = build_pipeline(model, self.family.name, self.grid, cfg.parallel.pipeline_partition)

@@ -88,20 +88,27 @@ def expert_group_ranks(dp_ranks: list[int], ep: int) -> tuple[list[list[int]], l
 
 
 @torch.no_grad()
-def expert_parallelize(model: nn.Module, group, ep_rank: int, ep_size: int) -> int:
-    """Keep expert-parallel rank ``ep_rank``'s slice of every MoE block's experts and dispatch over ``group``;
-    returns the number of blocks. Expert parameters are tagged ``expert_parallel`` (with ``first_expert``) for
-    the optimizer and the layout-free checkpoint."""
+def expert_parallelize(model: nn.Module, group, ep_rank: int, ep_size: int, keep_all: bool = False) -> int:
+    """Make expert-parallel rank ``ep_rank`` run the slice ``[ep_rank * E/ep, (ep_rank+1) * E/ep)`` of every MoE
+    block's experts and dispatch to the others over ``group``; returns the number of blocks.
+
+    ``keep_all=False``: the rank keeps only its slice of the stacked tensors (tagged ``expert_parallel``).
+    ``keep_all=True`` (what the trainer uses, see docs/moe.md): it keeps every expert's weights, identical on
+    all ranks, and computes only its own; the other rows get zero gradients, so the data-parallel all-reduce
+    (and ZeRO's reduce-scatter) of the whole tensor over dp ranks sums exactly each expert's gradient from the
+    ranks that ran it. ZeRO, clipping and checkpoints then see an ordinary replicated parameter, and a run
+    resumes at any expert-parallel size."""
     blocks = moe_modules(model)
     for m in blocks:
         if m.num_experts % ep_size:
             raise ValueError(f"{m.num_experts} experts do not split over {ep_size} expert-parallel ranks")
         el = m.num_experts // ep_size
         lo = ep_rank * el
-        for name, p in list(m.experts.named_parameters(recurse=False)):
-            new = nn.Parameter(p.data[lo:lo + el].clone())
-            new.expert_parallel = True
-            setattr(m.experts, name, new)
-        m.experts.first_expert = lo
+        if not keep_all:
+            for name, p in list(m.experts.named_parameters(recurse=False)):
+                new = nn.Parameter(p.data[lo:lo + el].clone())
+                new.expert_parallel = True
+                setattr(m.experts, name, new)
+        m.experts.first_expert, m.experts.offset, m.experts.num_run = lo, (lo if keep_all else 0), el
         m.dispatcher = AllToAllDispatcher(group, ep_size, el)
     return len(blocks)

@@ -97,6 +97,24 @@ class ParallelGrid(PipelineParallelGrid):
         across data-parallel replicas. With tp = pp = 1 it is ``seed + 1000 * rank``, the trainer's formula."""
         return seed + 1000 * self.coord.dp
 
+    def expert_parallel_group(self, ep: int) -> tuple[dist.ProcessGroup | None, int]:
+        """This rank's expert-parallel group of ``ep`` consecutive data-parallel ranks (same pipeline stage and
+        tensor rank: DeepSpeed's ``E + D`` layout, ``deepspeed.utils.groups``) and its rank in it; ``(None,
+        0)`` for ``ep == 1``. Collective: every rank calls it, in the same order."""
+        if ep == 1:
+            return None, 0
+        from pretrain.parallel.expert import expert_group_ranks
+
+        mine = None
+        for pp in range(self.pp):
+            for tp in range(self.tp):
+                dp_ranks = sorted(self._topo.filter_match(pipe=pp, model=tp))
+                for ranks in expert_group_ranks(dp_ranks, ep)[0]:
+                    group = dist.new_group(ranks)
+                    if self.global_rank in ranks:
+                        mine = (group, ranks.index(self.global_rank))
+        return mine
+
     @property
     def tp(self) -> int:
         return self.tensor_parallel_size

@@ -68,11 +68,28 @@ def moe_sequence_parallel_problem(tp: int) -> str:
             "set parallel.sequence_parallel=false (tensor parallelism of the attention works with MoE)")
 
 
-def moe_problems(m, *, tp: int, pp: int, sequence_parallel: bool) -> list[str]:
+def moe_problems(m, *, tp: int, pp: int, sequence_parallel: bool, dp: int = 1, ep: int = 1,
+                 zero_stage: int = 0) -> list[str]:
     """What keeps a mixture-of-experts model (``model.num_experts`` > 0) from this layout (empty: nothing)."""
-    if not getattr(m, "num_experts", 0):
-        return []
+    experts = getattr(m, "num_experts", 0) or 0
     out = []
+    if ep < 1:
+        return [f"parallel.expert_model_parallel_size={ep} must be >= 1"]
+    if ep > 1 and not experts:
+        return [f"parallel.expert_model_parallel_size={ep} needs a mixture-of-experts model (model.num_experts > 0); "
+                "set it to 1 for a dense model"]
+    if not experts:
+        return []
+    if experts % ep:
+        out.append(f"model.num_experts={experts} is not divisible by parallel.expert_model_parallel_size={ep} "
+                   f"(each expert-parallel rank runs as many experts); choose a size that divides {experts}")
+    if dp % ep:
+        out.append(f"parallel.expert_model_parallel_size={ep} does not divide the data-parallel size {dp} (the "
+                   f"experts spread over data-parallel ranks); choose a size that divides {dp}")
+    if ep > 1 and zero_stage == 3:
+        out.append(f"parallel.expert_model_parallel_size={ep} with parallel.zero_stage=3 is not supported (ZeRO-3 "
+                   "gathers the expert weights per module while the all-to-all runs; untested); use "
+                   "parallel.zero_stage=1 or 2")
     if pp > 1:
         out.append(f"parallel.pipeline_model_parallel_size={pp} with model.num_experts={m.num_experts}: the MoE "
                    "layers' auxiliary losses are summed by the whole model's forward, which DeepSpeed's pipeline "
@@ -132,7 +149,8 @@ def validate_parallel(cfg: DictConfig, world_size: int) -> ParallelLayout:
             problems.append(f"parallel.sequence_parallel=true splits the sequence over the tensor ranks: "
                             f"model.seq_length={m.seq_length} is not divisible by parallel.tensor_model_parallel_size={tp}")
 
-    problems += moe_problems(m, tp=tp, pp=pp, sequence_parallel=bool(p.sequence_parallel))
+    problems += moe_problems(m, tp=tp, pp=pp, sequence_parallel=bool(p.sequence_parallel), dp=dp,
+                             ep=int(getattr(p, "expert_model_parallel_size", 1)), zero_stage=p.zero_stage)
 
     micro = t.micro_batch_size
     if micro < 1:

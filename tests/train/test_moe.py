@@ -228,10 +228,19 @@ def test_bad_moe_config_names_the_key(over, fragment):
      "parallel.pipeline_model_parallel_size=2 with model.num_experts=4"),
     ({"parallel__tensor_model_parallel_size": 2, "parallel__sequence_parallel": True}, 2,
      "parallel.sequence_parallel=true with model.num_experts > 0"),
+    ({"parallel__expert_model_parallel_size": 3}, 3,
+     "model.num_experts=4 is not divisible by parallel.expert_model_parallel_size=3"),
+    ({"parallel__expert_model_parallel_size": 4}, 2,
+     "parallel.expert_model_parallel_size=4 does not divide the data-parallel size 2"),
+    ({"parallel__expert_model_parallel_size": 2, "parallel__zero_stage": 3}, 2,
+     "parallel.expert_model_parallel_size=2 with parallel.zero_stage=3 is not supported"),
+    ({"parallel__expert_model_parallel_size": 2, "model__num_experts": 0}, 2,
+     "parallel.expert_model_parallel_size=2 needs a mixture-of-experts model"),
 ])
 def test_invalid_moe_layouts_give_their_message(over, world, fragment):
+    over = {"model__num_experts": 4, **over}
     with pytest.raises(ConfigError, match="invalid parallel layout") as e:
-        validate_parallel(cfg(model__num_experts=4, model__vocab_size=256, **over), world)
+        validate_parallel(cfg(model__vocab_size=256, **over), world)
     assert fragment in str(e.value)
     validate_parallel(cfg(model__num_experts=4, model__vocab_size=256, parallel__tensor_model_parallel_size=2), 4)
 
@@ -342,3 +351,21 @@ def test_tensor_parallel_attention_with_moe_equals_unsharded():
     for r in run_ranks(_tp_checks, 2):
         assert r["loss"] < 1e-5 and r["grad"] < 1e-5, r
         assert r["moe_whole"] == (4, 96, 32) and r["dense_split"] == (32, 32) and r["stats"]
+
+
+@pytest.mark.slow
+def test_expert_parallel_training_equals_ep1(e2e_run):
+    """ep2 (2 processes) and ep2 x tp2 (4 processes) give ep1's per-step losses and gradient norms within 1e-5
+    over 10 steps on the same batches; ep2's checkpoint resumes at ep1 and trains on."""
+    from e2e import MOE_STEPS, assert_same_steps, train_records
+
+    ref = train_records(e2e_run("moe_ep1").dir)
+    assert len(ref) == MOE_STEPS
+    for name in ("moe_ep2", "moe_ep2_tp2"):
+        got = [r for r in train_records(e2e_run(name).dir) if r["step"] <= MOE_STEPS]
+        assert_same_steps(ref, got, 1e-5, 1e-5)
+    assert "expert parallel: 2 MoE layers, experts spread over 2 ranks" in e2e_run("moe_ep2_tp2").outputs[0].stdout
+    resumed = e2e_run("moe_ep2")
+    assert "expert parallel" in resumed.outputs[0].stdout and "expert parallel" not in resumed.outputs[1].stdout
+    steps = [r["step"] for r in train_records(resumed.dir)]
+    assert steps[-2:] == [MOE_STEPS + 1, MOE_STEPS + 2] and "resum" in resumed.outputs[-1].stdout.lower()

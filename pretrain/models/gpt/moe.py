@@ -80,26 +80,23 @@ def z_loss(logits: torch.Tensor) -> torch.Tensor:
 
 class Experts(nn.Module):
     """``num_experts`` SwiGLU or GELU MLPs stacked on dim 0 (Mixtral's layout). ``first_expert``: the global
-    index of row 0 (nonzero on expert-parallel ranks past the first)."""
+    index of the first expert this rank runs; ``offset``: its row in the stored tensors (0 when the rank stores
+    only its slice, ``first_expert`` when it stores every expert); ``num_run``: how many it runs."""
 
     def __init__(self, num_experts: int, hidden: int, ffn: int, swiglu: bool):
         super().__init__()
         self.swiglu = swiglu
-        self.first_expert = 0
+        self.first_expert, self.offset, self.num_run = 0, 0, num_experts
         if swiglu:
             self.gate_up_proj = nn.Parameter(torch.empty(num_experts, 2 * ffn, hidden))
         else:
             self.up_proj = nn.Parameter(torch.empty(num_experts, ffn, hidden))
         self.down_proj = nn.Parameter(torch.empty(num_experts, hidden, ffn))
 
-    @property
-    def num_local(self) -> int:
-        return self.down_proj.shape[0]
-
     def forward(self, x: torch.Tensor, counts: list[int]) -> torch.Tensor:
         """``x``: rows grouped by local expert, ``counts[e]`` rows for local expert e, in order."""
         outs = []
-        for e, chunk in enumerate(x.split(counts)):
+        for e, chunk in enumerate(x.split(counts), start=self.offset):
             if self.swiglu:
                 gate, up = F.linear(chunk, self.gate_up_proj[e]).chunk(2, dim=-1)
                 h = F.silu(gate) * up
