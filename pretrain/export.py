@@ -67,16 +67,12 @@ def find_checkpoint(src: str | Path) -> Source:
                 f"folder with a '{ckpt.LATEST}' file, or a step_NNNNNN folder)"
             )
     state = ckpt.read_state(ckpt_dir / tag)
-    # expert parallelism spreads a MoE model's experts over ranks too: their export reads the layout-free copy,
-    # which holds every expert by its global index
-    ep = state.get("expert_model_parallel_size", 1) or 1
-    sharded = state.get("tensor_parallel_size", 1) > 1 or state.get("pipeline_parallel_size", 1) > 1 or ep > 1
+    sharded = state.get("tensor_parallel_size", 1) > 1 or state.get("pipeline_parallel_size", 1) > 1
     if sharded and not reshard.exists(ckpt_dir / tag):
         raise CheckpointError(
-            f"{ckpt_dir / tag} holds tensor/pipeline/expert-parallel shards (tp {state.get('tensor_parallel_size', 1)}"
-            f", pp {state.get('pipeline_parallel_size', 1)}, ep {ep}) and no layout-free copy ({reshard.UNIVERSAL}/, "
-            "written when checkpoint.universal=true); resume it with checkpoint.universal=true for one step to "
-            "export it"
+            f"{ckpt_dir / tag} holds tensor/pipeline-parallel shards (tp {state.get('tensor_parallel_size', 1)}, pp "
+            f"{state.get('pipeline_parallel_size', 1)}) and no layout-free copy ({reshard.UNIVERSAL}/, written when "
+            "checkpoint.universal=true); resume it with checkpoint.universal=true for one step to export it"
         )
     return Source(ckpt_dir, tag, state)
 

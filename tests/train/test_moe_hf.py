@@ -172,19 +172,3 @@ def test_a_trained_moe_run_exports_as_mixtral_and_init_from_imports_it(tmp_path,
     finally:
         imported.stop_request.close()
         torch.distributed.destroy_process_group()
-
-
-def test_an_expert_parallel_checkpoint_exports_only_from_its_layout_free_copy(tmp_path, tokenizer):
-    """At ep > 1 each rank's DeepSpeed files hold its slice of the experts: without the layout-free copy (experts
-    by global index) the export refuses, saying how to get one."""
-    from dataclasses import asdict
-
-    tag = tmp_path / "run" / "checkpoints" / "step_000005"
-    tag.mkdir(parents=True)
-    (tag / "trainer_state.json").write_text(json.dumps(
-        {"step": 5, "family": "gpt", "model_args": asdict(GPTArgs(**MOE)), "tokenizer": str(tokenizer),
-         "zero_stage": 0, "expert_model_parallel_size": 2}))
-    (tag / "COMPLETE").write_text("1\n")
-    (tag.parent / "latest").write_text("step_000005")
-    with pytest.raises(CheckpointError, match=r"ep 2\) and no layout-free copy .*checkpoint.universal=true"):
-        export.export(tmp_path / "run", tmp_path / "hf")
