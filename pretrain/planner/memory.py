@@ -22,10 +22,12 @@ Model states follow what DeepSpeed 0.19 allocates, checked against ``pretrain.be
 Activations per micro-batch (what autograd keeps between a forward and its backward) follow the tensors our GPT
 saves op by op: see :func:`gpt_layer_bytes`. Other families (BERT, T5) are counted with the same attention and
 MLP blocks (T5's decoder layers with a second, cross, attention); that is an estimate, validated only for GPT.
-Mixture-of-experts layers: a rank holds 1/ep of the experts' weights (``Param.expert``), and ZeRO partitions them
-(and their gradients, master copy and Adam moments) over the dp/ep ranks that hold the same experts, as it
-partitions dense weights over all dp ranks. Their activations replace the dense MLP's in each MoE layer by those of
-the router and the experts (:func:`moe_layer_extra_bytes`, a term next to the layers').
+Mixture-of-experts layers: the trainer keeps every expert's weights on every rank (expert parallelism spreads
+their computation only), so they count as dense weights; were they split (``shapes.EXPERTS_SHARDED``,
+``Param.ep_split``), a rank would hold 1/ep of them and ZeRO would partition them (and their gradients, master
+copy and Adam moments) over the dp/ep ranks holding the same experts. Their activations replace the dense MLP's
+in each MoE layer by those of the router and the experts (:func:`moe_layer_extra_bytes`, a term next to the
+layers').
 """
 
 from __future__ import annotations
@@ -87,12 +89,12 @@ def model_states(facts: ModelFacts, s: Setup, stage: int, ds_zero: dict[str, Any
     during the optimizer step)."""
     held = facts.stage_params(s.tp, s.pp, stage, s.ep)
     P = precision_bytes(s.precision)
-    groups = [[n for p, n in held if p.dim >= 2 and not p.expert], [n for p, n in held if p.dim < 2]]
+    groups = [[n for p, n in held if p.dim >= 2 and not p.ep_split], [n for p, n in held if p.dim < 2]]
     # ZeRO partitions each group over the ranks that hold the same parameters: the data-parallel group for dense
     # ones, the expert-data-parallel group (dp / ep ranks, the copies of the same experts) for expert ones
     parts = [s.dp for g in groups if g]
     groups = [g for g in groups if g]
-    experts = [n for p, n in held if p.expert]
+    experts = [n for p, n in held if p.ep_split]
     if experts:
         groups.append(experts)
         parts.append(max(1, s.dp // s.ep))

@@ -23,9 +23,14 @@ from pretrain.core.errors import ConfigError
 from pretrain.models import TokenizerInfo, get_family
 from pretrain.parallel.plan import Column, HeadSplit, Row, VocabEmbedding, VocabOutput
 
-# The stacked expert weights of a mixture-of-experts layer (``layers.N.mlp.experts.gate_up_proj`` ...): split over
-# the expert-parallel ranks; the router (``mlp.gate``) is replicated like every dense weight.
+# The stacked expert weights of a mixture-of-experts layer (``layers.N.mlp.experts.gate_up_proj`` ...); the router
+# (``mlp.gate``) is a dense weight.
 EXPERT_PARAM = re.compile(r"(^|\.)mlp\.experts\.")
+# Whether expert parallelism splits the expert weights over the ep ranks. The trainer keeps every expert's weights
+# whole on every rank and only spreads their computation (``pretrain.parallel.expert.expert_parallelize(...,
+# keep_all=True)``: ZeRO, clipping and checkpoints see ordinary replicated parameters), so a rank holds them all;
+# the sharded accounting (1/ep each, ZeRO over the dp/ep copies) is what ``keep_all=False`` would hold.
+EXPERTS_SHARDED = False
 
 
 class UnknownVocabulary(ConfigError):
@@ -39,11 +44,12 @@ class Param:
     dim: int  # number of dimensions (the optimizer's weight-decay groups split on dim >= 2)
     split: int  # the dimension tensor parallelism splits, or -1 (replicated)
     stages: tuple[str, ...]  # "first", "last", or "layer:<i>"
-    expert: bool = False  # a mixture of experts' stacked expert weights: 1/ep of them per expert-parallel rank
+    expert: bool = False  # a mixture of experts' stacked expert weights
+    ep_split: bool = False  # ... split over the expert-parallel ranks (EXPERTS_SHARDED), 1/ep of them per rank
 
     def per_rank(self, tp: int, ep: int = 1) -> int:
         n = self.numel // tp if self.split >= 0 else self.numel
-        return n // ep if self.expert else n
+        return n // ep if self.ep_split else n
 
 
 @dataclass
@@ -187,7 +193,8 @@ def model_facts(cfg: DictConfig, vocab_size: int | None = None) -> ModelFacts:
         p = tensors[pid]
         split = next((split_of[n] for n in nlist if n in split_of), -1)
         params.append(Param(nlist[0], p.numel(), p.dim(), split, tuple(dict.fromkeys(stage_of[n] for n in nlist)),
-                            expert=any(EXPERT_PARAM.search(n) for n in nlist)))
+                            expert=(expert := any(EXPERT_PARAM.search(n) for n in nlist)),
+                            ep_split=expert and EXPERTS_SHARDED))
     weight = 1.0
     if len(layer_keys) == 2:  # an encoder-decoder: the second stack's layers have a cross-attention block too
         enc, dec = (len(model.get_submodule(k)) for k in layer_keys)

@@ -87,8 +87,8 @@ def step_time(facts: ModelFacts, s: Setup, device: Device, global_batch: int, gp
         half = 0.0
         for st in range(s.pp):
             held = facts.stage_params(s.tp, s.pp, st, s.ep)
-            dense = sum(n for p, n in held if not p.expert)
-            expert = sum(n for p, n in held if p.expert)
+            dense = sum(n for p, n in held if not p.ep_split)
+            expert = sum(n for p, n in held if p.ep_split)
             dpe = max(1, s.dp // s.ep)
             t = (s.dp - 1) / s.dp * dense * a / _bandwidth(device, s.tp * s.dp, gpus_per_node)
             if expert and dpe > 1:  # the copies of one expert are ep ranks apart

@@ -78,12 +78,18 @@ def test_planner_splits_experts_over_ep_and_times_active_parameters(compose_cfg)
     assert experts == 32 * 8 * 3 * 4096 * 14336  # the router is not an expert weight
     base = dict(tp=1, pp=1, dp=8, zero_stage=0, micro_batch_size=1, grad_accum_steps=8, recompute="full",
                 sequence_parallel=False, precision="bf16")
+    # the trainer keeps every expert's weights on every rank (expert parallelism spreads their compute): ep leaves
+    # the model states alone
     ep1, ep8 = (model_states(facts, Setup(**base, ep=ep), 0, {})[0] for ep in (1, 8))
+    assert ep1 == ep8
+    # were the experts split (expert_parallelize(keep_all=False)): 1/ep of them per rank, ZeRO over the dp/ep copies
+    split = replace(facts, params=[replace(p, ep_split=p.expert) for p in facts.params], _stage_cache={})
+    ep1, ep8 = (model_states(split, Setup(**base, ep=ep), 0, {})[0] for ep in (1, 8))
     assert ep1["params"] - ep8["params"] == 2 * experts * 7 // 8  # bf16 parameters, 7/8 of the experts elsewhere
     assert ep1["optimizer"] - ep8["optimizer"] == 8 * experts * 7 // 8
-    # ZeRO-1: expert master weights and moments are partitioned over the dp/ep ranks holding the same experts, so
-    # their share per rank stays 1/dp; the bf16 parameters every rank holds whole lose half the experts at ep 2
-    z1 = {ep: model_states(facts, Setup(**{**base, "zero_stage": 1}, ep=ep), 0, {})[0] for ep in (1, 2)}
+    # ZeRO-1: master weights and moments stay 1/dp per rank either way; the whole bf16 parameters lose half the
+    # experts at ep 2
+    z1 = {ep: model_states(split, Setup(**{**base, "zero_stage": 1}, ep=ep), 0, {})[0] for ep in (1, 2)}
     assert z1[2]["master"] == pytest.approx(z1[1]["master"], rel=1e-6)
     assert z1[1]["params"] - z1[2]["params"] == pytest.approx(2 * experts / 2, rel=1e-6)
 
