@@ -163,3 +163,19 @@ def test_bench_moe_dry_run_compares_equal_active_parameters(capsys):
     assert c["moe"]["active"] - c["dense"]["active"] == c["moe"]["moe_layers"] * c["moe"]["router"]
     assert c["moe"]["total"] > c["dense"]["total"] and res["timing"] is None
     assert "would run" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_expert_parallel_metrics_are_ep1s_plus_the_all_to_all_bytes(e2e_run):
+    """The moe_* fields of the shared ep1 and ep2 runs (2 processes each, the same batches and weights): the
+    losses and expert loads, all-reduced over the data-parallel ranks, are ep1's; only ep2 moves bytes."""
+    from e2e import MOE_STEPS, train_records
+
+    ep1 = train_records(e2e_run("moe_ep1").dir)
+    ep2 = [r for r in train_records(e2e_run("moe_ep2").dir) if r["step"] <= MOE_STEPS]
+    assert [r["step"] for r in ep1] == [r["step"] for r in ep2] and ep1
+    for a, b in zip(ep1, ep2):
+        for key in ("moe_aux_loss", "moe_z_loss", "moe_expert_load_max", "moe_expert_load_min"):
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (a["step"], key)
+        assert a["moe_dropped_fraction"] == b["moe_dropped_fraction"] == 0.0  # no capacity factor
+        assert a["moe_a2a_bytes"] == 0 < b["moe_a2a_bytes"]
