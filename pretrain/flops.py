@@ -20,7 +20,6 @@ MFU uses model FLOPs, HFU hardware FLOPs.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import platform
@@ -57,36 +56,24 @@ PEAK_FLOPS: dict[str, dict[str, float]] = {
 
 
 def moe_layer_indices(args: GPTArgs) -> list[int]:
-    """The layers whose MLP is a mixture of experts (none for a dense model): every ``model.moe_layer_freq``-th,
-    as :mod:`pretrain.models.gpt.moe` builds them."""
-    if not getattr(args, "num_experts", 0):
-        return []
-    freq = max(1, int(getattr(args, "moe_layer_freq", 1) or 1))
-    return [i for i in range(args.num_layers) if i % freq == 0]
+    """The layers whose MLP is a mixture of experts (none for a dense model), as the model builds them."""
+    return [i for i in range(args.num_layers) if args.is_moe_layer(i)]
 
 
 def gpt_parameter_counts(args: GPTArgs) -> dict[str, int]:
-    """``count_parameters`` of the dense shape, with the MLP of each MoE layer replaced by its router
-    (``E x h``, no bias) and experts (SwiGLU ``3 h f_e``, GELU ``2 h f_e``, no biases): ``total`` holds every
-    expert, ``active`` the ``moe_router_topk`` experts one token runs through plus the router (what FLOPs and
-    MFU count). A dense model has ``active == total``. ``*_non_embedding`` leave out the embeddings and a
-    separate output layer, as ``count_parameters`` does."""
-    dense = count_parameters(dataclasses.replace(args, num_experts=0) if hasattr(args, "num_experts") else args)
-    out = {"total": dense["total"], "active": dense["total"], "non_embedding": dense["non_embedding"],
-           "active_non_embedding": dense["non_embedding"], "moe_layers": 0, "expert": 0, "router": 0}
+    """``count_parameters`` with what FLOPs need of a mixture of experts: ``total`` holds every expert,
+    ``active`` the router and the ``moe_router_topk`` experts one token runs through (what FLOPs and MFU count;
+    ``== total`` for a dense model), ``*_non_embedding`` without the embeddings and a separate output layer; the
+    number of MoE layers and the parameters of one ``expert`` and one ``router`` (0 for a dense model)."""
+    c = count_parameters(args)
+    outside = c["total"] - c["non_embedding"]  # embeddings and the untied output layer
+    out = {"total": c["total"], "active": c["active"], "non_embedding": c["non_embedding"],
+           "active_non_embedding": c["active"] - outside, "moe_layers": 0, "expert": 0, "router": 0}
     layers = moe_layer_indices(args)
-    if not layers:
-        return out
-    h, f = args.hidden_size, args.ffn_hidden_size
-    n_mats = 3 if args.activation == "swiglu" else 2
-    dense_mlp = n_mats * h * f + (1 if args.bias else 0) * ((n_mats - 1) * f + h)
-    E, k = args.num_experts, args.moe_router_topk
-    expert = n_mats * h * (args.moe_ffn_hidden_size or f)
-    router = E * h
-    all_, active = len(layers) * (router + E * expert - dense_mlp), len(layers) * (router + k * expert - dense_mlp)
-    out.update(total=out["total"] + all_, active=out["active"] + active,
-               non_embedding=out["non_embedding"] + all_, active_non_embedding=out["active_non_embedding"] + active,
-               moe_layers=len(layers), expert=expert, router=router)
+    if layers:
+        n_mats = 3 if args.activation == "swiglu" else 2
+        out.update(moe_layers=len(layers), expert=n_mats * args.hidden_size * args.moe_ffn_hidden_size,
+                   router=args.num_experts * args.hidden_size)
     return out
 
 
