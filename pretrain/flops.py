@@ -8,10 +8,13 @@ Model FLOPs per token (fwd + bwd, the PaLM / Megatron convention)::
   + 12 * layers * hidden * seq   (attention scores and weighted sum: 2·2·seq·hidden forward, x3 with backward;
                                   counted in full for causal attention, as PaLM does)
 
-Embedding lookups cost no FLOPs and are excluded. Hardware FLOPs add what activation checkpointing
-recomputes (:mod:`pretrain.models.recompute`): under ``model.recompute_granularity=full`` one more forward of
-every layer (``2 * N_layers + 4 * layers * hidden * seq``), under ``selective`` only the attention core's
-forward (``4 * layers * hidden * seq``, the score and weighted-sum matmuls: a third of the attention term).
+Embedding lookups cost no FLOPs and are excluded. A mixture-of-experts layer counts its *active* weights in
+``N_layers``: the router and the ``moe_router_topk`` experts a token runs through (:func:`gpt_parameter_counts`),
+so a MoE model's MFU compares with that of the dense model of the same active size. Hardware FLOPs add what
+activation checkpointing recomputes (:mod:`pretrain.models.recompute`): under ``model.recompute_granularity=full``
+one more forward of every layer (``2 * N_layers + 4 * layers * hidden * seq``), under ``selective`` only the
+attention core's forward (``4 * layers * hidden * seq``, the score and weighted-sum matmuls: a third of the
+attention term).
 MFU uses model FLOPs, HFU hardware FLOPs.
 """
 
@@ -52,10 +55,35 @@ PEAK_FLOPS: dict[str, dict[str, float]] = {
 }
 
 
+def moe_layer_indices(args: GPTArgs) -> list[int]:
+    """The layers whose MLP is a mixture of experts (none for a dense model), as the model builds them."""
+    return [i for i in range(args.num_layers) if args.is_moe_layer(i)]
+
+
+def gpt_parameter_counts(args: GPTArgs) -> dict[str, int]:
+    """``count_parameters`` with what FLOPs need of a mixture of experts: ``total`` holds every expert,
+    ``active`` the router and the ``moe_router_topk`` experts one token runs through (what FLOPs and MFU count;
+    ``== total`` for a dense model), ``*_non_embedding`` without the embeddings and a separate output layer; the
+    number of MoE layers and the parameters of one ``expert`` and one ``router`` (0 for a dense model)."""
+    c = count_parameters(args)
+    outside = c["total"] - c["non_embedding"]  # embeddings and the untied output layer
+    out = {"total": c["total"], "active": c["active"], "non_embedding": c["non_embedding"],
+           "active_non_embedding": c["active"] - outside, "moe_layers": 0, "expert": 0, "router": 0}
+    layers = moe_layer_indices(args)
+    if layers:
+        n_mats = 3 if args.activation == "swiglu" else 2
+        out.update(moe_layers=len(layers), expert=n_mats * args.hidden_size * args.moe_ffn_hidden_size,
+                   router=args.num_experts * args.hidden_size)
+    return out
+
+
 def gpt_flops_per_token(args: GPTArgs) -> dict[str, float]:
-    p = count_parameters(args)
+    """Model and hardware FLOPs per token of a GPT (module docstring). A mixture of experts counts its *active*
+    parameters: the ``moe_router_topk`` experts each token is routed to and the router, not the experts it
+    skips; tokens a capacity factor drops are still counted (the model's FLOPs, not the work that ran)."""
+    p = gpt_parameter_counts(args)
     h, L, s, V = args.hidden_size, args.num_layers, args.seq_length, args.vocab_size
-    layer_params = p["non_embedding"] - (h if args.normalization == "rmsnorm" or not args.bias else 2 * h)
+    layer_params = p["active_non_embedding"] - (h if args.normalization == "rmsnorm" or not args.bias else 2 * h)
     attn = 12 * L * h * s
     model = 6 * layer_params + 6 * h * V + attn
     recompute = recompute_flops(args, layers_forward=2 * layer_params + attn / 3, attention_core_forward=attn / 3)

@@ -6,11 +6,13 @@ configs, tokenizer special tokens) is each family's adapter (``ModelFamily.hf``,
 =====================  =========================================================================
 ``GPT2LMHeadModel``    gpt, GPT-2 style (learned positions, LayerNorm, tanh GELU, biases, tied, MHA)
 ``LlamaForCausalLM``   gpt, LLaMA style (RoPE, RMSNorm, SwiGLU, no biases, GQA)
+``MixtralForCausalLM`` gpt, LLaMA style with SwiGLU experts in every layer (top-2, renormalised, no dropping)
 ``BertForMaskedLM``    bert (the SOP pooler/head has no place in it and is not exported)
 ``T5ForConditionalGeneration``  t5 (v1.0: relu + tied; v1.1: gated-gelu + untied)
 =====================  =========================================================================
 
-Each mapping is a rename (GPT-2 also concatenates q/k/v into ``c_attn`` and transposes for its ``Conv1D``),
+Each mapping is a rename (GPT-2 also concatenates q/k/v into ``c_attn`` and transposes for its ``Conv1D``;
+Mixtral cuts our stacked experts into one ``w1``/``w3``/``w2`` per expert),
 so export and import are exact: import -> export gives identical tensors. Nothing here needs
 ``transformers`` except building a config object (:func:`hf_config`), which export does lazily; import reads
 ``config.json`` and ``*.safetensors`` directly, so the trainer does not depend on ``transformers``.

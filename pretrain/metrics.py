@@ -171,6 +171,9 @@ class MetricsLogger(Callback):
             parts.append(f"val_loss {r['val_loss']:.4f}")
         if "guard_action" in r:
             parts.append(f"guard {r['guard_action']}")
+        if "moe_aux_loss" in r:  # pretrain.models.gpt.moe_metrics
+            parts.append(f"moe aux {r['moe_aux_loss']:.3f} drop {100 * r['moe_dropped_fraction']:.1f}% "
+                         f"load {r['moe_expert_load_min']:.2f}-{r['moe_expert_load_max']:.2f}")
         return " | ".join(parts)
 
     def on_step_end(self, trainer: "Trainer", out: StepOutput) -> None:

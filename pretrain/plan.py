@@ -37,7 +37,8 @@ def compose_train(overrides: list[str]):
 def _layout_name(e: Evaluated) -> str:
     s = e.setup
     rc = {None: "-", "full": "full", "selective": "sel"}[s.recompute]
-    return f"tp{s.tp} pp{s.pp} dp{s.dp} z{s.zero_stage} mb{s.micro_batch_size}x{s.grad_accum_steps} rc:{rc}"
+    ep = f" ep{s.ep}" if s.ep > 1 else ""  # a mixture of experts' expert-parallel size
+    return f"tp{s.tp} pp{s.pp} dp{s.dp}{ep} z{s.zero_stage} mb{s.micro_batch_size}x{s.grad_accum_steps} rc:{rc}"
 
 
 def breakdown(e: Evaluated) -> list[str]:
@@ -56,14 +57,18 @@ def breakdown(e: Evaluated) -> list[str]:
              f"{gib(e.usable_bytes):.2f} usable -> {'fits' if e.fits else 'DOES NOT FIT'}"]
     t = e.time
     lines.append(f"  step {t['step_s']:.3f} s (compute {t['compute_s']:.3f}, bubble {t['bubble_s']:.3f}, tp "
-                 f"{t['tp_comm_s']:.3f}, pp {t['pp_comm_s']:.3f}, dp {t['dp_comm_s']:.3f})   "
+                 f"{t['tp_comm_s']:.3f}, pp {t['pp_comm_s']:.3f}, dp {t['dp_comm_s']:.3f}"
+                 + (f", ep all-to-all {t['ep_comm_s']:.3f}" if t.get("ep_comm_s") else "") + ")   "
                  f"{t['tokens_per_s']:,.0f} tokens/s   MFU {100 * t['mfu']:.1f}%")
     return lines
 
 
 def render(res: dict[str, Any], top: int) -> str:
     m, d = res["model"], res["device"]
-    out = [f"model {m['name']} ({m['family']}): {m['parameters'] / 1e6:,.1f}M parameters, {m['layers']} layers, "
+    active = m.get("active_parameters")
+    out = [f"model {m['name']} ({m['family']}): {m['parameters'] / 1e6:,.1f}M parameters"
+           + (f" ({active / 1e6:,.1f}M active per token)" if active and active != m["parameters"] else "")
+           + f", {m['layers']} layers, "
            f"vocab {m['vocab_size']}, {m['model_flops_per_token']:.3g} model FLOPs/token"
            + (f" [{m['vocab_note']}]" if m["vocab_note"] else ""),
            f"{res['gpus']} x {d['name']} ({gib(d['memory_bytes']):.1f} GiB, {d['peak_flops'] / 1e12:.0f} TFLOP/s "

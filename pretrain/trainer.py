@@ -304,6 +304,7 @@ class Trainer:
         self.callbacks = CallbackList([
             self.guard,
             StepRecorder(cfg.trainer.log_interval),
+            *self.family.callbacks(self.args),  # the family's own: GPT's MoE losses, drops, loads, all-to-all bytes
             Evaluator(cfg.trainer.eval_interval, cfg.trainer.eval_iters),
             MixtureTracker(self),
             self.metrics,

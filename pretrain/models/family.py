@@ -258,6 +258,10 @@ class ModelFamily(ABC):
     def tokens_per_sample(self, args: Any) -> int:
         """Tokens a sample counts for throughput (GPT: seq_length)."""
 
+    def callbacks(self, args: Any) -> list:
+        """Trainer callbacks the family's models need (e.g. GPT's mixture-of-experts metrics); none by default."""
+        return []
+
     # ---------------------------------------------------------------------------------------------- pipeline
 
     def pipeline_stages(self, model: nn.Module, group: Any) -> tuple[list, Callable]:

@@ -96,7 +96,7 @@ def make_plan(cfg: DictConfig, gpus: int, gpu: str = "h100", nodes: int | None =
     def run(s) -> Evaluated:
         e = evaluate(facts, s, plan.global_batch_size if cfg.trainer.global_batch_size is not None
                      else s.micro_batch_size * s.dp, device, per_node, ds_zero, headroom, efficiency)
-        e.overrides = overrides_of(s, s.zero_stage)
+        e.overrides = overrides_of(s, s.zero_stage, moe=bool(facts.num_experts))
         return e
 
     configured = run(configured_setup)
@@ -113,6 +113,7 @@ def make_plan(cfg: DictConfig, gpus: int, gpu: str = "h100", nodes: int | None =
     best = next((e for e in layouts if e.fits), None)
     return {
         "model": {"name": str(cfg.model.name), "family": facts.family.name, "parameters": facts.num_parameters,
+                  "active_parameters": _active_parameters(facts),
                   "vocab_size": facts.args.vocab_size, "layers": facts.num_layers,
                   "model_flops_per_token": facts.flops["model"], "vocab_note": facts.vocab_note},
         "device": {"name": device.name, "memory_bytes": device.memory_bytes,
@@ -122,6 +123,15 @@ def make_plan(cfg: DictConfig, gpus: int, gpu: str = "h100", nodes: int | None =
         "efficiency": efficiency, "note": note, "global_batch_size": plan.global_batch_size,
         "configured": configured, "layouts": layouts, "best": best,
     }
+
+
+def _active_parameters(facts: ModelFacts) -> int:
+    """Parameters one token runs through: all of them, but for a mixture of experts the router and its top-k."""
+    if not facts.num_experts:
+        return facts.num_parameters
+    from pretrain.flops import gpt_parameter_counts
+
+    return gpt_parameter_counts(facts.args)["active"]
 
 
 __all__ = ["DEVICES", "ModelFacts", "UnknownVocabulary", "make_plan", "model_facts", "get_device"]

@@ -48,11 +48,13 @@ def _val(x: Any) -> Any:
 
 
 def config_view(cfg: DictConfig, tp: int, pp: int, zero: int, micro: int,
-                parallel: dict | None = None) -> SimpleNamespace:
+                parallel: dict | None = None, ep: int | None = None) -> SimpleNamespace:
     """``cfg`` with another layout, as the layout checks read it (no OmegaConf copy: thousands are checked);
-    ``parallel``: ``cfg.parallel`` as a dict, when the caller has it already."""
+    ``parallel``: ``cfg.parallel`` as a dict, when the caller has it already; ``ep``: another expert-parallel size."""
     p = dict(parallel if parallel is not None else OmegaConf.to_container(cfg.parallel, resolve=True))
     p.update(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, zero_stage=zero)
+    if ep is not None:
+        p["expert_model_parallel_size"] = ep
     t = SimpleNamespace(micro_batch_size=micro, global_batch_size=cfg.trainer.global_batch_size)
     return SimpleNamespace(parallel=SimpleNamespace(**p), trainer=t, model=cfg.model)
 
@@ -73,13 +75,24 @@ def setup_of(cfg: Any, world: int, recompute: str | None, precision: str) -> tup
                  zero_stage=plan.zero_stage, micro_batch_size=plan.micro_batch_size,
                  grad_accum_steps=plan.grad_accum_steps, recompute=recompute,
                  sequence_parallel=bool(p.sequence_parallel) and plan.tensor_parallel_size > 1, precision=precision,
-                 offload_optimizer=bool(p.offload_optimizer), offload_param=bool(p.offload_param)), plan
+                 offload_optimizer=bool(p.offload_optimizer), offload_param=bool(p.offload_param),
+                 ep=_expert_parallel_size(cfg, plan)), plan
 
 
-def overrides_of(s: Setup, requested_stage: int) -> list[str]:
+def _expert_parallel_size(cfg: Any, plan: Any) -> int:
+    """``parallel.expert_model_parallel_size`` of a mixture of experts (1 for a dense model)."""
+    if not getattr(cfg.model, "num_experts", 0):
+        return 1
+    return int(getattr(plan, "expert_model_parallel_size", None) or getattr(cfg.parallel, "expert_model_parallel_size",
+                                                                            1) or 1)
+
+
+def overrides_of(s: Setup, requested_stage: int, moe: bool = False) -> list[str]:
     out = [f"parallel.tensor_model_parallel_size={s.tp}", f"parallel.pipeline_model_parallel_size={s.pp}",
            f"parallel.zero_stage={requested_stage}", f"trainer.micro_batch_size={s.micro_batch_size}",
            f"model.activation_checkpointing={'true' if s.recompute else 'false'}"]
+    if moe:
+        out.append(f"parallel.expert_model_parallel_size={s.ep}")
     if s.recompute:
         out.append(f"model.recompute_granularity={s.recompute}")
     return out
@@ -126,22 +139,24 @@ def enumerate_setups(cfg: DictConfig, world: int, precision: str) -> list[Setup]
     micros = MICRO_BATCHES if fixed_gbs else (cfg.trainer.micro_batch_size,)
     out, seen = [], set()
     parallel = OmegaConf.to_container(cfg.parallel, resolve=True)
+    experts = int(getattr(cfg.model, "num_experts", 0) or 0)
     for tp in divisors:
         for pp in (d for d in divisors if (world // tp) % d == 0):
-            for zero in (0, 1, 2, 3):
-                for micro in micros:
-                    view = config_view(cfg, tp, pp, zero, micro, parallel)
-                    try:
-                        plan = batch_plan(view, world)
-                    except ConfigError:
-                        continue
-                    key = (tp, pp, plan.zero_stage, micro)
-                    if key in seen:  # one data-parallel rank: every requested stage runs as ZeRO-0
-                        continue
-                    seen.add(key)
-                    for rc in RECOMPUTE:
-                        s, _ = setup_of(view, world, rc, precision)
-                        out.append(s)
+            # a mixture of experts: every expert-parallel size that splits both the experts and the dp ranks
+            eps = [e for e in divisors if (world // (tp * pp)) % e == 0 and experts % e == 0] if experts else [None]
+            for zero, micro, ep in ((z, m, e) for z in (0, 1, 2, 3) for m in micros for e in eps):
+                view = config_view(cfg, tp, pp, zero, micro, parallel, ep)
+                try:
+                    plan = batch_plan(view, world)
+                except ConfigError:
+                    continue
+                key = (tp, pp, plan.zero_stage, micro, ep)
+                if key in seen:  # one data-parallel rank: every requested stage runs as ZeRO-0
+                    continue
+                seen.add(key)
+                for rc in RECOMPUTE:
+                    s, _ = setup_of(view, world, rc, precision)
+                    out.append(s)
     return out
 
 

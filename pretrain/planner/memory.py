@@ -22,9 +22,12 @@ Model states follow what DeepSpeed 0.19 allocates, checked against ``pretrain.be
 Activations per micro-batch (what autograd keeps between a forward and its backward) follow the tensors our GPT
 saves op by op: see :func:`gpt_layer_bytes`. Other families (BERT, T5) are counted with the same attention and
 MLP blocks (T5's decoder layers with a second, cross, attention); that is an estimate, validated only for GPT.
-Mixture-of-experts layers do not exist yet: when they do, their experts' parameters enter through
-:func:`model_states` (an expert-parallel share like ``Param.split``) and their dispatch buffers through
-:func:`activations` (a term next to ``logits``).
+Mixture-of-experts layers: the trainer keeps every expert's weights on every rank (expert parallelism spreads
+their computation only), so they count as dense weights; were they split (``shapes.EXPERTS_SHARDED``,
+``Param.ep_split``), a rank would hold 1/ep of them and ZeRO would partition them (and their gradients, master
+copy and Adam moments) over the dp/ep ranks holding the same experts. Their activations replace the dense MLP's
+in each MoE layer by those of the router and the experts (:func:`moe_layer_extra_bytes`, a term next to the
+layers').
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ class Setup:
     precision: str
     offload_optimizer: bool = False
     offload_param: bool = False
+    ep: int = 1  # expert-parallel size (parallel.expert_model_parallel_size): splits the experts, within dp
 
 
 def precision_bytes(precision: str) -> int:
@@ -83,15 +87,22 @@ def model_states(facts: ModelFacts, s: Setup, stage: int, ds_zero: dict[str, Any
     """Model-state bytes of every data-parallel rank of pipeline stage ``stage``: a dict per rank with
     ``params, grads, master, optimizer`` (on the GPU), ``host`` (offloaded) and ``step_transient`` (held only
     during the optimizer step)."""
-    held = facts.stage_params(s.tp, s.pp, stage)
+    held = facts.stage_params(s.tp, s.pp, stage, s.ep)
     P = precision_bytes(s.precision)
-    groups = [[n for p, n in held if p.dim >= 2], [n for p, n in held if p.dim < 2]]
+    groups = [[n for p, n in held if p.dim >= 2 and not p.ep_split], [n for p, n in held if p.dim < 2]]
+    # ZeRO partitions each group over the ranks that hold the same parameters: the data-parallel group for dense
+    # ones, the expert-data-parallel group (dp / ep ranks, the copies of the same experts) for expert ones
+    parts = [s.dp for g in groups if g]
     groups = [g for g in groups if g]
+    experts = [n for p, n in held if p.ep_split]
+    if experts:
+        groups.append(experts)
+        parts.append(max(1, s.dp // s.ep))
     n = sum(len(g) for g in groups)
     N = sum(sum(g) for g in groups)
     dp = s.dp
     rows = []
-    intersect = [_intersecting(g, dp) for g in groups] if s.zero_stage in (1, 2) else []
+    intersect = [_intersecting(g, d) for g, d in zip(groups, parts)] if s.zero_stage in (1, 2) else []
     for r in range(dp):
         b = {"params": 0, "grads": 0, "master": 0, "optimizer": 0, "host": 0, "step_transient": 0,
              "backward_grads": 0}
@@ -108,17 +119,17 @@ def model_states(facts: ModelFacts, s: Setup, stage: int, ds_zero: dict[str, Any
             b["master"] = 4 * math.ceil(N / dp)
             b["optimizer"] = 8 * math.ceil(N / dp) + 4 * n
         elif s.zero_stage in (1, 2):
-            for g, inter in zip(groups, intersect):
-                aligned = math.ceil(sum(g) / (2 * dp)) * 2 * dp
+            for g, inter, d in zip(groups, intersect, parts):
+                aligned = math.ceil(sum(g) / (2 * d)) * 2 * d
                 b["params"] += P * aligned
-                b["grads"] += P * inter[r]
-                b["master"] += 4 * (aligned // dp)
-                b["optimizer"] += 8 * (aligned // dp) + 4
+                b["grads"] += P * inter[r % d]
+                b["master"] += 4 * (aligned // d)
+                b["optimizer"] += 8 * (aligned // d) + 4
             if s.zero_stage == 1:  # every gradient is held whole until the step's last backward reduces them
                 b["backward_grads"] = P * N - b["grads"]
         else:
             threshold = float(ds_zero.get("stage3_param_persistence_threshold", 1e5))
-            pieces = sum(math.ceil(x / dp) for g in groups for x in g)
+            pieces = sum(math.ceil(x / d) for g, d in zip(groups, parts) for x in g)
             persistent = sum(x for g in groups for x in g if x < threshold)
             b["params"] = P * (pieces + persistent)
             b["grads"] = P * pieces
@@ -143,7 +154,7 @@ def zero3_gathered(facts: ModelFacts, s: Setup, stage: int, ds_zero: dict[str, A
         return 0
     per_layer: dict[str, int] = {}
     rest = 0
-    for p, n in facts.stage_params(s.tp, s.pp, stage):
+    for p, n in facts.stage_params(s.tp, s.pp, stage, s.ep):
         layer = next((w for w in p.stages if w.startswith("layer:")), None)
         if layer:
             per_layer[layer] = per_layer.get(layer, 0) + n
@@ -160,7 +171,7 @@ def buckets(facts: ModelFacts, s: Setup, stage: int, ds_zero: dict[str, Any]) ->
     dp > 1 flattens the gradients in chunks of up to that many elements."""
     if s.dp == 1 and s.zero_stage == 0:
         return 0
-    grads = sum(n for _, n in facts.stage_params(s.tp, s.pp, stage))
+    grads = sum(n for _, n in facts.stage_params(s.tp, s.pp, stage, s.ep))
     P = precision_bytes(s.precision)
     reduce = int(float(ds_zero.get("reduce_bucket_size", 5e8)))
     if s.zero_stage == 0:
@@ -241,6 +252,13 @@ def activations(facts: ModelFacts, s: Setup, stage: int) -> dict[str, float]:
         head += a * h + 8  # the output layer's input, the labels
         logits_saved = 4.0 * V / s.tp
         logits_peak = 8.0 * V / s.tp  # the loss's gradient and the log-softmax's, both fp32, during the backward
+    moe_layers = _moe_layers_on_stage(facts, s.pp, stage)
+    if moe_layers:  # the router's and the experts' activations instead of a dense MLP's, in each MoE layer
+        extra = moe_layer_extra_bytes(args, s.tp, a)
+        if layer_key != "full":
+            saved_layers += extra * moe_layers
+        elif s.recompute == "full":
+            recompute += extra
     in_flight = min(s.pp - stage, s.grad_accum_steps) if s.pp > 1 else 1
     per_micro = tokens * (saved_layers + embedding + head + logits_saved)
     return {
@@ -257,3 +275,25 @@ def activations(facts: ModelFacts, s: Setup, stage: int) -> dict[str, float]:
 
 def _tokens_per_sample(facts: ModelFacts) -> int:
     return facts.family.tokens_per_sample(facts.args)
+
+
+def _moe_layers_on_stage(facts: ModelFacts, pp: int, stage: int) -> int:
+    from pretrain.flops import moe_layer_indices
+
+    if not facts.num_experts:
+        return 0
+    per_stage = facts.num_layers // pp
+    return sum(1 for i in moe_layer_indices(facts.args) if i // per_stage == stage)
+
+
+def moe_layer_extra_bytes(args: Any, tp: int, a: int) -> float:
+    """Bytes per token a mixture-of-experts layer keeps beyond the dense MLP :func:`gpt_layer_bytes` counted for
+    it: the router's fp32 logits and probabilities (``8 E``), and per routed copy of the token (``k``, times the
+    capacity factor's padding when one is set) the dispatched input and the combined output (``2 a h``) and the
+    expert's MLP activations (SwiGLU ``4 a f_e``, GELU ``2 a f_e``), less the dense MLP's (``4 a f / tp`` or
+    ``2 a f / tp``). Experts are not split by tensor parallelism."""
+    E, k = args.num_experts, args.moe_router_topk
+    f_e = args.moe_ffn_hidden_size or args.ffn_hidden_size
+    n_mats = 4 if args.activation in ("swiglu", "geglu") else 2
+    copies = k * max(1.0, float(getattr(args, "moe_capacity_factor", None) or 1.0))
+    return 8 * E + copies * (2 * a * args.hidden_size + n_mats * a * f_e) - n_mats * a * args.ffn_hidden_size / tp

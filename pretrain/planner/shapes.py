@@ -23,6 +23,15 @@ from pretrain.core.errors import ConfigError
 from pretrain.models import TokenizerInfo, get_family
 from pretrain.parallel.plan import Column, HeadSplit, Row, VocabEmbedding, VocabOutput
 
+# The stacked expert weights of a mixture-of-experts layer (``layers.N.mlp.experts.gate_up_proj`` ...); the router
+# (``mlp.gate``) is a dense weight.
+EXPERT_PARAM = re.compile(r"(^|\.)mlp\.experts\.")
+# Whether expert parallelism splits the expert weights over the ep ranks. The trainer keeps every expert's weights
+# whole on every rank and only spreads their computation (``pretrain.parallel.expert.expert_parallelize(...,
+# keep_all=True)``: ZeRO, clipping and checkpoints see ordinary replicated parameters), so a rank holds them all;
+# the sharded accounting (1/ep each, ZeRO over the dp/ep copies) is what ``keep_all=False`` would hold.
+EXPERTS_SHARDED = False
+
 
 class UnknownVocabulary(ConfigError):
     """The vocabulary size comes from a tokenizer the planner cannot read here."""
@@ -35,9 +44,12 @@ class Param:
     dim: int  # number of dimensions (the optimizer's weight-decay groups split on dim >= 2)
     split: int  # the dimension tensor parallelism splits, or -1 (replicated)
     stages: tuple[str, ...]  # "first", "last", or "layer:<i>"
+    expert: bool = False  # a mixture of experts' stacked expert weights
+    ep_split: bool = False  # ... split over the expert-parallel ranks (EXPERTS_SHARDED), 1/ep of them per rank
 
-    def per_rank(self, tp: int) -> int:
-        return self.numel // tp if self.split >= 0 else self.numel
+    def per_rank(self, tp: int, ep: int = 1) -> int:
+        n = self.numel // tp if self.split >= 0 else self.numel
+        return n // ep if self.ep_split else n
 
 
 @dataclass
@@ -58,14 +70,19 @@ class ModelFacts:
         seen: set[str] = set()
         return sum(p.numel for p in self.params if not (p.name in seen or seen.add(p.name)))
 
-    def stage_params(self, tp: int, pp: int, stage: int) -> list[tuple[Param, int]]:
-        """(parameter, elements this rank holds) of pipeline stage ``stage`` at tensor-parallel size ``tp``."""
-        key = (tp, pp, stage)
+    @property
+    def num_experts(self) -> int:
+        return int(getattr(self.args, "num_experts", 0) or 0)
+
+    def stage_params(self, tp: int, pp: int, stage: int, ep: int = 1) -> list[tuple[Param, int]]:
+        """(parameter, elements this rank holds) of pipeline stage ``stage`` at tensor-parallel size ``tp`` and
+        expert-parallel size ``ep``."""
+        key = (tp, pp, stage, ep)
         if key not in self._stage_cache:
-            self._stage_cache[key] = self._stage_params(tp, pp, stage)
+            self._stage_cache[key] = self._stage_params(tp, pp, stage, ep)
         return self._stage_cache[key]
 
-    def _stage_params(self, tp: int, pp: int, stage: int) -> list[tuple[Param, int]]:
+    def _stage_params(self, tp: int, pp: int, stage: int, ep: int = 1) -> list[tuple[Param, int]]:
         per_stage = self.num_layers // pp
         out = []
         for p in self.params:
@@ -78,7 +95,7 @@ class ModelFacts:
                 else:
                     mine |= int(where.split(":")[1]) // per_stage == stage
             if mine:
-                out.append((p, p.per_rank(tp)))
+                out.append((p, p.per_rank(tp, ep)))
         return out
 
 
@@ -175,7 +192,9 @@ def model_facts(cfg: DictConfig, vocab_size: int | None = None) -> ModelFacts:
     for pid, nlist in names.items():
         p = tensors[pid]
         split = next((split_of[n] for n in nlist if n in split_of), -1)
-        params.append(Param(nlist[0], p.numel(), p.dim(), split, tuple(dict.fromkeys(stage_of[n] for n in nlist))))
+        params.append(Param(nlist[0], p.numel(), p.dim(), split, tuple(dict.fromkeys(stage_of[n] for n in nlist)),
+                            expert=(expert := any(EXPERT_PARAM.search(n) for n in nlist)),
+                            ep_split=expert and EXPERTS_SHARDED))
     weight = 1.0
     if len(layer_keys) == 2:  # an encoder-decoder: the second stack's layers have a cross-attention block too
         enc, dec = (len(model.get_submodule(k)) for k in layer_keys)

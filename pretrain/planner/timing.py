@@ -16,6 +16,9 @@ bytes each parallel dimension moves over the links it spans.
   all-gather; ZeRO-3 per micro-batch a gather in the forward, a gather and a reduce-scatter in the backward, plus
   a latency per collective and layer. With ``overlap_comm`` (GPU runs) what runs inside a forward/backward
   hides behind that micro-batch's compute (a third of it forward, two thirds backward).
+* expert parallelism: per MoE layer and micro-batch, four all-to-alls of the routed token copies (dispatch and
+  combine, forward and backward) over the ep ranks; not overlapped. The compute counts active parameters only
+  (the experts a token runs through), as the trainer's MFU does.
 * A group stays on NVLink while its ranks fit in one node (tensor ranks innermost, then data, then pipeline,
   as ``pretrain.parallel.topology`` orders them); otherwise it runs at the inter-node bandwidth.
 
@@ -74,11 +77,23 @@ def step_time(facts: ModelFacts, s: Setup, device: Device, global_batch: int, gp
     if s.pp > 1:
         send = micro_act / s.tp / _bandwidth(device, s.tp * s.dp * 2, gpus_per_node)
         pp_comm = 2 * (m + s.pp - 1) * (send + P2P_LATENCY_S)
+    ep_comm = 0.0
+    if s.ep > 1 and facts.num_experts:
+        ep_comm = _all_to_all_s(facts, s, device, tokens_per_sample, gpus_per_node, a)
     dp_comm = 0.0
     if s.dp > 1:
-        grads = max(sum(n for _, n in facts.stage_params(s.tp, s.pp, st)) for st in range(s.pp))
-        # a reduce-scatter or an all-gather of the rank's gradient (parameter) bytes over the ring
-        half = (s.dp - 1) / s.dp * grads * a / _bandwidth(device, s.tp * s.dp, gpus_per_node)
+        # a reduce-scatter or an all-gather of the rank's gradient (parameter) bytes over the ring: dense ones over
+        # the dp ranks, expert ones over the dp / ep ranks that hold the same experts
+        half = 0.0
+        for st in range(s.pp):
+            held = facts.stage_params(s.tp, s.pp, st, s.ep)
+            dense = sum(n for p, n in held if not p.ep_split)
+            expert = sum(n for p, n in held if p.ep_split)
+            dpe = max(1, s.dp // s.ep)
+            t = (s.dp - 1) / s.dp * dense * a / _bandwidth(device, s.tp * s.dp, gpus_per_node)
+            if expert and dpe > 1:  # the copies of one expert are ep ranks apart
+                t += (dpe - 1) / dpe * expert * a / _bandwidth(device, s.tp * s.dp, gpus_per_node)
+            half = max(half, t)
         fwd_micro, bwd_micro = compute / m / 3, compute / m * 2 / 3
         hide = overlap_comm
 
@@ -94,13 +109,30 @@ def step_time(facts: ModelFacts, s: Setup, device: Device, global_batch: int, gp
         else:  # parameters gathered in every forward and backward, gradients reduce-scattered in every backward
             dp_comm = m * (exposed(half, fwd_micro) + exposed(2 * half, bwd_micro))
             dp_comm += m * ZERO3_COLLECTIVE_LATENCY_S * 3 * (facts.num_layers // s.pp)
-    total = compute + bubble + tp_comm + pp_comm + dp_comm
+    total = compute + bubble + tp_comm + pp_comm + dp_comm + ep_comm
     return {
         "step_s": total, "compute_s": compute, "bubble_s": bubble, "tp_comm_s": tp_comm, "pp_comm_s": pp_comm,
-        "dp_comm_s": dp_comm, "tokens_per_s": tokens / total, "tokens_per_step": tokens,
+        "dp_comm_s": dp_comm, "ep_comm_s": ep_comm, "tokens_per_s": tokens / total, "tokens_per_step": tokens,
         "mfu": model_fpt * tokens / (total * world * peak), "hfu": hw_fpt * tokens / (total * world * peak),
         "efficiency": efficiency,
     }
+
+
+def _all_to_all_s(facts: ModelFacts, s: Setup, device: Device, tokens_per_sample: int, gpus_per_node: int,
+                  a: int) -> float:
+    """Seconds of the expert-parallel all-to-alls of one step: per MoE layer and micro-batch, four of them (dispatch
+    and combine forward, their gradients backward; two more forward under full recomputation), each moving the
+    ``(ep - 1) / ep`` of the micro-batch's routed token copies (``k`` per token, padded by the capacity factor when
+    one is set) that live on other ranks. Not overlapped with compute."""
+    from pretrain.flops import moe_layer_indices
+
+    args = facts.args
+    copies = args.moe_router_topk * max(1.0, float(getattr(args, "moe_capacity_factor", None) or 1.0))
+    moved = s.micro_batch_size * tokens_per_sample * copies * args.hidden_size * a * (s.ep - 1) / s.ep
+    per_stage = max(len(moe_layer_indices(args)) // s.pp, 1) if s.pp > 1 else len(moe_layer_indices(args))
+    n = 4 + (2 if s.recompute == "full" else 0)
+    # the expert-parallel ranks sit next to each other inside the data-parallel group (tensor ranks innermost)
+    return n * per_stage * s.grad_accum_steps * moved / _bandwidth(device, s.tp * s.ep, gpus_per_node)
 
 
 def _hardware_flops(facts: ModelFacts, s: Setup) -> float:

@@ -77,8 +77,8 @@ def test_the_registry_and_what_the_generic_code_reads_of_it():
     from pretrain import hf
 
     assert list(FAMILIES) == [p.rsplit(".", 1)[-1] for p in FAMILY_PACKAGES]
-    assert hf.ARCHITECTURES == {"GPT2LMHeadModel": "gpt", "LlamaForCausalLM": "gpt", "BertForMaskedLM": "bert",
-                                "T5ForConditionalGeneration": "t5"}
+    assert hf.ARCHITECTURES == {"GPT2LMHeadModel": "gpt", "LlamaForCausalLM": "gpt", "MixtralForCausalLM": "gpt",
+                                "BertForMaskedLM": "bert", "T5ForConditionalGeneration": "t5"}
     # pipeline stages, sequence parallelism: declared by the family, read by validate/parallelize/pipeline
     assert [n for n, f in FAMILIES.items() if f.pipeline_unsupported] == ["t5"]
     assert [n for n, f in FAMILIES.items() if f.sequence_parallel is not None] == ["gpt"]

@@ -50,6 +50,11 @@ class GPTFamily(ModelFamily):
     def num_parameters(self, args: config.GPTArgs) -> int:
         return config.count_parameters(args)["total"]
 
+    def callbacks(self, args: config.GPTArgs) -> list:
+        from pretrain.models.gpt import moe_metrics
+
+        return moe_metrics.callbacks(args)
+
     def pipeline_stages(self, model, group):
         from pretrain.models.gpt.pipeline import stages
 

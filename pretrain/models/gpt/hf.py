@@ -1,7 +1,12 @@
 """GPT's Hugging Face adapter: ``GPT2LMHeadModel`` (GPT-2 style: learned positions, LayerNorm, tanh GELU,
-biases, tied, multi-head) and ``LlamaForCausalLM`` (LLaMA style: RoPE, RMSNorm, SwiGLU, no biases, GQA).
-LLaMA's names are ours under ``model.``; GPT-2's are a rename plus q/k/v concatenated into ``c_attn`` and
-every matrix transposed for its ``Conv1D``."""
+biases, tied, multi-head), ``LlamaForCausalLM`` (LLaMA style: RoPE, RMSNorm, SwiGLU, no biases, GQA) and
+``MixtralForCausalLM`` (LLaMA style with a mixture of SwiGLU experts in every layer, top-2 routing with
+renormalised weights, no token dropping). LLaMA's names are ours under ``model.``; GPT-2's are a rename plus
+q/k/v concatenated into ``c_attn`` and every matrix transposed for its ``Conv1D``; Mixtral's are LLaMA's for
+everything but the experts, which are written as the released checkpoints and ``save_pretrained`` hold them
+(``block_sparse_moe.gate`` and one ``w1``/``w3``/``w2`` per expert: gate, up, down), cut from our stacked
+``experts.gate_up_proj`` [E, 2f, h] (gate rows first) and ``experts.down_proj`` [E, h, f]. Import takes that
+format and also the stacked one ``transformers`` 5 holds in memory (``mlp.experts.gate_up_proj``)."""
 
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ import torch
 from pretrain.core.errors import CheckpointError
 from pretrain.models.family import HFAdapter
 
-GPT2, LLAMA = "GPT2LMHeadModel", "LlamaForCausalLM"
+GPT2, LLAMA, MIXTRAL = "GPT2LMHeadModel", "LlamaForCausalLM", "MixtralForCausalLM"
 _GPT2_LAYER = {"input_layernorm": "ln_1", "post_attention_layernorm": "ln_2"}
 _GPT2_CONV1D = {"self_attn.o_proj": "attn.c_proj", "mlp.up_proj": "mlp.c_fc", "mlp.down_proj": "mlp.c_proj"}  # .t()
 
@@ -30,8 +35,28 @@ def _llama_names(args: Any) -> dict[str, str]:
     return m
 
 
+def _is_expert(name: str) -> bool:
+    return ".mlp.gate." in name or ".mlp.experts." in name
+
+
+def _moe_misfit(a: dict[str, Any]) -> list[str]:
+    """Why a mixture-of-experts GPT is no ``MixtralForCausalLM`` (its activation is checked with LLaMA's)."""
+    out = []
+    if not a.get("num_experts"):
+        return ["num_experts=0 (needs a mixture of experts: a dense model is LlamaForCausalLM)"]
+    if a.get("moe_layer_freq", 1) != 1:
+        out.append(f"moe_layer_freq={a['moe_layer_freq']} (needs 1: every Mixtral layer is a mixture of experts)")
+    if a.get("moe_router_topk") != 2:
+        out.append(f"moe_router_topk={a.get('moe_router_topk')} (needs 2: Mixtral routes each token to its top-2 "
+                   "experts with renormalised weights)")
+    if a.get("moe_capacity_factor") is not None:
+        out.append(f"moe_capacity_factor={a['moe_capacity_factor']} (needs null: Mixtral never drops a token, so "
+                   "its logits would differ from the trained model's)")
+    return out
+
+
 class GPTAdapter(HFAdapter):
-    architectures = (GPT2, LLAMA)
+    architectures = (GPT2, LLAMA, MIXTRAL)
 
     def misfit(self, arch: str, args: Any) -> list[str]:
         a = asdict(args)
@@ -40,11 +65,32 @@ class GPTAdapter(HFAdapter):
                         tie_word_embeddings=True, num_key_value_heads=a["num_attention_heads"])
         else:
             need = dict(position_embedding="rope", normalization="rmsnorm", activation="swiglu", bias=False)
-        return [f"{k}={a[k]} (needs {v})" for k, v in need.items() if a[k] != v]
+        why = [f"{k}={a[k]} (needs {v})" for k, v in need.items() if a[k] != v]
+        if arch == MIXTRAL:
+            if a["activation"] != "swiglu" and a.get("num_experts"):
+                why = [w if not w.startswith("activation=") else
+                       f"{w[:-1]}: GELU experts have no place in MixtralForCausalLM, whose experts are SwiGLU)"
+                       for w in why]
+            return why + _moe_misfit(a)
+        if a.get("num_experts"):  # GPT-2 and LLaMA have dense MLPs only
+            why.append(f"num_experts={a['num_experts']} (needs 0: a mixture of experts exports as {MIXTRAL})")
+        return why
 
     def to_hf(self, arch: str, args: Any, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if arch == LLAMA:
             return {theirs: sd[ours].contiguous() for ours, theirs in _llama_names(args).items()}
+        if arch == MIXTRAL:
+            out = {theirs: sd[ours] for ours, theirs in _llama_names(args).items() if not _is_expert(ours)}
+            f = args.moe_ffn_hidden_size
+            for i in range(args.num_layers):
+                p, q = f"layers.{i}.mlp.", f"model.layers.{i}.block_sparse_moe."
+                out[q + "gate.weight"] = sd[p + "gate.weight"]
+                gate_up, down = sd[p + "experts.gate_up_proj"], sd[p + "experts.down_proj"]
+                for j in range(args.num_experts):
+                    out[f"{q}experts.{j}.w1.weight"] = gate_up[j, :f]
+                    out[f"{q}experts.{j}.w3.weight"] = gate_up[j, f:]
+                    out[f"{q}experts.{j}.w2.weight"] = down[j]
+            return {k: v.contiguous() for k, v in out.items()}
         out = {"transformer.wte.weight": sd["embed_tokens.weight"],
                "transformer.wpe.weight": sd["embed_positions.weight"],
                "transformer.ln_f.weight": sd["norm.weight"], "transformer.ln_f.bias": sd["norm.bias"]}
@@ -62,8 +108,12 @@ class GPTAdapter(HFAdapter):
         return {k: v.contiguous() for k, v in out.items()}
 
     def from_hf(self, arch: str, args: Any, get: Callable[[str], torch.Tensor]) -> dict[str, torch.Tensor]:
-        if arch == LLAMA:
-            out = {ours: get(theirs).contiguous() for ours, theirs in _llama_names(args).items()}
+        if arch in (LLAMA, MIXTRAL):
+            names = _llama_names(args)
+            out = {ours: get(theirs).contiguous() for ours, theirs in names.items() if not _is_expert(ours)}
+            if arch == MIXTRAL:
+                for i in range(args.num_layers):
+                    out.update(_mixtral_experts(args, i, get))
             if args.tie_word_embeddings:
                 out["lm_head.weight"] = out["embed_tokens.weight"]
             return out
@@ -90,6 +140,19 @@ class GPTAdapter(HFAdapter):
         import transformers
 
         eod = next((special[t] for t in ("<|endoftext|>", "</s>") if t in special), None)
+        if arch == MIXTRAL:
+            return transformers.MixtralConfig(
+                vocab_size=args.vocab_size, hidden_size=args.hidden_size, intermediate_size=args.moe_ffn_hidden_size,
+                num_hidden_layers=args.num_layers, num_attention_heads=args.num_attention_heads,
+                num_key_value_heads=args.num_key_value_heads, head_dim=args.head_dim,
+                max_position_embeddings=args.seq_length, rms_norm_eps=args.norm_eps,
+                rope_parameters={"rope_type": "default", "rope_theta": float(args.rotary_base)},
+                tie_word_embeddings=args.tie_word_embeddings, hidden_act="silu", sliding_window=None,
+                num_local_experts=args.num_experts, num_experts_per_tok=args.moe_router_topk,
+                router_aux_loss_coef=args.moe_aux_loss_coeff, router_jitter_noise=0.0, output_router_logits=False,
+                attention_dropout=args.attention_dropout, initializer_range=args.init_method_std,
+                bos_token_id=eod, eos_token_id=eod, pad_token_id=None,
+            )
         if arch == GPT2:
             return transformers.GPT2Config(
                 vocab_size=args.vocab_size, n_positions=args.seq_length, n_embd=args.hidden_size,
@@ -124,6 +187,8 @@ class GPTAdapter(HFAdapter):
                         tie_word_embeddings=True)
         if c.get("hidden_act", "silu") != "silu":
             raise act_error(c.get("hidden_act"))
+        if arch == MIXTRAL:
+            return _mixtral_args(c, where)
         if c.get("attention_bias") or c.get("mlp_bias"):
             raise CheckpointError(f"{where}: LlamaForCausalLM with attention_bias/mlp_bias has no counterpart in our "
                                   "models")
@@ -139,6 +204,48 @@ class GPTAdapter(HFAdapter):
                     position_embedding="rope", normalization="rmsnorm", activation="swiglu", bias=False,
                     tie_word_embeddings=bool(c.get("tie_word_embeddings", False)))
 
-    def tokenizer_specials(self, arch: str, special: dict[str, int]) -> dict[str, Any]:
+    def tokenizer_specials(self, arch: str, special: dict[str, int]) -> dict[str, Any]:  # the same for all three
         eod = "<|endoftext|>" if "<|endoftext|>" in special else None
         return dict(bos_token=eod, eos_token=eod, unk_token=eod)
+
+
+def _mixtral_experts(args: Any, i: int, get: Callable[[str], torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Layer ``i``'s router and stacked experts from a Mixtral state dict: the released format (one ``w1``/``w3``/
+    ``w2`` per expert under ``block_sparse_moe``), else the stacked one (``mlp.experts.gate_up_proj``)."""
+    p, legacy, stacked = f"layers.{i}.mlp.", f"model.layers.{i}.block_sparse_moe.", f"model.layers.{i}.mlp."
+    try:
+        router = get(legacy + "gate.weight")
+    except CheckpointError as first:
+        try:
+            return {p + "gate.weight": get(stacked + "gate.weight").contiguous(),
+                    p + "experts.gate_up_proj": get(stacked + "experts.gate_up_proj").contiguous(),
+                    p + "experts.down_proj": get(stacked + "experts.down_proj").contiguous()}
+        except CheckpointError:
+            raise first from None
+    E = args.num_experts
+    gate_up = torch.stack([torch.cat([get(f"{legacy}experts.{j}.w1.weight"), get(f"{legacy}experts.{j}.w3.weight")])
+                           for j in range(E)])
+    down = torch.stack([get(f"{legacy}experts.{j}.w2.weight") for j in range(E)])
+    return {p + "gate.weight": router.contiguous(), p + "experts.gate_up_proj": gate_up,
+            p + "experts.down_proj": down}
+
+
+def _mixtral_args(c: dict[str, Any], where: Path) -> dict[str, Any]:
+    """Our args of a Mixtral ``config.json``; refused where our model would compute something else."""
+    rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
+    if rope.get("rope_type", "default") != "default":
+        raise CheckpointError(f"{where}: RoPE scaling {rope.get('rope_type')!r} is not supported (plain RoPE only)")
+    heads, h = c["num_attention_heads"], c["hidden_size"]
+    if c.get("head_dim") not in (None, h // heads):
+        raise CheckpointError(f"{where}: head_dim={c['head_dim']} != hidden_size/heads is not supported")
+    window = c.get("sliding_window")
+    if window is not None and window < c["max_position_embeddings"]:
+        raise CheckpointError(f"{where}: sliding_window={window} below max_position_embeddings="
+                              f"{c['max_position_embeddings']}: our attention is full causal attention")
+    return dict(vocab_size=c["vocab_size"], num_layers=c["num_hidden_layers"], hidden_size=h,
+                num_attention_heads=heads, num_key_value_heads=c.get("num_key_value_heads") or heads,
+                seq_length=c["max_position_embeddings"], position_embedding="rope", normalization="rmsnorm",
+                activation="swiglu", bias=False, tie_word_embeddings=bool(c.get("tie_word_embeddings", False)),
+                num_experts=c.get("num_local_experts", 8), moe_router_topk=c.get("num_experts_per_tok", 2),
+                moe_ffn_hidden_size=c["intermediate_size"], moe_layer_freq=1,
+                rotary_base=float(rope.get("rope_theta", c.get("rope_theta", 1e6))))
