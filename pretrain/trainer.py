@@ -253,8 +253,9 @@ class Trainer:
 
             ep_group, ep_rank = self.grid.expert_parallel_group(cfg.parallel.expert_model_parallel_size)
             n = expert_parallelize(model, ep_group, ep_rank, cfg.parallel.expert_model_parallel_size, keep_all=True)
-            log.info("expert parallel: %d MoE layers, experts spread over %d ranks (this rank: expert-parallel "
-                     "rank %d)", n, cfg.parallel.expert_model_parallel_size, ep_rank)
+            log.info("expert parallel: %d MoE layers, the experts' compute spread over %d ranks (this rank: "
+                     "expert-parallel rank %d); every rank still holds all experts' weights (docs/moe.md)",
+                     n, cfg.parallel.expert_model_parallel_size, ep_rank)
         self.param_names = parameter_names(model)  # names in the unsharded model, for the layout-free checkpoint
         if self.pipelined:  # this rank's stage of the model, wrapping the modules just built (same weights)
             model = build_pipeline(model, self.family.name, self.grid, cfg.parallel.pipeline_partition)
