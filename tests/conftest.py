@@ -179,3 +179,17 @@ def read_wandb_offline_run(run_dir: Path) -> dict:
         elif which == "history":
             out["history"].append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.history.item})
     return out
+
+
+def structured_cfg(**over):
+    """The default TrainConfig with ``over`` set (``parallel__zero_stage=2`` sets parallel.zero_stage), for unit
+    tests of the checks that need no Hydra composition."""
+    from omegaconf import OmegaConf
+
+    from pretrain.config import TrainConfig
+
+    c = OmegaConf.structured(TrainConfig)
+    c.run_dir = "/tmp/x"
+    for key, value in over.items():
+        OmegaConf.update(c, key.replace("__", "."), value)
+    return c

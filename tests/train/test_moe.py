@@ -10,9 +10,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
-from pretrain.config import TrainConfig
+from conftest import structured_cfg as cfg
 from pretrain.core.errors import ConfigError
 from pretrain.models.gpt.config import GPTArgs, count_parameters
 from pretrain.models.gpt.model import GPT
@@ -215,12 +214,6 @@ def test_a_checkpoint_of_the_other_kind_is_refused_naming_the_expert_count(tmp_p
         check_model_shape(tmp_path, {"family": "gpt", "model_args": dataclasses.asdict(ARGS)}, dense, "gpt")
 
 
-def cfg(**over):
-    c = OmegaConf.structured(TrainConfig)
-    c.run_dir = "/tmp/x"
-    for key, value in over.items():
-        OmegaConf.update(c, key.replace("__", "."), value)
-    return c
 
 
 @pytest.mark.parametrize("over, fragment", [

@@ -4,20 +4,11 @@ change; valid layouts of the real presets pass; grid coordinates match DeepSpeed
 from __future__ import annotations
 
 import pytest
-from omegaconf import OmegaConf
 
-from pretrain.config import TrainConfig
+from conftest import structured_cfg as cfg
 from pretrain.core.errors import ConfigError
 from pretrain.parallel.topology import coord_of
 from pretrain.parallel.validate import validate_parallel
-
-
-def cfg(**over):
-    c = OmegaConf.structured(TrainConfig)
-    c.run_dir = "/tmp/x"
-    for key, value in over.items():
-        OmegaConf.update(c, key.replace("__", "."), value)
-    return c
 
 
 def test_valid_3d_layout():
