@@ -128,7 +128,7 @@ def init_distributed(device: torch.device, backend: str | None, timeout_s: int) 
             world_size=world, timeout=timedelta(seconds=timeout_s),
         )
     if device.type == "cpu":
-        _skip_shm_inference_op()
+        skip_shm_inference_op()
     deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=timeout_s), verbose=False)
     return DistInfo(
         rank=torch.distributed.get_rank(),
@@ -139,7 +139,7 @@ def init_distributed(device: torch.device, backend: str | None, timeout_s: int) 
     )
 
 
-def _skip_shm_inference_op() -> None:
+def skip_shm_inference_op() -> None:
     """DeepSpeed's CPU comm backend JIT-compiles its shared-memory op (``deepspeed_shm_comm``: half a minute on
     two cores, on the first run in every environment) as it starts, but only ``inference_all_reduce`` ever uses
     it, and that falls back to torch.distributed without it. Training never calls it, so it is not built."""

@@ -70,6 +70,10 @@ class ParallelGrid(PipelineParallelGrid):
         import deepspeed.comm
 
         if not deepspeed.comm.is_initialized():  # DeepSpeed's comm layer over the existing torch process group
+            if dist.get_backend() == "gloo":
+                from pretrain.distributed import skip_shm_inference_op
+
+                skip_shm_inference_op()
             deepspeed.init_distributed(dist_backend=dist.get_backend(), verbose=False)
         world = dist.get_world_size()
         super().__init__(topology=make_topology(tensor_parallel_size, pipeline_parallel_size, world))

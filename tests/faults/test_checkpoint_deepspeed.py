@@ -25,7 +25,9 @@ sys.path.insert(0, sys.argv[2])
 from ckpt_helpers import craft
 from pretrain import checkpoint as ckpt, export
 from pretrain.core.errors import CheckpointError
+from pretrain.distributed import skip_shm_inference_op
 
+skip_shm_inference_op()  # as the trainer does on CPU: no JIT build of an op that only inference uses
 deepspeed.init_distributed(dist_backend="gloo")
 out, results = Path(sys.argv[1]), {}
 
