@@ -87,13 +87,8 @@ def preflight(cfg, s: SlurmConfig) -> None:
     if c.fits:
         log.info("plan: fits: %s", summary)
         return
-    hint = ""
-    try:
-        best = make_plan(cfg, world, s.gpu, s.nodes)["best"]
-        if best is not None:
-            hint = f"; a layout that fits: {' '.join(best.overrides)}"
-    except UnknownVocabulary:
-        pass
+    best = make_plan(cfg, world, s.gpu, s.nodes)["best"]  # the vocabulary is known by now: the first plan read it
+    hint = f"; a layout that fits: {' '.join(best.overrides)}" if best is not None else ""
     raise ConfigError(f"the layout does not fit: predicted {summary}{hint} (python -m pretrain.plan ... --gpus "
                       f"{world} --gpu {s.gpu} lists them all); set slurm.skip_plan=true to submit anyway")
 
