@@ -118,6 +118,7 @@ class Trainer:
         self.steps_lost = 0
         self._rng: dict | None = None
         self.rollback_request: tuple[str, int] | None = None  # (checkpoint tag, data position): see request_rollback
+        self.distill = None  # the Distiller of objective=distill (pretrain.distill), set in plan
 
     # ------------------------------------------------------------------ phases
     def fit(self) -> dict[str, Any]:
@@ -176,6 +177,9 @@ class Trainer:
             from pretrain import hf
 
             hf.check_compatible(self.init_from, self.family.name, self.args)  # config.json only, before any work
+        from pretrain.distill import plan_distill
+
+        self.distill = plan_distill(cfg, self.family, self.args, self.tokenizer, plan)  # objective=distill, else None
         return self
 
     def _plan_data(self) -> None:
@@ -242,6 +246,8 @@ class Trainer:
             from pretrain import hf
 
             hf.load_into(model, self.init_from, self.family.name, self.args)
+        if self.distill:  # the teacher, loaded and hooked into the student's loss (its parameters untouched)
+            self.distill.attach(model, self.device)
         self.n_params = self.family.num_parameters(self.args)  # the whole model, whatever the sharding
         if plan.tensor_parallel_size > 1:
             from pretrain.parallel.parallelize import parallelize
@@ -311,6 +317,7 @@ class Trainer:
             self.metrics,
             preemption.StopOnRequest(self.stop_request),
             self.checkpointer,
+            *(self.distill.callbacks() if self.distill else []),  # soft/hard loss parts, teacher_val_loss
             *self.extra_callbacks,
         ])
         unclaimed = self.callbacks.load_state_dict(self.resume_state.get("callbacks", {}))

@@ -155,6 +155,13 @@ RUNS: dict[str, Run] = {
                                "model.attention_dropout=0", "optim.sched.decay_steps=30", "trainer.max_steps=16",
                                "trainer.guard.window=5", "trainer.guard.warmup_steps=5", "trainer.guard.patience=3",
                                "trainer.guard.inject={nan_at: [7], spike_at: [12]}", "parallel=zero2", nproc=2),
+    # ------------------------------------------------------- distillation (test_distill.py; baseline: gpt_one_process)
+    # a teacher of 4x the width and twice the depth, 60 steps; the student is gpt_one_process distilled from it
+    "gpt_kd_teacher": run(*TINY, "model.hidden_size=128", "model.num_layers=4", "trainer.micro_batch_size=8",
+                          "trainer.global_batch_size=8", "trainer.max_steps=60", "model.hidden_dropout=0",
+                          "model.attention_dropout=0", "parallel=zero0"),
+    "gpt_kd_student": run(*GPT_COMMON, "parallel=zero0", "objective=distill", "distill.teacher={run:gpt_kd_teacher}",
+                          "distill.alpha=0.2", "distill.temperature=1.0"),
 }
 
 _PLACEHOLDER = re.compile(r"\{(dir|run:[A-Za-z0-9_]+)\}")
