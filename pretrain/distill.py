@@ -202,6 +202,7 @@ class Distiller:
             for batch in batches:
                 total += float(self.teacher(**{k: v.to(device) for k, v in batch.items()}))
                 n += 1
+        self._hidden.clear()  # what the cosine hooks kept of these batches
         return total / max(n, 1)
 
     def callbacks(self) -> list[Callback]:

@@ -145,7 +145,10 @@ def load_teacher(source: TeacherSource, dtype: str, device: Any):
             from pretrain import hf
 
             model = get_family(source.family).make_model(source.args)
-            hf.load_into(model, source.path, source.family, source.args)
+            try:
+                hf.load_into(model, source.path, source.family, source.args)
+            except CheckpointError as e:  # the import's messages name the key it was written for
+                raise CheckpointError(str(e).replace("model.init_from=", f"{KEY}=")) from None
         else:
             from pretrain import export
 
