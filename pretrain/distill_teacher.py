@@ -58,8 +58,8 @@ def find_teacher(path: str) -> TeacherSource:
         source = export.find_checkpoint(p)
         family, args = export.model_args(source)
     except CheckpointError as e:
-        raise CheckpointError(f"{KEY}={path}: neither a Hugging Face directory (no config.json) nor a checkpoint "
-                              f"({e})") from None
+        raise CheckpointError(f"{KEY}={path} (no config.json, so not a Hugging Face directory; read as one of our "
+                              f"checkpoints): {e}") from None
     tok = source.state.get("tokenizer")
     return TeacherSource("checkpoint", p, family.name, args, Path(tok) if tok else None, source)
 

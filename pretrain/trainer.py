@@ -160,6 +160,9 @@ class Trainer:
         self.guard = Guard(cfg.trainer.guard, self.pipelined, fp16=self.precision == "fp16")
         self._plan_data()
         self._plan_resume()
+        from pretrain.distill import plan_distill
+
+        self.distill = plan_distill(cfg, self.family, self.args, self.tokenizer, plan)  # objective=distill, else None
         from pretrain.data.dataset import build_datasets, check_vocab
         from pretrain.data.schedule import plan_mixture
 
@@ -177,9 +180,6 @@ class Trainer:
             from pretrain import hf
 
             hf.check_compatible(self.init_from, self.family.name, self.args)  # config.json only, before any work
-        from pretrain.distill import plan_distill
-
-        self.distill = plan_distill(cfg, self.family, self.args, self.tokenizer, plan)  # objective=distill, else None
         return self
 
     def _plan_data(self) -> None:

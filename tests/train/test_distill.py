@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import read_metrics
-from pretrain.core.errors import ConfigError, DataError
+from pretrain.core.errors import CheckpointError, ConfigError, DataError
 from pretrain.distill import Distiller, cosine_loss, plan_distill, soft_loss
 from pretrain.distill_teacher import TeacherSource, check_tokenizers, find_teacher, load_teacher
 from pretrain.models import get_family
@@ -211,6 +211,11 @@ def test_distill_settings_are_checked_before_anything_is_built(tmp_path):
         plan_distill(structured_cfg(objective="distill", distill__teacher="x"), gpt, args, tok, tp2)
     with pytest.raises(ConfigError, match=r"distill.teacher=.*nowhere: no such directory"):
         plan_distill(structured_cfg(objective="distill", distill__teacher=str(tmp_path / "nowhere")), gpt, args, tok,
+                     plan)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match=r"distill.teacher=.*empty \(no config.json, so not a Hugging Face "
+                                              r"directory; read as one of our checkpoints\): .*no complete checkpoint"):
+        plan_distill(structured_cfg(objective="distill", distill__teacher=str(tmp_path / "empty")), gpt, args, tok,
                      plan)
     t5 = get_family("t5")
     with pytest.raises(ConfigError, match="trains GPT or BERT students .*not model.family=t5"):
