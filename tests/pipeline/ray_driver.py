@@ -17,9 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-from data_pipelines.run import Pipeline, run_pipeline
+from data_pipelines.executor.ray import RayExecutor
+from data_pipelines.run import Pipeline
 from data_pipelines.stages import STAGES
 from data_pipelines.stages.read import Read
+from pretrain.core.errors import DataError
 
 
 class KillOnceRead(Read):
@@ -46,6 +48,10 @@ class KillOnceRead(Read):
         return super().run(task, progress)
 
 
+def bad_input(task, progress):
+    raise DataError(f"part {task}: not a corpus")
+
+
 def main() -> None:
     from hydra import compose, initialize_config_dir
 
@@ -61,9 +67,16 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     stages = tuple(KillOnceRead(flag) if s.name == "read" else s for s in STAGES)
     t0 = time.perf_counter()
-    summary = run_pipeline(cfg, Pipeline(cfg, stages))
-    print(f"driver: pipeline {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    print(json.dumps({"complete": summary.complete, "timings": [t.__dict__ for t in summary.timings]}))
+    with RayExecutor.from_config(cfg.executor) as executor:  # what run_pipeline does for executor=ray
+        summary = Pipeline(cfg, stages).run(executor)
+        print(f"driver: pipeline {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        try:  # an error in the data is raised on the driver as the task raised it (and not retried)
+            executor.map("bad", bad_input, [7], record=False)
+            error = None
+        except DataError as e:
+            error = f"{type(e).__name__}: {e}"
+    print(json.dumps({"complete": summary.complete, "timings": [t.__dict__ for t in summary.timings],
+                      "error": error}))
 
 
 if __name__ == "__main__":

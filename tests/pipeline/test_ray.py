@@ -22,7 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from .test_run import tree_hashes
+from data_pipelines.config import validate
+from pretrain.core.errors import ConfigError
+
+from .test_run import _compose, _overrides, tree_hashes
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -49,7 +52,7 @@ def _why_not() -> str | None:
     return None
 
 
-pytestmark = pytest.mark.skipif(_why_not() is not None, reason=str(_why_not()))
+needs_cluster = pytest.mark.skipif(_why_not() is not None, reason=str(_why_not()))
 
 
 def _seed(reference: Path, out: Path) -> dict[str, int]:
@@ -100,6 +103,7 @@ def ray_run(corpus, reference, tmp_path_factory) -> dict:
             "stdout": (tmp / "driver.out").read_text(), "stderr": (tmp / "driver.err").read_text()}
 
 
+@needs_cluster
 def test_ray_gives_the_local_bytes_after_a_killed_worker_and_skips_what_is_done(ray_run, reference):
     r = ray_run
     err = r["stderr"]
@@ -117,8 +121,19 @@ def test_ray_gives_the_local_bytes_after_a_killed_worker_and_skips_what_is_done(
         assert (r["out"] / rel).stat().st_mtime_ns == mtime, rel
     summary = json.loads(r["stdout"].strip().splitlines()[-1])
     assert summary["complete"]
+    assert summary["error"] == "DataError: part 7: not a corpus"
     runs = {t["stage"]: t["tasks_run"] for t in summary["timings"]}
     assert runs["read"] == 4 and runs["documents"] == 6 and runs["report"] == 1, runs
     for stage in ("read", "signatures", "tokenize"):  # a progress bar per stage, fed by the tasks
         assert f"{stage}: 100%" in err, err[-3000:]
     assert tree_hashes(r["out"]) == tree_hashes(reference)  # byte for byte the local executor's output
+
+
+def test_the_ray_preset_and_its_keys_are_checked_before_any_work(corpus, tmp_path):
+    ex = _compose(_overrides(corpus, tmp_path / "o", "executor=ray", "executor.address=head:6379")).executor
+    assert (ex.backend, ex.address, ex.max_retries, ex.cpus_per_task) == ("ray", "head:6379", 3, 1.0)
+    for bad, key in (("executor.backend=spark", "executor.backend"), ("executor.max_retries=-1", "max_retries"),
+                     ("executor.cpus_per_task=0", "cpus_per_task")):
+        with pytest.raises(ConfigError, match=key):
+            validate(_compose(_overrides(corpus, tmp_path / "o", "executor=ray", bad)))
+    assert not (tmp_path / "o").exists()
