@@ -157,12 +157,14 @@ def validate(cfg: DictConfig, stages: Sequence[Stage] = STAGES) -> None:
     ex = cfg.executor
     if ex.workers < 1:
         raise ConfigError(f"executor.workers: must be >= 1, got {ex.workers}")
-    if ex.backend not in ("local", "ray"):
-        raise ConfigError(f"executor.backend: '{ex.backend}' is not one of local, ray")
-    if ex.max_retries < 0 or ex.cpus_per_task <= 0 or ex.split_min_mb < 0:
-        raise ConfigError(f"executor.max_retries must be >= 0 (got {ex.max_retries}), executor.cpus_per_task > 0 "
-                          f"(got {ex.cpus_per_task}), executor.split_min_mb >= 0 (got {ex.split_min_mb})")
-    if ex.backend == "ray":
+    backend = ex.get("backend", "local")  # the keys of the Ray executor and of file splitting (schema defaults)
+    if backend not in ("local", "ray"):
+        raise ConfigError(f"executor.backend: '{backend}' is not one of local, ray")
+    for key, ok, want in (("max_retries", lambda v: v >= 0, ">= 0"), ("cpus_per_task", lambda v: v > 0, "> 0"),
+                          ("split_min_mb", lambda v: v >= 0, ">= 0")):
+        if key in ex and not ok(ex[key]):
+            raise ConfigError(f"executor.{key}: must be {want}, got {ex[key]}")
+    if backend == "ray":
         import importlib.util
 
         if importlib.util.find_spec("ray") is None:

@@ -96,7 +96,7 @@ class Pipeline:
         inputs = [(n, s["kind"], source_inputs(n, s)) for n, s in self.sources.items()]
         split = functools.partial(split_file, cache=self.layout.work / "splits")  # huge files into many parts
         self.parts: list[Part] = plan_parts(inputs, max(1, int(self.ex.part_size_mb * MiB)), split,
-                                            int(self.ex.split_min_mb * MiB))
+                                            int(self.ex.get("split_min_mb", 1.0) * MiB))
         self.mine = parts_for_shard(self.parts, self.ex.shard, self.ex.num_shards)
         # Fingerprints chain in stage order (each may read its upstream ones): a changed filter list of one
         # source redoes that source's parts and everything global after them, nothing else.
@@ -255,7 +255,7 @@ def run_pipeline(cfg: DictConfig, pipe: Pipeline | None = None) -> RunSummary:
     ``pipe``: the :class:`Pipeline` of ``cfg`` when the caller already built it (validated and planned)."""
     pipe = pipe if pipe is not None else Pipeline(cfg)
     ex = cfg.executor
-    if ex.backend == "ray":  # executor=ray: the tasks on a Ray cluster (data_pipelines/executor/ray.py)
+    if ex.get("backend", "local") == "ray":  # executor=ray: the tasks on a Ray cluster (data_pipelines/executor/ray.py)
         from data_pipelines.executor.ray import RayExecutor
 
         executor: Any = RayExecutor.from_config(ex)

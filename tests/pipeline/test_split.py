@@ -132,6 +132,8 @@ def test_the_output_does_not_depend_on_how_files_were_split(dump, tmp_path):
         pipe = Pipeline(cfg)
         assert run_pipeline(cfg, pipe).complete
         outs.append(_pipeline_outputs(tmp_path / size, pipe))
+        report = json.loads((tmp_path / size / "report.json").read_text())
+        assert report["sources"]["wiki"]["input_files"] == 1  # one file, however many parts
         plans.append(pipe.parts)
     assert len(plans[0]) >= 6 and len(plans[1]) == 2 and all(p.span is not None for p in plans[0])
     assert outs[0] == outs[1]
