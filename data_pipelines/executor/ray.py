@@ -119,9 +119,13 @@ class RayExecutor(LocalExecutor):
                 ray.init(address=self.address, log_to_driver=True)
             self._owns_ray = True
         cpus = ray.cluster_resources().get("CPU", 0)
+        try:
+            where = ray.get_runtime_context().gcs_address
+            nodes = len([n for n in ray.nodes() if n.get("Alive")])
+        except Exception:  # noqa: BLE001 - Ray Client (ray://) has no GCS address here; only a log line
+            where, nodes = self.address, 0
         log.info("ray: %s, %d node(s), %g CPUs; tasks ask for %g CPU each, retried up to %d times",
-                 ray.get_runtime_context().gcs_address, len([n for n in ray.nodes() if n.get("Alive")]), cpus,
-                 self.cpus_per_task, self.max_retries)
+                 where, nodes, cpus, self.cpus_per_task, self.max_retries)
         self._box = ray.remote(num_cpus=0)(_ProgressBox).remote()
         self._remote = ray.remote(_run_task).options(
             num_cpus=self.cpus_per_task, max_retries=self.max_retries, retry_exceptions=[OSError],
@@ -211,10 +215,9 @@ class RayExecutor(LocalExecutor):
             if cause is not None:
                 raise cause from None
             raise
-        except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
-                ray.exceptions.ObjectLostError) as e:
+        except ray.exceptions.RayError as e:  # the worker or its node died on every try, or the object was lost
             what = getattr(getattr(task, "part", None), "label", None) or stage
-            raise RuntimeError(f"stage {stage}: the task of {what} failed {self.max_retries + 1} times "
+            raise RuntimeError(f"stage {stage}: the task of {what} failed {self.max_retries + 1} time(s) "
                                f"(executor.max_retries={self.max_retries}): {type(e).__name__}: {e}") from None
 
     def _drain(self, on_progress: Callable[[str, int, int], None]) -> None:

@@ -52,6 +52,10 @@ def bad_input(task, progress):
     raise DataError(f"part {task}: not a corpus")
 
 
+def always_dies(task, progress):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def main() -> None:
     from hydra import compose, initialize_config_dir
 
@@ -75,8 +79,13 @@ def main() -> None:
             error = None
         except DataError as e:
             error = f"{type(e).__name__}: {e}"
+        try:  # a worker that dies on every try: the run stops once executor.max_retries is spent
+            RayExecutor(address=address, max_retries=0, progress=False).map("dies", always_dies, [0], record=False)
+            died = None
+        except RuntimeError as e:
+            died = str(e)
     print(json.dumps({"complete": summary.complete, "timings": [t.__dict__ for t in summary.timings],
-                      "error": error}))
+                      "error": error, "died": died}))
 
 
 if __name__ == "__main__":

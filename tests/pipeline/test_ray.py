@@ -122,6 +122,7 @@ def test_ray_gives_the_local_bytes_after_a_killed_worker_and_skips_what_is_done(
     summary = json.loads(r["stdout"].strip().splitlines()[-1])
     assert summary["complete"]
     assert summary["error"] == "DataError: part 7: not a corpus"
+    assert summary["died"].startswith("stage dies: the task of dies failed 1 time(s) (executor.max_retries=0)")
     runs = {t["stage"]: t["tasks_run"] for t in summary["timings"]}
     assert runs["read"] == 4 and runs["documents"] == 6 and runs["report"] == 1, runs
     for stage in ("read", "signatures", "tokenize"):  # a progress bar per stage, fed by the tasks
