@@ -124,17 +124,17 @@ def _pipeline_outputs(root: Path, pipe: Pipeline) -> dict[str, object]:
 def test_the_output_does_not_depend_on_how_files_were_split(dump, tmp_path):
     path = _write(tmp_path / "c.jsonl.zst", _jsonl_lines(), "zstd")
     outs, plans = [], []
-    for size in ("0.000001", "1000"):
+    for size in ("0.0025", "1000"):  # 2.5 KiB: three or four parts of each file; 1000 MB: one each
         over = [f"output_dir={tmp_path / size}", "sources=none", f"+sources.wiki={{kind: wiki, paths: [{dump}]}}",
                 f"+sources.lines={{kind: jsonl, paths: [{path}]}}", "tokenizer.vocab_size=300",
-                f"executor.part_size_mb={size}", "executor.split_min_mb=0", "executor.progress=false"]
+                f"executor.part_size_mb={size}", "executor.split_min_mb=0", "executor.progress=false",
+                "executor.stages=[read,signatures,cluster,documents,tokenizer,tokenize]"]  # all but the report's plots
         cfg = _compose(over)
         pipe = Pipeline(cfg)
-        assert run_pipeline(cfg, pipe).complete
+        run_pipeline(cfg, pipe)
         outs.append(_pipeline_outputs(tmp_path / size, pipe))
-        report = json.loads((tmp_path / size / "report.json").read_text())
-        assert report["sources"]["wiki"]["input_files"] == 1  # one file, however many parts
         plans.append(pipe.parts)
-    assert len(plans[0]) >= 6 and len(plans[1]) == 2 and all(p.span is not None for p in plans[0])
+    assert all(sum(p.source == s for p in plans[0]) >= 3 for s in ("wiki", "lines")), plans[0]
+    assert all(p.span is not None for p in plans[0]) and len(plans[1]) == 2 and plans[1][0].span is None
     assert outs[0] == outs[1]
     assert sum(len(d) for d in outs[0]["docs"].values()) >= 15 and all(outs[0]["tokens"].values())
