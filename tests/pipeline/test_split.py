@@ -138,3 +138,19 @@ def test_the_output_does_not_depend_on_how_files_were_split(dump, tmp_path):
     assert all(p.span is not None for p in plans[0]) and len(plans[1]) == 2 and plans[1][0].span is None
     assert outs[0] == outs[1]
     assert sum(len(d) for d in outs[0]["docs"].values()) >= 15 and all(outs[0]["tokens"].values())
+
+
+def test_the_report_counts_a_split_file_once():
+    from data_pipelines.executor.parts import Part, Span
+    from data_pipelines.report import build_report
+
+    from .test_report import _part_markers, _stats
+
+    parts = [Part("wiki", "wiki", i, i, ("/d/w.xml.bz2",), (100,), Span(100 * i, 100 * i + 100)) for i in range(3)]
+    cluster = {"stats": {**_stats(12, 12), "extra": {"cluster_sizes": {}, "clusters": 0}}}
+    tokenizer = {"kind": "bpe", "vocab_size": 1000, "eod_id": 0, "eod_token": "<|endoftext|>", "given": None,
+                 "train_docs": 12, "train_bytes": 1200, "fingerprint": "x"}
+    report = build_report(parts, {i: _part_markers(4, 0, 0, 0, 90) for i in range(3)}, cluster, tokenizer,
+                          dedup_on=True)
+    wiki = report["sources"]["wiki"]
+    assert (wiki["parts"], wiki["input_files"], wiki["input_bytes"]) == (3, 1, 300)
