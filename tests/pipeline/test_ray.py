@@ -4,7 +4,8 @@ and the completion markers a dead driver left respected (only what is missing is
 Ray binds the machine's external interface unless only loopback exists, so the cluster, the driver and
 everything they start run inside fresh network *and* PID namespaces (``unshare -n -p -f -m --mount-proc``,
 root only): there ``ip link set lo up`` leaves 127.0.0.1 as the only address, ``ray stop`` sees only the
-namespace's processes, and the kernel ends whatever is left in the namespace when its shell exits. One
+namespace's processes, and the kernel ends whatever is left in the namespace when its shell exits. Where PID
+namespaces are refused, a network namespace alone, and the test kills the processes in it by PID. One
 cluster (2 CPUs, a small object store, no dashboard) and one driver run (tests/pipeline/ray_driver.py) serve
 the module.
 """
@@ -36,23 +37,42 @@ SEEDED = ("work/read/alpha/part-00000", "work/signatures/alpha/part-00000", "wor
 STALE = "work/read/alpha/part-00001.parquet.tmp-99999"
 
 
-def _why_not() -> str | None:
+PID_NS = ["unshare", "-n", "-p", "-f", "--kill-child", "-m", "--mount-proc"]  # network + PID namespaces
+NET_NS = ["unshare", "-n"]  # network only: Ray is then stopped by the PIDs of the namespace's processes
+
+
+def _namespace() -> tuple[list[str] | None, str]:
+    """The ``unshare`` command to run the cluster in, or None and why not."""
     if not sys.platform.startswith("linux"):
-        return "needs Linux network namespaces (unshare -n)"
+        return None, "needs Linux network namespaces (unshare -n)"
     if os.geteuid() != 0:
-        return "needs root for unshare -n (a private network namespace, so Ray binds only 127.0.0.1)"
+        return None, "needs root for unshare -n (a private network namespace, so Ray binds only 127.0.0.1)"
     if shutil.which("unshare") is None or shutil.which("ip") is None:
-        return "needs unshare (util-linux) and ip (iproute2)"
+        return None, "needs unshare (util-linux) and ip (iproute2)"
     if importlib.util.find_spec("ray") is None:
-        return "ray is not installed (pip install 'ray>=2.40')"
-    probe = subprocess.run(["unshare", "-n", "-p", "-f", "-m", "--mount-proc", "sh", "-c", "ip link set lo up"],
-                           capture_output=True, text=True)
-    if probe.returncode != 0:
-        return f"unshare -n -p cannot run here: {probe.stderr.strip()[:200]}"
-    return None
+        return None, "ray is not installed (pip install 'ray>=2.40')"
+    errors = []
+    for cmd in (PID_NS, NET_NS):
+        probe = subprocess.run([*cmd, "sh", "-c", "ip link set lo up"], capture_output=True, text=True)
+        if probe.returncode == 0:
+            return cmd, ""
+        errors.append(probe.stderr.strip()[:200])
+    return None, f"unshare -n cannot run here: {errors}"
 
 
-needs_cluster = pytest.mark.skipif(_why_not() is not None, reason=str(_why_not()))
+UNSHARE, WHY_NOT = _namespace()
+needs_cluster = pytest.mark.skipif(UNSHARE is None, reason=WHY_NOT)
+
+
+def _kill_namespace(netns: str) -> None:
+    """SIGKILL, by PID, every process in the network namespace ``netns`` (``net:[inode]``): only this test's."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                if os.readlink(f"/proc/{entry}/ns/net") == netns:
+                    os.kill(int(entry), 9)
+            except OSError:
+                pass
 
 
 def _seed(reference: Path, out: Path) -> dict[str, int]:
@@ -85,18 +105,22 @@ def ray_run(corpus, reference, tmp_path_factory) -> dict:
     driver = q([sys.executable, str(HERE / "ray_driver.py"), "127.0.0.1:6380", str(out), str(corpus["alpha"]),
                 str(corpus["beta"]), str(flag)])
     script = "\n".join([
+        f"readlink /proc/$$/ns/net > {tmp}/netns",
         "ip link set lo up",
         f"{start} > {tmp}/ray-start.log 2>&1 || {{ cat {tmp}/ray-start.log; exit 3; }}",
         f"{driver} > {tmp}/driver.out 2> {tmp}/driver.err",
         f"echo $? > {tmp}/driver.rc",
-        f"{q([ray_bin, 'stop', '--force'])} > /dev/null 2>&1",
+        # in a PID namespace `ray stop` sees only the namespace's processes; the test kills by PID otherwise
+        f"{q([ray_bin, 'stop', '--force'])} > /dev/null 2>&1" if UNSHARE == PID_NS else "true",
     ])
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false",
            "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     try:
-        proc = subprocess.run(["unshare", "-n", "-p", "-f", "-m", "--mount-proc", "bash", "-c", script], env=env,
-                              capture_output=True, text=True, timeout=300)
+        proc = subprocess.run([*UNSHARE, "bash", "-c", script], env=env, capture_output=True, text=True, timeout=300)
     finally:
+        netns = (tmp / "netns").read_text().strip() if (tmp / "netns").exists() else ""
+        if netns and netns != os.readlink("/proc/self/ns/net"):
+            _kill_namespace(netns)  # whatever is left of the cluster (nothing, after ray stop in a PID namespace)
         shutil.rmtree(temp_dir, ignore_errors=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return {"out": out, "flag": flag, "seeded": seeded, "rc": (tmp / "driver.rc").read_text().strip(),
