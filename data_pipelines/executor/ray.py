@@ -69,13 +69,13 @@ def _run_task(fn: Callable[[Any, Progress], Any], task: Any, stage: str, box: An
     t0 = time.perf_counter()
     progress = Progress(stage, lambda s, d, u: box.add.remote(s, d, u))
     result = fn(task, progress)
-    progress.sink = lambda s, d, u: ray_get(box.add.remote(s, d, u))
+    progress.sink = lambda s, d, u: _ray_get(box.add.remote(s, d, u))
     progress.flush()
-    ray_get(box.add.remote(stage, 0, 0))  # after the calls before it (one caller's calls run in order)
+    _ray_get(box.add.remote(stage, 0, 0))  # after the calls before it (one caller's calls run in order)
     return result, time.perf_counter() - t0
 
 
-def ray_get(ref: Any) -> Any:
+def _ray_get(ref: Any) -> Any:
     return _ray().get(ref)
 
 
