@@ -155,10 +155,12 @@ def test_ray_gives_the_local_bytes_after_a_killed_worker_and_skips_what_is_done(
 
 
 def test_the_ray_preset_and_its_keys_are_checked_before_any_work(corpus, tmp_path):
-    ex = _compose(_overrides(corpus, tmp_path / "o", "executor=ray", "executor.address=head:6379")).executor
+    cfg = _compose(_overrides(corpus, tmp_path / "o", "executor=ray", "executor.address=head:6379"))
+    ex = cfg.executor
     assert (ex.backend, ex.address, ex.max_retries, ex.cpus_per_task) == ("ray", "head:6379", 3, 1.0)
-    for bad, key in (("executor.backend=spark", "executor.backend"), ("executor.max_retries=-1", "max_retries"),
-                     ("executor.cpus_per_task=0", "cpus_per_task")):
-        with pytest.raises(ConfigError, match=key):
-            validate(_compose(_overrides(corpus, tmp_path / "o", "executor=ray", bad)))
+    for key, bad in (("backend", "spark"), ("max_retries", -1), ("cpus_per_task", 0), ("split_min_mb", -1)):
+        wrong = cfg.copy()
+        wrong.executor[key] = bad
+        with pytest.raises(ConfigError, match=f"executor.{key}"):
+            validate(wrong)
     assert not (tmp_path / "o").exists()
