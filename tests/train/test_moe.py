@@ -344,18 +344,32 @@ def test_tensor_parallel_attention_with_moe_equals_unsharded():
 
 @pytest.mark.slow
 def test_expert_parallel_training_equals_ep1(e2e_run):
-    """ep2 (2 processes) and ep2 x tp2 (4 processes) give ep1's per-step losses and gradient norms within 1e-5
-    over 10 steps on the same batches; ep2's checkpoint resumes at ep1 and trains on."""
+    """ep2 (2 processes, ZeRO-1) and ep2 x tp2 (4 processes, ZeRO-2), each rank holding half the experts, give
+    ep1's per-step losses and gradient norms within 1e-5 over 10 steps on the same batches; ep2's checkpoint
+    resumes at ep1 and that one at ep2 again (ZeRO-0), on ep1's losses and norms to step 14. The checkpoints'
+    layout-free copy holds all 4 experts by global index, DeepSpeed's own file only rank 0's 2."""
     from e2e import MOE_STEPS, assert_same_steps, train_records
 
+    from pretrain.core import safe_load
+
     ref = train_records(e2e_run("moe_ep1").dir)
-    assert len(ref) == MOE_STEPS
+    assert len(ref) == MOE_STEPS + 4
     for name in ("moe_ep2", "moe_ep2_tp2"):
         got = [r for r in train_records(e2e_run(name).dir) if r["step"] <= MOE_STEPS]
-        assert_same_steps(ref, got, 1e-5, 1e-5)
-    line = "expert parallel: 2 MoE layers, the experts' compute spread over 2 ranks"
+        assert_same_steps(ref[:MOE_STEPS], got, 1e-5, 1e-5)
+    line = "expert parallel: 2 MoE layers, the experts spread over 2 ranks (this rank: expert-parallel rank 0, " \
+           "holding experts 0-1 of 4)"
     assert line in e2e_run("moe_ep2_tp2").outputs[0].stdout
     resumed = e2e_run("moe_ep2")
-    assert "expert parallel" in resumed.outputs[0].stdout and "expert parallel" not in resumed.outputs[1].stdout
-    steps = [r["step"] for r in train_records(resumed.dir)]
-    assert steps[-2:] == [MOE_STEPS + 1, MOE_STEPS + 2] and "resum" in resumed.outputs[-1].stdout.lower()
+    assert ["expert parallel" in o.stdout for o in resumed.outputs] == [True, False, True]
+    assert all("resum" in o.stdout.lower() for o in resumed.outputs[1:])
+    assert_same_steps(ref, train_records(resumed.dir), 1e-5, 1e-5)
+    tag = resumed.dir / "checkpoints" / f"step_{MOE_STEPS + 4:06d}"  # saved at ep2
+    name = "layers.1.mlp.experts.up_proj"  # GELU experts (gpt_tiny): [E, ffn, hidden]
+    universal = safe_load.load(tag / "universal" / "pp00_tp00.pt", map_location="cpu")
+    assert universal["ep"] == 2 and universal["params"][name]["fp32"].shape == (4, 96, 64)
+    from pretrain.checkpoint_files import deepspeed_safe_globals
+
+    own = safe_load.load(tag / "mp_rank_00_model_states.pt", allowed=deepspeed_safe_globals(), map_location="cpu")
+    assert own["module"][name].shape == (2, 96, 64)
+    torch.testing.assert_close(own["module"][name], universal["params"][name]["fp32"][:2])
