@@ -436,3 +436,10 @@ def test_expert_parallel_training_equals_ep1(e2e_run):
     own = safe_load.load(tag / "mp_rank_00_model_states.pt", allowed=deepspeed_safe_globals(), map_location="cpu")
     assert own["module"][name].shape == (2, 96, 64)
     torch.testing.assert_close(own["module"][name], universal["params"][name]["fp32"][:2])
+    # what pretrain.export reads of it: the whole model, every expert at its global index, ep1's weights at step 14
+    from pretrain import export
+
+    got, want = (export.load_model(export.find_checkpoint(d))[2].state_dict() for d in (tag, e2e_run("moe_ep1").dir))
+    assert got.keys() == want.keys() and got[name].shape == (4, 96, 64)
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-4)
