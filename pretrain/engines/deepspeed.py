@@ -249,8 +249,8 @@ class DeepSpeedEngine(Engine):
     def __init__(self, model: torch.nn.Module, cfg: DictConfig, plan: BatchPlan, device: torch.device, grid,
                  param_names: dict[int, str], family) -> None:
         self.config = deepspeed_config(cfg, plan, device)
-        # expert parallelism: DeepSpeed's own files hold no expert slice but this rank's, so the layout-free copy,
-        # which gathers them by global index, is always written and always what a resume reads (docs/moe.md)
+        # expert parallelism: DeepSpeed's own files hold rank 0's expert slices only, so the layout-free copy, which
+        # gathers them by global index, is always written and always what a resume reads (docs/moe.md)
         self.expert_parallel = _has_expert_slices(model)
         self.ds, self.scheduler, self._lr_scale = initialize(model, cfg, self.config, device, mpu=grid)
         self.pipelined = plan.pipeline_parallel_size > 1

@@ -13,9 +13,9 @@ coordinate's data-parallel rank 0: for every parameter the stage holds, under it
 plus the optimizer step and the LR scheduler state. An expert-parallel slice of a mixture of experts (the rows
 ``[first, first + E/ep)`` of a stacked ``[E, ...]`` expert tensor, :mod:`pretrain.parallel.expert`) is gathered
 over its expert-parallel group first, so the file holds every expert by GLOBAL index, as at ep 1 (``ep``
-records the size it was saved at), and loading keeps the new layout's rows of it. Loading concatenates the shards of every tensor rank along
-``partition_dim``, slices what the new layout's rank holds and writes it into the new engine's fp32 master
-weights, its Adam moments and its model weights, through DeepSpeed's tensor-fragment API
+records the size it was saved at), and loading keeps the new layout's rows of it. Loading concatenates the
+shards of every tensor rank along ``partition_dim``, slices what the new layout's rank holds and writes it into
+the new engine's fp32 master weights, its Adam moments and its model weights, through DeepSpeed's tensor-fragment API
 (``safe_{get,set}_full_{fp32_param,optimizer_state}``) for ZeRO 1-3 and the bf16 optimizer, and directly for
 the plain optimizer of stage 0. The same idea as DeepSpeed's universal checkpoint (``ds_to_universal``),
 written at save time because that converter covers neither ZeRO stage 0 nor models without Megatron-DeepSpeed's
