@@ -116,6 +116,11 @@ def expert_groups(grid, ep: int) -> tuple[dist.ProcessGroup | None, int]:
     # would then sum their gradient norms over the tensor ranks too (deepspeed.runtime.utils
     # .get_global_norm_of_tensors, the bf16 optimizer); ours are whole on every tensor rank.
     groups.expert_tensor_parallel_world_size = 1
+    theirs = list(groups._get_expert_parallel_group_ranks(name))
+    rank = dist.get_rank()
+    ours = next(g for g in expert_group_ranks(sorted(grid.dp_group), ep)[0] if rank in g)
+    if theirs != ours:  # e.g. a grid axis DeepSpeed's builder does not know of
+        raise RuntimeError(f"rank {rank}: DeepSpeed's expert-parallel group {theirs} is not this grid's {ours}")
     return groups._get_expert_parallel_group(name), groups._get_expert_parallel_rank(name)
 
 
