@@ -254,14 +254,16 @@ class Trainer:
 
             parallelize(model, self.grid.get_tensor_model_parallel_group(),  # slices the seeded full weights
                         sequence_parallel=cfg.parallel.sequence_parallel)
-        if cfg.parallel.expert_model_parallel_size > 1:  # MoE: each rank runs its share of the experts (docs/moe.md)
+        if cfg.parallel.expert_model_parallel_size > 1:  # MoE: each rank holds and runs its experts (docs/moe.md)
             from pretrain.parallel.expert import expert_parallelize
 
-            ep_group, ep_rank = self.grid.expert_parallel_group(cfg.parallel.expert_model_parallel_size)
-            n = expert_parallelize(model, ep_group, ep_rank, cfg.parallel.expert_model_parallel_size, keep_all=True)
-            log.info("expert parallel: %d MoE layers, the experts' compute spread over %d ranks (this rank: "
-                     "expert-parallel rank %d); every rank still holds all experts' weights (docs/moe.md)",
-                     n, cfg.parallel.expert_model_parallel_size, ep_rank)
+            ep = cfg.parallel.expert_model_parallel_size
+            ep_group, ep_rank = self.grid.expert_parallel_group(ep)
+            n = expert_parallelize(model, ep_group, ep_rank, ep)
+            per_rank = self.args.num_experts // ep
+            log.info("expert parallel: %d MoE layers, the experts spread over %d ranks (this rank: expert-parallel "
+                     "rank %d, holding experts %d-%d of %d)", n, ep, ep_rank, ep_rank * per_rank,
+                     (ep_rank + 1) * per_rank - 1, self.args.num_experts)
         self.param_names = parameter_names(model)  # names in the unsharded model, for the layout-free checkpoint
         if self.pipelined:  # this rank's stage of the model, wrapping the modules just built (same weights)
             model = build_pipeline(model, self.family.name, self.grid, cfg.parallel.pipeline_partition)
@@ -269,7 +271,13 @@ class Trainer:
         # gradient bytes a ring all-reduce moves per step and rank (ZeRO's reduce-scatter + all-gather: the same)
         dp = plan.data_parallel_size
         grad_bytes = 2 if self.precision in ("bf16", "fp16") else 4
-        self.dp_bytes_per_step = int(2 * (dp - 1) / dp * sum(p.numel() for p in model.parameters()) * grad_bytes)
+        from pretrain.parallel.expert import expert_slice
+
+        # expert slices are reduced over the dp / ep ranks holding the same experts only
+        edp = dp // cfg.parallel.expert_model_parallel_size
+        dense = sum(p.numel() for p in model.parameters() if not expert_slice(p))
+        experts = sum(p.numel() for p in model.parameters() if expert_slice(p))
+        self.dp_bytes_per_step = int((2 * (dp - 1) / dp * dense + 2 * (edp - 1) / max(edp, 1) * experts) * grad_bytes)
         self.model = model
         return model
 

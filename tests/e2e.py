@@ -91,11 +91,13 @@ PIPE_BERT = (*PIPE_GPT[1:], "experiment=bert_tiny", "model.hidden_dropout=0", "m
 TP2, PP2 = "parallel.tensor_model_parallel_size=2", "parallel.pipeline_model_parallel_size=2"
 
 # mixture of experts (docs/moe.md): the tiny GPT with 4 experts per layer, top-2, no dropping, 10 steps, fp32;
-# ep1 (one process) is the reference of ep2 (dp2) and ep2 x tp2 (4 processes); ep2's second leg resumes at ep1
+# ep1 (one process, MOE_STEPS + 4 steps) is the reference of ep2 (dp2, ZeRO-1) and ep2 x tp2 (4 processes, ZeRO-2)
+# over MOE_STEPS; ep2's second leg resumes at ep1 for 2 steps, its third at ep2 with ZeRO-0 for 2 more (each rank
+# holding half the experts: the checkpoint gathers and slices them by global index), all on ep1's losses
 MOE_STEPS = 10
 MOE = (*TINY, "trainer.global_batch_size=8", "model.hidden_dropout=0", "model.attention_dropout=0",
        "model.num_experts=4", "model.moe_router_topk=2", "model.moe_ffn_hidden_size=96", "trainer.precision=fp32",
-       "parallel=zero1", f"optim.sched.decay_steps={MOE_STEPS + 2}")
+       "parallel=zero1", f"optim.sched.decay_steps={MOE_STEPS + 4}")
 EP2 = "parallel.expert_model_parallel_size=2"
 
 RUNS: dict[str, Run] = {
@@ -145,10 +147,11 @@ RUNS: dict[str, Run] = {
     "bert_pp_one_process": run(*PIPE_BERT),
     "bert_pp2": run(*PIPE_BERT, PP2, nproc=2),
     # ------------------------------------------------------- failures (test_failures.py)
-    "moe_ep1": run(*MOE, f"trainer.max_steps={MOE_STEPS}"),  # one process accumulating 2 micro-batches
+    "moe_ep1": run(*MOE, f"trainer.max_steps={MOE_STEPS + 4}"),  # one process accumulating 2 micro-batches
     "moe_ep2": run(*MOE, nproc=2, legs=[leg(EP2, f"trainer.max_steps={MOE_STEPS}"),
-                                       leg(f"trainer.max_steps={MOE_STEPS + 2}")]),
-    "moe_ep2_tp2": run(*MOE, EP2, TP2, f"trainer.max_steps={MOE_STEPS}", nproc=4),
+                                       leg(f"trainer.max_steps={MOE_STEPS + 2}"),
+                                       leg(EP2, "parallel.zero_stage=0", f"trainer.max_steps={MOE_STEPS + 4}")]),
+    "moe_ep2_tp2": run(*MOE, EP2, TP2, "parallel.zero_stage=2", f"trainer.max_steps={MOE_STEPS}", nproc=4),
     "gpt_budget_stop": run(*TINY, "trainer.max_steps=6", "trainer.max_wall_time_s=0.000001"),
     # ------------------------------------------------------- training health (test_guard.py: "faults" on 2 ranks)
     "gpt_dp2_zero2_guard": run(*TINY, "trainer.global_batch_size=8", "model.hidden_dropout=0",

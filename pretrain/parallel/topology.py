@@ -103,21 +103,12 @@ class ParallelGrid(PipelineParallelGrid):
 
     def expert_parallel_group(self, ep: int) -> tuple[dist.ProcessGroup | None, int]:
         """This rank's expert-parallel group of ``ep`` consecutive data-parallel ranks (same pipeline stage and
-        tensor rank: DeepSpeed's ``E + D`` layout, ``deepspeed.utils.groups``) and its rank in it; ``(None,
-        0)`` for ``ep == 1``. Collective: every rank calls it, in the same order."""
-        if ep == 1:
-            return None, 0
-        from pretrain.parallel.expert import expert_group_ranks
+        tensor rank: DeepSpeed's ``E + D`` layout, built by ``deepspeed.utils.groups`` with this grid as ``mpu``,
+        :func:`pretrain.parallel.expert.expert_groups`) and its rank in it; ``(None, 0)`` for ``ep == 1``.
+        Collective: every rank calls it, in the same order."""
+        from pretrain.parallel.expert import expert_groups
 
-        mine = None
-        for pp in range(self.pp):
-            for tp in range(self.tp):
-                dp_ranks = sorted(self._topo.filter_match(pipe=pp, model=tp))
-                for ranks in expert_group_ranks(dp_ranks, ep)[0]:
-                    group = dist.new_group(ranks)
-                    if self.global_rank in ranks:
-                        mine = (group, ranks.index(self.global_rank))
-        return mine
+        return expert_groups(self, ep)
 
     @property
     def tp(self) -> int:

@@ -69,7 +69,7 @@ def moe_sequence_parallel_problem(tp: int) -> str:
 
 
 def moe_problems(m, *, tp: int, pp: int, sequence_parallel: bool, dp: int = 1, ep: int = 1,
-                 zero_stage: int = 0) -> list[str]:
+                 zero_stage: int = 0, offload: bool = False) -> list[str]:
     """What keeps a mixture-of-experts model (``model.num_experts`` > 0) from this layout (empty: nothing)."""
     experts = getattr(m, "num_experts", 0) or 0
     out = []
@@ -90,6 +90,10 @@ def moe_problems(m, *, tp: int, pp: int, sequence_parallel: bool, dp: int = 1, e
         out.append(f"parallel.expert_model_parallel_size={ep} with parallel.zero_stage=3 is not supported (ZeRO-3 "
                    "gathers the expert weights per module while the all-to-all runs; untested); use "
                    "parallel.zero_stage=1 or 2")
+    if ep > 1 and offload:
+        out.append(f"parallel.expert_model_parallel_size={ep} with parallel.offload_optimizer=true is not supported "
+                   "(ZeRO-Offload's CPU optimizer over the expert-data-parallel partitions is untested); set "
+                   "parallel.offload_optimizer=false")
     if pp > 1:
         out.append(f"parallel.pipeline_model_parallel_size={pp} with model.num_experts={m.num_experts}: the MoE "
                    "layers' auxiliary losses are summed by the whole model's forward, which DeepSpeed's pipeline "
@@ -150,7 +154,8 @@ def validate_parallel(cfg: DictConfig, world_size: int) -> ParallelLayout:
                             f"model.seq_length={m.seq_length} is not divisible by parallel.tensor_model_parallel_size={tp}")
 
     problems += moe_problems(m, tp=tp, pp=pp, sequence_parallel=bool(p.sequence_parallel), dp=dp,
-                             ep=int(getattr(p, "expert_model_parallel_size", 1)), zero_stage=p.zero_stage)
+                             ep=int(getattr(p, "expert_model_parallel_size", 1)), zero_stage=p.zero_stage,
+                             offload=bool(getattr(p, "offload_optimizer", False)))
 
     micro = t.micro_batch_size
     if micro < 1:
