@@ -305,7 +305,7 @@ class AccelerateEngine(Engine):
         self._skip = bool(self._gate(self.pending_loss, self._grad_norm)) if self._gate else False
         if not self._skip:
             if self.clip > 0:
-                torch.nn.utils.clip_grads_with_norm_(self.params, self.clip, norm.to(self.params[0].grad.device))
+                torch.nn.utils.clip_grads_with_norm_(self.params, self.clip, norm)  # DeepSpeed's coefficient
             if self.scaler is not None:
                 self._agree_on_overflow(False)
                 self.scaler.step(opt)
