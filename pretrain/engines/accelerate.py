@@ -241,7 +241,10 @@ class AccelerateEngine(Engine):
                      dict(zip(names, shape)), "(distributed type " + self.accelerator.distributed_type.value + ")")
         self.optimizer = build_optimizer(model, cfg, device)  # after fully_shard: on the sharded parameters
         if not fsdp:
-            self.model = self.accelerator.prepare_model(model)
+            # one process: nothing to all-reduce, so no DDP wrapper and its hooks (DeepSpeed switches its all-reduce
+            # off there too); accelerate's evaluation_mode does just that, keeping device placement and autocast
+            alone = torch.distributed.get_world_size() == 1
+            self.model = self.accelerator.prepare_model(model, evaluation_mode=alone)
             log.info("accelerate DDP: distributed type %s, mixed precision %s", self.accelerator.distributed_type.value,
                      self.accelerator.mixed_precision)
         self.scaler = None
