@@ -1,6 +1,7 @@
 """Throughput benchmark: our full training stack (DeepSpeed engine) vs a bare PyTorch loop.
 
     python -m pretrain.bench.train [--steps 4] [--rounds 3] [hydra overrides ...]
+    python -m pretrain.bench.train --engines [...]   # accelerate vs DeepSpeed instead (pretrain.bench.engines)
 
 Same model (a ~30M-parameter GPT-2 style model by default), same initial weights, same AdamW, same
 batches, same process. With one process there is nothing to shard and the engine runs ZeRO stage 0
@@ -39,8 +40,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("--engines", action="store_true", help="accelerate vs DeepSpeed tokens/s (pretrain.bench.engines)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of conf/train.yaml")
     a = ap.parse_args(argv)
+    if a.engines:
+        from pretrain.bench.engines import compare_engines
+
+        return compare_engines(a.overrides, a.steps, a.rounds, a.warmup, a.json)
 
     register_configs()
     with initialize_config_dir(config_dir=os.path.abspath(CONF), version_base="1.3"):
