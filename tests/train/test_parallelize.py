@@ -299,7 +299,7 @@ def _dropout_checks(rank: int, world: int) -> dict:
     attn = model.layers[0].self_attn
     q = torch.ones(2, 16, 16)
     torch.manual_seed(2)
-    out["core"] = attn.core(q, q, q, None, 0.5)
+    out["core"] = attn.core(q, q, q, None, attn.spec(), 0.5)
     return out
 
 

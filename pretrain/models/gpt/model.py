@@ -10,7 +10,9 @@ checkpointing are applied to the built model by separate steps (:mod:`pretrain.p
 Parameter names follow the Hugging Face Llama layout (``embed_tokens``, ``layers.N.self_attn.q_proj``,
 ``layers.N.mlp.down_proj``, ``norm``, ``lm_head``), so export to ``LlamaForCausalLM`` is a rename and
 to ``GPT2LMHeadModel`` a rename plus concatenating q/k/v into ``c_attn`` (and transposing for its Conv1D).
-Attention runs through ``scaled_dot_product_attention`` (flash / memory-efficient kernels on CUDA).
+Core attention is :func:`pretrain.models.attention.attend` (``scaled_dot_product_attention`` for plain causal
+attention: flash / memory-efficient kernels on CUDA); what it masks is the layer's
+:class:`~pretrain.models.attention.AttentionSpec` (:meth:`Attention.spec`).
 
 FLOPs per token: :func:`pretrain.flops.gpt_flops_per_token`.
 """
@@ -23,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pretrain.models.attention import AttentionSpec, attend
 from pretrain.models.gpt.config import GPTArgs, count_parameters  # noqa: F401  (count_parameters: re-exported)
 from pretrain.models.gpt.moe import MoE, collect, moe_modules
 
@@ -73,15 +76,24 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(h, kv, bias=args.bias)
         self.v_proj = nn.Linear(h, kv, bias=args.bias)
         self.o_proj = nn.Linear(h, h, bias=args.bias)
+        # the core attention function; a context-parallel wrapper (all-to-all over heads around it) replaces it
+        self.attend = attend
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-        y = self.core(self.q_proj(x), self.k_proj(x), self.v_proj(x), rope, self.dropout if self.training else 0.0)
+    def spec(self, segment_ids: torch.Tensor | None = None) -> AttentionSpec:
+        """What this layer's attention masks: causal, within the documents of ``segment_ids`` if given."""
+        return AttentionSpec(causal=True, segment_ids=segment_ids)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+        y = self.core(self.q_proj(x), self.k_proj(x), self.v_proj(x), rope, self.spec(segment_ids),
+                      self.dropout if self.training else 0.0)
         return self.o_proj(y)
 
     def core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-             rope: tuple[torch.Tensor, torch.Tensor] | None, dropout_p: float) -> torch.Tensor:
+             rope: tuple[torch.Tensor, torch.Tensor] | None, spec: AttentionSpec, dropout_p: float) -> torch.Tensor:
         """Core attention, ``[batch, seq, heads*head_dim]`` q/k/v projections to the same-shaped output: what
-        selective recomputation checkpoints (no tensor-parallel collective in here)."""
+        selective recomputation checkpoints (no tensor-parallel collective in here). ``dropout_p`` stays the last
+        argument (tensor parallelism forks the dropout stream by it)."""
         b, s, _ = q.shape
         # Head counts come from the weights so a tensor-parallel shard (fewer local heads) runs unchanged.
         q = q.view(b, s, -1, self.head_dim).transpose(1, 2)
@@ -89,8 +101,7 @@ class Attention(nn.Module):
         v = v.view(b, s, -1, self.head_dim).transpose(1, 2)
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p,
-                                           enable_gqa=q.shape[1] != k.shape[1])
+        y = self.attend(q, k, v, spec, dropout_p)
         return y.transpose(1, 2).reshape(b, s, -1)
 
 
@@ -127,8 +138,9 @@ class Block(nn.Module):
         self.mlp = make_mlp(args, layer)
         self.dropout = nn.Dropout(args.hidden_dropout)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-        x = x + self.dropout(self.self_attn(self.input_layernorm(x), rope))
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.dropout(self.self_attn(self.input_layernorm(x), rope, segment_ids))
         return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
 
 
