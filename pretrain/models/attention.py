@@ -161,7 +161,8 @@ def choose_kernel(spec: AttentionSpec, device_type: str, dropout_p: float, *, ha
     The last two are also the fallback where flex cannot serve: attention dropout (flex has none), or no flex."""
     if spec.plain:
         return SDPA_CAUSAL
-    if device_type == "cuda" and has_flex and dropout_p == 0.0:
+    variant = spec.window is not None or spec.segment_ids is not None or spec.alibi_slopes is not None
+    if variant and device_type == "cuda" and has_flex and dropout_p == 0.0:  # padding alone: SDPA's mask, as before
         return FLEX
     if (spec.window is not None and spec.causal and spec.q_offset == 0 and q_len == k_len
             and q_len > 2 * max(spec.window, LOCAL_BLOCK)):

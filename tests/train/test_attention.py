@@ -157,6 +157,8 @@ def test_kernel_choice():
     assert choose_kernel(window, "cuda", 0.0, has_flex=False) == A.SDPA_MASK  # older torch: the fallback
     assert choose_kernel(AttentionSpec(alibi_slopes=alibi_slopes(4)), "cuda", 0.0, has_flex=True) == A.FLEX
     assert choose_kernel(AttentionSpec(causal=False), "cpu", 0.0, has_flex=True) == A.SDPA_CAUSAL
+    padding = AttentionSpec(causal=False, key_mask=torch.ones(1, 4, dtype=torch.bool))  # BERT: SDPA's mask, as before
+    assert choose_kernel(padding, "cuda", 0.0, has_flex=True) == A.SDPA_MASK
     # a window over more than two blocks of queries runs banded where flex cannot serve
     long = dict(q_len=4096, k_len=4096)
     assert choose_kernel(window, "cpu", 0.0, has_flex=True, **long) == A.SDPA_LOCAL
