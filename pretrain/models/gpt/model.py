@@ -163,6 +163,7 @@ class GPT(nn.Module):
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.loss_fn = F.cross_entropy  # tensor parallelism swaps in the vocabulary-parallel loss
+        self.context_parallel = None  # pretrain.parallel.context: this rank's chunk of the sequence, the group's loss
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -182,14 +183,17 @@ class GPT(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``[batch, seq, vocab]``, or the mean cross-entropy when ``labels`` are given
-        (label ``-100`` is ignored)."""
+        (label ``-100`` is ignored). Context-parallel: logits of this rank's chunk; the whole sequence's loss."""
+        cp, start = self.context_parallel, 0
+        if cp is not None:  # this rank's chunk; positions stay those of the whole sequence
+            input_ids, labels, start = cp.split(input_ids, labels)
         s = input_ids.shape[1]
         x = self.embed_tokens(input_ids)
         rope = None
         if self.embed_positions is not None:
-            x = x + self.embed_positions(torch.arange(s, device=input_ids.device))
+            x = x + self.embed_positions(torch.arange(start, start + s, device=input_ids.device))
         else:
-            rope = (self.rope_cos[:s].to(x.dtype), self.rope_sin[:s].to(x.dtype))
+            rope = (self.rope_cos[start:start + s].to(x.dtype), self.rope_sin[start:start + s].to(x.dtype))
         x = self.embed_dropout(x)
         for layer in self.layers:
             x = layer(x, rope)
@@ -197,6 +201,8 @@ class GPT(nn.Module):
         logits = self.lm_head(self.norm(x))
         if labels is None:
             return logits
+        if cp is not None:
+            return cp.loss(self.loss_fn, logits, labels)
         loss = self.loss_fn(logits.float().view(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100)
         if moe is not None and self.training:  # the routers' auxiliary losses train, they are not evaluated
             loss = loss + self.args.moe_aux_loss_coeff * moe[0] + self.args.moe_z_loss_coeff * moe[1]
