@@ -131,12 +131,12 @@ class ContextParallel:
         (:func:`chunk_loss`)."""
         flat = labels.reshape(-1)
         loss_sum = loss_fn(logits.float().view(-1, logits.size(-1)), flat, ignore_index=-100, reduction="sum")
+        return chunk_loss(loss_sum, (flat != -100).sum(), self.all_reduce)
 
-        def all_reduce(t: torch.Tensor) -> torch.Tensor:
-            dist.all_reduce(t, group=self.group)
-            return t
-
-        return chunk_loss(loss_sum, (flat != -100).sum(), all_reduce)
+    def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` summed over the context group, in place."""
+        dist.all_reduce(t, group=self.group)
+        return t
 
     def take_a2a_bytes(self) -> int:
         value, self.a2a_bytes = self.a2a_bytes, 0
