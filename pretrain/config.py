@@ -75,6 +75,9 @@ class DataConfig:
     schedule: List[Any] = field(default_factory=list)
     # A checkpoint trained with another schedule: refuse (the default) or allow (continue with this one, warned).
     schedule_changed: str = "refuse"
+    # Packed sequences: tokens attend only within their own document (EOD-delimited) and positions restart per
+    # document (gpt and bert; docs/attention.md).
+    document_mask: bool = False
 
 
 @dataclass

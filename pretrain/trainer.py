@@ -170,7 +170,10 @@ class Trainer:
                                    cache_dir=cfg.data.index_cache_dir or str(self.run_dir / "data_index"),
                                    mixture=self.mixture)
         check_vocab(self.data, self.args.vocab_size)
-        self.transform = self.family.make_transform(self.args, self.tokenizer, cfg.seed)
+        from pretrain.data.documents import with_document_mask
+
+        self.transform = with_document_mask(self.family.name, self.family.make_transform(self.args, self.tokenizer,
+                                            cfg.seed), self.tokenizer.eod_id, self.document_mask)
         self.seq = self.family.tokens_per_sample(self.args)
         self.init_from = cfg.model.init_from if not self.resume_tag else None  # a checkpoint to resume wins
         if self.init_from:
@@ -191,6 +194,10 @@ class Trainer:
         self.tokenizer.vocab_size = (tokenizer_vocab_size(manifest.tokenizer) if manifest.tokenizer
                                      else manifest.vocab_size)
         self.args = self.family.resolve_args(cfg.model, self.tokenizer)
+        from pretrain.data.documents import check_document_mask
+
+        self.document_mask = bool(getattr(cfg.data, "document_mask", False))
+        check_document_mask(self.family.name, self.document_mask)  # before any data index is built
         self.num_eval_samples = cfg.trainer.eval_iters * self.batch.micro_batch_size * self.batch.data_parallel_size
 
     def _plan_resume(self) -> None:

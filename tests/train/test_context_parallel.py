@@ -190,23 +190,34 @@ def test_ulysses_attend_is_attend_over_the_whole_sequence(threads, hkv, spec):
     assert [r[3] for r in results] == [2 * a2a_bytes(numel, 4, 2)] * 2  # the backward's all-to-alls too
 
 
-@pytest.mark.parametrize("experiment", ["gpt_tiny", "llama_tiny"])
-def test_gpt_over_two_context_ranks_matches_one(threads, compose_cfg, experiment):
-    """The whole model: learned positions (gpt_tiny) or RoPE with GQA (llama_tiny) at the chunk's offset, loss of
-    the whole sequence on each rank, parameter gradients summed over the ranks = one rank's on the sequence."""
+@pytest.mark.parametrize("model, extra, documents", [
+    ("gpt/tiny", (), False),  # learned positions
+    ("gpt/llama_tiny", (), False),  # RoPE, grouped-query attention
+    ("gpt/llama_tiny", ("model.sliding_window=5",), True),  # window and packed documents (positions restart)
+    ("gpt/bloom_tiny", (), True),  # ALiBi over 6 heads: every rank's slopes are its global heads'
+])
+def test_gpt_over_two_context_ranks_matches_one(threads, compose_cfg, model, extra, documents):
+    """The whole model: positions at the chunk's offset (or the chunk of the documents' position ids), the masks
+    and ALiBi of the whole sequence after the all-to-all, the loss of the whole sequence on each rank; parameter
+    gradients summed over the ranks = one rank's on the sequence."""
     from pretrain.models import TokenizerInfo, get_family
 
-    c = compose_cfg(f"experiment={experiment}", "model.seq_length=16", "model.vocab_size=128",
-                    "model.hidden_dropout=0", "model.attention_dropout=0")
+    c = compose_cfg(f"model={model}", "model.seq_length=16", "model.vocab_size=128", "model.hidden_dropout=0",
+                    "model.attention_dropout=0", *extra)
     family = get_family("gpt")
     args = family.resolve_args(c.model, TokenizerInfo(None, 128, 0))
     torch.manual_seed(0)
-    model = family.build(args)
+    net = family.build(args)
     ids, labels = torch.randint(0, 128, (2, 16)), torch.randint(0, 128, (2, 16))
-    want = model(ids, labels)
+    labels[1, :3] = -100
+    batch = {"input_ids": ids, "labels": labels}
+    if documents:  # sample 0: documents of 6 and 10 tokens; sample 1: one document
+        batch["segment_ids"] = torch.tensor([[0] * 6 + [1] * 10, [0] * 16])
+        batch["position_ids"] = torch.tensor([list(range(6)) + list(range(10)), list(range(16))])
+    want = net(**batch)
     want.backward()
     group = threads(2)
-    copies = [copy.deepcopy(model) for _ in range(2)]
+    copies = [copy.deepcopy(net) for _ in range(2)]
     for r, m in enumerate(copies):
         m.zero_grad()
         cp = ThreadContext(group, r)
@@ -216,12 +227,12 @@ def test_gpt_over_two_context_ranks_matches_one(threads, compose_cfg, experiment
         m.context_parallel = cp
 
     def rank(r):
-        loss = copies[r](ids, labels)
+        loss = copies[r](**batch)
         loss.backward()
         return loss.item()
 
     assert group.run(rank) == pytest.approx([want.item()] * 2, rel=1e-6)
-    for (name, p), p0, p1 in zip(model.named_parameters(), copies[0].parameters(), copies[1].parameters()):
+    for (name, p), p0, p1 in zip(net.named_parameters(), copies[0].parameters(), copies[1].parameters()):
         torch.testing.assert_close(p0.grad + p1.grad, p.grad, msg=name)
 
 
