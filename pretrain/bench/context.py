@@ -10,7 +10,9 @@ its context axis, ``context_parallelize``), the DeepSpeed engine. Each (cp, leng
 every rank, ``--warmup`` untimed steps, then ``--steps`` timed ones (barriers around them; the slowest rank's
 time). Tokens/s count each sequence once (the cp ranks share it). Memory: each rank's peak resident set
 (``ru_maxrss``) at the end, and how far the steps raised it above the resident set after the build (the
-activations, attention and optimizer state of training at that length): the larger rank's.
+activations, attention and optimizer state of training at that length): the larger rank's. The ranks run with
+``MALLOC_MMAP_THRESHOLD_=65536`` (glibc hands large freed blocks back at once), so the resident set follows
+the live tensors.
 
 cp2 runs as many processes as cp1 has threads x 2 (``--threads`` each): with ``--threads 1`` cp1 uses one core
 and cp2 two, so the tokens/s ratio shows what splitting a sequence over two devices gains on this machine; the
@@ -105,6 +107,9 @@ def run_one(cp: int, seq: int, threads: int, steps: int, warmup: int, extra: lis
     overrides = BASE + extra + [f"model.seq_length={seq}", f"parallel.context_parallel_size={cp}",
                                 f"run_dir={logs}/cp{cp}_seq{seq}"]
     _compose(overrides)  # a bad override fails here, before any process starts
+    # glibc returns a freed block to the system only above its mmap threshold, which it raises as large blocks are
+    # freed: pin it low so that the resident set follows the live tensors and its peak measures them
+    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 16))
     ctx = mp.get_context("spawn")
     results, port = ctx.Queue(), _free_port()
     log = os.path.join(logs, f"cp{cp}_seq{seq}.log")

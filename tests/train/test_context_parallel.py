@@ -195,6 +195,9 @@ def test_ulysses_attend_is_attend_over_the_whole_sequence(threads, hkv, spec):
     ("gpt/llama_tiny", (), False),  # RoPE, grouped-query attention
     ("gpt/llama_tiny", ("model.sliding_window=5",), True),  # window and packed documents (positions restart)
     ("gpt/bloom_tiny", (), True),  # ALiBi over 6 heads: every rank's slopes are its global heads'
+    # recomputation repeats the all-to-alls (selective: inside the checkpointed core; full: the whole layer)
+    ("gpt/llama_tiny", ("model.activation_checkpointing=true", "model.recompute_granularity=selective"), False),
+    ("gpt/tiny", ("model.activation_checkpointing=true", "model.recompute_granularity=full"), False),
 ])
 def test_gpt_over_two_context_ranks_matches_one(threads, compose_cfg, model, extra, documents):
     """The whole model: positions at the chunk's offset (or the chunk of the documents' position ids), the masks
