@@ -197,6 +197,19 @@ def _mask_mod(spec: AttentionSpec):
     return mask_mod
 
 
+def _score_mod(spec: AttentionSpec, num_heads: int, device):
+    """ALiBi as flex attention's ``score_mod(score, b, h, q_idx, kv_idx)`` for ``num_heads`` heads (None without)."""
+    slopes = spec.slopes(num_heads)
+    if slopes is None:
+        return None
+    slopes, off = slopes.to(device=device, dtype=torch.float32), spec.q_offset
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        return score - slopes[h] * (q_idx + off - kv_idx).abs()
+
+    return score_mod
+
+
 def _block_mask(spec: AttentionSpec, batch: int, q_len: int, k_len: int, device):
     from torch.nn.attention.flex_attention import create_block_mask
 
@@ -225,15 +238,8 @@ def flex_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: Attenti
     if _flex_compiled is None:
         _flex_compiled = torch.compile(flex_attention, dynamic=False)
     block_mask = _block_mask(spec, q.shape[0], q.shape[2], k.shape[2], q.device)
-    slopes = spec.slopes(q.shape[1])
-    score_mod = None
-    if slopes is not None:
-        slopes, off = slopes.to(device=q.device, dtype=torch.float32), spec.q_offset
-
-        def score_mod(score, b, h, q_idx, kv_idx):
-            return score - slopes[h] * (q_idx + off - kv_idx).abs()
-
-    return _flex_compiled(q, k, v, score_mod=score_mod, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
+    return _flex_compiled(q, k, v, score_mod=_score_mod(spec, q.shape[1], q.device), block_mask=block_mask,
+                          enable_gqa=q.shape[1] != k.shape[1])
 
 
 _HAS_FLEX = flex_available()
