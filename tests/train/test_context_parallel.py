@@ -69,10 +69,15 @@ class ThreadGroup:
                 self.barrier.abort()
 
         threads = [threading.Thread(target=body, args=(r,)) for r in range(self.size)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        intra = torch.get_num_threads()
+        torch.set_num_threads(1)  # the ranks are the parallelism: intra-op threads of both would wait on each other
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        finally:
+            torch.set_num_threads(intra)
         if errors:
             raise errors[0]
         return out
@@ -191,13 +196,12 @@ def test_ulysses_attend_is_attend_over_the_whole_sequence(threads, hkv, spec):
 
 
 @pytest.mark.parametrize("model, extra, documents", [
-    ("gpt/tiny", (), False),  # learned positions
-    ("gpt/llama_tiny", (), False),  # RoPE, grouped-query attention
+    # learned positions; full recomputation repeats the layers' all-to-alls in the backward
+    ("gpt/tiny", ("model.activation_checkpointing=true", "model.recompute_granularity=full"), False),
+    # RoPE, grouped-query attention; selective recomputation repeats those inside the checkpointed core
+    ("gpt/llama_tiny", ("model.activation_checkpointing=true", "model.recompute_granularity=selective"), False),
     ("gpt/llama_tiny", ("model.sliding_window=5",), True),  # window and packed documents (positions restart)
     ("gpt/bloom_tiny", (), True),  # ALiBi over 6 heads: every rank's slopes are its global heads'
-    # recomputation repeats the all-to-alls (selective: inside the checkpointed core; full: the whole layer)
-    ("gpt/llama_tiny", ("model.activation_checkpointing=true", "model.recompute_granularity=selective"), False),
-    ("gpt/tiny", ("model.activation_checkpointing=true", "model.recompute_granularity=full"), False),
 ])
 def test_gpt_over_two_context_ranks_matches_one(threads, compose_cfg, model, extra, documents):
     """The whole model: positions at the chunk's offset (or the chunk of the documents' position ids), the masks
