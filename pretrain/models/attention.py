@@ -16,17 +16,23 @@ passes a chunk of them) and per-head values are indexed by the *global* head num
 index of ``q``'s first head): a tensor-parallel rank, or a context-parallel one after an all-to-all over heads,
 passes ``spec.heads(start)`` and its own slice of the heads.
 
-Which kernel runs is :func:`choose_kernel`'s choice (a pure function of the spec, device and what is installed,
-so it is unit-tested on CPU): plain causal or unmasked attention goes to ``scaled_dot_product_attention`` with
-``is_causal`` (flash / memory-efficient kernels on CUDA; exactly the call the models made before this module);
-on CUDA a window, documents or ALiBi go to ``flex_attention`` with a block mask (no ``seq x seq`` mask is
-materialised, fully masked blocks are skipped); everywhere else (CPU, attention dropout, flex missing) a dense
-boolean mask or additive bias goes to ``scaled_dot_product_attention``.
+Which kernel runs is :func:`choose_kernel`'s choice (a pure function of the spec, shapes, device and what is
+installed, so it is unit-tested on CPU):
+
+* plain causal or unmasked attention: ``scaled_dot_product_attention`` with ``is_causal`` (flash / memory-efficient
+  kernels on CUDA; exactly the call the models made before this module);
+* on CUDA, a window, documents or ALiBi: ``flex_attention`` (compiled) with a block mask: no ``seq x seq`` mask is
+  materialised and fully masked blocks are skipped (if flex fails to compile, a warning and the paths below);
+* elsewhere (CPU, attention dropout, no flex): a sliding window over a sequence longer than two blocks runs
+  banded (:func:`local_attend`: blocks of queries against only the keys their window reaches, each block one
+  SDPA call with a small mask, so time and memory grow as ``seq x window``, not ``seq^2``); anything else builds
+  the dense boolean mask or additive bias for SDPA.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -34,7 +40,10 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-SDPA_CAUSAL, SDPA_MASK, FLEX = "sdpa_causal", "sdpa_mask", "flex"
+log = logging.getLogger(__name__)
+
+SDPA_CAUSAL, SDPA_MASK, SDPA_LOCAL, FLEX = "sdpa_causal", "sdpa_mask", "sdpa_local", "flex"
+LOCAL_BLOCK = 256  # queries per block of the banded sliding-window path (at least the window)
 
 
 @dataclass(frozen=True)
@@ -144,27 +153,61 @@ def flex_available() -> bool:
     return True
 
 
-def choose_kernel(spec: AttentionSpec, device_type: str, dropout_p: float, *, has_flex: bool) -> str:
+def choose_kernel(spec: AttentionSpec, device_type: str, dropout_p: float, *, has_flex: bool,
+                  q_len: int = 0, k_len: int = 0) -> str:
     """Which kernel :func:`attend` runs: ``sdpa_causal`` (no mask), ``flex`` (block mask, CUDA only: flex
-    attention on CPU is no faster than a dense mask and needs a compiler) or ``sdpa_mask`` (a dense mask or bias;
-    also the fallback where flex cannot serve: attention dropout, which flex does not have, or no flex)."""
+    attention on CPU is no faster than a dense mask and needs a compiler), ``sdpa_local`` (banded: a causal window
+    over more than two blocks of ``max(window, LOCAL_BLOCK)`` queries) or ``sdpa_mask`` (a dense mask or bias).
+    The last two are also the fallback where flex cannot serve: attention dropout (flex has none), or no flex."""
     if spec.plain:
         return SDPA_CAUSAL
-    if device_type == "cuda" and has_flex and dropout_p == 0.0:
+    variant = spec.window is not None or spec.segment_ids is not None or spec.alibi_slopes is not None
+    if variant and device_type == "cuda" and has_flex and dropout_p == 0.0:  # padding alone: SDPA's mask, as before
         return FLEX
+    if (spec.window is not None and spec.causal and spec.q_offset == 0 and q_len == k_len
+            and q_len > 2 * max(spec.window, LOCAL_BLOCK)):
+        return SDPA_LOCAL
     return SDPA_MASK
+
+
+def local_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec, dropout_p: float = 0.0,
+                 block: int | None = None) -> torch.Tensor:
+    """Causal sliding-window attention by blocks: queries ``[s0, s1)`` (``block`` of them, at least the window)
+    see keys ``[s0 - window + 1, s1)`` only; each block is one SDPA call under ``spec``'s mask shifted to it."""
+    w, s = spec.window, q.shape[2]
+    block = max(w, block or LOCAL_BLOCK)
+    gqa = q.shape[1] != k.shape[1]
+    out = []
+    for s0 in range(0, s, block):
+        s1, k0 = min(s, s0 + block), max(0, s0 - w + 1)
+        sub = dataclasses.replace(
+            spec, q_offset=s0 - k0,
+            segment_ids=None if spec.segment_ids is None else spec.segment_ids[:, k0:s1],
+            key_mask=None if spec.key_mask is None else spec.key_mask[:, k0:s1])
+        mask = dense_bias(sub, q.shape[1], s1 - s0, s1 - k0, q.dtype, q.device)
+        out.append(F.scaled_dot_product_attention(q[:, :, s0:s1], k[:, :, k0:s1], v[:, :, k0:s1], attn_mask=mask,
+                                                  dropout_p=dropout_p, enable_gqa=gqa))
+    return torch.cat(out, dim=2)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec,
            dropout_p: float = 0.0) -> torch.Tensor:
     """Softmax attention of ``q`` ``[b, hq, sq, d]`` over ``k``/``v`` ``[b, hkv, sk, d]`` (``hq`` a multiple of
     ``hkv``) under ``spec``; returns ``[b, hq, sq, d]``."""
+    global _HAS_FLEX
     gqa = q.shape[1] != k.shape[1]
-    kernel = choose_kernel(spec, q.device.type, dropout_p, has_flex=_HAS_FLEX)
+    kernel = choose_kernel(spec, q.device.type, dropout_p, has_flex=_HAS_FLEX, q_len=q.shape[2], k_len=k.shape[2])
     if kernel == SDPA_CAUSAL:
         return F.scaled_dot_product_attention(q, k, v, is_causal=spec.causal, dropout_p=dropout_p, enable_gqa=gqa)
     if kernel == FLEX:
-        return flex_attend(q, k, v, spec)
+        try:
+            return flex_attend(q, k, v, spec)
+        except Exception as e:  # noqa: BLE001 - no compiler / triton for this GPU: the SDPA paths compute the same
+            log.warning("flex attention failed (%s: %s); attention falls back to SDPA with masks", type(e).__name__, e)
+            _HAS_FLEX = False
+            return attend(q, k, v, spec, dropout_p)
+    if kernel == SDPA_LOCAL:
+        return local_attend(q, k, v, spec, dropout_p)
     mask = dense_bias(spec, q.shape[1], q.shape[2], k.shape[2], q.dtype, q.device)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=gqa)
 

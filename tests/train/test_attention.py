@@ -75,6 +75,24 @@ def test_causal_window_matches_reference():
     check(AttentionSpec(), lambda b, i, j: j <= i)
 
 
+def test_banded_sliding_window_matches_reference():
+    """The CPU path of long windowed sequences: blocks of queries against the keys their window reaches."""
+    same = lambda b, i, j: SEG[b, i] == SEG[b, j]  # noqa: E731
+    banded = A.local_attend
+    for w in (3, 4):
+        spec = AttentionSpec(window=w, segment_ids=SEG, alibi_slopes=alibi_slopes(4).double())
+        q, k, v = qkv(4, 2)
+        want = reference(q, k, v, lambda b, i, j: i - w < j <= i and same(b, i, j), alibi_slopes(4).double())
+        torch.testing.assert_close(banded(q, k, v, spec, block=w), want, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(banded(q, k, v, AttentionSpec(window=w), block=5),
+                                   reference(q, k, v, lambda b, i, j: i - w < j <= i), rtol=1e-10, atol=1e-10)
+        g = torch.randn(B, 4, S, D, dtype=torch.float64)
+        dq, dk = torch.autograd.grad((banded(q, k, v, spec, block=w) * g).sum(), (q, k))
+        rq, rk = torch.autograd.grad((attend(q, k, v, spec) * g).sum(), (q, k))
+        torch.testing.assert_close(dq, rq)
+        torch.testing.assert_close(dk, rk)
+
+
 def test_documents_match_reference():
     same = lambda b, i, j: SEG[b, i] == SEG[b, j]  # noqa: E731
     check(AttentionSpec(segment_ids=SEG), lambda b, i, j: j <= i and same(b, i, j))
@@ -139,6 +157,15 @@ def test_kernel_choice():
     assert choose_kernel(window, "cuda", 0.0, has_flex=False) == A.SDPA_MASK  # older torch: the fallback
     assert choose_kernel(AttentionSpec(alibi_slopes=alibi_slopes(4)), "cuda", 0.0, has_flex=True) == A.FLEX
     assert choose_kernel(AttentionSpec(causal=False), "cpu", 0.0, has_flex=True) == A.SDPA_CAUSAL
+    padding = AttentionSpec(causal=False, key_mask=torch.ones(1, 4, dtype=torch.bool))  # BERT: SDPA's mask, as before
+    assert choose_kernel(padding, "cuda", 0.0, has_flex=True) == A.SDPA_MASK
+    # a window over more than two blocks of queries runs banded where flex cannot serve
+    long = dict(q_len=4096, k_len=4096)
+    assert choose_kernel(window, "cpu", 0.0, has_flex=True, **long) == A.SDPA_LOCAL
+    assert choose_kernel(window, "cuda", 0.1, has_flex=True, **long) == A.SDPA_LOCAL
+    assert choose_kernel(window, "cuda", 0.0, has_flex=True, **long) == A.FLEX
+    assert choose_kernel(AttentionSpec(window=4096), "cpu", 0.0, has_flex=True, **long) == A.SDPA_MASK  # no gain
+    assert choose_kernel(AttentionSpec(causal=False, window=16), "cpu", 0.0, has_flex=True, **long) == A.SDPA_MASK
 
 
 def tiny(**kw) -> GPTArgs:
