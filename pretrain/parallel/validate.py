@@ -104,7 +104,7 @@ CONTEXT_PARALLEL_FAMILIES = ("gpt",)
 
 
 def context_parallel_problems(family: str, *, cp: int, tp: int, pp: int, heads: int, kv_heads: int, seq_length: int,
-                              sequence_parallel: bool = False, experts: int = 0) -> list[str]:
+                              sequence_parallel: bool = False, experts: int = 0, zero_stage: int = 0) -> list[str]:
     """What keeps this layout from splitting the sequence over ``cp`` context-parallel ranks with DeepSpeed-Ulysses
     (:mod:`pretrain.parallel.context`; empty: it splits). Each rank runs attention over the whole sequence for
     heads/(tp x cp) of the heads, so the heads must split; its chunk of seq_length/cp tokens runs everything else."""
@@ -137,6 +137,10 @@ def context_parallel_problems(family: str, *, cp: int, tp: int, pp: int, heads: 
     if sequence_parallel and tp > 1:
         out.append(f"{key}={cp} with parallel.sequence_parallel=true is not supported (untested: both split the "
                    "sequence); set parallel.sequence_parallel=false")
+    if zero_stage == 3:
+        out.append(f"{key}={cp} with parallel.zero_stage=3 is not supported (DeepSpeed 0.19's ZeRO-3 does not sum the "
+                   "gradients over the context ranks as its ZeRO-1/2 do: measured, the losses leave cp1's from step 2 "
+                   "on); use parallel.zero_stage=1 or 2, which partition over data x context ranks")
     if experts:
         out.append(f"{key}={cp} with model.num_experts={experts} is not supported (the routers' auxiliary losses would "
                    "count every chunk's tokens as a whole sequence); use data, tensor and expert parallelism for MoE")
@@ -206,7 +210,7 @@ def validate_parallel(cfg: DictConfig, world_size: int) -> ParallelLayout:
                              ep=int(getattr(p, "expert_model_parallel_size", 1)), zero_stage=p.zero_stage)
     problems += context_parallel_problems(family.name, cp=cp, tp=tp, pp=pp, heads=shape.heads, kv_heads=shape.kv_heads,
                                           seq_length=m.seq_length, sequence_parallel=bool(p.sequence_parallel),
-                                          experts=int(getattr(m, "num_experts", 0) or 0))
+                                          experts=int(getattr(m, "num_experts", 0) or 0), zero_stage=p.zero_stage)
 
     micro = t.micro_batch_size
     if micro < 1:

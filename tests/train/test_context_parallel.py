@@ -289,6 +289,8 @@ def test_valid_context_layouts():
     ({"parallel__context_parallel_size": 2, "parallel__tensor_model_parallel_size": 2,
       "parallel__sequence_parallel": True}, 4, "with parallel.sequence_parallel=true is not supported"),
     ({"parallel__context_parallel_size": 2, "model__num_experts": 4}, 2, "with model.num_experts=4 is not supported"),
+    ({"parallel__context_parallel_size": 2, "parallel__zero_stage": 3}, 2,
+     "with parallel.zero_stage=3 is not supported (DeepSpeed 0.19's ZeRO-3 does not sum"),
     ({"parallel__context_parallel_size": 2, "trainer__global_batch_size": 6}, 4,
      "data-parallel size = world 4 / (tp 1 x pp 1 x cp 2)"),
 ])
