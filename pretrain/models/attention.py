@@ -46,7 +46,7 @@ SDPA_CAUSAL, SDPA_MASK, SDPA_LOCAL, FLEX = "sdpa_causal", "sdpa_mask", "sdpa_loc
 LOCAL_BLOCK = 256  # queries per block of the banded sliding-window path (at least the window)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq=False: holds tensors (compared by identity)
 class AttentionSpec:
     """What :func:`attend` masks and adds (module docstring). ``None`` everywhere but ``causal``: plain attention."""
 

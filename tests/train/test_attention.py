@@ -184,6 +184,12 @@ def test_pattern_gives_local_layers_then_a_global_one():
         rule = (lambda b, i, j: j <= i) if w is None else (lambda b, i, j: i - 4 < j <= i)
         check(layer.self_attn.spec(), rule)
     assert [layer.self_attn.window for layer in GPT(tiny(sliding_window=4)).layers] == [4] * 6  # Mistral: all
+    from pretrain.flops import gpt_flops_per_token
+
+    # MFU: the 3 windowed layers' queries see 4 keys, not seq=12: 12 * hidden * (12 - 4) FLOPs fewer each
+    full, windowed = (gpt_flops_per_token(tiny(**kw))["model"] for kw in ({}, {"sliding_window": 4,
+                                                                              "sliding_window_pattern": 2}))
+    assert full - windowed == 3 * 12 * 32 * (S - 4)
 
 
 @pytest.mark.parametrize("over,match", [

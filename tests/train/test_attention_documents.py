@@ -96,29 +96,42 @@ def test_bert_packed_documents_equal_the_documents_run_separately():
     torch.testing.assert_close(both[:, 6:12], second[:, :6], rtol=1e-5, atol=1e-5)
 
 
-def test_gpt_pipeline_stages_carry_the_document_ids():
-    """The stage layers chained by hand (what DeepSpeed runs across stages) give the one-module loss."""
+def chained_stages(family_name: str, model, batch: dict) -> torch.Tensor:
+    """The loss of the pipeline stage layers chained by hand (what DeepSpeed runs across the stages)."""
     from pretrain.models import get_family
 
-    family = get_family("gpt")
+    family = get_family(family_name)
+    layers, loss_fn = family.pipeline_stages(model, None)
+    x, labels = family.to_pipe_batch(batch)
+    for spec in layers:  # a TiedLayerSpec (the embedding, and the output layer with its forward_fn) or a module
+        fn = getattr(spec, "forward_fn", None)
+        layer = spec.build() if hasattr(spec, "build") else spec
+        x = fn(layer, x) if fn is not None else layer(x)
+    return loss_fn(x, labels)
+
+
+def test_pipeline_stages_carry_the_document_ids():
+    """GPT and BERT stage layers chained by hand give the one-module loss of a packed batch (and it differs from
+    the unmasked loss: the ids reach every layer)."""
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(1, 64, (2, 33), generator=g)
+    ids[0, 9], ids[1, 20] = EOD, EOD
+    seg, pos = (torch.from_numpy(x) for x in document_ids(ids[:, :-1].numpy(), EOD))
+    batch = {"input_ids": ids[:, :-1], "labels": ids[:, 1:], "segment_ids": seg, "position_ids": pos}
     for kw in ({"position_embedding": "rope", "sliding_window": 5}, {"position_embedding": "alibi",
                                                                       "embedding_norm": True}):
         torch.manual_seed(0)
         model = GPT(gpt_args(**kw))
-        g = torch.Generator().manual_seed(3)
-        ids = torch.randint(1, 64, (2, 33), generator=g)
-        ids[0, 9], ids[1, 20] = EOD, EOD
-        seg, pos = document_ids(ids[:, :-1].numpy(), EOD)
-        batch = {"input_ids": ids[:, :-1], "labels": ids[:, 1:], "segment_ids": torch.from_numpy(seg),
-                 "position_ids": torch.from_numpy(pos)}
-        layers, loss_fn = family.pipeline_stages(model, None)
-        x, labels = family.to_pipe_batch(batch)
-        assert len(x) == 3
-        for spec in layers:  # a TiedLayerSpec (the embedding, and the output layer with its forward_fn) or a module
-            fn = getattr(spec, "forward_fn", None)
-            layer = spec.build() if hasattr(spec, "build") else spec
-            x = fn(layer, x) if fn is not None else layer(x)
-        torch.testing.assert_close(loss_fn(x, labels), model(**batch), rtol=1e-6, atol=1e-6)
+        loss = chained_stages("gpt", model, batch)
+        torch.testing.assert_close(loss, model(**batch), rtol=1e-6, atol=1e-6)
+        assert abs(float(loss) - float(model(batch["input_ids"], batch["labels"]))) > 1e-6  # tiny init: small
+    torch.manual_seed(0)
+    bert = BERT(BERTArgs(vocab_size=64, num_layers=2, hidden_size=32, num_attention_heads=4, ffn_hidden_size=64,
+                         seq_length=32, hidden_dropout=0.0, attention_dropout=0.0))
+    labels = torch.where(torch.arange(32) % 4 == 1, batch["labels"], -100)
+    mlm = {"input_ids": batch["input_ids"], "token_type_ids": torch.zeros_like(seg),
+           "attention_mask": torch.ones_like(seg), "labels": labels, "segment_ids": seg, "position_ids": pos}
+    torch.testing.assert_close(chained_stages("bert", bert, mlm), bert(**mlm), rtol=1e-6, atol=1e-6)
 
 
 def test_the_trainer_loader_gives_document_ids_from_the_shards(tmp_path, compose_cfg, monkeypatch, cache_dir):
