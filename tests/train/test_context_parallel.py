@@ -317,18 +317,27 @@ def test_grid_puts_context_ranks_between_data_and_tensor():
 # ------------------------------------------------------------------------------------------------ end to end
 
 
+# The all-to-all bytes per step and rank: a2a_bytes of q, k, v and the output (micro x heads x seq/2 x 16 floats
+# each, k and v with the key/value heads), forward and backward, per layer (2) and micro-batch of the step.
+LLAMA_A2A = 2 * 2 * 4 * a2a_bytes(2 * (4 + 2 + 2 + 4) * 32 * 16, 4, 2)  # micro 2, 4 micro-batches, GQA 4/2 heads
+GPT_A2A = 2 * 2 * 1 * a2a_bytes(4 * (4 + 4 + 4 + 4) * 32 * 16, 4, 2)  # micro 4, 1 micro-batch per dp rank
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("run, reference, zero", [("llama_cp2", "llama_dp2_zero2_accum2", 0),
-                                                  ("gpt_cp2_dp2", "gpt_one_process", 1)])
-def test_context_parallel_trains_like_one_rank(e2e_run, run, reference, zero):
+@pytest.mark.parametrize("run, reference, zero, a2a, ranks, params", [
+    ("llama_cp2", "llama_dp2_zero2_accum2", 0, LLAMA_A2A, 2, 616768),
+    ("gpt_cp2_dp2", "gpt_one_process", 1, GPT_A2A, 4, 366336)])
+def test_context_parallel_trains_like_one_rank(e2e_run, run, reference, zero, a2a, ranks, params):
     """10 steps split over 2 context ranks (with 2 data-parallel replicas for gpt) give cp1's losses on the same
     samples within 1e-5 relative; DeepSpeed ran the given ZeRO stage over dp x cp ranks; the all-to-all bytes are
-    in every record; validation ran on the chunks; one layout-free checkpoint file was written."""
+    in every record, and the gradient all-reduce's over dp x cp ranks; validation ran on the chunks; one
+    layout-free checkpoint file was written."""
     ref, trained = e2e_run(reference).dir, e2e_run(run).dir
     records = train_records(trained)
     worst = assert_same_steps(train_records(ref)[:10], records, 1e-5, GRAD_NORM_REL)
     print(f"{run}: max relative loss difference to {reference} {worst:.3g}")
-    assert all(r["cp_a2a_bytes"] > 0 for r in records)
+    assert {r["cp_a2a_bytes"] for r in records} == {a2a}
+    assert records[0]["comm_dp_allreduce_bytes"] == int(2 * (ranks - 1) / ranks * params * 4)
     ds = json.loads((trained / "deepspeed.json").read_text())
     assert ds["zero_optimization"]["stage"] == zero and ds["sequence_parallel_size"] == 2
     val = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines() if "val_loss" in line]
