@@ -104,6 +104,10 @@ class ParallelConfig:
     # Spread each MoE layer's experts' computation over this many data-parallel ranks, tokens sent by all-to-all
     # (docs/moe.md); 1 = every rank runs every expert. Needs model.num_experts divisible by it and dividing dp.
     expert_model_parallel_size: int = 1
+    # Split each sequence over this many ranks (DeepSpeed-Ulysses: an all-to-all over the heads around attention;
+    # docs/context_parallel.md). GPT only; needs heads (and key/value heads) divisible by tp x it, and
+    # model.seq_length divisible by it. The ranks of a context group read the same samples.
+    context_parallel_size: int = 1
     # null: nccl on CUDA, gloo on CPU.
     backend: Optional[str] = None
     # Seconds a collective may wait before the job fails instead of hanging.

@@ -48,6 +48,7 @@ from pretrain.flops import peak_flops_per_device
 from pretrain.guard import Guard
 from pretrain.metrics import METRICS_FILE, MetricsLogger, StepRecorder
 from pretrain.models import TokenizerInfo, get_family
+from pretrain.parallel.context import context_callbacks
 from pretrain.parallel.pipeline import PP_COMM, build_pipeline, parameter_names
 from pretrain.validation import fit_schedule_to_run, validate_values
 
@@ -246,7 +247,7 @@ class Trainer:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         from pretrain.parallel.topology import ParallelGrid
 
-        self.grid = ParallelGrid(plan.tensor_parallel_size, plan.pipeline_parallel_size)
+        self.grid = ParallelGrid(plan.tensor_parallel_size, plan.pipeline_parallel_size, plan.context_parallel_size)
         self.dp_rank, self.dp_group = self.grid.get_data_parallel_rank(), self.grid.get_data_parallel_group()
         seed_everything(cfg.seed)  # identical initial weights on every rank
         model = self.family.build(self.args)
@@ -262,6 +263,13 @@ class Trainer:
 
             parallelize(model, self.grid.get_tensor_model_parallel_group(),  # slices the seeded full weights
                         sequence_parallel=cfg.parallel.sequence_parallel)
+        if plan.context_parallel_size > 1:  # each rank of a context group runs its chunk of every sequence
+            from pretrain.parallel.context import context_parallelize
+
+            n = context_parallelize(model, self.grid.get_sequence_parallel_group(), self.grid.coord.cp,
+                                    plan.context_parallel_size)
+            log.info("context parallel: sequences of %d tokens split over %d ranks (DeepSpeed-Ulysses all-to-all "
+                     "over the heads around %d attention layers)", self.seq, plan.context_parallel_size, n)
         if cfg.parallel.expert_model_parallel_size > 1:  # MoE: each rank holds and runs its experts (docs/moe.md)
             from pretrain.parallel.expert import expert_parallelize
 
@@ -277,7 +285,7 @@ class Trainer:
             model = build_pipeline(model, self.family.name, self.grid, cfg.parallel.pipeline_partition)
             PP_COMM.install()
         # gradient bytes a ring all-reduce moves per step and rank (ZeRO's reduce-scatter + all-gather: the same)
-        dp = plan.data_parallel_size
+        dp = plan.data_parallel_size * plan.context_parallel_size  # gradients are reduced over dp x cp ranks
         grad_bytes = 2 if self.precision in ("bf16", "fp16") else 4
         from pretrain.parallel.expert import expert_slice
 
@@ -328,6 +336,7 @@ class Trainer:
             self.guard,
             StepRecorder(cfg.trainer.log_interval),
             *self.family.callbacks(self.args),  # the family's own: GPT's MoE losses, drops, loads, all-to-all bytes
+            *context_callbacks(self.batch.context_parallel_size),  # cp_a2a_bytes
             Evaluator(cfg.trainer.eval_interval, cfg.trainer.eval_iters),
             MixtureTracker(self),
             self.metrics,
@@ -469,11 +478,12 @@ class Trainer:
         cfg, plan, args = self.cfg, self.batch, self.args
         log.info(
             "model %s (%s): %.2fM parameters (%d layers, hidden %d, vocab %d) | %s on %d x %s (%s) | "
-            "tp %d x pp %d x dp %d, ZeRO-%d | global batch %d = micro %d x dp %d x accum %d | "
+            "tp %d x pp %d x dp %d%s, ZeRO-%d | global batch %d = micro %d x dp %d x accum %d | "
             "%.3g model FLOPs/token | peak %.3g FLOP/s/device (%s)",
             cfg.model.name, self.family.name, self.n_params / 1e6, args.num_layers, args.hidden_size,
             args.vocab_size, self.precision, self.dist.world_size, self.device.type, self.dist.backend,
-            plan.tensor_parallel_size, plan.pipeline_parallel_size, plan.data_parallel_size, plan.zero_stage,
+            plan.tensor_parallel_size, plan.pipeline_parallel_size, plan.data_parallel_size,
+            f" x cp {plan.context_parallel_size}" if plan.context_parallel_size > 1 else "", plan.zero_stage,
             plan.global_batch_size, plan.micro_batch_size, plan.data_parallel_size, plan.grad_accum_steps,
             self.flops["model"], self.peak_flops, peak_src,
         )

@@ -99,6 +99,7 @@ MOE = (*TINY, "trainer.global_batch_size=8", "model.hidden_dropout=0", "model.at
        "model.num_experts=4", "model.moe_router_topk=2", "model.moe_ffn_hidden_size=96", "trainer.precision=fp32",
        "parallel=zero1", f"optim.sched.decay_steps={MOE_STEPS + 4}")
 EP2 = "parallel.expert_model_parallel_size=2"
+CP2 = "parallel.context_parallel_size=2"
 
 # the accelerate engine (docs/engines.md) at dp2 against DeepSpeed: 10 steps of GPT_COMMON on the 30-step runs' LR
 # curve (decay over 30), so DDP compares with the first steps of gpt_dp2_zero0; FSDP2 with a 10-step ZeRO-3 fp32 run
@@ -164,6 +165,15 @@ RUNS: dict[str, Run] = {
                                        leg(f"trainer.max_steps={MOE_STEPS + 2}"),
                                        leg(EP2, "parallel.zero_stage=0", f"trainer.max_steps={MOE_STEPS + 4}")]),
     "moe_ep2_tp2": run(*MOE, EP2, TP2, "parallel.zero_stage=2", f"trainer.max_steps={MOE_STEPS}", nproc=4),
+    # ------------------------------------------------------- context parallelism (test_context_parallel.py)
+    # 10 steps of cp1's references above on the same samples (their 30-step LR curve): llama cp2 (RoPE, GQA; ZeRO-0
+    # all-reducing over the context ranks) against llama_dp2_zero2_accum2; gpt cp2 x dp2 (ZeRO-1 over 4 ranks)
+    # against gpt_one_process
+    "llama_cp2": run("experiment=llama_tiny", "trainer.micro_batch_size=2", "trainer.global_batch_size=8",
+                     "trainer.max_steps=10", "optim.sched.decay_steps=30", "trainer.log_interval=1",
+                     "trainer.eval_interval=5", "parallel=zero0", CP2, nproc=2),
+    "gpt_cp2_dp2": run(*GPT_COMMON, "parallel=zero1", "trainer.precision=fp32", "trainer.max_steps=10",
+                       f"optim.sched.decay_steps={GPT_STEPS}", "trainer.eval_interval=5", CP2, nproc=4),
     "gpt_budget_stop": run(*TINY, "trainer.max_steps=6", "trainer.max_wall_time_s=0.000001"),
     # ------------------------------------------------------- training health (test_guard.py: "faults" on 2 ranks)
     "gpt_dp2_zero2_guard": run(*TINY, "trainer.global_batch_size=8", "model.hidden_dropout=0",

@@ -63,6 +63,8 @@ def deepspeed_config(cfg: DictConfig, plan: BatchPlan, device: torch.device) -> 
         "steps_per_print": 2**31 - 1,  # we log ourselves
         "wall_clock_breakdown": False,
     }
+    if plan.context_parallel_size > 1:  # informational: DeepSpeed takes the groups from the mpu (ParallelGrid)
+        ds["sequence_parallel_size"] = plan.context_parallel_size
     if plan.pipeline_parallel_size > 1 and p.sequence_parallel:
         # DeepSpeed sends a stage's output to the next stage in 1/tp slices, assuming every tensor rank holds the
         # same tensor; under sequence parallelism each holds its own sequence chunk, so send it whole
@@ -102,9 +104,10 @@ def initialize(model: torch.nn.Module, cfg: DictConfig, ds_config: dict, device:
         )
     if ds_config["zero_optimization"]["stage"] == 0 and not (ds_config["bf16"]["enabled"] or ds_config["fp16"]["enabled"]):
         _record_fp32_grad_norm(engine)
-    if ds_config["zero_optimization"]["stage"] == 0 and engine.dp_world_size == 1:
-        # Nothing to all-reduce with one data-parallel rank, but DeepSpeed would still flatten every gradient
-        # into a bucket and back each step (~7% of a step of a 30M model on CPU).
+    if ds_config["zero_optimization"]["stage"] == 0 and engine.seq_dp_world_size == 1:
+        # Nothing to all-reduce with one data-parallel rank (and no context-parallel ranks, over which gradients
+        # are summed), but DeepSpeed would still flatten every gradient into a bucket and back each step (~7% of a
+        # step of a 30M model on CPU).
         engine.enable_backward_allreduce = False
         if hasattr(engine, "pipeline_enable_backward_allreduce"):
             engine.pipeline_enable_backward_allreduce = False

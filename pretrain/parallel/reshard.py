@@ -99,7 +99,7 @@ def save(engine, tag_dir: Path, names: dict[int, str], grid) -> None:
             entry = {k: gather_experts(v, p).cpu() for k, v in entry.items()}
         entry["partition_dim"] = int(p.partition_dim) if is_tensor_parallel(p) else None
         params[names[id(p)]] = entry
-    if grid.get_data_parallel_rank() != 0:
+    if grid.get_data_parallel_rank() != 0 or getattr(grid.coord, "cp", 0) != 0:  # one writer per (stage, tp rank)
         return
     out = tag_dir / UNIVERSAL
     out.mkdir(parents=True, exist_ok=True)

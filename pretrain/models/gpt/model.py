@@ -192,6 +192,7 @@ class GPT(nn.Module):
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.loss_fn = F.cross_entropy  # tensor parallelism swaps in the vocabulary-parallel loss
+        self.context_parallel = None  # pretrain.parallel.context: this rank's chunk of the sequence, the group's loss
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -213,15 +214,21 @@ class GPT(nn.Module):
                 position_ids: torch.Tensor | None = None, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``[batch, seq, vocab]``, or the mean cross-entropy when ``labels`` are given
         (label ``-100`` is ignored). Packed documents (``data.document_mask``): ``segment_ids`` ``[batch, seq]``
-        confine attention to each document, ``position_ids`` (restarting per document) index the positions."""
+        confine attention to each document, ``position_ids`` (restarting per document) index the positions.
+        Context-parallel: logits of this rank's chunk; the whole sequence's loss."""
+        cp, start = self.context_parallel, 0
+        if cp is not None:  # this rank's chunk; positions (and the documents attention sees) stay the whole sequence's
+            input_ids, labels, start = cp.split(input_ids, labels)
+            position_ids = cp.split(position_ids, None)[0] if position_ids is not None else None
         s = input_ids.shape[1]
         x = self.embed_tokens(input_ids)
         rope = None
         if self.embed_positions is not None:
-            x = x + self.embed_positions(torch.arange(s, device=input_ids.device) if position_ids is None
-                                         else position_ids)
+            x = x + self.embed_positions(torch.arange(start, start + s, device=input_ids.device)
+                                         if position_ids is None else position_ids)
         elif self.args.position_embedding == "rope":
-            rope = rope_for(self.rope_cos, self.rope_sin, s, position_ids, x.dtype)
+            rope = rope_for(self.rope_cos[start:], self.rope_sin[start:], s, None, x.dtype) if position_ids is None \
+                else rope_for(self.rope_cos, self.rope_sin, s, position_ids, x.dtype)
         if self.args.embedding_norm:
             x = self.embed_norm(x)
         x = self.embed_dropout(x)
@@ -231,6 +238,8 @@ class GPT(nn.Module):
         logits = self.lm_head(self.norm(x))
         if labels is None:
             return logits
+        if cp is not None:
+            return cp.loss(self.loss_fn, logits, labels)
         loss = self.loss_fn(logits.float().view(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100)
         if moe is not None and self.training:  # the routers' auxiliary losses train, they are not evaluated
             loss = loss + self.args.moe_aux_loss_coeff * moe[0] + self.args.moe_z_loss_coeff * moe[1]
