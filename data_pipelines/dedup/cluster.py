@@ -40,6 +40,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from data_pipelines.dedup.config import DedupConfig, as_dedup_config
+from data_pipelines.dedup.external import external_edges
 from data_pipelines.dedup.io import ArrayFile, load_npy, save_arrays, save_json, save_npy
 from data_pipelines.dedup.signatures import doc_key, open_signatures, split_keys
 from data_pipelines.dedup.unionfind import connected_components
@@ -112,6 +113,8 @@ def bucket_stage(
     dcfg: DedupConfig = as_dedup_config(cfg)
     if not isinstance(num_parts, int) or num_parts < 1 or not isinstance(part, int) or not 0 <= part < num_parts:
         raise ConfigError(f"dedup bucket part {part!r} of {num_parts!r}: expected 0 <= part < num_parts")
+    if dcfg.memory_mb:
+        return _bucket_external(signature_paths, out_dir, dcfg, part, num_parts)
     shards: dict[int, int] = {}
     exact_cols: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     band_cols: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
@@ -144,12 +147,38 @@ def bucket_stage(
     for b in sorted(band_cols):
         hashes = np.concatenate([c[0] for c in band_cols[b]])
         keys = np.concatenate([c[1] for c in band_cols[b]])
-        if dcfg.verify == "none":
-            near.append(_star_edges(keys, hashes))
-        else:
-            near.append(window_edges(keys, hashes, dcfg.verify_window))
+        near.append(_near_edges(dcfg, keys, hashes))
     band_cols.clear()
     edges_near = _unique_edges(np.concatenate(near)) if near else np.zeros((0, 2), dtype=np.uint64)
+    return _write_part(out_dir, signature_paths, dcfg, part, num_parts, shards, edges_exact, edges_near)
+
+
+def _near_edges(dcfg: DedupConfig, keys: np.ndarray, hashes: np.ndarray) -> np.ndarray:
+    if dcfg.verify == "none":
+        return _star_edges(keys, hashes)
+    return window_edges(keys, hashes, dcfg.verify_window)
+
+
+def _bucket_external(signature_paths: Sequence[str], out_dir: str, dcfg: DedupConfig, part: int, num_parts: int) -> str:
+    """:func:`bucket_stage` within ``dcfg.memory_mb`` (:mod:`data_pipelines.dedup.external`); same output."""
+    shard_of = {}
+    for path in signature_paths:
+        with open_signatures(path, dcfg) as f:
+            shard = int(f.meta["shard"])
+            if shard in shard_of:
+                raise DataError(f"dedup: two signature files for shard {shard} (one is {path})")
+            shard_of[shard] = path
+    shards, exact, near = external_edges(
+        signature_paths, dcfg, part, num_parts, os.path.join(out_dir, f"spill-{part:04d}-of-{num_parts:04d}"),
+        exact_edges=lambda k, hi, lo: _star_edges(k, hi, lo),
+        near_edges=lambda k, h: _near_edges(dcfg, k, h),
+    )
+    edges_near = _unique_edges(np.concatenate(near)) if near else np.zeros((0, 2), dtype=np.uint64)
+    return _write_part(out_dir, signature_paths, dcfg, part, num_parts, shards, _unique_edges(exact), edges_near)
+
+
+def _write_part(out_dir: str, signature_paths: Sequence[str], dcfg: DedupConfig, part: int, num_parts: int,
+                shards: dict[int, int], edges_exact: np.ndarray, edges_near: np.ndarray) -> str:
     edges_near, rejected = verify_edges(edges_near, signature_paths, dcfg)
     out = part_path(out_dir, part, num_parts)
     meta = {"part": part, "num_parts": num_parts, "shards": {str(s): n for s, n in sorted(shards.items())}}

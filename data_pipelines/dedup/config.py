@@ -129,6 +129,7 @@ class DedupConfig:
     verify: str = "signature"  # none | signature | exact: how an LSH candidate pair is checked before merging
     threshold: float = 0.7  # candidate pairs with a (estimated or exact) Jaccard below this are never merged
     verify_window: int = 16  # each bucket member is checked against this many earlier members
+    memory_mb: int = 0  # > 0: bucket step sorts its keys externally within about this much memory (same output)
     kinds: dict[str, KindOverride] = field(default_factory=lambda: {"code": _code_override()})
 
     @property
@@ -160,6 +161,8 @@ class DedupConfig:
             raise ConfigError(f"dedup.verify={self.verify!r}: expected one of {', '.join(VERIFY_MODES)}")
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or not 0 < self.threshold <= 1:
             raise ConfigError(f"dedup.threshold={self.threshold!r}: expected a number in (0, 1]")
+        if not isinstance(self.memory_mb, int) or isinstance(self.memory_mb, bool) or self.memory_mb < 0:
+            raise ConfigError(f"dedup.memory_mb={self.memory_mb!r}: expected a non-negative integer (0: in memory)")
         if not isinstance(self.verify_window, int) or isinstance(self.verify_window, bool) or self.verify_window < 1:
             raise ConfigError(f"dedup.verify_window={self.verify_window!r}: expected a positive integer")
         self.params_for(None)
