@@ -62,7 +62,8 @@ def _child_text(elem: etree._Element, name: str) -> str | None:
 class WikiReader(SourceReader):
     """``kind: wiki``. Options: ``namespaces`` (kept ``ns`` values, default ``[0]``),
     ``disambiguation_templates``, ``media_prefixes`` and ``category_prefixes`` (add the localised names
-    for non-English wikis, e.g. ``Datei``/``Kategorie``), ``redirect_words`` (localised ``#REDIRECT``)."""
+    for non-English wikis, e.g. ``Datei``/``Kategorie``), ``redirect_words`` (localised ``#REDIRECT``),
+    ``drop_sections`` (headings of non-prose sections left out; ``[]`` keeps all), ``keep_math``, ``keep_code``."""
 
     kind: ClassVar[str] = "wiki"
     extensions: ClassVar[tuple[str, ...]] = (".xml", ".xml.bz2", ".xml.gz", ".xml.xz")
