@@ -46,6 +46,7 @@ class FastLanguageIdentifier:
         # float16 -> float32 is exact, and numpy casts the table to float32 for the product anyway: casting
         # once here instead of per call gives the same bits
         self._ptc = np.asarray(ident.nb_ptc, dtype=np.float32)
+        self._first = np.zeros(len(self._ptc), dtype=np.int64)  # scratch: first position of each feature
 
     def _features(self, data: bytes) -> np.ndarray:
         """Feature index of every DFA state visited (in order), -1 entries removed."""
@@ -74,10 +75,14 @@ class FastLanguageIdentifier:
         data = ident._encode(text)
         f = self._features(data)
         if len(f):
-            uniq, first, counts = np.unique(f, return_index=True, return_counts=True)
-            order = np.argsort(first, kind="stable")  # Counter order: first occurrence
-            idx = uniq[order].astype(np.intp)
-            scores = np.log1p(counts[order].astype(np.float32)) @ self._ptc[idx] + ident.nb_pc
+            # Counter order (first occurrence) without sorting: each feature's smallest position
+            n = len(f)
+            first = self._first
+            first[f] = n
+            np.minimum.at(first, f, np.arange(n))
+            idx = f[first[f] == np.arange(n)]
+            counts = np.bincount(f, minlength=len(self._first))[idx]
+            scores = np.log1p(counts.astype(np.float32)) @ self._ptc[idx] + ident.nb_pc
         else:
             scores = np.full(len(ident.nb_classes), 0.0 if ident._norm_probs else np.finfo(np.float32).min,
                              dtype=np.float32)
