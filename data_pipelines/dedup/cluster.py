@@ -171,7 +171,7 @@ def _bucket_external(signature_paths: Sequence[str], out_dir: str, dcfg: DedupCo
     shards, exact, near = external_edges(
         signature_paths, dcfg, part, num_parts, os.path.join(out_dir, f"spill-{part:04d}-of-{num_parts:04d}"),
         exact_edges=lambda k, hi, lo: _star_edges(k, hi, lo),
-        near_edges=lambda k, h: _near_edges(dcfg, k, h),
+        near_edges=lambda k, h: _near_edges(dcfg, k, h), unique_edges=_unique_edges,
     )
     edges_near = _unique_edges(np.concatenate(near)) if near else np.zeros((0, 2), dtype=np.uint64)
     return _write_part(out_dir, signature_paths, dcfg, part, num_parts, shards, _unique_edges(exact), edges_near)

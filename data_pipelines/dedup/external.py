@@ -9,8 +9,9 @@ file, so grouping the files one by one yields exactly the edges of the in-memory
 byte-identical, which ``tests/pipeline/test_dedup_external.py`` checks on 200k signatures.
 
 Memory: one signature file's band array (the shards of a big run are small), plus one radix file and its
-sort (about 4x its size), plus the edges, which grow with the duplicates, not with the corpus; the
-candidate verification and union-find that follow hold only documents that have a candidate.
+sort (about 4x its size), plus the distinct candidate pairs found so far (merged after every radix file),
+which grow with the duplicates, not with the corpus; the candidate verification and union-find that follow
+hold only documents that have a candidate.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def external_edges(
     spill_dir: str,
     exact_edges: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
     near_edges: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    unique_edges: Callable[[np.ndarray], np.ndarray],
 ) -> tuple[dict[int, int], np.ndarray, list[np.ndarray]]:
     """``(shards, exact edges, near edge blocks)`` of one bucket part, in ``cfg.memory_mb`` of memory.
 
@@ -59,7 +61,8 @@ def external_edges(
     total_docs = sum(n for _, _, n in metas)
     exact_bits = radix_bits(total_docs // num_parts + 1, 24, budget)
     band_bits = radix_bits(total_docs, 16, budget)
-    os.makedirs(spill_dir, exist_ok=True)
+    shutil.rmtree(spill_dir, ignore_errors=True)  # a killed earlier run's files would be appended to
+    os.makedirs(spill_dir)
     shards: dict[int, int] = {}
     try:
         for path, shard, num_docs in metas:
@@ -87,8 +90,10 @@ def external_edges(
                 exact_out = np.concatenate((exact_out, exact_edges(rec[:, 2], rec[:, 0], rec[:, 1])))
             else:
                 rec = rec.reshape(-1, 2)
-                near.append(near_edges(rec[:, 1], rec[:, 0]))
-            del rec
+                found = near_edges(rec[:, 1], rec[:, 0])
+                del rec
+                # merged as they come: a pair that collides in all 14 bands is held once, not 14 times
+                near = [unique_edges(np.concatenate(near + [found]))]
     finally:
         shutil.rmtree(spill_dir, ignore_errors=True)
     return shards, exact_out, near
