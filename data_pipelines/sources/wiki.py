@@ -27,7 +27,6 @@ import os
 import re
 from typing import Any, BinaryIO, ClassVar, Iterator
 
-import mwparserfromhell
 from lxml import etree
 
 from data_pipelines.document import Document
@@ -42,10 +41,12 @@ from data_pipelines.sources.base import (
 from data_pipelines.sources.wikitext import (
     CATEGORY_PREFIXES,
     DEFAULT_DISAMBIGUATION_TEMPLATES,
+    DEFAULT_DROP_SECTIONS,
     MEDIA_PREFIXES,
     is_disambiguation,
     wikitext_to_text,
 )
+from data_pipelines.sources.wikitext import parse as parse_wikitext
 from data_pipelines.stats import StageStats
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,8 @@ def _child_text(elem: etree._Element, name: str) -> str | None:
 class WikiReader(SourceReader):
     """``kind: wiki``. Options: ``namespaces`` (kept ``ns`` values, default ``[0]``),
     ``disambiguation_templates``, ``media_prefixes`` and ``category_prefixes`` (add the localised names
-    for non-English wikis, e.g. ``Datei``/``Kategorie``), ``redirect_words`` (localised ``#REDIRECT``)."""
+    for non-English wikis, e.g. ``Datei``/``Kategorie``), ``redirect_words`` (localised ``#REDIRECT``),
+    ``drop_sections`` (headings of non-prose sections left out; ``[]`` keeps all), ``keep_math``, ``keep_code``."""
 
     kind: ClassVar[str] = "wiki"
     extensions: ClassVar[tuple[str, ...]] = (".xml", ".xml.bz2", ".xml.gz", ".xml.xz")
@@ -79,6 +81,9 @@ class WikiReader(SourceReader):
         "media_prefixes": sorted(MEDIA_PREFIXES),
         "category_prefixes": sorted(CATEGORY_PREFIXES),
         "redirect_words": ["redirect"],
+        "drop_sections": list(DEFAULT_DROP_SECTIONS),  # non-prose sections left out ([] keeps every section)
+        "keep_math": False,  # <math>/<chem> source text kept
+        "keep_code": False,  # <syntaxhighlight>/<source> blocks kept
     }
 
     def __init__(self, source: str, **options: Any):
@@ -203,11 +208,13 @@ class WikiReader(SourceReader):
             self.skip(stats, "record_too_large", nbytes, title)
             return None
         try:
-            code = mwparserfromhell.parse(text)
+            code = parse_wikitext(text)
             if is_disambiguation(code, self.options["disambiguation_templates"]):
                 self.drop(stats, "wiki_disambiguation", nbytes)
                 return None
-            plain = wikitext_to_text(code, self.options["media_prefixes"], self.options["category_prefixes"])
+            plain = wikitext_to_text(text, self.options["media_prefixes"], self.options["category_prefixes"],
+                                     drop_sections=self.options["drop_sections"],
+                                     keep_math=self.options["keep_math"], keep_code=self.options["keep_code"])
         except Exception as exc:  # noqa: BLE001 - one unparsable page must not end the dump
             log.warning("source %s: wikitext of %r failed to parse: %s", self.source, title, exc)
             self.skip(stats, "wikitext_parse_error", nbytes, title)
