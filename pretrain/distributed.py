@@ -127,6 +127,11 @@ def init_distributed(device: torch.device, backend: str | None, timeout_s: int) 
             backend, store=torch.distributed.PrefixStore(f"/pretrain/attempt_{restart}", store), rank=rank,
             world_size=world, timeout=timedelta(seconds=timeout_s),
         )
+    if env_world_size() == 1 and not torch.distributed.is_initialized():
+        # A world of one needs no rendezvous: an in-memory store instead of a TCP store on MASTER_PORT, so a
+        # single-process run never binds a port (nor loses a race for one to another program on the machine).
+        torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(), rank=0, world_size=1,
+                                             timeout=timedelta(seconds=timeout_s))
     if device.type == "cpu":
         skip_shm_inference_op()
     deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=timeout_s), verbose=False)

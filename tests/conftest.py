@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from ports import free_port
 from pretrain.jit_ops import is_built, prepare_extensions_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,9 +38,7 @@ def pytest_collection_finish(session):
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port()  # tests/ports.py: a port no other process is handed before the launch binds it
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ starting Python + torch + DeepSpeed costs seconds per process, the checks themse
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -15,11 +14,7 @@ from typing import Any, Callable
 import torch
 import torch.multiprocessing as mp
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from ports import free_port
 
 
 def _entry(rank: int, world: int, port: int, out_dir: str, fn: Callable, args: tuple) -> None:
@@ -40,5 +35,5 @@ def run_ranks(fn: Callable[..., Any], world: int = 2, *args: Any) -> list[Any]:
     """``fn(rank, world, *args)`` on ``world`` processes (``fn`` at module level: it is pickled by name);
     returns the ranks' return values. An exception on any rank fails the call with that rank's traceback."""
     with tempfile.TemporaryDirectory() as d:
-        mp.spawn(_entry, args=(world, _free_port(), d, fn, args), nprocs=world, join=True)
+        mp.spawn(_entry, args=(world, free_port(), d, fn, args), nprocs=world, join=True)
         return [torch.load(Path(d) / f"rank{r}.pt", weights_only=False) for r in range(world)]

@@ -66,3 +66,17 @@ def test_runs_live_in_the_session_folder(e2e_run):
     """The fixture: one runner for the session, its runs under one temporary folder."""
     assert isinstance(e2e_run, e2e.Runner) and e2e_run.runs is e2e.RUNS
     assert e2e_run.root.is_dir() and e2e_run.root.name.startswith("e2e")
+
+
+def test_launch_ports_of_two_xdist_workers_are_apart_and_outside_the_ephemeral_range(monkeypatch):
+    import ports
+
+    slices = []
+    for worker in ("gw0", "gw1"):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
+        monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+        slices.append(set(ports._slice()))
+    assert slices[0] and slices[1] and not slices[0] & slices[1]
+    assert max(slices[0] | slices[1]) < ports._ephemeral_start()
+    port = ports.free_port()
+    assert port in ports._SLICE
