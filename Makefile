@@ -14,6 +14,9 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
+# The suite runs on this many pytest-xdist workers, a test file per worker at a time (its module fixtures are
+# built once); the end-to-end runs several files share are trained once for all of them (tests/conftest.py).
+PYTEST_WORKERS ?= 2
 
 .PHONY: install demo test test-fast lint bench clean
 
@@ -34,10 +37,10 @@ demo: install
 	@echo "demo done: data report $(DEMO_DIR)/data/report.md, metrics $(DEMO_DIR)/train/metrics.jsonl, Hugging Face model $(DEMO_DIR)/hf"
 
 test: install
-	WANDB_MODE=disabled $(PY) -m pytest tests $(PYTEST_ARGS)
+	WANDB_MODE=disabled $(PY) -m pytest tests -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: install
-	WANDB_MODE=disabled $(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
+	WANDB_MODE=disabled $(PY) -m pytest tests -m "not slow" -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from ports import free_port
 from pretrain.jit_ops import is_built, prepare_extensions_dir
@@ -29,7 +30,8 @@ def pytest_collection_finish(session):
     interrupted test run does not kill it halfway (which would leave a lock behind)."""
     ops = sorted({m.args[0] for item in session.items for m in item.iter_markers("jit_op")})
     missing = [op for op in ops if not is_built(op)]
-    if missing and not session.config.option.collectonly:
+    first_worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0") == "gw0"  # every xdist worker collects the suite
+    if missing and first_worker and not session.config.option.collectonly:
         env = dict(os.environ, DS_ACCELERATOR="cpu")
         log = Path(os.environ["TORCH_EXTENSIONS_DIR"]) / "prebuild.log"
         with open(log, "ab") as out:
@@ -39,6 +41,20 @@ def pytest_collection_finish(session):
 
 def _free_port() -> int:
     return free_port()  # tests/ports.py: a port no other process is handed before the launch binds it
+
+
+def shared_tmp(tmp_path_factory) -> Path:
+    """The test session's own temp folder, the same for every pytest-xdist worker (``make test`` runs the suite
+    on two): work that several test files need, such as the end-to-end runs, is done once there, by whichever
+    worker needs it first, under :func:`once_lock`. Without xdist it is the session's base temp folder."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def once_lock(path: Path) -> FileLock:
+    """A lock beside ``path`` that serialises the workers producing it: the first does the work, the others wait
+    and then read the result."""
+    return FileLock(str(path) + ".lock")
 
 
 @pytest.fixture(scope="session")
@@ -103,7 +119,9 @@ def e2e_run(tmp_path_factory, cache_dir):
     shared by every test of the session (its directory: ``.dir``; each launch's output: ``.outputs``)."""
     from e2e import Runner
 
-    return Runner(tmp_path_factory.mktemp("e2e"), make_train_env(cache_dir))
+    root = shared_tmp(tmp_path_factory) / "e2e"
+    root.mkdir(exist_ok=True)
+    return Runner(root, make_train_env(cache_dir), shared=True)
 
 
 def train_cmd(overrides: list[str], nproc: int = 1) -> list[str]:

@@ -13,6 +13,7 @@ output of each launch. An override may name a folder by placeholder: ``{dir}`` i
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, read_metrics, run_train
+from conftest import TINY, once_lock, read_metrics, run_train
 
 
 @dataclass(frozen=True)
@@ -196,24 +197,47 @@ class Runner:
     """Trains the runs of :data:`RUNS` on first use, each in ``root / name``, and remembers the result (or the
     failure, so that the tests sharing a failed run fail at once with its message instead of training it again)."""
 
-    def __init__(self, root: Path, env: dict[str, str], runs: dict[str, Run] | None = None):
-        self.root, self.env, self.runs = root, env, RUNS if runs is None else runs
+    def __init__(self, root: Path, env: dict[str, str], runs: dict[str, Run] | None = None, shared: bool = False):
+        self.root, self.env, self.runs, self.shared = root, env, RUNS if runs is None else runs, shared
         self.done: dict[str, Trained | BaseException] = {}
 
     def __call__(self, name: str) -> Trained:
         if name not in self.runs:
             raise KeyError(f"no end-to-end run {name!r} in tests/e2e.py RUNS (known: {', '.join(sorted(self.runs))})")
         if name not in self.done:
-            try:
-                self.done[name] = self._train(name)
-            except BaseException as e:  # noqa: BLE001 - remembered and re-raised for every test that needs it
-                self.done[name] = e
+            self.done[name] = self._shared(name) if self.shared else self._attempt(name)
         result = self.done[name]
         if isinstance(result, BaseException):
             if isinstance(result, (KeyboardInterrupt, SystemExit)):
                 raise result
             pytest.fail(f"end-to-end run {name!r} failed:\n{result}", pytrace=False)
         return result
+
+    def _attempt(self, name: str) -> Trained | BaseException:
+        try:
+            return self._train(name)
+        except BaseException as e:  # noqa: BLE001 - remembered and re-raised for every test that needs it
+            return e
+
+    def _shared(self, name: str) -> Trained | BaseException:
+        """The run trained once for all pytest-xdist workers: the first to need it trains it under a lock and
+        writes the outcome beside the run directory; the others wait on the lock and read that."""
+        record = self.root / f"{name}.outcome.json"
+        with once_lock(record):
+            if not record.exists():
+                result = self._attempt(name)
+                if isinstance(result, (KeyboardInterrupt, SystemExit)):
+                    return result  # an interrupted session: nothing is recorded, so the run is not taken as done
+                outcome = ({"error": str(result)} if isinstance(result, BaseException) else
+                           {"outputs": [{"args": [str(a) for a in o.args], "returncode": o.returncode,
+                                         "stdout": o.stdout, "stderr": o.stderr} for o in result.outputs]})
+                record.write_text(json.dumps(outcome))
+                return result
+        outcome = json.loads(record.read_text())
+        if "error" in outcome:
+            return AssertionError(outcome["error"])
+        return Trained(self.root / name, [subprocess.CompletedProcess(o["args"], o["returncode"], o["stdout"],
+                                                                      o["stderr"]) for o in outcome["outputs"]])
 
     def _train(self, name: str) -> Trained:
         spec, run_dir = self.runs[name], self.root / name

@@ -18,6 +18,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import once_lock, shared_tmp
 from pretrain.bench.parallel import model_state_bytes
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -79,17 +80,18 @@ def test_model_state_bytes_zero_like_wrapper_dedupes_views():
 def tiny_bench(tmp_path_factory) -> tuple[dict, str, float]:
     """(JSON result, stdout, seconds) of ``pretrain.bench.parallel --tiny``, run once per test session: its byte
     counts are also what tests/train/test_plan.py checks the planner's predictions against."""
-    base = tmp_path_factory.getbasetemp()
+    base = shared_tmp(tmp_path_factory)
     out, text = base / "bench_parallel_tiny.json", base / "bench_parallel_tiny.stdout"
-    if not out.exists():
-        env = dict(os.environ, DS_ACCELERATOR="cpu", PYTHONUNBUFFERED="1")
-        t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "pretrain.bench.parallel", "--tiny", "--json", str(out)],
-                              cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-        elapsed = time.perf_counter() - t0
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-        text.write_text(proc.stdout)
-        (base / "bench_parallel_tiny.seconds").write_text(str(elapsed))
+    with once_lock(out):  # one run for every xdist worker
+        if not out.exists():
+            env = dict(os.environ, DS_ACCELERATOR="cpu", PYTHONUNBUFFERED="1")
+            t0 = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-m", "pretrain.bench.parallel", "--tiny", "--json", str(out)],
+                                  cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+            elapsed = time.perf_counter() - t0
+            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+            text.write_text(proc.stdout)
+            (base / "bench_parallel_tiny.seconds").write_text(str(elapsed))
     return json.loads(out.read_text()), text.read_text(), float((base / "bench_parallel_tiny.seconds").read_text())
 
 

@@ -80,3 +80,26 @@ def test_launch_ports_of_two_xdist_workers_are_apart_and_outside_the_ephemeral_r
     assert max(slices[0] | slices[1]) < ports._ephemeral_start()
     port = ports.free_port()
     assert port in ports._SLICE
+
+
+def test_workers_sharing_a_root_train_each_run_once_and_share_failures(tmp_path, monkeypatch):
+    """Under pytest-xdist every worker has its own Runner over the same root: the first to need a run trains it,
+    the others read its outputs (or its failure) from the outcome record."""
+    calls = []
+
+    def fake_run_train(overrides, env, nproc=1, **kw):
+        calls.append(overrides)
+        if "bad=1" in overrides:
+            raise AssertionError("training failed (1): boom")
+        return subprocess.CompletedProcess(overrides, 0, stdout="trained", stderr="warn")
+
+    monkeypatch.setattr(e2e, "run_train", fake_run_train)
+    runs = {"good": e2e.run("a=1"), "bad": e2e.run("bad=1")}
+    first, second = (e2e.Runner(tmp_path, {}, runs, shared=True) for _ in range(2))
+    assert first("good").outputs[0].stdout == "trained"
+    got = second("good")
+    assert got.dir == tmp_path / "good" and (got.outputs[0].stdout, got.outputs[0].stderr) == ("trained", "warn")
+    for runner in (first, second):
+        with pytest.raises(pytest.fail.Exception, match="end-to-end run 'bad' failed:\ntraining failed"):
+            runner("bad")
+    assert len(calls) == 2  # each run trained by one worker only
