@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pretrain.engines.base import Batch, BatchPlan, Engine
+from pretrain.models.compile import compile_blocks
 from pretrain.optim import build_optimizer, lr_lambda
 
 log = logging.getLogger("pretrain")
@@ -187,6 +188,7 @@ class DeepSpeedEngine(Engine):
     def __init__(self, model: torch.nn.Module, cfg: DictConfig, plan: BatchPlan, device: torch.device, grid,
                  param_names: dict[int, str], family) -> None:
         self.config = deepspeed_config(cfg, plan, device)
+        compile_blocks(model, cfg)  # trainer.compile: after tensor parallelism and recomputation, before wrapping
         self.ds, self.scheduler, self._lr_scale = initialize(model, cfg, self.config, device, mpu=grid)
         self.pipelined = plan.pipeline_parallel_size > 1
         self.grid, self.param_names, self.family = grid, param_names, family
