@@ -97,7 +97,12 @@ def gpu_peak(cuda_name: str, precision: str = "bf16") -> tuple[float, str]:
     return 0.0, f"{cuda_name}: not in the device table"
 
 
-def dry_run(configs: dict[str, list[str]]) -> dict[str, dict]:
+def run_settings(steps: int, warmup: int, micro: int) -> list[str]:
+    """The overrides a run adds to its configuration: micro-batch and step count."""
+    return [f"trainer.micro_batch_size={micro}", f"trainer.max_steps={warmup + steps}"]
+
+
+def dry_run(configs: dict[str, list[str]], settings: list[str]) -> dict[str, dict]:
     """Compose and check every configuration as the trainer's plan phase does, without data or a GPU: the
     schema, every value, the batch plan, the model shape; returns name -> its shape facts (or why skipped)."""
     from pretrain.config import validate_schema
@@ -111,7 +116,7 @@ def dry_run(configs: dict[str, list[str]]) -> dict[str, dict]:
         if missing and "engine=accelerate" in overrides:
             out[name] = {"skipped": missing}
             continue
-        cfg = compose_cfg(overrides, tempfile.gettempdir() + "/pretrain-bench-gpu")
+        cfg = compose_cfg([*overrides, *settings], tempfile.gettempdir() + "/pretrain-bench-gpu")
         validate_schema(cfg)
         fit_schedule_to_run(cfg)
         validate_values(cfg)
@@ -154,7 +159,7 @@ def run_one(name: str, overrides: list[str], steps: int, warmup: int, micro: int
 
     peak, peak_name = gpu_peak(torch.cuda.get_device_name())
     run_dir = root / name.replace("/", "_")
-    cfg = compose_cfg([*overrides, f"trainer.micro_batch_size={micro}", f"trainer.max_steps={warmup + steps}",
+    cfg = compose_cfg([*overrides, *run_settings(steps, warmup, micro),
                        *([f"trainer.peak_flops_per_device={peak}"] if peak else [])], str(run_dir))
     why_not_flash = flash_attention_check(cfg)
     import torch._dynamo
@@ -238,7 +243,7 @@ def main(argv: list[str] | None = None) -> dict:
         worker(names, a.steps, a.warmup, a.micro_batch, Path(a.worker))
         return {}
     if a.dry_run:
-        res = dry_run({n: configs[n] for n in names})
+        res = dry_run({n: configs[n] for n in names}, run_settings(a.steps, a.warmup, a.micro_batch))
         for name, r in res.items():
             print(f"{name:40} " + ("skipped: " + r["skipped"] if "skipped" in r else
                                    f"engine {r['engine']}, compile {r['compile']}, {r['precision']}, "

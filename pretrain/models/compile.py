@@ -63,7 +63,7 @@ def compile_blocks(model: nn.Module, cfg: Any) -> int:
     blocks = transformer_blocks(model, get_family(cfg.model.family))
     raise_recompile_limit(len(blocks))
     for block in blocks:
-        block.compile(backend=cfg.trainer.compile_backend)
+        block.compile(backend=cfg.trainer.compile_backend, dynamic=False)
     log.info("torch.compile (%s backend): %d transformer blocks, compiled on their first call (see the first "
              "step's time)", cfg.trainer.compile_backend, len(blocks))
     return len(blocks)

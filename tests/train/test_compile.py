@@ -37,8 +37,12 @@ def _block_inputs(model, family) -> list[tuple]:
     return [(m, args) for m, args in seen if any(m is model.get_submodule(p)[0] for p in family.recompute.layers)]
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("preset", PRESETS)
+# every preset without recomputation; under full and selective recomputation (one checkpoint region traced into
+# the block's graph) the LLaMA block (rotary, GQA) and the T5 blocks (cross-attention, position bias)
+CASES = [*((p, "none") for p in PRESETS), *((p, m) for p in ("llama", "t5") for m in ("full", "selective"))]
+
+
+@pytest.mark.parametrize("preset,mode", CASES, ids=[f"{p}-{m}" for p, m in CASES])
 def test_the_blocks_of_the_default_presets_have_no_graph_break(compose_cfg, preset, mode):
     cfg = compose_cfg(f"model={PRESETS[preset]}", *MODES[mode])
     family = get_family(cfg.model.family)
@@ -105,3 +109,62 @@ def test_compiled_losses_follow_eager_for_10_steps(reference, e2e_run, compose_c
     assert [r["step"] for r in first] == [1] and first[0]["compile_first_step_s"] > 0
     log = (tmp_path / "train.log").read_text()
     assert "torch.compile: the first step took" in log and "transformer blocks" in log
+
+
+def test_the_gpu_benchmark_composes_every_configuration_on_cpu(capsys):
+    from pretrain.bench import gpu
+
+    res = gpu.main(["--dry-run"])
+    assert list(res) == list(gpu.configurations()) and len(res) == 8  # 2 models x 2 engines x compile off/on
+    missing = gpu.accelerate_missing()  # None once the accelerate engine is in the tree: then all 8 compose
+    for name, r in res.items():
+        model, engine, mode = name.split("/")
+        if engine == "accelerate_fsdp2" and missing:
+            assert r == {"skipped": missing}
+            continue
+        assert r["engine"] == engine.split("_")[0] and r["compile"] is (mode == "compiled")
+        assert r["precision"] == "bf16" and r["micro_batch"] == 4 and r["tokens_per_step"] == 4 * 2048
+    out = capsys.readouterr().out
+    assert "peak for NVIDIA H200: 989 TFLOP/s (H200 dense bf16, pretrain.planner.devices['h200'])" in out
+
+
+def _tp2_compiled_vs_eager(rank: int, world: int) -> dict[str, float]:
+    """On each of 2 tensor-parallel ranks: the same sharded model eager and with compiled blocks (aot_eager), under
+    full recomputation; the largest loss and gradient differences."""
+    import torch.distributed as dist
+    from omegaconf import OmegaConf
+
+    from pretrain.models import build_model
+    from pretrain.models.gpt.model import GPTArgs
+    from pretrain.parallel.parallelize import parallelize
+
+    cfg = OmegaConf.create({"trainer": {"compile": True, "compile_backend": "aot_eager"}, "model": {"family": "gpt"}})
+    shapes = {  # LLaMA style (rotary, GQA, SwiGLU) under full recomputation: the TP collectives inside the region
+        "llama_full": GPTArgs(vocab_size=96, num_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+                              ffn_hidden_size=64, seq_length=16, position_embedding="rope", normalization="rmsnorm",
+                              activation="swiglu", bias=False, tie_word_embeddings=False,
+                              activation_checkpointing=True),
+    }
+    x = torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(0))
+    out = {}
+    for name, args in shapes.items():
+        runs = []
+        for compiled in (False, True):
+            torch.manual_seed(1234)
+            model = parallelize(build_model(args).train(), dist.group.WORLD)
+            if compiled:
+                assert compile_blocks(model, cfg) == 2
+            loss = model(x, x)
+            loss.backward()
+            runs.append((loss.detach(), [p.grad for p in model.parameters()]))
+        (l0, g0), (l1, g1) = runs
+        out[name] = max([(l0 - l1).abs().item()] + [(a - b).abs().max().item() for a, b in zip(g0, g1)])
+    return out
+
+
+@pytest.mark.slow
+def test_compiled_blocks_under_tensor_parallelism_and_recomputation_match_eager():
+    from tp_harness import run_ranks
+
+    for rank_result in run_ranks(_tp2_compiled_vs_eager, 2):
+        assert all(diff < 1e-5 for diff in rank_result.values()), rank_result
