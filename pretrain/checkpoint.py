@@ -203,7 +203,7 @@ def check_model_shape(tag_dir: Path, state: dict[str, Any], args: Any, family: s
 
 
 def check_layout(tag_dir: Path, state: dict[str, Any], world_size: int, zero_stage: int,
-                 tensor_parallel_size: int = 1, pipeline_parallel_size: int = 1) -> bool:
+                 tensor_parallel_size: int = 1, pipeline_parallel_size: int = 1, engine: str = "deepspeed") -> bool:
     """True if DeepSpeed can load the checkpoint's own files into this layout; False if the layout changed
     and the run resumes through the checkpoint's layout-free copy (:mod:`pretrain.parallel.reshard`). Without
     that copy, a changed layout is refused here, before anything is built, instead of failing deep inside
@@ -213,6 +213,10 @@ def check_layout(tag_dir: Path, state: dict[str, Any], world_size: int, zero_sta
     saved_tp, saved_pp = state.get("tensor_parallel_size", 1), state.get("pipeline_parallel_size", 1)
     saved_world, saved_stage = state.get("world_size"), state.get("zero_stage")
     problems = []
+    saved_engine = state.get("engine", "deepspeed")  # checkpoints of before the accelerate engine: DeepSpeed's
+    if saved_engine != engine:
+        problems.append(f"it was written by engine={saved_engine}, this run uses engine={engine}; resume with "
+                        f"engine={saved_engine}")
     if saved_tp != tensor_parallel_size:
         problems.append(f"it holds tensor-parallel shards for parallel.tensor_model_parallel_size={saved_tp}, this "
                         f"run asks for {tensor_parallel_size}; resume with {saved_tp}")
@@ -354,7 +358,9 @@ def save(engine, ckpt_dir: Path, step: int, state: dict[str, Any], rank: int, ke
 
     guard = files.SaveGuard(tag_dir, expected)
     with guard.capture(engine):
-        engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"trainer_state": state}, save_latest=False)
+        written = engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"trainer_state": state}, save_latest=False)
+        for path in written if isinstance(written, list) else ():  # files an engine wrote without torch.save (DCP)
+            guard.record(path)
     with guard.capture():
         tag_dir.mkdir(parents=True, exist_ok=True)  # DeepSpeed only creates it on ranks that write shards
         torch.save(plain_rng_state(rng_state()), tag_dir / f"rng_state_rank{rank}.pt")

@@ -218,6 +218,40 @@ class LoggerConfig:
     console: bool = True
 
 
+class AccelerateStrategy(str, Enum):
+    ddp = "ddp"
+    fsdp = "fsdp"
+
+
+class FsdpSharding(str, Enum):
+    full = "full"
+    hybrid = "hybrid"
+    none = "none"
+
+
+@dataclass
+class AccelerateConfig:
+    """``engine=accelerate`` (pretrain/engines/accelerate.py, docs/engines.md)."""
+
+    # ddp: every rank holds the whole model, gradients all-reduced (DistributedDataParallel through accelerate).
+    # fsdp: FSDP2 (torch's fully_shard, one unit per transformer layer plus the root).
+    strategy: AccelerateStrategy = AccelerateStrategy.ddp
+    # Under fsdp: full (parameters, gradients, optimizer states sharded over every data-parallel rank), hybrid
+    # (sharded within groups of hybrid_shard_size ranks, replicated across them) or none (replicated: DDP numerics).
+    sharding: FsdpSharding = FsdpSharding.full
+    # Ranks per shard group under sharding=hybrid; null = the processes of one node (LOCAL_WORLD_SIZE).
+    hybrid_shard_size: Optional[int] = None
+    # Free each layer's gathered parameters after its forward (less memory, one more all-gather in backward).
+    reshard_after_forward: bool = True
+
+
+@dataclass
+class EngineConfig:
+    # deepspeed (the default: ZeRO, pipeline and tensor parallelism) or accelerate (DDP / FSDP2).
+    name: str = "deepspeed"
+    accelerate: AccelerateConfig = field(default_factory=AccelerateConfig)
+
+
 @dataclass
 class TrainConfig:
     name: str = "default"
@@ -230,6 +264,7 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
     # Rare DeepSpeed keys merged last into the generated JSON (e.g. {"zero_optimization": {"reduce_bucket_size": 5e8}}).
     deepspeed_extra: Dict[str, Any] = field(default_factory=dict)
 

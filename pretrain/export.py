@@ -92,6 +92,11 @@ def consolidated_state_dict(source: Source) -> dict[str, torch.Tensor]:
     layout-free copy when the checkpoint has one (fp32 master weights), else from DeepSpeed's files."""
     if reshard.exists(source.tag_dir):
         return reshard.full_state_dict(source.tag_dir)
+    if source.state.get("engine") == "accelerate":  # torch.distributed.checkpoint's shards, read in this process
+        from pretrain.engines.accelerate import dcp_model_weights
+
+        family, args = model_args(source)
+        return dcp_model_weights(source.tag_dir, family.build(args).state_dict())
     stage = int(source.state.get("zero_stage") or 0)
     if stage == 0:
         f = source.tag_dir / "mp_rank_00_model_states.pt"

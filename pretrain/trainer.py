@@ -206,7 +206,8 @@ class Trainer:
             self.resume_state = ckpt.read_state(tag_dir)
             ckpt.check_model_shape(tag_dir, self.resume_state, self.args, self.family.name)
             self.same_layout = ckpt.check_layout(tag_dir, self.resume_state, self.world, plan.zero_stage,
-                                                 plan.tensor_parallel_size, plan.pipeline_parallel_size)
+                                                 plan.tensor_parallel_size, plan.pipeline_parallel_size,
+                                                 engine=cfg.engine.name)
         # The samples this run reads: from the checkpoint's position on, one global batch per remaining step. Not
         # max_steps x global batch: a resume at another data-parallel size (or batch size) has consumed a
         # different number of samples per step so far.
@@ -269,7 +270,7 @@ class Trainer:
         return model
 
     def build_engine(self) -> None:
-        engine_cls = get_engine("deepspeed")
+        engine_cls = get_engine(self.cfg.engine.name)
         self.engine = engine_cls(self.model, self.cfg, self.batch, self.device, self.grid, self.param_names,
                                  self.family)
         self.model = None  # the engine holds this rank's part; the rest of the full model is freed
@@ -418,7 +419,7 @@ class Trainer:
         state = ckpt.read_state(tag_dir)
         plan = self.batch
         same = ckpt.check_layout(tag_dir, state, self.world, plan.zero_stage, plan.tensor_parallel_size,
-                                 plan.pipeline_parallel_size)
+                                 plan.pipeline_parallel_size, engine=self.cfg.engine.name)
         state, rng = self.engine.load(self.ckpt_dir, tag, same)
         self.load_state_dict(state)
         self.consumed_samples = consumed_samples

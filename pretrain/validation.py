@@ -211,7 +211,68 @@ def value_problems(cfg: DictConfig) -> list[str]:
     if why := compile_problem(cfg):
         problems.append(why)
     problems += _data_problems(cfg.data)
+    problems += engine_problems(cfg)
     return problems
+
+
+ENGINE_NAMES = ("deepspeed", "accelerate")
+
+
+def engine_problems(cfg: DictConfig) -> list[str]:
+    """Keys the chosen engine does not support (docs/engines.md), each with what to use instead."""
+    e = getattr(cfg, "engine", None)
+    if e is None:
+        return []
+    if e.name not in ENGINE_NAMES:
+        return [f"engine.name={e.name!r}; expected {' or '.join(ENGINE_NAMES)} (engine=deepspeed|accelerate)"]
+    a, p, out = e.accelerate, cfg.parallel, []
+    strategy, sharding = _val(a.strategy), _val(a.sharding)
+    if e.name == "deepspeed":
+        from pretrain.config import AccelerateConfig
+
+        default = AccelerateConfig()
+        changed = [k for k in ("strategy", "sharding", "hybrid_shard_size", "reshard_after_forward")
+                   if _val(getattr(a, k)) != _val(getattr(default, k))]
+        if changed:
+            out.append(f"engine.accelerate.{changed[0]} applies to engine=accelerate only, this run uses "
+                       "engine=deepspeed (ZeRO: parallel=zero0..zero3); add engine=accelerate or drop the key")
+        return out
+    deepspeed_only = "is DeepSpeed's; under engine=accelerate"
+    if p.tensor_model_parallel_size > 1:
+        out.append(f"parallel.tensor_model_parallel_size={p.tensor_model_parallel_size}: tensor parallelism "
+                   "needs engine=deepspeed")
+    if p.pipeline_model_parallel_size > 1:
+        out.append(f"parallel.pipeline_model_parallel_size={p.pipeline_model_parallel_size}: pipeline parallelism "
+                   "needs engine=deepspeed")
+    if p.sequence_parallel:
+        out.append("parallel.sequence_parallel=true: sequence parallelism needs engine=deepspeed with tensor "
+                   "parallelism")
+    if p.expert_model_parallel_size > 1:
+        out.append(f"parallel.expert_model_parallel_size={p.expert_model_parallel_size}: expert parallelism needs "
+                   "engine=deepspeed (under engine=accelerate every rank runs every expert)")
+    if p.zero_stage in (2, 3):
+        out.append(f"parallel.zero_stage={p.zero_stage} {deepspeed_only} shard with engine.accelerate.strategy=fsdp "
+                   "(engine.accelerate.sharding=full shards parameters, gradients and optimizer states, as ZeRO-3)")
+    if p.offload_optimizer or p.offload_param:
+        key = "offload_optimizer" if p.offload_optimizer else "offload_param"
+        out.append(f"parallel.{key}=true: CPU offload needs engine=deepspeed (parallel=zero3_offload)")
+    if cfg.get("deepspeed_extra"):
+        out.append(f"deepspeed_extra {deepspeed_only} nothing reads it: drop it")
+    if strategy == "ddp" and sharding != "full":
+        out.append(f"engine.accelerate.sharding={sharding} needs engine.accelerate.strategy=fsdp (ddp replicates)")
+    if a.hybrid_shard_size is not None:
+        if sharding != "hybrid":
+            out.append(f"engine.accelerate.hybrid_shard_size={a.hybrid_shard_size} needs "
+                       "engine.accelerate.sharding=hybrid")
+        elif a.hybrid_shard_size < 1:
+            out.append(f"engine.accelerate.hybrid_shard_size={a.hybrid_shard_size} must be >= 1")
+    if strategy == "fsdp" and sharding == "hybrid" and (a.hybrid_shard_size or 1) >= 1:
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)  # = the data-parallel size (no tp or pp here)
+        size = a.hybrid_shard_size or int(os.environ.get("LOCAL_WORLD_SIZE", world) or world)
+        if world % size:
+            out.append(f"engine.accelerate.hybrid_shard_size={size} must divide the {world} processes (it is the "
+                       "number of ranks sharing one copy of the model)")
+    return out
 
 
 def _data_problems(d: DictConfig) -> list[str]:

@@ -98,6 +98,11 @@ MOE = (*TINY, "trainer.global_batch_size=8", "model.hidden_dropout=0", "model.at
        "parallel=zero1", f"optim.sched.decay_steps={MOE_STEPS + 2}")
 EP2 = "parallel.expert_model_parallel_size=2"
 
+# the accelerate engine (docs/engines.md) at dp2 against DeepSpeed: 10 steps of GPT_COMMON on the 30-step runs' LR
+# curve (decay over 30), so DDP compares with the first steps of gpt_dp2_zero0; FSDP2 with a 10-step ZeRO-3 fp32 run
+ACCEL_STEPS = 10
+ACCEL = (*GPT_COMMON, f"optim.sched.decay_steps={GPT_STEPS}", "trainer.precision=fp32")
+
 RUNS: dict[str, Run] = {
     # ------------------------------------------------------- GPT (test_train_e2e.py)
     # the reference of every GPT layout: one process launched without torchrun (ZeRO-0, accumulation 2)
@@ -144,6 +149,12 @@ RUNS: dict[str, Run] = {
     "gpt_tp2_sp": run(*PIPE_GPT, TP2, "parallel.sequence_parallel=true", nproc=2),
     "bert_pp_one_process": run(*PIPE_BERT),
     "bert_pp2": run(*PIPE_BERT, PP2, nproc=2),
+    # ------------------------------------------------------- accelerate engine (test_accelerate_e2e.py)
+    "accel_ddp_dp2": run(*ACCEL, "engine=accelerate", f"trainer.max_steps={ACCEL_STEPS}", nproc=2),
+    "gpt_dp2_zero3_fp32": run(*ACCEL, "parallel=zero3", f"trainer.max_steps={ACCEL_STEPS}", nproc=2),
+    # FSDP2 (full sharding) stopped at step 5 and resumed from its own DCP checkpoint to 10
+    "accel_fsdp2_dp2": run(*ACCEL, "engine=fsdp2", "checkpoint.interval=5", nproc=2,
+                           legs=[leg("trainer.max_steps=5"), leg(f"trainer.max_steps={ACCEL_STEPS}")]),
     # ------------------------------------------------------- failures (test_failures.py)
     "moe_ep1": run(*MOE, f"trainer.max_steps={MOE_STEPS}"),  # one process accumulating 2 micro-batches
     "moe_ep2": run(*MOE, nproc=2, legs=[leg(EP2, f"trainer.max_steps={MOE_STEPS}"),

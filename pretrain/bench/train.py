@@ -2,6 +2,7 @@
 ``trainer.compile``, and against a plain Hugging Face ``GPT2LMHeadModel`` training loop.
 
     python -m pretrain.bench.train [--steps 4] [--rounds 3] [--no-compile] [--no-hf] [hydra overrides ...]
+    python -m pretrain.bench.train --engines [...]   # accelerate vs DeepSpeed instead (pretrain.bench.engines)
 
 Same model (a ~30M-parameter GPT-2 style model by default), same initial weights, same AdamW, same
 batches, same process. With one process there is nothing to shard and the engine runs ZeRO stage 0
@@ -50,8 +51,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json", help="also write the results to this file")
     ap.add_argument("--no-compile", action="store_true", help="leave out the trainer.compile=true side")
     ap.add_argument("--no-hf", action="store_true", help="leave out the Hugging Face GPT2LMHeadModel side")
+    ap.add_argument("--engines", action="store_true", help="accelerate vs DeepSpeed tokens/s (pretrain.bench.engines)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of conf/train.yaml")
     a = ap.parse_args(argv)
+    if a.engines:
+        from pretrain.bench.engines import compare_engines
+
+        return compare_engines(a.overrides, a.steps, a.rounds, a.warmup, a.json)
 
     register_configs()
     with initialize_config_dir(config_dir=os.path.abspath(CONF), version_base="1.3"):

@@ -6,10 +6,11 @@ Adding an engine = one file here implementing ``Engine`` + one line in ``ENGINES
 from __future__ import annotations
 
 from pretrain.core.errors import ConfigError
+from pretrain.engines.accelerate import AccelerateEngine
 from pretrain.engines.base import BatchPlan, Engine, batch_plan, check_precision
 from pretrain.engines.deepspeed import DeepSpeedEngine
 
-ENGINES: dict[str, type[Engine]] = {"deepspeed": DeepSpeedEngine}
+ENGINES: dict[str, type[Engine]] = {"deepspeed": DeepSpeedEngine, "accelerate": AccelerateEngine}
 
 
 def get_engine(name: str) -> type[Engine]:
