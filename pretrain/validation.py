@@ -266,8 +266,9 @@ def engine_problems(cfg: DictConfig) -> list[str]:
                        "engine.accelerate.sharding=hybrid")
         elif a.hybrid_shard_size < 1:
             out.append(f"engine.accelerate.hybrid_shard_size={a.hybrid_shard_size} must be >= 1")
-    if strategy == "fsdp" and sharding == "hybrid" and (a.hybrid_shard_size or 1) >= 1:
-        world = int(os.environ.get("WORLD_SIZE", "1") or 1)  # = the data-parallel size (no tp or pp here)
+    if strategy == "fsdp" and sharding == "hybrid" and (a.hybrid_shard_size or 1) >= 1 and "WORLD_SIZE" in os.environ:
+        # inside the job (not in the planner, before the launch): the world = the data-parallel size (no tp or pp)
+        world = int(os.environ["WORLD_SIZE"] or 1)
         size = a.hybrid_shard_size or int(os.environ.get("LOCAL_WORLD_SIZE", world) or world)
         if world % size:
             out.append(f"engine.accelerate.hybrid_shard_size={size} must divide the {world} processes (it is the "

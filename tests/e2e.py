@@ -152,9 +152,10 @@ RUNS: dict[str, Run] = {
     # ------------------------------------------------------- accelerate engine (test_accelerate_e2e.py)
     "accel_ddp_dp2": run(*ACCEL, "engine=accelerate", f"trainer.max_steps={ACCEL_STEPS}", nproc=2),
     "gpt_dp2_zero3_fp32": run(*ACCEL, "parallel=zero3", f"trainer.max_steps={ACCEL_STEPS}", nproc=2),
-    # FSDP2 (full sharding) stopped at step 5 and resumed from its own DCP checkpoint to 10
-    "accel_fsdp2_dp2": run(*ACCEL, "engine=fsdp2", "checkpoint.interval=5", nproc=2,
-                           legs=[leg("trainer.max_steps=5"), leg(f"trainer.max_steps={ACCEL_STEPS}")]),
+    # FSDP2 with full sharding to step 5, resumed from that DCP checkpoint to 10 replicated (sharding=none: DCP
+    # reshards the saved shards)
+    "accel_fsdp2_dp2": run(*ACCEL, "engine=fsdp2", "checkpoint.interval=5", nproc=2, legs=[
+        leg("trainer.max_steps=5"), leg(f"trainer.max_steps={ACCEL_STEPS}", "engine.accelerate.sharding=none")]),
     # ------------------------------------------------------- failures (test_failures.py)
     "moe_ep1": run(*MOE, f"trainer.max_steps={MOE_STEPS}"),  # one process accumulating 2 micro-batches
     "moe_ep2": run(*MOE, nproc=2, legs=[leg(EP2, f"trainer.max_steps={MOE_STEPS}"),

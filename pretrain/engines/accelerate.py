@@ -243,7 +243,10 @@ class AccelerateEngine(Engine):
                      dict(zip(names, shape)), "(distributed type " + self.accelerator.distributed_type.value + ")")
         self.optimizer = build_optimizer(model, cfg, device)  # after fully_shard: on the sharded parameters
         if not fsdp:
-            self.model = self.accelerator.prepare_model(model)
+            # one process: nothing to all-reduce, so no DDP wrapper and its hooks (DeepSpeed switches its all-reduce
+            # off there too); accelerate's evaluation_mode does just that, keeping device placement and autocast
+            alone = torch.distributed.get_world_size() == 1
+            self.model = self.accelerator.prepare_model(model, evaluation_mode=alone)
             log.info("accelerate DDP: distributed type %s, mixed precision %s", self.accelerator.distributed_type.value,
                      self.accelerator.mixed_precision)
         self.scaler = None
@@ -307,7 +310,7 @@ class AccelerateEngine(Engine):
         self._skip = bool(self._gate(self.pending_loss, self._grad_norm)) if self._gate else False
         if not self._skip:
             if self.clip > 0:
-                torch.nn.utils.clip_grads_with_norm_(self.params, self.clip, norm.to(self.params[0].grad.device))
+                torch.nn.utils.clip_grads_with_norm_(self.params, self.clip, norm)  # DeepSpeed's coefficient
             if self.scaler is not None:
                 self._agree_on_overflow(False)
                 self.scaler.step(opt)

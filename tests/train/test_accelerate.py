@@ -5,6 +5,7 @@ The two-process runs against DeepSpeed are in test_accelerate_e2e.py."""
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import re
 
@@ -213,3 +214,38 @@ def test_a_run_continues_from_deepspeed_to_accelerate_and_back(tmp_path, compose
     assert universal.keys() == reshard.full_state_dict(tag).keys()
     from_dcp = dcp_model_weights(tag, universal)
     assert universal.keys() == from_dcp.keys() and all(torch.equal(universal[k], from_dcp[k]) for k in universal)
+
+
+def test_fp16_loss_scaler_skips_overflow_steps_on_every_rank_alike_and_the_gate_decides_the_others():
+    """The optimizer step of the engine with a GradScaler (fp16 runs on CUDA; the scaler's logic is the same on
+    CPU): an overflow (a non-finite global norm) skips the update and halves the scale without asking the gate,
+    as DeepSpeed's own overflow skip does; a finite step asks the gate, and a gate veto holds Adam and the LR."""
+    model = torch.nn.Linear(4, 4)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    e = AccelerateEngine.__new__(AccelerateEngine)
+    e.optimizer, e.params, e.clip, e.pending_loss = opt, list(model.parameters()), 1.0, None
+    e.scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (step + 1))
+    e.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16, growth_interval=1000)
+    asked = []
+    e._gate, e._skip = (lambda loss, norm: asked.append(norm) or veto[0]), None
+    veto = [False]
+
+    def step(grad_value: float) -> None:
+        e.begin_step()
+        loss = e.scaler.scale(model(torch.ones(1, 4)).sum())
+        loss.backward()
+        model.weight.grad.fill_(grad_value)
+        e._optimizer_step()
+
+    before = model.weight.detach().clone()
+    step(float("inf"))
+    assert not e.update_applied() and not e.gate_consulted() and asked == []
+    assert e.scaler.get_scale() == 2.0**15 and e.scheduler.last_epoch == 0 and torch.equal(model.weight, before)
+    veto[0] = True
+    step(1.0)
+    assert e.gate_consulted() and not e.update_applied() and len(asked) == 1 and math.isfinite(asked[0])
+    assert e.scheduler.last_epoch == 0 and torch.equal(model.weight, before) and not opt.state
+    veto[0] = False
+    step(1.0)
+    assert e.update_applied() and e.scheduler.last_epoch == 1 and not torch.equal(model.weight, before)
+    assert e.loss_scale() == 2.0**15 and e.grad_norm() == pytest.approx(asked[-1])

@@ -29,8 +29,9 @@ def test_ddp_gives_zero0_losses(e2e_run):
 
 
 def test_fsdp2_gives_zero3_losses_and_resumes_from_its_sharded_checkpoint(e2e_run):
-    """FSDP2 with full sharding on 2 ranks, stopped at step 5 and resumed from its DCP checkpoint (each rank its
-    shard) to 10: every step is DeepSpeed ZeRO-3's (fp32, same seed, data and LR curve) within 1e-5."""
+    """FSDP2 on 2 ranks with full sharding to step 5, then resumed from that DCP checkpoint (each rank saved its
+    shard) with no sharding (replicated on a 2 x 1 mesh; DCP reshards) to 10: every step is DeepSpeed ZeRO-3's
+    (fp32, same seed, data and LR curve) within 1e-5."""
     ref = train_records(e2e_run("gpt_dp2_zero3_fp32").dir)
     run = e2e_run("accel_fsdp2_dp2")
     worst = assert_same_steps(ref, train_records(run.dir), 1e-5, GRAD_NORM_REL)
@@ -39,6 +40,7 @@ def test_fsdp2_gives_zero3_losses_and_resumes_from_its_sharded_checkpoint(e2e_ru
     # what actually ran (accelerate's own FSDP plugin is ignored on CPU: we shard with torch's fully_shard)
     assert "accelerate FSDP2: 3 fully_shard units, sharding=full, mesh {'dp_shard': 2}" in first.stdout
     assert "resumed from" in resumed.stdout and "at step 5" in resumed.stdout
+    assert "sharding=none, mesh {'dp_replicate': 2, 'dp_shard': 1}" in resumed.stdout
     tag = run.dir / "checkpoints" / "step_000005"
     listed = json.loads((tag / "files.json").read_text())["files"]
     assert {"dcp/.metadata", "dcp/__0_0.distcp", "dcp/__1_0.distcp", "universal/pp00_tp00.pt"} <= set(listed)
