@@ -98,7 +98,8 @@ def test_compiled_losses_follow_eager_for_10_steps(reference, e2e_run, compose_c
     monkeypatch.setenv("PRETRAIN_CACHE", str(cache_dir))
     monkeypatch.setenv("WANDB_MODE", "disabled")
     cfg = compose_cfg(*COMPILED[reference], "trainer.compile=true", "trainer.max_steps=10",
-                      "optim.sched.decay_steps=30", "checkpoint.save_at_end=false", f"run_dir={tmp_path}")
+                      "optim.sched.decay_steps=30", "trainer.eval_interval=0", "checkpoint.save_at_end=false",
+                      f"run_dir={tmp_path}")
     Trainer(cfg).fit()
     records = read_metrics(tmp_path)
     compiled = {r["step"]: r["loss"] for r in records if "loss" in r}
