@@ -37,9 +37,9 @@ def _block_inputs(model, family) -> list[tuple]:
     return [(m, args) for m, args in seen if any(m is model.get_submodule(p)[0] for p in family.recompute.layers)]
 
 
-# every preset without recomputation; under full and selective recomputation (one checkpoint region traced into
-# the block's graph) the LLaMA block (rotary, GQA) and the T5 blocks (cross-attention, position bias)
-CASES = [*((p, "none") for p in PRESETS), *((p, m) for p in ("llama", "t5") for m in ("full", "selective"))]
+# every preset without recomputation; with recomputation (one checkpoint region traced into the block's graph) the
+# LLaMA block (rotary, GQA) under full, the T5 blocks (cross-attention, position bias) under selective
+CASES = [*((p, "none") for p in PRESETS), ("llama", "full"), ("t5", "selective")]
 
 
 @pytest.mark.parametrize("preset,mode", CASES, ids=[f"{p}-{m}" for p, m in CASES])
@@ -125,44 +125,3 @@ def test_the_gpu_benchmark_composes_every_configuration_on_cpu(capsys):
     out = capsys.readouterr().out
     assert "peak for NVIDIA H200: 989 TFLOP/s (H200 dense bf16, pretrain.planner.devices['h200'])" in out
 
-
-def _tp2_compiled_vs_eager(rank: int, world: int) -> dict[str, float]:
-    """On each of 2 tensor-parallel ranks: the same sharded model eager and with compiled blocks (aot_eager), under
-    full recomputation; the largest loss and gradient differences."""
-    import torch.distributed as dist
-    from omegaconf import OmegaConf
-
-    from pretrain.models import build_model
-    from pretrain.models.gpt.model import GPTArgs
-    from pretrain.parallel.parallelize import parallelize
-
-    cfg = OmegaConf.create({"trainer": {"compile": True, "compile_backend": "aot_eager"}, "model": {"family": "gpt"}})
-    shapes = {  # LLaMA style (rotary, GQA, SwiGLU) under full recomputation: the TP collectives inside the region
-        "llama_full": GPTArgs(vocab_size=96, num_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
-                              ffn_hidden_size=64, seq_length=16, position_embedding="rope", normalization="rmsnorm",
-                              activation="swiglu", bias=False, tie_word_embeddings=False,
-                              activation_checkpointing=True),
-    }
-    x = torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(0))
-    out = {}
-    for name, args in shapes.items():
-        runs = []
-        for compiled in (False, True):
-            torch.manual_seed(1234)
-            model = parallelize(build_model(args).train(), dist.group.WORLD)
-            if compiled:
-                assert compile_blocks(model, cfg) == 2
-            loss = model(x, x)
-            loss.backward()
-            runs.append((loss.detach(), [p.grad for p in model.parameters()]))
-        (l0, g0), (l1, g1) = runs
-        out[name] = max([(l0 - l1).abs().item()] + [(a - b).abs().max().item() for a, b in zip(g0, g1)])
-    return out
-
-
-@pytest.mark.slow
-def test_compiled_blocks_under_tensor_parallelism_and_recomputation_match_eager():
-    from tp_harness import run_ranks
-
-    for rank_result in run_ranks(_tp2_compiled_vs_eager, 2):
-        assert all(diff < 1e-5 for diff in rank_result.values()), rank_result
