@@ -524,5 +524,11 @@ class AccelerateEngine(Engine):
                  shards[0]["tp"], shards[0]["pp"], self.strategy)
 
     def close(self) -> None:
+        """Free the accelerator and forget accelerate's process-wide state (a singleton that would otherwise refuse
+        the next in-process run another mixed precision)."""
+        from accelerate.state import AcceleratorState, GradientState
+
         with contextlib.suppress(Exception):
             self.accelerator.free_memory()
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
