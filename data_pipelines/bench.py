@@ -1,12 +1,14 @@
 """Benchmark: throughput per worker of every pipeline stage, and our MinHash LSH against ``datasketch``.
 
-    python -m data_pipelines.bench [--copies 40] [--workers 2] [--dedup-docs 600] [--keep DIR]
+    python -m data_pipelines.bench [--copies 40] [--workers 2] [--dedup-docs 600] [--keep DIR] [--scaling 4]
 
 1. The bundled samples of all four kinds (``data_pipelines/samples``) are replicated ``--copies`` times into a
    temporary folder and run through the whole pipeline with ``--workers`` processes; the table gives, per
    stage, the documents and megabytes it consumed and the documents/s and MB/s per worker (totals divided
    by the summed task times of the workers). Replicas are exact duplicates, so the stages after dedup are
-   timed in a run without dedup (see :func:`pipeline_bench`).
+   timed in a run without dedup (see :func:`pipeline_bench`). Beside each rate, the stage's *floor*
+   (:func:`floor_seconds`): the same bytes through only what the stage cannot avoid, in one process.
+   ``--scaling N`` adds whole runs at N, 4N and 16N replicas with 1 and 2 workers (:func:`scaling_table`).
 2. The MinHash stage against ``datasketch`` (``MinHash`` + ``MinHashLSH``) on the same documents in the same
    process (``data_pipelines.dedup.bench.compare_with_datasketch``): time for signatures + clustering, the
    speed-up ratio (target >= 5x) and precision/recall of both against brute-force Jaccard.
@@ -80,14 +82,119 @@ def pipeline_bench(root: Path, copies: int, workers: int) -> list:
     return timings[:at] + dedup + timings[at:]
 
 
-def stage_table(timings) -> str:
-    rows = [("stage", "workers", "documents", "MB", "worker-s", "docs/s/worker", "MB/s/worker")]
+FLOORS = {
+    "read": "decompress + parse (fastwarc / lxml)",
+    "signatures": "xxh3 over the texts",
+    "documents": "pyarrow Parquet write",
+    "tokenize": "encode_batch_fast",
+}
+
+
+def floor_seconds(root: Path, inputs: dict[str, Path]) -> dict[str, float]:
+    """One-process times of what each stage cannot beat, on the same inputs and documents as the run:
+    reading and decompressing every input file (with the WARC records iterated by fastwarc and wiki XML
+    parsed by lxml), hashing every document text, writing them to Parquet, and encoding them with the
+    trained tokenizer."""
+    import io
+    import time
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import xxhash
+    from lxml import etree
+
+    from data_pipelines.sources.base import open_binary
+
+    files = sorted(p for d in inputs.values() for p in d.rglob("*") if p.is_file())
+    t0 = time.perf_counter()
+    for path in files:
+        stream, _ = open_binary(str(path))
+        with stream:
+            if ".warc" in path.name:
+                from fastwarc.warc import ArchiveIterator
+
+                for record in ArchiveIterator(stream, parse_http=True):
+                    record.reader.read()
+            elif ".xml" in path.name:
+                for _, elem in etree.iterparse(stream, events=("end",), huge_tree=True):
+                    elem.clear()
+            else:
+                stream.read()
+    out = {"read": time.perf_counter() - t0}
+    texts = [t for f in sorted((root / "out" / "documents").rglob("*.parquet"))
+             for t in pq.read_table(f, columns=["text"]).column(0).to_pylist()]
+    t0 = time.perf_counter()
+    for text in texts:
+        xxhash.xxh3_64_intdigest(text.encode("utf-8", "surrogatepass"))
+    out["signatures"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pq.write_table(pa.table({"id": [str(i) for i in range(len(texts))], "text": texts}), io.BytesIO())
+    out["documents"] = time.perf_counter() - t0
+    tok_file = root / "out" / "tokenizer" / "tokenizer.json"
+    if tok_file.is_file():
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(tok_file))
+        t0 = time.perf_counter()
+        for i in range(0, len(texts), 1000):
+            tok.encode_batch_fast(texts[i : i + 1000])
+        out["tokenize"] = time.perf_counter() - t0
+    return out
+
+
+def stage_table(timings, floors: dict[str, float] | None = None) -> str:
+    """Per stage: totals, per-worker rates and, where a floor was measured, its MB/s on the same bytes and
+    how many times slower the stage is (worker-seconds over floor seconds)."""
+    floors = floors or {}
+    rows = [("stage", "workers", "documents", "MB", "worker-s", "docs/s/worker", "MB/s/worker", "floor MB/s",
+             "x floor", "floor")]
     for t in timings:
         if t.tasks_run == 0:
             continue
         dps, mbps = t.per_worker()
+        f = floors.get(t.stage)
+        floor_cols = (f"{t.bytes / MiB / f:,.2f}", f"{t.task_s / f:,.1f}", FLOORS[t.stage]) if f else ("-", "-", "-")
         rows.append((t.stage, str(t.workers if t.tasks_run > 1 else 1), f"{t.docs:,}", f"{t.bytes / MiB:,.2f}",
-                     f"{t.task_s:.2f}", f"{dps:,.0f}", f"{mbps:,.2f}"))
+                     f"{t.task_s:.2f}", f"{dps:,.0f}", f"{mbps:,.2f}", *floor_cols))
+    return _table(rows)
+
+
+def scaling_table(base_copies: int, multipliers=(1, 4, 16), workers=(1, 2)) -> str:
+    """Wall time, documents/s and peak RSS of whole runs (every stage, dedup on) at ``multipliers`` x the
+    bench corpus with each worker count; the peak RSS is the largest of the main process and its workers."""
+    import resource
+    import time
+
+    from hydra import compose, initialize_config_dir
+
+    from data_pipelines.run import run_pipeline
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    rows = [("corpus", "workers", "documents", "wall s", "docs/s", "speed-up", "peak RSS MB")]
+    for m in multipliers:
+        base_wall = None
+        for w in workers:
+            with tempfile.TemporaryDirectory(prefix="pipeline-scaling-") as tmp:
+                root = Path(tmp)
+                inputs = replicate_samples(root / "inputs", base_copies * m)
+                paths = {k: (f"{v}/*" if k == "code" else str(v)) for k, v in inputs.items()}
+                overrides = [
+                    f"output_dir={root / 'out'}", "sources=none",
+                    *(f"+sources.{k}={{kind: {k}, paths: ['{p}']}}" for k, p in paths.items()),
+                    f"executor.workers={w}", "executor.part_size_mb=0.25", "executor.progress=false",
+                    "tokenizer.vocab_size=8192",
+                ]
+                with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+                    cfg = compose("pipeline", overrides=overrides)
+                t0 = time.perf_counter()
+                timings = run_pipeline(cfg).timings
+                wall = time.perf_counter() - t0
+            docs = max((t.docs for t in timings if t.stage == "read"), default=0)
+            rss = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                      resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+            base_wall = base_wall or wall
+            rows.append((f"{m}x ({base_copies * m} copies)", str(w), f"{docs:,}", f"{wall:.1f}", f"{docs / wall:,.0f}",
+                         f"{base_wall / wall:.2f}x", f"{rss:,.0f}"))
     return _table(rows)
 
 
@@ -113,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2, help="executor worker processes (default 2)")
     ap.add_argument("--dedup-docs", type=int, default=600, help="base documents of the MinHash comparison corpus")
     ap.add_argument("--keep", type=Path, default=None, help="run in this folder and keep it (default: a temp dir)")
+    ap.add_argument("--scaling", type=int, default=0, metavar="COPIES",
+                    help="also print the scaling table at 1x, 4x, 16x COPIES replicas with 1 and 2 workers")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
@@ -121,11 +230,15 @@ def main(argv: list[str] | None = None) -> int:
     root = args.keep or Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
     try:
         timings = pipeline_bench(root, args.copies, args.workers)
+        floors = floor_seconds(root, {k: root / "inputs" / k for k in SAMPLE_KINDS})
     finally:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)
     print(f"## Pipeline stages: bundled samples x {args.copies}, {args.workers} workers\n")
-    print(stage_table(timings))
+    print(stage_table(timings, floors))
+    if args.scaling:
+        print(f"\n## Scaling: whole runs at 1x, 4x and 16x {args.scaling} replicas, 1 and 2 workers\n")
+        print(scaling_table(args.scaling))
     texts = bench_corpus(num_base=args.dedup_docs)
     result = compare_with_datasketch(texts)
     print(f"\n## MinHash LSH vs datasketch: {result['documents']:,} documents ({result['megabytes']} MB), "

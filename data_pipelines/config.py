@@ -69,13 +69,25 @@ class ExecutorConfig:
     num_shards: int = 1
     # Default: every stage of data_pipelines.stages.STAGES, in that order.
     stages: List[str] = field(default_factory=lambda: list(STAGE_NAMES))
-    # Input files of a source are grouped into parts of about this size (a file is never split).
+    # Input files of a source are grouped into parts of about this size; a larger file that can be cut
+    # (wiki multistream with its index, JSON Lines: plain, gzip members, bz2 streams, zstd frames) is split.
     part_size_mb: float = 256.0
+    # Files are split only into pieces of at least this size (each piece is a task of its own).
+    split_min_mb: float = 1.0
     progress: bool = True
     # Keep work/ (intermediate documents and dedup signatures) after the report is written.
     keep_intermediate: bool = True
     # Documents per written row group / batch.
     batch_size: int = 1000
+    # local: worker processes on this machine; ray: tasks on a Ray cluster (conf/executor/ray.yaml).
+    backend: str = "local"
+    # ray: the cluster to join ("auto": the one RAY_ADDRESS or `ray start` on this machine names, else a
+    # local one of `workers` CPUs started for this run; "local": always a new local one; or "host:6379").
+    address: str = "auto"
+    # ray: times a task is retried after its worker died (or an I/O error); 0 = never.
+    max_retries: int = 3
+    # ray: CPUs each task asks for.
+    cpus_per_task: float = 1.0
 
 
 @dataclass
@@ -145,6 +157,18 @@ def validate(cfg: DictConfig, stages: Sequence[Stage] = STAGES) -> None:
     ex = cfg.executor
     if ex.workers < 1:
         raise ConfigError(f"executor.workers: must be >= 1, got {ex.workers}")
+    backend = ex.get("backend", "local")  # the keys of the Ray executor and of file splitting (schema defaults)
+    if backend not in ("local", "ray"):
+        raise ConfigError(f"executor.backend: '{backend}' is not one of local, ray")
+    for key, ok, want in (("max_retries", lambda v: v >= 0, ">= 0"), ("cpus_per_task", lambda v: v > 0, "> 0"),
+                          ("split_min_mb", lambda v: v >= 0, ">= 0")):
+        if key in ex and not ok(ex[key]):
+            raise ConfigError(f"executor.{key}: must be {want}, got {ex[key]}")
+    if backend == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise ConfigError("executor=ray: the ray package is not installed; pip install 'ray>=2.40'")
     if ex.start_method not in START_METHODS:
         raise ConfigError(f"executor.start_method: '{ex.start_method}' is not one of {', '.join(START_METHODS)}")
     if ex.num_shards < 1:

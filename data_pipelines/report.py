@@ -90,7 +90,7 @@ def build_report(
         sources[name] = {
             "kind": ps[0].kind,
             "parts": len(ps),
-            "input_files": sum(len(p.files) for p in ps),
+            "input_files": len({f for p in ps for f in p.files}),  # a split file once, however many parts
             "input_bytes": sum(p.size for p in ps),
             "stages": stages,
             "removed": dict(sorted(removed.items())),

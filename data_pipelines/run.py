@@ -22,6 +22,7 @@ shares: fingerprints, completion markers, prerequisites, skipping what is done, 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -78,6 +79,7 @@ class Pipeline:
 
     def __init__(self, cfg: DictConfig, stages: Sequence[Stage] = STAGES):
         from data_pipelines.sources import source_inputs
+        from data_pipelines.sources.split import split_file
 
         validate(cfg, stages)
         self.cfg = cfg
@@ -92,7 +94,9 @@ class Pipeline:
         self.tokenizer: dict[str, Any] = self.config["tokenizer"]
         self.dedup_on = dedup_enabled(self.dedup)
         inputs = [(n, s["kind"], source_inputs(n, s)) for n, s in self.sources.items()]
-        self.parts: list[Part] = plan_parts(inputs, max(1, int(self.ex.part_size_mb * MiB)))
+        split = functools.partial(split_file, cache=self.layout.work / "splits")  # huge files into many parts
+        self.parts: list[Part] = plan_parts(inputs, max(1, int(self.ex.part_size_mb * MiB)), split,
+                                            int(self.ex.get("split_min_mb", 1.0) * MiB))
         self.mine = parts_for_shard(self.parts, self.ex.shard, self.ex.num_shards)
         # Fingerprints chain in stage order (each may read its upstream ones): a changed filter list of one
         # source redoes that source's parts and everything global after them, nothing else.
@@ -251,7 +255,13 @@ def run_pipeline(cfg: DictConfig, pipe: Pipeline | None = None) -> RunSummary:
     ``pipe``: the :class:`Pipeline` of ``cfg`` when the caller already built it (validated and planned)."""
     pipe = pipe if pipe is not None else Pipeline(cfg)
     ex = cfg.executor
-    with LocalExecutor(int(ex.workers), str(ex.start_method), bool(ex.progress)) as executor:
+    if ex.get("backend", "local") == "ray":  # executor=ray: the tasks on a Ray cluster (data_pipelines/executor/ray.py)
+        from data_pipelines.executor.ray import RayExecutor
+
+        executor: Any = RayExecutor.from_config(ex)
+    else:
+        executor = LocalExecutor(int(ex.workers), str(ex.start_method), bool(ex.progress))
+    with executor:
         summary = pipe.run(executor)
     if executor.timings:
         log.info("summary (%s):\n%s", summary.output_dir, summary_table(executor.timings))

@@ -12,6 +12,7 @@ Callbacks run in ``order`` (lower first; ties keep the given order). The built-i
 10    ``StepRecorder``        builds the step's metrics record (``pretrain.metrics``)
 15    ``MixtureTracker``      tokens consumed per source (and scheduled weights) into the record
 20    ``Evaluator``           validation loss every ``trainer.eval_interval`` steps
+25    ``DistillCallback``     objective=distill only: the soft/hard loss parts, ``teacher_val_loss``
 30    ``MetricsLogger``       writes the record: metrics.jsonl, W&B, console
 40    ``StopOnRequest``       SIGUSR1/SIGTERM/wall-time budget: every rank stops after the same step
 50    ``Checkpointer``        every ``checkpoint.interval`` steps, at the end and on a stop

@@ -46,6 +46,16 @@ class SpikeMethod(str, Enum):
     off = "off"
 
 
+class Objective(str, Enum):
+    family = "family"  # the model family's own objective: causal LM (GPT), masked LM (+SOP, BERT), span corruption (T5)
+    distill = "distill"  # knowledge distillation from distill.teacher (pretrain/distill.py, docs/distillation.md)
+
+
+class TeacherDtype(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
 class WandbMode(str, Enum):
     online = "online"
     offline = "offline"
@@ -75,6 +85,9 @@ class DataConfig:
     schedule: List[Any] = field(default_factory=list)
     # A checkpoint trained with another schedule: refuse (the default) or allow (continue with this one, warned).
     schedule_changed: str = "refuse"
+    # Packed sequences: tokens attend only within their own document (EOD-delimited) and positions restart per
+    # document (gpt and bert; docs/attention.md).
+    document_mask: bool = False
 
 
 @dataclass
@@ -91,6 +104,10 @@ class ParallelConfig:
     # Spread each MoE layer's experts' computation over this many data-parallel ranks, tokens sent by all-to-all
     # (docs/moe.md); 1 = every rank runs every expert. Needs model.num_experts divisible by it and dividing dp.
     expert_model_parallel_size: int = 1
+    # Split each sequence over this many ranks (DeepSpeed-Ulysses: an all-to-all over the heads around attention;
+    # docs/context_parallel.md). GPT only; needs heads (and key/value heads) divisible by tp x it, and
+    # model.seq_length divisible by it. The ranks of a context group read the same samples.
+    context_parallel_size: int = 1
     # null: nccl on CUDA, gloo on CPU.
     backend: Optional[str] = None
     # Seconds a collective may wait before the job fails instead of hanging.
@@ -253,6 +270,24 @@ class EngineConfig:
 
 
 @dataclass
+class DistillConfig:
+    """objective=distill (docs/distillation.md): loss = alpha * hard + (1 - alpha) * T^2 * KL(teacher_T || student_T)
+    + cosine_weight * (1 - cos(hidden_student, hidden_teacher)), the KL between temperature-T softened distributions."""
+
+    # A local Hugging Face model directory (config.json + *.safetensors + tokenizer.json, as `python -m
+    # pretrain.export` writes) or one of our checkpoints (a run directory, its checkpoints/ folder or a tag folder).
+    teacher: Optional[str] = None
+    # Softens both distributions (T^2 rescales the soft loss): 1.0, the usual for LLM pretraining; DistilBERT used 2.0.
+    temperature: float = 1.0
+    # Weight of the hard loss (the family's own objective on the data's labels); 1 - alpha weighs the soft loss.
+    alpha: float = 0.5
+    # DistilBERT's cosine loss between the last layer's hidden states (student hidden size = teacher's); 0 = off.
+    cosine_weight: float = 0.0
+    # The teacher's weights and forward: fp32 or bf16 (half the memory; the soft loss is computed in fp32).
+    teacher_dtype: TeacherDtype = TeacherDtype.fp32
+
+
+@dataclass
 class TrainConfig:
     name: str = "default"
     run_dir: str = MISSING
@@ -264,6 +299,9 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    # What the model learns from: family (its own objective) or distill (from the teacher of `distill`).
+    objective: Objective = Objective.family
+    distill: DistillConfig = field(default_factory=DistillConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     # Rare DeepSpeed keys merged last into the generated JSON (e.g. {"zero_optimization": {"reduce_bucket_size": 5e8}}).
     deepspeed_extra: Dict[str, Any] = field(default_factory=dict)

@@ -6,7 +6,8 @@ Model FLOPs per token (fwd + bwd, the PaLM / Megatron convention)::
                                   three matrices are counted as they are, from the real shape)
   + 6 * hidden * vocab           (the output projection; tied or not, it is a real matmul)
   + 12 * layers * hidden * seq   (attention scores and weighted sum: 2·2·seq·hidden forward, x3 with backward;
-                                  counted in full for causal attention, as PaLM does)
+                                  counted in full for causal attention, as PaLM does; a sliding-window
+                                  layer counts min(window, seq) keys instead of seq)
 
 Embedding lookups cost no FLOPs and are excluded. A mixture-of-experts layer counts its *active* weights in
 ``N_layers``: the router and the ``moe_router_topk`` experts a token runs through (:func:`gpt_parameter_counts`),
@@ -84,7 +85,8 @@ def gpt_flops_per_token(args: GPTArgs) -> dict[str, float]:
     p = gpt_parameter_counts(args)
     h, L, s, V = args.hidden_size, args.num_layers, args.seq_length, args.vocab_size
     layer_params = p["active_non_embedding"] - (h if args.normalization == "rmsnorm" or not args.bias else 2 * h)
-    attn = 12 * L * h * s
+    # a sliding-window layer's queries see min(window, seq) keys (docs/attention.md), a global layer's seq
+    attn = sum(12 * h * min(s, args.layer_window(i) or s) for i in range(L))
     model = 6 * layer_params + 6 * h * V + attn
     recompute = recompute_flops(args, layers_forward=2 * layer_params + attn / 3, attention_core_forward=attn / 3)
     return {"model": float(model), "hardware": float(model + recompute)}

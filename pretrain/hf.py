@@ -7,6 +7,8 @@ configs, tokenizer special tokens) is each family's adapter (``ModelFamily.hf``,
 ``GPT2LMHeadModel``    gpt, GPT-2 style (learned positions, LayerNorm, tanh GELU, biases, tied, MHA)
 ``LlamaForCausalLM``   gpt, LLaMA style (RoPE, RMSNorm, SwiGLU, no biases, GQA)
 ``MixtralForCausalLM`` gpt, LLaMA style with SwiGLU experts in every layer (top-2, renormalised, no dropping)
+``MistralForCausalLM`` gpt, LLaMA style with a sliding window on every layer (``model.sliding_window``)
+``BloomForCausalLM``   gpt, ALiBi, embedding LayerNorm, LayerNorm, tanh GELU, biases, tied, MHA (``gpt/bloom_*``)
 ``BertForMaskedLM``    bert (the SOP pooler/head has no place in it and is not exported)
 ``T5ForConditionalGeneration``  t5 (v1.0: relu + tied; v1.1: gated-gelu + untied)
 =====================  =========================================================================

@@ -49,6 +49,7 @@ from pretrain.guard import Guard
 from pretrain.metrics import METRICS_FILE, MetricsLogger, StepRecorder
 from pretrain.models import TokenizerInfo, get_family
 from pretrain.models.compile import CompileTimer
+from pretrain.parallel.context import context_callbacks
 from pretrain.parallel.pipeline import PP_COMM, build_pipeline, parameter_names
 from pretrain.validation import fit_schedule_to_run, validate_values
 
@@ -119,6 +120,7 @@ class Trainer:
         self.steps_lost = 0
         self._rng: dict | None = None
         self.rollback_request: tuple[str, int] | None = None  # (checkpoint tag, data position): see request_rollback
+        self.distill = None  # the Distiller of objective=distill (pretrain.distill), set in plan
 
     # ------------------------------------------------------------------ phases
     def fit(self) -> dict[str, Any]:
@@ -160,6 +162,9 @@ class Trainer:
         self.guard = Guard(cfg.trainer.guard, self.pipelined, fp16=self.precision == "fp16")
         self._plan_data()
         self._plan_resume()
+        from pretrain.distill import plan_distill
+
+        self.distill = plan_distill(cfg, self.family, self.args, self.tokenizer, plan)  # objective=distill, else None
         from pretrain.data.dataset import build_datasets, check_vocab
         from pretrain.data.schedule import plan_mixture
 
@@ -170,7 +175,10 @@ class Trainer:
                                    cache_dir=cfg.data.index_cache_dir or str(self.run_dir / "data_index"),
                                    mixture=self.mixture)
         check_vocab(self.data, self.args.vocab_size)
-        self.transform = self.family.make_transform(self.args, self.tokenizer, cfg.seed)
+        from pretrain.data.documents import with_document_mask
+
+        self.transform = with_document_mask(self.family.name, self.family.make_transform(self.args, self.tokenizer,
+                                            cfg.seed), self.tokenizer.eod_id, self.document_mask)
         self.seq = self.family.tokens_per_sample(self.args)
         self.init_from = cfg.model.init_from if not self.resume_tag else None  # a checkpoint to resume wins
         if self.init_from:
@@ -191,6 +199,10 @@ class Trainer:
         self.tokenizer.vocab_size = (tokenizer_vocab_size(manifest.tokenizer) if manifest.tokenizer
                                      else manifest.vocab_size)
         self.args = self.family.resolve_args(cfg.model, self.tokenizer)
+        from pretrain.data.documents import check_document_mask
+
+        self.document_mask = bool(getattr(cfg.data, "document_mask", False))
+        check_document_mask(self.family.name, self.document_mask)  # before any data index is built
         self.num_eval_samples = cfg.trainer.eval_iters * self.batch.micro_batch_size * self.batch.data_parallel_size
 
     def _plan_resume(self) -> None:
@@ -236,7 +248,7 @@ class Trainer:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         from pretrain.parallel.topology import ParallelGrid
 
-        self.grid = ParallelGrid(plan.tensor_parallel_size, plan.pipeline_parallel_size)
+        self.grid = ParallelGrid(plan.tensor_parallel_size, plan.pipeline_parallel_size, plan.context_parallel_size)
         self.dp_rank, self.dp_group = self.grid.get_data_parallel_rank(), self.grid.get_data_parallel_group()
         seed_everything(cfg.seed)  # identical initial weights on every rank
         model = self.family.build(self.args)
@@ -244,28 +256,45 @@ class Trainer:
             from pretrain import hf
 
             hf.load_into(model, self.init_from, self.family.name, self.args)
+        if self.distill:  # the teacher, loaded and hooked into the student's loss (its parameters untouched)
+            self.distill.attach(model, self.device)
         self.n_params = self.family.num_parameters(self.args)  # the whole model, whatever the sharding
         if plan.tensor_parallel_size > 1:
             from pretrain.parallel.parallelize import parallelize
 
             parallelize(model, self.grid.get_tensor_model_parallel_group(),  # slices the seeded full weights
                         sequence_parallel=cfg.parallel.sequence_parallel)
-        if cfg.parallel.expert_model_parallel_size > 1:  # MoE: each rank runs its share of the experts (docs/moe.md)
+        if plan.context_parallel_size > 1:  # each rank of a context group runs its chunk of every sequence
+            from pretrain.parallel.context import context_parallelize
+
+            n = context_parallelize(model, self.grid.get_sequence_parallel_group(), self.grid.coord.cp,
+                                    plan.context_parallel_size)
+            log.info("context parallel: sequences of %d tokens split over %d ranks (DeepSpeed-Ulysses all-to-all "
+                     "over the heads around %d attention layers)", self.seq, plan.context_parallel_size, n)
+        if cfg.parallel.expert_model_parallel_size > 1:  # MoE: each rank holds and runs its experts (docs/moe.md)
             from pretrain.parallel.expert import expert_parallelize
 
-            ep_group, ep_rank = self.grid.expert_parallel_group(cfg.parallel.expert_model_parallel_size)
-            n = expert_parallelize(model, ep_group, ep_rank, cfg.parallel.expert_model_parallel_size, keep_all=True)
-            log.info("expert parallel: %d MoE layers, the experts' compute spread over %d ranks (this rank: "
-                     "expert-parallel rank %d); every rank still holds all experts' weights (docs/moe.md)",
-                     n, cfg.parallel.expert_model_parallel_size, ep_rank)
+            ep = cfg.parallel.expert_model_parallel_size
+            ep_group, ep_rank = self.grid.expert_parallel_group(ep)
+            n = expert_parallelize(model, ep_group, ep_rank, ep)
+            per_rank = self.args.num_experts // ep
+            log.info("expert parallel: %d MoE layers, the experts spread over %d ranks (this rank: expert-parallel "
+                     "rank %d, holding experts %d-%d of %d)", n, ep, ep_rank, ep_rank * per_rank,
+                     (ep_rank + 1) * per_rank - 1, self.args.num_experts)
         self.param_names = parameter_names(model)  # names in the unsharded model, for the layout-free checkpoint
         if self.pipelined:  # this rank's stage of the model, wrapping the modules just built (same weights)
             model = build_pipeline(model, self.family.name, self.grid, cfg.parallel.pipeline_partition)
             PP_COMM.install()
         # gradient bytes a ring all-reduce moves per step and rank (ZeRO's reduce-scatter + all-gather: the same)
-        dp = plan.data_parallel_size
+        dp = plan.data_parallel_size * plan.context_parallel_size  # gradients are reduced over dp x cp ranks
         grad_bytes = 2 if self.precision in ("bf16", "fp16") else 4
-        self.dp_bytes_per_step = int(2 * (dp - 1) / dp * sum(p.numel() for p in model.parameters()) * grad_bytes)
+        from pretrain.parallel.expert import expert_slice
+
+        # expert slices are reduced over the dp / ep ranks holding the same experts only
+        edp = dp // cfg.parallel.expert_model_parallel_size
+        dense = sum(p.numel() for p in model.parameters() if not expert_slice(p))
+        experts = sum(p.numel() for p in model.parameters() if expert_slice(p))
+        self.dp_bytes_per_step = int((2 * (dp - 1) / dp * dense + 2 * (edp - 1) / max(edp, 1) * experts) * grad_bytes)
         self.model = model
         return model
 
@@ -308,12 +337,14 @@ class Trainer:
             self.guard,
             StepRecorder(cfg.trainer.log_interval),
             *self.family.callbacks(self.args),  # the family's own: GPT's MoE losses, drops, loads, all-to-all bytes
+            *context_callbacks(self.batch.context_parallel_size),  # cp_a2a_bytes
             Evaluator(cfg.trainer.eval_interval, cfg.trainer.eval_iters),
             MixtureTracker(self),
             self.metrics,
             preemption.StopOnRequest(self.stop_request),
             self.checkpointer,
             *([CompileTimer(cfg.trainer.compile_backend)] if cfg.trainer.compile else []),
+            *(self.distill.callbacks() if self.distill else []),  # soft/hard loss parts, teacher_val_loss
             *self.extra_callbacks,
         ])
         unclaimed = self.callbacks.load_state_dict(self.resume_state.get("callbacks", {}))
@@ -449,11 +480,12 @@ class Trainer:
         cfg, plan, args = self.cfg, self.batch, self.args
         log.info(
             "model %s (%s): %.2fM parameters (%d layers, hidden %d, vocab %d) | %s on %d x %s (%s) | "
-            "tp %d x pp %d x dp %d, ZeRO-%d | global batch %d = micro %d x dp %d x accum %d | "
+            "tp %d x pp %d x dp %d%s, ZeRO-%d | global batch %d = micro %d x dp %d x accum %d | "
             "%.3g model FLOPs/token | peak %.3g FLOP/s/device (%s)",
             cfg.model.name, self.family.name, self.n_params / 1e6, args.num_layers, args.hidden_size,
             args.vocab_size, self.precision, self.dist.world_size, self.device.type, self.dist.backend,
-            plan.tensor_parallel_size, plan.pipeline_parallel_size, plan.data_parallel_size, plan.zero_stage,
+            plan.tensor_parallel_size, plan.pipeline_parallel_size, plan.data_parallel_size,
+            f" x cp {plan.context_parallel_size}" if plan.context_parallel_size > 1 else "", plan.zero_stage,
             plan.global_batch_size, plan.micro_batch_size, plan.data_parallel_size, plan.grad_accum_steps,
             self.flops["model"], self.peak_flops, peak_src,
         )

@@ -250,6 +250,9 @@ def engine_problems(cfg: DictConfig) -> list[str]:
     if p.expert_model_parallel_size > 1:
         out.append(f"parallel.expert_model_parallel_size={p.expert_model_parallel_size}: expert parallelism needs "
                    "engine=deepspeed (under engine=accelerate every rank runs every expert)")
+    if p.context_parallel_size > 1:
+        out.append(f"parallel.context_parallel_size={p.context_parallel_size}: context parallelism (Ulysses) needs "
+                   "engine=deepspeed")
     if p.zero_stage in (2, 3):
         out.append(f"parallel.zero_stage={p.zero_stage} {deepspeed_only} shard with engine.accelerate.strategy=fsdp "
                    "(engine.accelerate.sharding=full shards parameters, gradients and optimizer states, as ZeRO-3)")

@@ -91,12 +91,15 @@ PIPE_BERT = (*PIPE_GPT[1:], "experiment=bert_tiny", "model.hidden_dropout=0", "m
 TP2, PP2 = "parallel.tensor_model_parallel_size=2", "parallel.pipeline_model_parallel_size=2"
 
 # mixture of experts (docs/moe.md): the tiny GPT with 4 experts per layer, top-2, no dropping, 10 steps, fp32;
-# ep1 (one process) is the reference of ep2 (dp2) and ep2 x tp2 (4 processes); ep2's second leg resumes at ep1
+# ep1 (one process, MOE_STEPS + 4 steps) is the reference of ep2 (dp2, ZeRO-1) and ep2 x tp2 (4 processes, ZeRO-2)
+# over MOE_STEPS; ep2's second leg resumes at ep1 for 2 steps, its third at ep2 with ZeRO-0 for 2 more (each rank
+# holding half the experts: the checkpoint gathers and slices them by global index), all on ep1's losses
 MOE_STEPS = 10
 MOE = (*TINY, "trainer.global_batch_size=8", "model.hidden_dropout=0", "model.attention_dropout=0",
        "model.num_experts=4", "model.moe_router_topk=2", "model.moe_ffn_hidden_size=96", "trainer.precision=fp32",
-       "parallel=zero1", f"optim.sched.decay_steps={MOE_STEPS + 2}")
+       "parallel=zero1", f"optim.sched.decay_steps={MOE_STEPS + 4}")
 EP2 = "parallel.expert_model_parallel_size=2"
+CP2 = "parallel.context_parallel_size=2"
 
 # the accelerate engine (docs/engines.md) at dp2 against DeepSpeed: 10 steps of GPT_COMMON on the 30-step runs' LR
 # curve (decay over 30), so DDP compares with the first steps of gpt_dp2_zero0; FSDP2 with a 10-step ZeRO-3 fp32 run
@@ -157,16 +160,33 @@ RUNS: dict[str, Run] = {
     "accel_fsdp2_dp2": run(*ACCEL, "engine=fsdp2", "checkpoint.interval=5", nproc=2, legs=[
         leg("trainer.max_steps=5"), leg(f"trainer.max_steps={ACCEL_STEPS}", "engine.accelerate.sharding=none")]),
     # ------------------------------------------------------- failures (test_failures.py)
-    "moe_ep1": run(*MOE, f"trainer.max_steps={MOE_STEPS}"),  # one process accumulating 2 micro-batches
+    "moe_ep1": run(*MOE, f"trainer.max_steps={MOE_STEPS + 4}"),  # one process accumulating 2 micro-batches
     "moe_ep2": run(*MOE, nproc=2, legs=[leg(EP2, f"trainer.max_steps={MOE_STEPS}"),
-                                       leg(f"trainer.max_steps={MOE_STEPS + 2}")]),
-    "moe_ep2_tp2": run(*MOE, EP2, TP2, f"trainer.max_steps={MOE_STEPS}", nproc=4),
+                                       leg(f"trainer.max_steps={MOE_STEPS + 2}"),
+                                       leg(EP2, "parallel.zero_stage=0", f"trainer.max_steps={MOE_STEPS + 4}")]),
+    "moe_ep2_tp2": run(*MOE, EP2, TP2, "parallel.zero_stage=2", f"trainer.max_steps={MOE_STEPS}", nproc=4),
+    # ------------------------------------------------------- context parallelism (test_context_parallel.py)
+    # 10 steps of cp1's references above on the same samples (their 30-step LR curve): llama cp2 (RoPE, GQA; ZeRO-0
+    # all-reducing over the context ranks) against llama_dp2_zero2_accum2; gpt cp2 x dp2 (ZeRO-1 over 4 ranks)
+    # against gpt_one_process
+    "llama_cp2": run("experiment=llama_tiny", "trainer.micro_batch_size=2", "trainer.global_batch_size=8",
+                     "trainer.max_steps=10", "optim.sched.decay_steps=30", "trainer.log_interval=1",
+                     "trainer.eval_interval=5", "parallel=zero0", CP2, nproc=2),
+    "gpt_cp2_dp2": run(*GPT_COMMON, "parallel=zero1", "trainer.precision=fp32", "trainer.max_steps=10",
+                       f"optim.sched.decay_steps={GPT_STEPS}", "trainer.eval_interval=5", CP2, nproc=4),
     "gpt_budget_stop": run(*TINY, "trainer.max_steps=6", "trainer.max_wall_time_s=0.000001"),
     # ------------------------------------------------------- training health (test_guard.py: "faults" on 2 ranks)
     "gpt_dp2_zero2_guard": run(*TINY, "trainer.global_batch_size=8", "model.hidden_dropout=0",
                                "model.attention_dropout=0", "optim.sched.decay_steps=30", "trainer.max_steps=16",
                                "trainer.guard.window=5", "trainer.guard.warmup_steps=5", "trainer.guard.patience=3",
                                "trainer.guard.inject={nan_at: [7], spike_at: [12]}", "parallel=zero2", nproc=2),
+    # ------------------------------------------------------- distillation (test_distill.py; baseline: gpt_one_process)
+    # a teacher of 4x the width and twice the depth, 60 steps; the student is gpt_one_process distilled from it
+    "gpt_kd_teacher": run(*TINY, "model.hidden_size=128", "model.num_layers=4", "trainer.micro_batch_size=8",
+                          "trainer.global_batch_size=8", "trainer.max_steps=60", "model.hidden_dropout=0",
+                          "model.attention_dropout=0", "parallel=zero0"),
+    "gpt_kd_student": run(*GPT_COMMON, "parallel=zero0", "objective=distill", "distill.teacher={run:gpt_kd_teacher}",
+                          "distill.alpha=0.2", "distill.temperature=1.0"),
 }
 
 _PLACEHOLDER = re.compile(r"\{(dir|run:[A-Za-z0-9_]+)\}")

@@ -17,9 +17,10 @@ Rule
 Exact duplicates (same 128-bit normalised-content hash, across all sources and kinds) and LSH candidates
 (same bucket in any band) are edges of one graph; each connected component keeps its smallest global key
 (first copy in corpus order). A removed document counts as ``exact_duplicate`` when an identical
-document with a smaller key exists, otherwise as ``near_duplicate``. LSH candidates are not re-verified
-against their signatures (the usual large-scale choice: a bucket collision is the duplicate decision; the
-bands x rows S-curve sets the precision). Buckets are sets (grouped by band and hash), edges are sorted
+document with a smaller key exists, otherwise as ``near_duplicate``. LSH candidates become edges only
+after verification (:mod:`data_pipelines.dedup.verify`): their estimated (``verify=signature``) or exact
+(``verify=exact``) Jaccard must reach ``dedup.threshold``; with ``verify=none`` every bucket collision is
+an edge (star edges, the classic large-scale choice). Buckets are sets (grouped by band and hash), edges are sorted
 and de-duplicated, roots are minimum keys: every output is independent of shard processing order and of
 ``num_parts``, byte for byte.
 
@@ -39,9 +40,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from data_pipelines.dedup.config import DedupConfig, as_dedup_config
+from data_pipelines.dedup.external import external_edges
 from data_pipelines.dedup.io import ArrayFile, load_npy, save_arrays, save_json, save_npy
 from data_pipelines.dedup.signatures import doc_key, open_signatures, split_keys
 from data_pipelines.dedup.unionfind import connected_components
+from data_pipelines.dedup.verify import verify_edges, window_edges
 from data_pipelines.stats import StageStats
 from pretrain.core.errors import ConfigError, DataError
 
@@ -110,6 +113,8 @@ def bucket_stage(
     dcfg: DedupConfig = as_dedup_config(cfg)
     if not isinstance(num_parts, int) or num_parts < 1 or not isinstance(part, int) or not 0 <= part < num_parts:
         raise ConfigError(f"dedup bucket part {part!r} of {num_parts!r}: expected 0 <= part < num_parts")
+    if dcfg.memory_mb:
+        return _bucket_external(signature_paths, out_dir, dcfg, part, num_parts)
     shards: dict[int, int] = {}
     exact_cols: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     band_cols: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
@@ -142,12 +147,44 @@ def bucket_stage(
     for b in sorted(band_cols):
         hashes = np.concatenate([c[0] for c in band_cols[b]])
         keys = np.concatenate([c[1] for c in band_cols[b]])
-        near.append(_star_edges(keys, hashes))
+        near.append(_near_edges(dcfg, keys, hashes))
+    band_cols.clear()
     edges_near = _unique_edges(np.concatenate(near)) if near else np.zeros((0, 2), dtype=np.uint64)
+    return _write_part(out_dir, signature_paths, dcfg, part, num_parts, shards, edges_exact, edges_near)
+
+
+def _near_edges(dcfg: DedupConfig, keys: np.ndarray, hashes: np.ndarray) -> np.ndarray:
+    if dcfg.verify == "none":
+        return _star_edges(keys, hashes)
+    return window_edges(keys, hashes, dcfg.verify_window)
+
+
+def _bucket_external(signature_paths: Sequence[str], out_dir: str, dcfg: DedupConfig, part: int, num_parts: int) -> str:
+    """:func:`bucket_stage` within ``dcfg.memory_mb`` (:mod:`data_pipelines.dedup.external`); same output."""
+    shard_of = {}
+    for path in signature_paths:
+        with open_signatures(path, dcfg) as f:
+            shard = int(f.meta["shard"])
+            if shard in shard_of:
+                raise DataError(f"dedup: two signature files for shard {shard} (one is {path})")
+            shard_of[shard] = path
+    shards, exact, near = external_edges(
+        signature_paths, dcfg, part, num_parts, os.path.join(out_dir, f"spill-{part:04d}-of-{num_parts:04d}"),
+        exact_edges=lambda k, hi, lo: _star_edges(k, hi, lo),
+        near_edges=lambda k, h: _near_edges(dcfg, k, h), unique_edges=_unique_edges,
+    )
+    edges_near = _unique_edges(np.concatenate(near)) if near else np.zeros((0, 2), dtype=np.uint64)
+    return _write_part(out_dir, signature_paths, dcfg, part, num_parts, shards, _unique_edges(exact), edges_near)
+
+
+def _write_part(out_dir: str, signature_paths: Sequence[str], dcfg: DedupConfig, part: int, num_parts: int,
+                shards: dict[int, int], edges_exact: np.ndarray, edges_near: np.ndarray) -> str:
+    edges_near, rejected = verify_edges(edges_near, signature_paths, dcfg)
     out = part_path(out_dir, part, num_parts)
     meta = {"part": part, "num_parts": num_parts, "shards": {str(s): n for s, n in sorted(shards.items())}}
-    save_arrays(out, {"exact_edges": edges_exact, "near_edges": edges_near}, meta)
-    log.info("dedup buckets part %d/%d: %d exact, %d near edges", part, num_parts, len(edges_exact), len(edges_near))
+    save_arrays(out, {"exact_edges": edges_exact, "near_edges": edges_near, "rejected_edges": rejected}, meta)
+    log.info("dedup buckets part %d/%d: %d exact, %d near edges (%d candidates below the threshold)",
+             part, num_parts, len(edges_exact), len(edges_near), len(rejected))
     return out
 
 
@@ -155,7 +192,7 @@ def merge_stage(out_dir: str, cfg: Any, num_parts: int = 1) -> StageStats:
     """Union-find over the edges of every bucket part; writes removal lists, clusters and ``dedup.json``."""
     as_dedup_config(cfg)  # validates; the rule itself has no parameters
     shards: dict[int, int] | None = None
-    exact_parts, near_parts = [], []
+    exact_parts, near_parts, rejected_parts = [], [], []
     for part in range(num_parts):
         path = part_path(out_dir, part, num_parts)
         with ArrayFile(path, "dedup bucket file") as f:
@@ -166,6 +203,7 @@ def merge_stage(out_dir: str, cfg: Any, num_parts: int = 1) -> StageStats:
                 raise DataError(f"dedup bucket file {path} was built from other shards than part 0; rerun the bucket stage")
             exact_parts.append(f["exact_edges"])
             near_parts.append(f["near_edges"])
+            rejected_parts.append(f["rejected_edges"])
     assert shards is not None
     exact_edges = np.concatenate(exact_parts).reshape(-1, 2)
     near_edges = _unique_edges(np.concatenate(near_parts).reshape(-1, 2))  # a pair can collide in bands of two parts
@@ -194,7 +232,9 @@ def merge_stage(out_dir: str, cfg: Any, num_parts: int = 1) -> StageStats:
     exact_sizes = Counter((np.unique(exact_edges[:, 0], return_counts=True)[1] + 1).tolist()) if len(exact_edges) else Counter()
     stats.extra["exact_cluster_sizes"] = {str(k): exact_sizes[k] for k in sorted(exact_sizes)}
     stats.extra["clusters"] = int(sum(hist.values()))
-    stats.extra["candidate_edges"] = int(len(near_edges))
+    rejected = _unique_edges(np.concatenate(rejected_parts).reshape(-1, 2))
+    stats.extra["candidate_edges"] = int(len(near_edges) + len(rejected))
+    stats.extra["rejected_edges"] = int(len(rejected))  # LSH candidates below dedup.threshold, never merged
 
     shard_of, row_of = split_keys(nodes[removed])
     removed_reasons = reasons[removed]

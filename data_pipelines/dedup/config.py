@@ -34,6 +34,7 @@ import xxhash
 from pretrain.core.errors import ConfigError
 
 SHINGLE_MODES = ("word", "token", "char")
+VERIFY_MODES = ("none", "signature", "exact")
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,16 @@ class DedupConfig:
     turns both off). ``kinds`` overrides the near-dedup parameters per source kind (``web``, ``wiki``,
     ``books``, ``code``, ``jsonl``, ``parquet``); exact dedup always runs across all kinds together.
     ``bucket_parts`` splits the band-bucket step into that many independent parts (by band index and exact
-    hash range) so no single process holds every band of every document."""
+    hash range) so no single process holds every band of every document.
+
+    Candidate verification: ``verify=signature`` (default) merges an LSH candidate pair only when the
+    fraction of agreeing entries of the two full signatures (the MinHash estimate of their Jaccard
+    similarity) is at least ``threshold``; ``verify=exact`` checks the exact Jaccard of their shingle sets
+    instead (the signature files then also hold every document's shingle hashes: about 4 bytes per word);
+    ``verify=none`` takes every bucket collision as a duplicate (the classic large-scale choice). Each
+    bucket member is compared with the ``verify_window`` members before it in key order (all pairs of a
+    bucket up to ``verify_window + 1`` members), so a huge bucket costs ``m * verify_window`` checks, not
+    ``m**2``."""
 
     exact: bool = True
     minhash: bool = True
@@ -116,6 +126,10 @@ class DedupConfig:
     lowercase: bool = True
     bucket_parts: int = 1
     batch_size: int = 512  # documents per vectorised signature batch (memory vs per-call overhead)
+    verify: str = "signature"  # none | signature | exact: how an LSH candidate pair is checked before merging
+    threshold: float = 0.7  # candidate pairs with a (estimated or exact) Jaccard below this are never merged
+    verify_window: int = 16  # each bucket member is checked against this many earlier members
+    memory_mb: int = 0  # > 0: bucket step sorts its keys externally within about this much memory (same output)
     kinds: dict[str, KindOverride] = field(default_factory=lambda: {"code": _code_override()})
 
     @property
@@ -143,6 +157,14 @@ class DedupConfig:
             raise ConfigError(f"dedup.bucket_parts={self.bucket_parts!r}: expected a positive integer")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"dedup.batch_size={self.batch_size!r}: expected a positive integer")
+        if self.verify not in VERIFY_MODES:
+            raise ConfigError(f"dedup.verify={self.verify!r}: expected one of {', '.join(VERIFY_MODES)}")
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or not 0 < self.threshold <= 1:
+            raise ConfigError(f"dedup.threshold={self.threshold!r}: expected a number in (0, 1]")
+        if not isinstance(self.memory_mb, int) or isinstance(self.memory_mb, bool) or self.memory_mb < 0:
+            raise ConfigError(f"dedup.memory_mb={self.memory_mb!r}: expected a non-negative integer (0: in memory)")
+        if not isinstance(self.verify_window, int) or isinstance(self.verify_window, bool) or self.verify_window < 1:
+            raise ConfigError(f"dedup.verify_window={self.verify_window!r}: expected a positive integer")
         self.params_for(None)
         for kind in self.kinds:
             self.params_for(kind)

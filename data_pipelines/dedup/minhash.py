@@ -157,6 +157,19 @@ class MinHasher:
         x, counts = self.shingles(texts)
         return self._signatures_from_shingles(x, counts), counts
 
+    def signatures_and_shingle_sets(
+        self, texts: Iterable[str]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Signatures, shingle counts, and every document's *distinct* shingle values (sorted, uint32,
+        concatenated) with their per-document lengths: what exact candidate verification compares."""
+        x, counts = self.shingles(texts)
+        sig = self._signatures_from_shingles(x, counts)
+        doc_of = np.repeat(np.arange(len(counts), dtype=np.uint64), counts)
+        combined = np.unique((doc_of << _U64(32)) | x)  # sorted by document, then value; duplicates gone
+        values = (combined & _U64(0xFFFFFFFF)).astype(np.uint32)
+        lengths = np.bincount((combined >> _U64(32)).astype(np.int64), minlength=len(counts))
+        return sig, counts, values, lengths
+
     def _signatures_from_shingles(self, x: np.ndarray, counts: np.ndarray) -> np.ndarray:
         num_perm = self.params.num_perm
         sig = np.full((num_perm, len(counts)), np.iinfo(np.uint64).max, dtype=np.uint64)

@@ -14,7 +14,10 @@ Signature file (an uncompressed ``.npz`` written by :func:`data_pipelines.dedup.
 ``meta``: format, shard, num_docs, kind, which dedup kinds ran, the MinHash parameters and their
 fingerprint; ``exact``: ``(num_docs, 2)`` uint64 (high, low) 128-bit content hashes; ``band_rows``:
 uint32 rows of the documents that have shingles; ``bands``: ``(bands, len(band_rows))`` uint64 band
-hashes, band-major so the bucket step can take a band range of a shard as one slice.
+hashes, band-major so the bucket step can take a band range of a shard as one slice; ``sig``:
+``(len(band_rows), num_perm)`` uint32 full signatures (candidate verification estimates Jaccard from them);
+with ``verify=exact`` also ``shingles`` (uint32 distinct shingle values of those documents, concatenated,
+sorted within each) and ``shingle_offsets`` (``len(band_rows) + 1`` int64 bounds into it).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from pretrain.core.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-FORMAT = "dedup-signatures/1"
+FORMAT = "dedup-signatures/2"
 ROW_BITS = 32
 MAX_SHARD = 1 << 31
 
@@ -69,6 +72,10 @@ def signature_stage(
     exact_parts: list[np.ndarray] = []
     row_parts: list[np.ndarray] = []
     band_parts: list[np.ndarray] = []
+    sig_parts: list[np.ndarray] = []
+    shingle_parts: list[np.ndarray] = []
+    length_parts: list[np.ndarray] = []
+    keep_shingles = hasher is not None and dcfg.verify == "exact"
     num_docs = 0
     batch: list[str] = []
 
@@ -79,11 +86,17 @@ def signature_stage(
         if dcfg.exact:
             exact_parts.append(np.array([exact_hash(t) for t in batch], dtype=np.uint64).reshape(-1, 2))
         if hasher is not None:
-            sig, counts = hasher.signatures_and_counts(batch)
+            if keep_shingles:
+                sig, counts, values, lengths = hasher.signatures_and_shingle_sets(batch)
+                shingle_parts.append(values)
+                length_parts.append(lengths[counts > 0])
+            else:
+                sig, counts = hasher.signatures_and_counts(batch)
             has = counts > 0
             rows = np.flatnonzero(has)
             row_parts.append((rows + num_docs).astype(np.uint32))
             band_parts.append(hasher.band_hashes(sig[has]))
+            sig_parts.append(sig[has])
             stats.extra["no_shingles"] = stats.extra.get("no_shingles", 0) + int(len(batch) - len(rows))
         num_docs += len(batch)
         batch.clear()
@@ -108,6 +121,11 @@ def signature_stage(
         arrays["bands"] = (
             np.concatenate(band_parts, axis=1) if band_parts else np.zeros((params.bands, 0), np.uint64)
         )
+        arrays["sig"] = np.concatenate(sig_parts) if sig_parts else np.zeros((0, params.num_perm), np.uint32)
+        if keep_shingles:
+            lengths = np.concatenate(length_parts) if length_parts else np.zeros(0, np.int64)
+            arrays["shingles"] = np.concatenate(shingle_parts) if shingle_parts else np.zeros(0, np.uint32)
+            arrays["shingle_offsets"] = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
     meta = {
         "format": FORMAT,
         "shard": shard_index,
@@ -117,6 +135,7 @@ def signature_stage(
         "minhash": params is not None,
         "params": asdict(params) if params is not None else None,
         "fingerprint": params.fingerprint if params is not None else None,
+        "shingles": keep_shingles,
     }
     save_arrays(out_path, arrays, meta)
     log.debug("dedup signatures: shard %d, %d documents -> %s", shard_index, num_docs, out_path)
@@ -133,6 +152,11 @@ def open_signatures(path: str, cfg: DedupConfig) -> ArrayFile:
         raise DataError(
             f"dedup signature file {path} was written with exact={meta['exact']}, minhash={meta['minhash']} "
             f"but the config says exact={cfg.exact}, minhash={cfg.minhash}; rerun the signature stage"
+        )
+    if cfg.minhash and cfg.verify == "exact" and not meta.get("shingles"):
+        raise DataError(
+            f"dedup signature file {path} holds no shingle sets, but dedup.verify=exact needs them; rerun the "
+            "signature stage with verify=exact"
         )
     if cfg.minhash:
         expected = cfg.params_for(meta.get("kind"))

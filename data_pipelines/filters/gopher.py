@@ -15,6 +15,7 @@ numpy (:class:`_NGrams`). Any threshold set to ``null`` disables that rule.
 
 from __future__ import annotations
 
+import bisect
 import re
 
 import numpy as np
@@ -154,6 +155,7 @@ class _NGrams:
     _BASE = np.uint64(0x100000001B3)
 
     def __init__(self, words: list[str]):
+        self._words = words
         index = {w: i for i, w in enumerate(dict.fromkeys(words))}
         ids = np.fromiter(map(index.__getitem__, words), dtype=np.uint64, count=len(words))
         with np.errstate(over="ignore"):
@@ -167,6 +169,7 @@ class _NGrams:
         self._cum_len = np.concatenate(([0], np.cumsum(np.fromiter(map(len, words), dtype=np.int64,
                                                                     count=len(words)))))
         self._hashes: dict[int, np.ndarray] = {1: x}
+        self._repeats: dict[int, bool] = {}
 
     def hashes(self, n: int) -> np.ndarray:
         """Hash of the n-gram starting at each word (length ``len(words) - n + 1``)."""
@@ -192,23 +195,49 @@ class _NGrams:
         start = int(first[counts == best].min())
         return self.chars(n, start) * int(best)
 
+    def repeats(self, n: int) -> bool:
+        """Whether any n-gram occurs twice (then so does every shorter one)."""
+        return bool(self._repeats.get(n, True))
+
     def duplicated_chars(self, n: int) -> int:
-        """Characters in n-grams repeating an earlier one; after a repeat, skip past it (the reference's rule)."""
+        """Characters in n-grams repeating an earlier one; after a repeat, skip past it (the reference's rule).
+
+        The reference walks every position with a set of n-grams seen at the positions it visited. Only
+        positions whose n-gram occurred earlier at all can be repeats, so only those are walked here (in
+        order): one is skipped if it lies inside the skip of an earlier repeat, and it is a repeat if an
+        earlier occurrence was visited -- its group's first occurrence unless that was skipped, or an
+        earlier walked position that turned out new. Same count as the full walk, in time proportional to
+        the repeats.
+        """
         h = self.hashes(n)
-        ordered = np.sort(h)
-        if not (ordered[1:] == ordered[:-1]).any():
+        order = np.argsort(h, kind="stable")
+        ordered = h[order]
+        new = np.concatenate(([True], ordered[1:] != ordered[:-1]))
+        if new.all():
+            self._repeats[n] = False
             return 0
-        seen: set[int] = set()
-        chars = idx = 0
-        values = h.tolist()
-        end = len(values)
-        while idx < end:
-            if values[idx] in seen:
-                chars += self.chars(n, idx)
-                idx += n
-            else:
-                seen.add(values[idx])
-                idx += 1
+        group_sorted = np.cumsum(new) - 1
+        group = np.empty(len(h), dtype=np.int64)
+        group[order] = group_sorted
+        first = order[np.flatnonzero(new)]  # first occurrence of every group (stable sort)
+        later = np.flatnonzero(first[group] != np.arange(len(h)))  # positions whose n-gram occurred before
+        skip_starts: list[int] = []  # skipped spans (r + 1 .. r + n - 1) after each repeat r, in order
+        seen: dict[int, bool] = {}  # group -> an occurrence of it was visited
+        chars = 0
+        skip_end = -1
+        for c, g in zip(later.tolist(), group[later].tolist()):
+            if c <= skip_end:
+                continue  # skipped, never added to the reference's set
+            visited = seen.get(g)
+            if visited is None:
+                p0 = int(first[g])
+                k = bisect.bisect_right(skip_starts, p0) - 1
+                visited = not (k >= 0 and p0 <= skip_starts[k] + n - 2)
+            if visited:
+                chars += self.chars(n, c)
+                skip_starts.append(c + 1)
+                skip_end = c + n - 1
+            seen[g] = True
         return chars
 
 
@@ -274,7 +303,13 @@ class GopherRepetition(DocumentFilter):
         for n, frac in self.top_n_grams.items():
             if len(words) >= n and ngrams.top_chars(n) / n_chars > frac:
                 return f"gopher_top_{n}_gram"
+        repeats_at = None  # smallest n checked whose n-grams never repeat: no longer n-gram repeats either
         for n, frac in self.dup_n_grams.items():
-            if len(words) >= n and ngrams.duplicated_chars(n) / n_chars > frac:
+            if len(words) < n or (repeats_at is not None and n > repeats_at):
+                continue
+            dup = ngrams.duplicated_chars(n)
+            if dup == 0 and not ngrams.repeats(n):
+                repeats_at = n
+            if dup / n_chars > frac:
                 return f"gopher_dup_{n}_gram"
         return None

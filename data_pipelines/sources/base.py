@@ -41,7 +41,7 @@ MiB = 1 << 20
 # keeps a bad file from crashing a shard while real bugs still surface.
 STREAM_ERRORS: tuple[type[BaseException], ...] = (EOFError, OSError, zlib.error, lzma.LZMAError, ValueError)
 
-_MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "xz"))
+_MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "xz"), (b"\x28\xb5\x2f\xfd", "zstd"))
 
 
 # errno -> skip reason of a file that could not be read at all
@@ -62,7 +62,7 @@ def os_error_reason(exc: OSError) -> str:
 
 
 def compression_of(path: str) -> str:
-    """``gzip``/``bz2``/``xz`` from the file's magic bytes (not its name, which lies), else ``none``."""
+    """``gzip``/``bz2``/``xz``/``zstd`` from the file's magic bytes (not its name, which lies), else ``none``."""
     with open(path, "rb") as f:
         head = f.read(6)
     for magic, name in _MAGIC:
@@ -71,9 +71,19 @@ def compression_of(path: str) -> str:
     return "none"
 
 
-def open_binary(path: str) -> tuple[BinaryIO, str]:
-    """Open ``path`` for streaming reads, decompressing transparently. Returns (stream, compression)."""
+def open_binary(path: str, span: Any = None) -> tuple[BinaryIO, str]:
+    """Open ``path`` for streaming reads, decompressing transparently. Returns (stream, compression).
+
+    ``span`` (a :class:`~data_pipelines.executor.parts.Span`): only the bytes ``[span.start, span.end)`` of
+    the file, which are whole members/streams/frames of a compressed file (:mod:`data_pipelines.sources.split`).
+    """
     kind = compression_of(path)
+    if span is not None:
+        return open_range(path, span.start, span.end, kind), kind
+    if kind == "zstd":
+        import zstandard
+
+        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), read_across_frames=True), kind
     if kind == "gzip":
         return gzip.open(path, "rb"), kind  # type: ignore[return-value]
     if kind == "bz2":
@@ -81,6 +91,48 @@ def open_binary(path: str) -> tuple[BinaryIO, str]:
     if kind == "xz":
         return lzma.open(path, "rb"), kind  # type: ignore[return-value]
     return open(path, "rb", buffering=MiB), kind
+
+
+class RangeReader(io.RawIOBase):
+    """The raw bytes ``[start, end)`` of a file, as a stream of their own (one part of a split file)."""
+
+    def __init__(self, path: str, start: int, end: int):
+        super().__init__()
+        self._f = open(path, "rb")
+        self._f.seek(start)
+        self._left = end - start
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = min(len(buffer), self._left)
+        if n <= 0:
+            return 0
+        got = self._f.readinto(memoryview(buffer)[:n])
+        self._left -= got
+        return got
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
+def open_range(path: str, start: int, end: int, kind: str) -> BinaryIO:
+    """The decompressed content of the file bytes ``[start, end)``: whole gzip members, bz2 streams or zstd
+    frames of a compressed file, which decompress on their own; plain bytes otherwise."""
+    raw = io.BufferedReader(RangeReader(path, start, end), buffer_size=MiB)
+    if kind == "gzip":
+        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+    if kind == "bz2":
+        return bz2.BZ2File(raw, "rb")  # type: ignore[return-value]
+    if kind == "xz":
+        return lzma.LZMAFile(raw, "rb")  # type: ignore[return-value]
+    if kind == "zstd":
+        import zstandard
+
+        return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+    return raw  # type: ignore[return-value]
 
 
 class TolerantStream(io.RawIOBase):
@@ -116,10 +168,10 @@ class TolerantStream(io.RawIOBase):
         super().close()
 
 
-def open_tolerant(path: str) -> tuple[BinaryIO, TolerantStream, str]:
+def open_tolerant(path: str, span: Any = None) -> tuple[BinaryIO, TolerantStream, str]:
     """``open_binary`` behind a :class:`TolerantStream` and a buffer (for ``readline``): every complete
     line before a truncation is delivered; afterwards ``tolerant.error`` says what broke."""
-    inner, compression = open_binary(path)
+    inner, compression = open_binary(path, span)
     tolerant = TolerantStream(inner)
     return io.BufferedReader(tolerant, buffer_size=MiB), tolerant, compression  # type: ignore[return-value]
 
@@ -244,17 +296,20 @@ class SourceReader(Reader):
         self.count_in(stats, nbytes)
         stats.drop(reason)
 
-    def iter_json_lines(self, path: str, stats: StageStats) -> Iterator[tuple[Any, str, int, int]]:
+    def iter_json_lines(self, path: str, stats: StageStats, span: Any = None) -> Iterator[tuple[Any, str, int, int]]:
         """``(record, file label, line number, raw bytes)`` for each JSON line of ``path`` (``.gz``/``.bz2``/
-        ``.xz`` read transparently). Oversized lines, invalid UTF-8 (``skip`` policy) and invalid JSON are
-        skipped and counted; a broken compressed stream ends the file, the lines before it kept."""
+        ``.xz``/``.zst`` read transparently). Oversized lines, invalid UTF-8 (``skip`` policy) and invalid JSON
+        are skipped and counted; a broken compressed stream ends the file, the lines before it kept.
+        ``span``: only that byte range of the file, whose lines are numbered on from ``span.line``."""
         import json
 
         fname = file_label(path)
-        stream, tolerant, compression = open_tolerant(path)
+        stream, tolerant, compression = open_tolerant(path, span)
+        first = 1 + (span.line if span is not None else 0)
         with stream:
             # JSON escapes can double a text's size, hence twice the cap for the raw line
-            for lineno, raw in enumerate(iter_capped_lines(stream, self.max_record_bytes * 2, tolerant), start=1):
+            lines = iter_capped_lines(stream, self.max_record_bytes * 2, tolerant)
+            for lineno, raw in enumerate(lines, start=first):
                 if raw is None:
                     self.skip(stats, "record_too_large", where=f"{fname}:{lineno}")
                     continue
@@ -292,13 +347,13 @@ def _guard_read(read: Any) -> Any:
     truncation. Only I/O and stream errors (:data:`STREAM_ERRORS`) are caught: a bug still surfaces."""
 
     @functools.wraps(read)
-    def guarded(self: SourceReader, path: str, stats: StageStats) -> Iterator[Document]:
+    def guarded(self: SourceReader, path: str, stats: StageStats, **kwargs: Any) -> Iterator[Document]:
         try:
             if os.path.isfile(path) and os.path.getsize(path) == 0:
                 log.warning("source %s: %s is empty; skipped", self.source, path)
                 self.skip(stats, "empty_file", where=path)
                 return
-            yield from read(self, path, stats)
+            yield from read(self, path, stats, **kwargs)  # span=...: one part of a split file
             return
         except OSError as exc:
             reason = os_error_reason(exc)
@@ -329,7 +384,7 @@ def read_text_file(path: str, max_bytes: int) -> tuple[bytes | None, int, str]:
 
 
 __all__ = [
-    "MiB", "STREAM_ERRORS", "SourceReader", "TolerantStream", "compression_of", "decode_utf8", "file_label",
-    "iter_capped_lines", "open_binary", "open_tolerant", "os_error_reason", "read_capped", "read_text_file",
+    "MiB", "STREAM_ERRORS", "RangeReader", "SourceReader", "TolerantStream", "compression_of", "decode_utf8", "file_label",
+    "iter_capped_lines", "open_binary", "open_range", "open_tolerant", "os_error_reason", "read_capped", "read_text_file",
     "stream_error_reason",
 ]

@@ -44,15 +44,16 @@ class _RecordOptions(SourceReader):
 
 
 class JsonlReader(_RecordOptions):
-    """``kind: jsonl``: one JSON object per line; ``.gz``/``.bz2``/``.xz`` read transparently."""
+    """``kind: jsonl``: one JSON object per line; ``.gz``/``.bz2``/``.xz``/``.zst`` read transparently. A file
+    larger than a part is read in pieces (``span``: a byte range, :mod:`data_pipelines.sources.split`)."""
 
     kind: ClassVar[str] = "jsonl"
     extensions: ClassVar[tuple[str, ...]] = (
-        ".jsonl", ".jsonl.gz", ".jsonl.bz2", ".jsonl.xz", ".json.gz", ".json", ".ndjson",
+        ".jsonl", ".jsonl.gz", ".jsonl.bz2", ".jsonl.xz", ".jsonl.zst", ".json.gz", ".json", ".ndjson",
     )
 
-    def read(self, path: str, stats: StageStats) -> Iterator[Document]:
-        for record, fname, lineno, nbytes in self.iter_json_lines(path, stats):
+    def read(self, path: str, stats: StageStats, span: Any = None) -> Iterator[Document]:
+        for record, fname, lineno, nbytes in self.iter_json_lines(path, stats, span):
             doc = self._document(record, fname, lineno, nbytes, stats)
             if doc is not None:
                 yield doc

@@ -11,15 +11,22 @@ every following ``<page>...</page>`` on its own (:func:`_page_segments`). A page
 skipped as ``malformed_xml``, one per page lost; junk outside any page counts one ``malformed_xml``. Pages in
 dumps cannot contain a literal ``<page`` outside markup (XML escapes ``<`` in text), which makes the page start
 tag a safe place to resynchronise.
+
+A multistream dump larger than a part is read in pieces (``span``: whole bz2 streams, cut at the offsets of
+its ``-index.txt.bz2``, :mod:`data_pipelines.sources.split`). A piece after the first is given the root
+element the first stream opens (``<mediawiki>``) and one before the last the end tag the last stream holds,
+so each piece parses as the dump does; the wiki's name is read from the first stream's ``<siteinfo>``.
 """
 
 from __future__ import annotations
 
+import bz2
+import io
 import logging
+import os
 import re
-from typing import Any, ClassVar, Iterator
+from typing import Any, BinaryIO, ClassVar, Iterator
 
-import mwparserfromhell
 from lxml import etree
 
 from data_pipelines.document import Document
@@ -34,10 +41,12 @@ from data_pipelines.sources.base import (
 from data_pipelines.sources.wikitext import (
     CATEGORY_PREFIXES,
     DEFAULT_DISAMBIGUATION_TEMPLATES,
+    DEFAULT_DROP_SECTIONS,
     MEDIA_PREFIXES,
     is_disambiguation,
     wikitext_to_text,
 )
+from data_pipelines.sources.wikitext import parse as parse_wikitext
 from data_pipelines.stats import StageStats
 
 log = logging.getLogger(__name__)
@@ -61,7 +70,8 @@ def _child_text(elem: etree._Element, name: str) -> str | None:
 class WikiReader(SourceReader):
     """``kind: wiki``. Options: ``namespaces`` (kept ``ns`` values, default ``[0]``),
     ``disambiguation_templates``, ``media_prefixes`` and ``category_prefixes`` (add the localised names
-    for non-English wikis, e.g. ``Datei``/``Kategorie``), ``redirect_words`` (localised ``#REDIRECT``)."""
+    for non-English wikis, e.g. ``Datei``/``Kategorie``), ``redirect_words`` (localised ``#REDIRECT``),
+    ``drop_sections`` (headings of non-prose sections left out; ``[]`` keeps all), ``keep_math``, ``keep_code``."""
 
     kind: ClassVar[str] = "wiki"
     extensions: ClassVar[tuple[str, ...]] = (".xml", ".xml.bz2", ".xml.gz", ".xml.xz")
@@ -71,6 +81,9 @@ class WikiReader(SourceReader):
         "media_prefixes": sorted(MEDIA_PREFIXES),
         "category_prefixes": sorted(CATEGORY_PREFIXES),
         "redirect_words": ["redirect"],
+        "drop_sections": list(DEFAULT_DROP_SECTIONS),  # non-prose sections left out ([] keeps every section)
+        "keep_math": False,  # <math>/<chem> source text kept
+        "keep_code": False,  # <syntaxhighlight>/<source> blocks kept
     }
 
     def __init__(self, source: str, **options: Any):
@@ -79,15 +92,15 @@ class WikiReader(SourceReader):
         words = "|".join(re.escape(w) for w in self.options["redirect_words"])
         self._redirect_re = re.compile(rf"^\s*#({words})\s*:?\s*\[\[", re.IGNORECASE)
 
-    def read(self, path: str, stats: StageStats) -> Iterator[Document]:
+    def read(self, path: str, stats: StageStats, span: Any = None) -> Iterator[Document]:
         fname = file_label(path)
-        inner, compression = open_binary(path)
+        inner, compression = _open_piece(path, span)
         seen = 0  # <page> elements handled by the streaming parse, whatever became of them
         with TolerantStream(inner) as stream:
             # huge_tree: lxml otherwise refuses text nodes > 10 MB and would end the file there; the
             # per-page cap below is the limit that counts.
             pages = etree.iterparse(stream, events=("end",), tag="{*}page", huge_tree=True, remove_comments=True)
-            dbname = ""
+            dbname = _first_stream_dbname(path) if span is not None and span.start > 0 else ""
             error: BaseException | None = None
             while True:
                 try:
@@ -112,16 +125,18 @@ class WikiReader(SourceReader):
         if isinstance(error, etree.XMLSyntaxError):
             log.warning("source %s: malformed_xml in %s after %d pages: %s; resynchronising at the next <page>",
                         self.source, path, seen, error)
-            yield from self._resync(path, fname, dbname, seen, stats)
+            yield from self._resync(path, fname, dbname, seen, stats, span)
         elif error is not None:
             reason = stream_error_reason(error, compression, "xml")
             log.warning("source %s: %s in %s: %s; pages before it kept", self.source, reason, path, error)
             self.skip(stats, reason, where=path)
 
-    def _resync(self, path: str, fname: str, dbname: str, seen: int, stats: StageStats) -> Iterator[Document]:
+    def _resync(
+        self, path: str, fname: str, dbname: str, seen: int, stats: StageStats, span: Any = None,
+    ) -> Iterator[Document]:
         """The pages after the first ``seen`` ones, each parsed on its own; see the module docstring."""
         parser = etree.XMLParser(huge_tree=True, remove_comments=True)
-        inner, compression = open_binary(path)
+        inner, compression = _open_piece(path, span)
         lost = 0
         with TolerantStream(inner) as stream:
             for index, (head, segment) in enumerate(_page_segments(stream, self.max_record_bytes)):
@@ -193,11 +208,13 @@ class WikiReader(SourceReader):
             self.skip(stats, "record_too_large", nbytes, title)
             return None
         try:
-            code = mwparserfromhell.parse(text)
+            code = parse_wikitext(text)
             if is_disambiguation(code, self.options["disambiguation_templates"]):
                 self.drop(stats, "wiki_disambiguation", nbytes)
                 return None
-            plain = wikitext_to_text(code, self.options["media_prefixes"], self.options["category_prefixes"])
+            plain = wikitext_to_text(text, self.options["media_prefixes"], self.options["category_prefixes"],
+                                     drop_sections=self.options["drop_sections"],
+                                     keep_math=self.options["keep_math"], keep_code=self.options["keep_code"])
         except Exception as exc:  # noqa: BLE001 - one unparsable page must not end the dump
             log.warning("source %s: wikitext of %r failed to parse: %s", self.source, title, exc)
             self.skip(stats, "wikitext_parse_error", nbytes, title)
@@ -208,6 +225,63 @@ class WikiReader(SourceReader):
         prefix = f"{dbname}/" if dbname else ""
         meta = {"file": fname, "title": title, "page_id": page_id, "timestamp": timestamp, "wiki": dbname}
         return self.emit(stats, f"{self.source}:{prefix}{key}", plain, nbytes, meta)
+
+
+class _Concat(io.RawIOBase):
+    """``head``, then the stream ``inner``, then ``tail``: a piece of a dump with the root element around it."""
+
+    def __init__(self, head: bytes, inner: BinaryIO, tail: bytes):
+        super().__init__()
+        self._parts: list[Any] = [io.BytesIO(head), inner, io.BytesIO(tail)]
+        self._inner = inner
+
+    def readable(self) -> bool:
+        return True
+
+    def read1(self, n: int = -1) -> bytes:
+        while self._parts:
+            data = self._parts[0].read1(n if n > 0 else MiB)
+            if data:
+                return data
+            self._parts.pop(0)
+        return b""
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read1(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._inner.close()
+        super().close()
+
+
+def _open_piece(path: str, span: Any) -> tuple[BinaryIO, str]:
+    """The whole dump, or one piece of it (whole bz2 streams) wrapped in the dump's root element."""
+    inner, compression = open_binary(path, span)
+    if span is None:
+        return inner, compression
+    head = b"<mediawiki>\n" if span.start > 0 else b""  # the first stream opens the root element
+    tail = b"</mediawiki>\n" if span.end < os.path.getsize(path) else b""  # the last one closes it
+    return _Concat(head, inner, tail), compression  # type: ignore[return-value]
+
+
+def _first_stream_dbname(path: str) -> str:
+    """The ``<dbname>`` of a multistream dump, from its first bz2 stream (siteinfo, before any page)."""
+    d = bz2.BZ2Decompressor()
+    out = b""
+    with open(path, "rb") as f:
+        while not d.eof and len(out) < MiB:
+            chunk = f.read(64 * 1024)
+            if not chunk:
+                break
+            try:
+                out += d.decompress(chunk)
+            except (OSError, EOFError, ValueError):
+                break
+            if (m := _DBNAME.search(out)) is not None:
+                return m.group(1).decode("utf-8", "replace")
+    return ""
 
 
 def _page_segments(stream: TolerantStream, max_bytes: int) -> Iterator[tuple[bytes, bytes | None]]:

@@ -2,18 +2,30 @@
 
 Removed: templates (infoboxes, citations, navboxes), ``<ref>`` and other non-prose tags, tables,
 File:/Image:/Media: links, Category: links, interlanguage links, comments, behaviour switches
-(``__NOTOC__``). Kept as text: headings (their title on a line of its own), paragraphs, list items (one
-per line), the visible text of links and formatting. The parser is the field's standard one; only the
-choice of what to remove and the final whitespace clean-up are ours.
+(``__NOTOC__``), bold/italic marks, and whole sections that are not prose (``drop_sections``: References,
+External links, See also, Notes, Further reading... with their subsections). Kept as text: headings
+(their title on a line of its own), paragraphs, list items (one per line), the visible text of links and
+formatting; math (``<math>``, ``<chem>``) and code (``<syntaxhighlight>``, ``<source>``) blocks only with
+``keep_math`` / ``keep_code``. The parser is the field's standard one; only the choice of what to remove
+and the final clean-up are ours.
+
+Robustness on real articles: mwparserfromhell's style-tag parsing (``''``/``'''``) gives up on constructs
+such as ``''Iliad'''s`` and returns the rest of the page as plain text, so templates, ``<ref>``s and tables
+after it survive as raw wikitext. Pages are therefore parsed with ``skip_style_tags=True`` and the quote
+marks removed afterwards by MediaWiki's own per-line rule (:func:`strip_quotes`). Each section is parsed
+on its own, so a section the parser cannot handle costs that section, not the page.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Iterable
 
 import mwparserfromhell
 from mwparserfromhell.nodes import Comment, Heading, Template
+
+log = logging.getLogger(__name__)
 
 # tags whose content is not running prose
 DROP_TAGS = frozenset({
@@ -21,10 +33,20 @@ DROP_TAGS = frozenset({
     "syntaxhighlight", "source", "templatedata", "mapframe", "maplink", "inputbox", "categorytree", "noinclude",
     "indicator", "hiero", "ce",
 })
+MATH_TAGS = frozenset({"math", "chem", "ce"})
+CODE_TAGS = frozenset({"syntaxhighlight", "source"})
 MEDIA_PREFIXES = frozenset({"file", "image", "media"})
 CATEGORY_PREFIXES = frozenset({"category"})
+# Sections that are lists of titles and links, not prose (English Wikipedia's standard appendices).
+DEFAULT_DROP_SECTIONS = (
+    "references", "external links", "see also", "notes", "further reading", "bibliography", "sources",
+    "citations", "footnotes", "notes and references", "references and notes", "works cited",
+)
 _INTERLANG_RE = re.compile(r"^:?[a-z]{2,3}(-[a-z0-9]{1,8})*$")
 _BEHAVIOUR_SWITCH_RE = re.compile(r"__[A-Z]+__")
+_HEADING_RE = re.compile(r"^(={1,6})[ \t]*(.*?)[ \t]*\1[ \t]*$", re.MULTILINE)
+_QUOTE_RUN = re.compile(r"'{2,}")
+_CODE_SLOT = re.compile("\ue000(\\d+)\ue001")
 DEFAULT_DISAMBIGUATION_TEMPLATES = (
     "disambiguation", "disambig", "dab", "disamb", "hndis", "geodis", "numberdis", "letter disambiguation",
     "school disambiguation", "place name disambiguation", "species latin name disambiguation",
@@ -49,6 +71,11 @@ def is_disambiguation(code: mwparserfromhell.wikicode.Wikicode, templates: Itera
     return False
 
 
+def parse(text: str) -> mwparserfromhell.wikicode.Wikicode:
+    """mwparserfromhell with the settings that survive real articles (see the module docstring)."""
+    return mwparserfromhell.parse(text, skip_style_tags=True)
+
+
 def _remove(code: mwparserfromhell.wikicode.Wikicode, node: object) -> None:
     try:
         code.remove(node)
@@ -60,16 +87,82 @@ def wikitext_to_text(
     code: str | mwparserfromhell.wikicode.Wikicode,
     media_prefixes: Iterable[str] = MEDIA_PREFIXES,
     category_prefixes: Iterable[str] = CATEGORY_PREFIXES,
+    *,
+    drop_sections: Iterable[str] = (),
+    keep_math: bool = False,
+    keep_code: bool = False,
 ) -> str:
-    """Plain text of a page's wikitext (see the module docstring for what is kept)."""
-    if isinstance(code, str):
-        code = mwparserfromhell.parse(code)
+    """Plain text of a page's wikitext (see the module docstring for what is kept).
+
+    ``drop_sections``: heading titles (case-insensitive) whose section, subsections included, is left out.
+    """
+    text = str(code)
     media = {p.lower() for p in media_prefixes}
     cats = {p.lower() for p in category_prefixes}
+    drop = {t.strip().lower() for t in drop_sections}
+    kept_tags = (MATH_TAGS if keep_math else frozenset()) | (CODE_TAGS if keep_code else frozenset())
+    parts: list[str] = []
+    code_blocks: list[str] = []  # kept code, put back after the whitespace clean-up (it keeps its indentation)
+    dropping_below: int | None = None  # level of a dropped section's heading: deeper headings go with it
+    for level, title, body in split_sections(text):
+        if dropping_below is not None and level > dropping_below:
+            continue
+        dropping_below = None
+        plain_title = _plain_title(title) if level else ""
+        if level and plain_title.lower() in drop:
+            dropping_below = level
+            continue
+        if plain_title:
+            parts.append("\n" + plain_title + "\n")
+        try:
+            parts.append(_section_text(body, media, cats, kept_tags, code_blocks))
+        except Exception as exc:  # noqa: BLE001 - the parser failing on one section must not cost the page
+            log.debug("wikitext section %r left out: %s", title, exc)
+    text = _clean("\n".join(parts))
+    if code_blocks:
+        text = _CODE_SLOT.sub(lambda m: code_blocks[int(m.group(1))], text)
+    return text
+
+
+def split_sections(text: str) -> list[tuple[int, str, str]]:
+    """``(level, heading title, body wikitext)`` per section; the lead section has level 0 and no title."""
+    out: list[tuple[int, str, str]] = []
+    pos, level, title = 0, 0, ""
+    for m in _HEADING_RE.finditer(text):
+        out.append((level, title, text[pos : m.start()]))
+        level, title, pos = len(m.group(1)), m.group(2), m.end()
+    out.append((level, title, text[pos:]))
+    return out
+
+
+def _plain_title(title: str) -> str:
+    try:
+        code = parse(title)
+    except Exception:  # noqa: BLE001 - a heading the parser rejects stays as written
+        return strip_quotes(title).strip()
+    for node in code.filter(recursive=True, forcetype=(Template, Comment)):
+        _remove(code, node)
+    return strip_quotes(code.strip_code()).strip()
+
+
+def _section_text(
+    body: str, media: set[str], cats: set[str], kept_tags: frozenset[str], code_blocks: list[str]
+) -> str:
+    code = parse(body)
     for node in code.filter(recursive=True, forcetype=(Template, Comment)):
         _remove(code, node)
     for tag in code.filter_tags(recursive=True):
-        if str(tag.tag).strip().lower() in DROP_TAGS:
+        name = str(tag.tag).strip().lower()
+        if name in kept_tags:  # math is invisible to strip_code, code is kept as written: its source text
+            content = str(tag.contents).strip("\n")
+            if name in CODE_TAGS:
+                code_blocks.append(content)
+                content = f"\ue000{len(code_blocks) - 1}\ue001"
+            try:
+                code.replace(tag, "\n" + content + "\n")
+            except ValueError:  # inside a node already replaced
+                pass
+        elif name in DROP_TAGS:
             _remove(code, tag)
     for link in code.filter_wikilinks(recursive=True):
         title = str(link.title)
@@ -78,11 +171,52 @@ def wikitext_to_text(
             _remove(code, link)
         elif prefix and not title.strip().startswith(":") and _INTERLANG_RE.match(prefix):
             _remove(code, link)  # [[de:Python]]: an interlanguage link, not text
-    for heading in code.filter(recursive=False, forcetype=Heading):
-        # keep the heading as a line of its own text
+    for heading in code.filter(recursive=False, forcetype=Heading):  # a heading the line pattern missed
         code.replace(heading, "\n" + heading.title.strip_code().strip() + "\n")
     text = code.strip_code(normalize=True, collapse=True)
-    return _clean(text)
+    return "\n".join(strip_quotes(line) for line in text.split("\n"))
+
+
+def strip_quotes(line: str) -> str:
+    """Remove the bold/italic apostrophe runs of one line the way MediaWiki renders them.
+
+    Two apostrophes are italic, three bold, five both; four are an apostrophe then bold, and more than
+    five keep the extra ones as apostrophes. When a line has an odd number of both italic and bold marks,
+    one bold mark is really an apostrophe followed by italic (``''Iliad'''s``): MediaWiki takes the first
+    one after a one-letter word, else after a longer word, else after a space; so does this.
+    """
+    if "''" not in line:
+        return line
+    runs = list(_QUOTE_RUN.finditer(line))
+    kinds = [3 if len(m.group()) == 4 else 5 if len(m.group()) > 5 else len(m.group()) for m in runs]
+    italics = sum(1 for k in kinds if k in (2, 5))
+    bolds = sum(1 for k in kinds if k in (3, 5))
+    apostrophe_at = None
+    if italics % 2 and bolds % 2:
+        single = word = space = None
+        for i, (m, k) in enumerate(zip(runs, kinds)):
+            if k != 3:
+                continue
+            before = line[m.start() - 1] if m.start() >= 1 else " "
+            before2 = line[m.start() - 2] if m.start() >= 2 else " "
+            if before == " ":
+                space = i if space is None else space
+            elif before2 == " ":
+                single = i if single is None else single
+            else:
+                word = i if word is None else word
+        apostrophe_at = next((i for i in (single, word, space) if i is not None), None)
+    out, pos = [], 0
+    for i, m in enumerate(runs):
+        n = len(m.group())
+        out.append(line[pos : m.start()])
+        if n == 4 or i == apostrophe_at:
+            out.append("'")
+        elif n > 5:
+            out.append("'" * (n - 5))
+        pos = m.end()
+    out.append(line[pos:])
+    return "".join(out)
 
 
 def _clean(text: str) -> str:
@@ -96,5 +230,3 @@ def _clean(text: str) -> str:
             continue
         out.append(line)
     return "\n".join(out).strip()
-
-

@@ -48,8 +48,9 @@ class Read(PartStage):
         from data_pipelines.filters import filter_spec_for_source
 
         spec, _ = filter_spec_for_source(pipe.filters, part.source, part.kind)
+        span = {} if part.span is None else {"span": [part.span.start, part.span.end, part.span.line]}
         return fingerprint({"source": pipe.sources[part.source], "filters": spec, "files": part.files,
-                            "sizes": part.sizes, "index": part.index})
+                            "sizes": part.sizes, "index": part.index, **span})
 
     def measure(self, payload: dict[str, Any]) -> tuple[int, int]:
         return int(payload["read"]["docs_out"]), int(payload["read"]["bytes_in"])
@@ -65,8 +66,9 @@ class Read(PartStage):
         block_stats = [StageStats() for _ in blocks]
 
         def docs() -> Iterator[Document]:
+            piece = {} if part.span is None else {"span": part.span}  # one piece of a split file
             for f, size in zip(part.files, part.sizes):
-                for doc in reader.read(f, read_stats):
+                for doc in reader.read(f, read_stats, **piece):
                     progress.update(docs=1)
                     yield doc
                 progress.update(units=size)

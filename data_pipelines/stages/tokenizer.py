@@ -1,8 +1,12 @@
 """Stage ``tokenizer`` (global): train a tokenizer on the documents, or copy the given ``tokenizer.path``.
 
-Output: ``tokenizer/tokenizer.json``. The training sample is deterministic: a document is kept when the hash
-of its id falls under the fraction ``max_train_bytes / total bytes``, so it does not depend on order,
-sharding or worker count.
+Output: ``tokenizer/tokenizer.json``. When the cleaned corpus fits in ``max_train_bytes`` (the sample
+budget), every document trains. Otherwise the sample is a set of Parquet *row groups* (one per
+``executor.batch_size`` documents of a part), chosen by :func:`sample_row_groups` from the files' metadata
+alone: each row group gets a hash of (source, part, row group), and row groups are taken in hash order
+until their text bytes reach the budget. Only those are ever read, so the stage's time and memory are
+bounded by the sample, not by the corpus (the previous rule hashed every document id and so read every
+text). The choice depends only on the parts and the budget: not on order or worker count.
 """
 
 from __future__ import annotations
@@ -26,10 +30,36 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def train_tokenizer_file(layout: Layout, parts: list[Part], spec, total_bytes: int, batch_size: int) -> dict[str, Any]:
-    """Train on a deterministic sample of the documents (or copy ``spec.path``); the marker payload."""
+def sample_row_groups(files: list[tuple[str, int, str]], budget: int) -> dict[str, list[int]]:
+    """``{path: [row group, ...]}`` to train on: ``files`` are ``(source, part index, parquet path)``.
+
+    Row groups are ranked by xxh64 of ``source, part index, row group`` (a uniform random order that is
+    the same on every run), and taken in that order until the uncompressed size of their ``text`` column
+    reaches ``budget`` bytes; the last one may overshoot by at most one row group.
+    """
+    import pyarrow.parquet as pq
     import xxhash
 
+    ranked = []
+    for source, index, path in files:
+        md = pq.ParquetFile(path).metadata
+        col = md.schema.names.index("text")
+        for rg in range(md.num_row_groups):
+            size = md.row_group(rg).column(col).total_uncompressed_size
+            ranked.append((xxhash.xxh64_intdigest(f"{source}\x00{index}\x00{rg}".encode()), path, rg, size))
+    ranked.sort()
+    chosen: dict[str, list[int]] = {}
+    taken = 0
+    for _, path, rg, size in ranked:
+        if taken >= budget:
+            break
+        chosen.setdefault(path, []).append(rg)
+        taken += size
+    return {path: sorted(rgs) for path, rgs in chosen.items()}
+
+
+def train_tokenizer_file(layout: Layout, parts: list[Part], spec, total_bytes: int, batch_size: int) -> dict[str, Any]:
+    """Train on a deterministic sample of the documents (or copy ``spec.path``); the marker payload."""
     from pretrain.core.tokenizer import eod_id, load_tokenizer, save_tokenizer, train_tokenizer
 
     out = layout.tokenizer_file
@@ -41,21 +71,22 @@ def train_tokenizer_file(layout: Layout, parts: list[Part], spec, total_bytes: i
         tok = load_tokenizer(out)
         info.update(train_docs=0, train_bytes=0)
     else:
-        fraction = 1.0 if total_bytes <= spec.max_train_bytes else spec.max_train_bytes / total_bytes
-        limit = int(fraction * 2**64) if fraction < 1.0 else None
+        files = [(part.source, part.index, str(layout.documents(part))) for part in parts]
+        sample = None if total_bytes <= spec.max_train_bytes else sample_row_groups(files, spec.max_train_bytes)
         counts = {"docs": 0, "bytes": 0}
 
         def texts() -> Iterator[str]:
             import pyarrow.parquet as pq
 
             counts["docs"] = counts["bytes"] = 0
-            for part in parts:
-                pf = pq.ParquetFile(layout.documents(part))
-                for batch in pf.iter_batches(batch_size=batch_size, columns=["id", "text"]):
-                    ids, txts = batch.column(0).to_pylist(), batch.column(1).to_pylist()
-                    for doc_id, text in zip(ids, txts):
-                        if limit is not None and xxhash.xxh64_intdigest(f"{part.source}\x00{doc_id}") >= limit:
-                            continue
+            for _, _, path in files:
+                pf = pq.ParquetFile(path)
+                if sample is None:
+                    batches = (b.column(0) for b in pf.iter_batches(batch_size=batch_size, columns=["text"]))
+                else:
+                    batches = (pf.read_row_group(rg, columns=["text"]).column(0) for rg in sample.get(path, ()))
+                for column in batches:
+                    for text in column.to_pylist():
                         counts["docs"] += 1
                         counts["bytes"] += text_bytes(text)
                         yield text

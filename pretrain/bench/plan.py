@@ -187,7 +187,7 @@ def measure_activations(facts, recompute: str | None, precision: str, micro: int
             q = attn.q_proj(h).detach().requires_grad_()
             k = attn.k_proj(h).detach().requires_grad_()
             v = attn.v_proj(h).detach().requires_grad_()
-            back = saved_bytes(lambda: type(attn).core(attn, q, k, v, rope, 0.0), fixed | _ptrs(q, k, v),
+            back = saved_bytes(lambda: type(attn).core(attn, q, k, v, rope, attn.spec(), 0.0), fixed | _ptrs(q, k, v),
                                exclude_output=True)
     return {"saved": saved, "recompute": back}
 

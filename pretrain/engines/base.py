@@ -33,6 +33,7 @@ class BatchPlan:
     zero_stage: int = 0
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
+    context_parallel_size: int = 1  # ranks sharing each sample, one chunk of its sequence each
 
 
 def batch_plan(cfg: DictConfig, world_size: int) -> BatchPlan:
@@ -49,9 +50,9 @@ def batch_plan(cfg: DictConfig, world_size: int) -> BatchPlan:
     if p.offload_optimizer and p.zero_stage == 0:
         raise ConfigError("parallel.offload_optimizer=true needs parallel.zero_stage >= 1")
     stage = p.zero_stage
-    if dp == 1 and not (p.offload_optimizer or p.offload_param):
+    if dp * layout.cp == 1 and not (p.offload_optimizer or p.offload_param):  # ZeRO partitions over dp x cp ranks
         stage = 0
-    return BatchPlan(micro, gbs, dp, gbs // (micro * dp), stage, tp, pp)
+    return BatchPlan(micro, gbs, dp, gbs // (micro * dp), stage, tp, pp, layout.cp)
 
 
 def check_precision(precision: str, device: torch.device) -> None:

@@ -8,6 +8,7 @@ ZeRO runs on the data-parallel dimension; a ``PipelineModule`` runs DeepSpeed's 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 from pathlib import Path
@@ -63,6 +64,8 @@ def deepspeed_config(cfg: DictConfig, plan: BatchPlan, device: torch.device) -> 
         "steps_per_print": 2**31 - 1,  # we log ourselves
         "wall_clock_breakdown": False,
     }
+    if plan.context_parallel_size > 1:  # informational: DeepSpeed takes the groups from the mpu (ParallelGrid)
+        ds["sequence_parallel_size"] = plan.context_parallel_size
     if plan.pipeline_parallel_size > 1 and p.sequence_parallel:
         # DeepSpeed sends a stage's output to the next stage in 1/tp slices, assuming every tensor rank holds the
         # same tensor; under sequence parallelism each holds its own sequence chunk, so send it whole
@@ -85,46 +88,108 @@ def initialize(model: torch.nn.Module, cfg: DictConfig, ds_config: dict, device:
 
     model.to(device)
     optimizer = build_optimizer(model, cfg, device)
+    experts = _has_expert_slices(model)
+    if experts:
+        optimizer = _with_expert_groups(optimizer)
     fn = lr_lambda(cfg.optim.sched, cfg.trainer.max_steps)
     # the guard's LR multiplier (set_lr_scale); x 1.0 is exact, so the schedule is bit for bit the same. A plain
     # function, not an object: LambdaLR saves an object's __dict__ into the checkpoint, a function's nothing.
     lr_scale = [1.0]
-    engine, _, _, scheduler = deepspeed.initialize(
-        model=model,
-        optimizer=optimizer,
-        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: fn(step) * lr_scale[0]),
-        config=ds_config,
-        mpu=None if _is_pipeline(model) else mpu,  # a PipelineModule brings its grid (our ParallelGrid)
-    )
+    with _experts_recognised(experts):
+        engine, _, _, scheduler = deepspeed.initialize(
+            model=model,
+            optimizer=optimizer,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: fn(step) * lr_scale[0]),
+            config=ds_config,
+            mpu=None if _is_pipeline(model) else mpu,  # a PipelineModule brings its grid (our ParallelGrid)
+        )
     if ds_config["zero_optimization"]["stage"] == 0 and not (ds_config["bf16"]["enabled"] or ds_config["fp16"]["enabled"]):
         _record_fp32_grad_norm(engine)
-    if ds_config["zero_optimization"]["stage"] == 0 and engine.dp_world_size == 1:
-        # Nothing to all-reduce with one data-parallel rank, but DeepSpeed would still flatten every gradient
-        # into a bucket and back each step (~7% of a step of a 30M model on CPU).
+    if ds_config["zero_optimization"]["stage"] == 0 and engine.seq_dp_world_size == 1:
+        # Nothing to all-reduce with one data-parallel rank (and no context-parallel ranks, over which gradients
+        # are summed), but DeepSpeed would still flatten every gradient into a bucket and back each step (~7% of a
+        # step of a 30M model on CPU).
         engine.enable_backward_allreduce = False
         if hasattr(engine, "pipeline_enable_backward_allreduce"):
             engine.pipeline_enable_backward_allreduce = False
     return engine, scheduler, lr_scale
 
 
+# ----------------------------------------------------------------- expert parallelism (MoE, docs/moe.md)
+def _has_expert_slices(model: torch.nn.Module) -> bool:
+    from pretrain.parallel.expert import expert_slice
+
+    return any(expert_slice(p) for p in model.parameters())
+
+
+def _with_expert_groups(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The same optimizer over DeepSpeed's MoE parameter groups: each of our groups split into its dense part and
+    its expert slices (``deepspeed.moe.utils.split_params_into_different_moe_groups_for_optimizer``: ``moe=True``,
+    ``name`` = the expert group), which DeepSpeed's ZeRO-1/2 and bf16 optimizers partition and reduce over the
+    expert-data-parallel group. Empty groups are dropped; every setting of a group is kept. In place: the
+    optimizer has no state yet."""
+    from deepspeed.moe.utils import split_params_into_different_moe_groups_for_optimizer
+
+    named = [{**g, "name": f"group{i}", "params": list(g["params"])} for i, g in enumerate(optimizer.param_groups)]
+    optimizer.param_groups.clear()
+    for g in split_params_into_different_moe_groups_for_optimizer(named):
+        if g["params"]:
+            optimizer.add_param_group(g)
+    return optimizer
+
+
+@contextlib.contextmanager
+def _experts_recognised(on: bool):
+    """DeepSpeed turns its expert-parallel plumbing on (``engine.has_moe_layers``: expert parameters broadcast and
+    reduced over the expert-data-parallel group, ZeRO-1/2 partitions per expert group) only for modules that are
+    its own ``deepspeed.moe.layer.MoE`` (or AutoEP's layer), which it finds with ``isinstance`` while the engine is
+    built; our block (:class:`pretrain.models.gpt.moe.MoE`) is counted as one for that time. Its MoE layer's
+    checkpoint files (per expert, by its module names) are not written for ours: an expert-parallel run resumes
+    through the layout-free copy, which holds the experts by global index (:mod:`pretrain.parallel.reshard`)."""
+    if not on:
+        yield
+        return
+    import deepspeed.runtime.engine as ds_engine
+
+    from pretrain.models.gpt.moe import MoE
+
+    theirs = ds_engine.MoE
+    ds_engine.MoE = (theirs, MoE)
+    try:
+        yield
+    finally:
+        ds_engine.MoE = theirs
+
+
 def grad_norm_and_clip(params: list[torch.Tensor], max_norm: float, mpu) -> torch.Tensor:
     """The global L2 gradient norm over every rank's parameters, then clipping to ``max_norm``.
 
     A tensor-sharded parameter counts on every tensor rank (its shards add up), a replicated one on tensor
-    rank 0 only, a tied copy DeepSpeed marks ``ds_pipe_replicated`` on one pipeline stage only; the squares
+    rank 0 only, a tied copy DeepSpeed marks ``ds_pipe_replicated`` on one pipeline stage only, an expert slice
+    (expert parallelism) once in its expert-parallel group, whose ranks hold the other experts; the squares
     are summed over the model-parallel group (pipeline x tensor ranks). DeepSpeed's ``clip_grad_norm_`` asks
     ``get_model_parallel_rank() == 0``, which with pipeline stages drops every replicated parameter of the
     later stages; its ZeRO and bf16 optimizers use the tensor rank, as here."""
     from deepspeed.runtime.utils import is_model_parallel_parameter
 
+    from pretrain.parallel.expert import expert_slice, expert_sq_norm
+
     params = [p for p in params if p.grad is not None]
     tp_rank = mpu.get_tensor_model_parallel_rank() if mpu is not None else 0
     device = params[0].grad.device if params else torch.device("cpu")
     sq = torch.zeros((), dtype=torch.float32, device=device)
+    sq_experts, an_expert = torch.zeros_like(sq), None  # expert slices: summed over the expert-parallel group
     for p in params:
+        if expert_slice(p):
+            an_expert = p
         if getattr(p, "ds_pipe_replicated", False) or (tp_rank > 0 and not is_model_parallel_parameter(p)):
             continue
-        sq += p.grad.detach().float().pow(2).sum()
+        if expert_slice(p):
+            sq_experts += p.grad.detach().float().pow(2).sum()
+        else:
+            sq += p.grad.detach().float().pow(2).sum()
+    if an_expert is not None:  # every rank of an expert-parallel run holds expert slices
+        sq += expert_sq_norm(sq_experts, an_expert)
     if mpu is not None and mpu.get_model_parallel_world_size() > 1:
         torch.distributed.all_reduce(sq, group=mpu.get_model_parallel_group())
     norm = sq.sqrt()
@@ -188,11 +253,17 @@ class DeepSpeedEngine(Engine):
     def __init__(self, model: torch.nn.Module, cfg: DictConfig, plan: BatchPlan, device: torch.device, grid,
                  param_names: dict[int, str], family) -> None:
         self.config = deepspeed_config(cfg, plan, device)
+        # expert parallelism: DeepSpeed's own files hold rank 0's expert slices only, so the layout-free copy, which
+        # gathers them by global index, is always written and always what a resume reads (docs/moe.md)
+        self.expert_parallel = _has_expert_slices(model)
         compile_blocks(model, cfg)  # trainer.compile: after tensor parallelism and recomputation, before wrapping
         self.ds, self.scheduler, self._lr_scale = initialize(model, cfg, self.config, device, mpu=grid)
         self.pipelined = plan.pipeline_parallel_size > 1
         self.grid, self.param_names, self.family = grid, param_names, family
-        self.universal = bool(cfg.checkpoint.universal)
+        self.universal = bool(cfg.checkpoint.universal) or self.expert_parallel
+        if self.expert_parallel and not cfg.checkpoint.universal:
+            log.info("checkpoint.universal=false: the layout-free copy is written all the same under expert "
+                     "parallelism (it is the one that holds every expert; docs/moe.md)")
         self._pipe_source: Iterator[Batch] | None = None
         self._pipe_iter: Iterator | None = None
         self._gate: Callable[[torch.Tensor | None, float | None], bool] | None = None
@@ -339,11 +410,18 @@ class DeepSpeedEngine(Engine):
         from pretrain import checkpoint as ckpt
         from pretrain.parallel import reshard
 
-        if same_layout:
-            return ckpt.load(self.ds, ckpt_dir, tag, torch.distributed.get_rank(), torch.distributed.get_world_size())
-        # another tp x pp x dp layout or ZeRO stage: weights and optimizer from the layout-free copy
+        rank = torch.distributed.get_rank()
+        experts = self.expert_parallel or reshard.saved_expert_parallel_size(ckpt_dir / tag) > 1
+        if same_layout and not experts:
+            return ckpt.load(self.ds, ckpt_dir, tag, rank, torch.distributed.get_world_size())
+        # another tp x pp x dp layout or ZeRO stage, or expert slices on either side: weights and optimizer from
+        # the layout-free copy
         reshard.load(self.ds, ckpt_dir / tag, self.param_names, self.grid)
         state = ckpt.read_state(ckpt_dir / tag)
         self.ds.global_steps, self.ds.global_samples = int(state["step"]), int(state["consumed_samples"])
+        rng_file = ckpt_dir / tag / f"rng_state_rank{rank}.pt"
+        if same_layout and rng_file.exists():  # the same ranks (another expert-parallel size at most)
+            log.info("expert-parallel checkpoint: weights and optimizer states from its layout-free copy")
+            return state, ckpt.load_rng_state(rng_file)
         log.warning("the layout changed: RNG streams (dropout) restart from the seed")
         return state, None

@@ -26,6 +26,7 @@ class PositionEmbedding(str, Enum):
     learned = "learned"
     rope = "rope"
     relative = "relative"  # T5's bucketed relative position bias (model.family=t5 only)
+    alibi = "alibi"  # linear biases of the attention scores, no position embedding (model.family=gpt; BLOOM, MPT)
 
 
 class Normalization(str, Enum):

@@ -10,9 +10,12 @@ coordinate's data-parallel rank 0: for every parameter the stage holds, under it
 * ``exp_avg``, ``exp_avg_sq``: the Adam moments of that shard,
 * ``partition_dim``: the dimension it is split along over the tensor ranks (None: replicated),
 
-plus the optimizer step and the LR scheduler state. Loading concatenates the shards of every tensor rank along
-``partition_dim``, slices what the new layout's rank holds and writes it into the new engine's fp32 master
-weights, its Adam moments and its model weights, through DeepSpeed's tensor-fragment API
+plus the optimizer step and the LR scheduler state. An expert-parallel slice of a mixture of experts (the rows
+``[first, first + E/ep)`` of a stacked ``[E, ...]`` expert tensor, :mod:`pretrain.parallel.expert`) is gathered
+over its expert-parallel group first, so the file holds every expert by GLOBAL index, as at ep 1 (``ep``
+records the size it was saved at), and loading keeps the new layout's rows of it. Loading concatenates the
+shards of every tensor rank along ``partition_dim``, slices what the new layout's rank holds and writes it into
+the new engine's fp32 master weights, its Adam moments and its model weights, through DeepSpeed's tensor-fragment API
 (``safe_{get,set}_full_{fp32_param,optimizer_state}``) for ZeRO 1-3 and the bf16 optimizer, and directly for
 the plain optimizer of stage 0. The same idea as DeepSpeed's universal checkpoint (``ds_to_universal``),
 written at save time because that converter covers neither ZeRO stage 0 nor models without Megatron-DeepSpeed's
@@ -29,6 +32,7 @@ import torch
 
 from pretrain.core import safe_load
 from pretrain.core.errors import CheckpointError
+from pretrain.parallel.expert import expert_slice, gather_experts, local_experts
 from pretrain.parallel.tensor import is_tensor_parallel, shard
 
 log = logging.getLogger(__name__)
@@ -85,24 +89,35 @@ def save(engine, tag_dir: Path, names: dict[int, str], grid) -> None:
     """Collective: write ``tag_dir/universal/pp{P}_tp{T}.pt`` (see the module docstring)."""
     params: dict[str, dict[str, Any]] = {}
     _link_optimizer_state(engine)
+    ep = 1
     for p in engine.module.parameters():
         if getattr(p, "ds_pipe_replicated", False):
             continue  # the last stage's copy of a tied embedding: the first stage saves it
         entry: dict[str, Any] = _full_state(engine, p)
+        if expert_slice(p):  # every expert by global index (collective over the expert-parallel group)
+            ep = expert_slice(p)[1]
+            entry = {k: gather_experts(v, p).cpu() for k, v in entry.items()}
         entry["partition_dim"] = int(p.partition_dim) if is_tensor_parallel(p) else None
         params[names[id(p)]] = entry
-    if grid.get_data_parallel_rank() != 0:
+    if grid.get_data_parallel_rank() != 0 or getattr(grid.coord, "cp", 0) != 0:  # one writer per (stage, tp rank)
         return
     out = tag_dir / UNIVERSAL
     out.mkdir(parents=True, exist_ok=True)
     scheduler = engine.lr_scheduler.state_dict() if engine.lr_scheduler is not None else None
     torch.save({"params": params, "tp": grid.tp, "pp": grid.pp, "tp_rank": grid.coord.tp, "pp_rank": grid.coord.pp,
-                "optimizer_step": _optimizer_step(engine), "scheduler": scheduler},
+                "ep": ep, "optimizer_step": _optimizer_step(engine), "scheduler": scheduler},
                out / f"pp{grid.coord.pp:02d}_tp{grid.coord.tp:02d}.pt")
 
 
 def exists(tag_dir: Path) -> bool:
     return any((tag_dir / UNIVERSAL).glob("pp*_tp*.pt"))
+
+
+def saved_expert_parallel_size(tag_dir: Path) -> int:
+    """The expert-parallel size the layout-free copy was saved at (1: none, or saved before it was recorded, when
+    every rank held every expert)."""
+    files = sorted((tag_dir / UNIVERSAL).glob("pp*_tp*.pt"))
+    return int(safe_load.load(files[0], map_location="cpu", mmap=True).get("ep", 1)) if files else 1
 
 
 def _read(tag_dir: Path) -> list[dict[str, Any]]:
@@ -149,6 +164,20 @@ def _ensure_optimizer_state(engine) -> None:
     _link_optimizer_state(engine)
 
 
+def _fit_groups(sched: dict[str, Any], n: int, tag_dir: Path) -> dict[str, Any]:
+    """The LR schedule's state for ``n`` optimizer groups. Expert parallelism splits the expert slices into groups
+    of their own (DeepSpeed's MoE groups), so a run resumed at another expert-parallel size has another number of
+    groups; every group follows the same schedule, so its per-group lists hold one value, taken over."""
+    out = dict(sched)
+    for key, value in sched.items():
+        if isinstance(value, list) and len(value) != n:
+            if len({repr(v) for v in value}) > 1:
+                raise CheckpointError(f"{tag_dir / UNIVERSAL}: the LR schedule's {key} differs between its "
+                                      f"{len(value)} parameter groups, which cannot be mapped onto {n}")
+            out[key] = value[:1] * n
+    return out
+
+
 @torch.no_grad()
 def load(engine, tag_dir: Path, names: dict[int, str], grid) -> None:
     """Collective: set the freshly built ``engine`` (any layout, any ZeRO stage) to the saved weights, Adam
@@ -163,6 +192,8 @@ def load(engine, tag_dir: Path, names: dict[int, str], grid) -> None:
     for p in engine.module.parameters():
         name = names[id(p)]
         full = {k: _gather(shards, name, k) for k in ("fp32", *MOMENTS)}
+        if expert_slice(p):  # this rank's experts of the whole [E, ...] tensor
+            full = {k: local_experts(v, p) for k, v in full.items()}
         local = {k: shard(v, p.partition_dim, tp_group) if is_tensor_parallel(p) else v for k, v in full.items()}
         if _zero_managed(p):
             safe_set_full_fp32_param(p, local["fp32"].to(p.device))
@@ -183,8 +214,8 @@ def load(engine, tag_dir: Path, names: dict[int, str], grid) -> None:
             st["step"] = torch.tensor(step, dtype=st["step"].dtype) if torch.is_tensor(st["step"]) else type(st["step"])(step)
     sched = shards[0]["scheduler"]
     if sched is not None and engine.lr_scheduler is not None:
-        engine.lr_scheduler.load_state_dict(sched)
+        engine.lr_scheduler.load_state_dict(_fit_groups(sched, len(_base_optimizer(engine).param_groups), tag_dir))
         for group, lr in zip(_base_optimizer(engine).param_groups, engine.lr_scheduler.get_last_lr()):
             group["lr"] = lr
-    log.info("resharded %s: saved at tp %d x pp %d, now tp %d x pp %d x dp %d", tag_dir, shards[0]["tp"],
-             shards[0]["pp"], grid.tp, grid.pp, grid.dp)
+    log.info("resharded %s: saved at tp %d x pp %d (ep %d), now tp %d x pp %d x dp %d", tag_dir, shards[0]["tp"],
+             shards[0]["pp"], shards[0].get("ep", 1), grid.tp, grid.pp, grid.dp)

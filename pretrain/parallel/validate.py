@@ -25,10 +25,11 @@ class ParallelLayout:
     dp: int
     micro_batch_size: int
     global_batch_size: int
+    cp: int = 1  # context-parallel ranks per sequence (they read the same samples: not in the batch arithmetic)
 
     @property
     def world_size(self) -> int:
-        return self.tp * self.pp * self.dp
+        return self.tp * self.pp * self.dp * self.cp
 
     @property
     def grad_accum_steps(self) -> int:
@@ -69,7 +70,7 @@ def moe_sequence_parallel_problem(tp: int) -> str:
 
 
 def moe_problems(m, *, tp: int, pp: int, sequence_parallel: bool, dp: int = 1, ep: int = 1,
-                 zero_stage: int = 0) -> list[str]:
+                 zero_stage: int = 0, offload: bool = False) -> list[str]:
     """What keeps a mixture-of-experts model (``model.num_experts`` > 0) from this layout (empty: nothing)."""
     experts = getattr(m, "num_experts", 0) or 0
     out = []
@@ -90,6 +91,10 @@ def moe_problems(m, *, tp: int, pp: int, sequence_parallel: bool, dp: int = 1, e
         out.append(f"parallel.expert_model_parallel_size={ep} with parallel.zero_stage=3 is not supported (ZeRO-3 "
                    "gathers the expert weights per module while the all-to-all runs; untested); use "
                    "parallel.zero_stage=1 or 2")
+    if ep > 1 and offload:
+        out.append(f"parallel.expert_model_parallel_size={ep} with parallel.offload_optimizer=true is not supported "
+                   "(ZeRO-Offload's CPU optimizer over the expert-data-parallel partitions is untested); set "
+                   "parallel.offload_optimizer=false")
     if pp > 1:
         out.append(f"parallel.pipeline_model_parallel_size={pp} with model.num_experts={m.num_experts}: the MoE "
                    "layers' auxiliary losses are summed by the whole model's forward, which DeepSpeed's pipeline "
@@ -99,22 +104,78 @@ def moe_problems(m, *, tp: int, pp: int, sequence_parallel: bool, dp: int = 1, e
     return out
 
 
+CONTEXT_PARALLEL_FAMILIES = ("gpt",)
+
+
+def context_parallel_problems(family: str, *, cp: int, tp: int, pp: int, heads: int, kv_heads: int, seq_length: int,
+                              sequence_parallel: bool = False, experts: int = 0, zero_stage: int = 0) -> list[str]:
+    """What keeps this layout from splitting the sequence over ``cp`` context-parallel ranks with DeepSpeed-Ulysses
+    (:mod:`pretrain.parallel.context`; empty: it splits). Each rank runs attention over the whole sequence for
+    heads/(tp x cp) of the heads, so the heads must split; its chunk of seq_length/cp tokens runs everything else."""
+    key = "parallel.context_parallel_size"
+    if cp < 1:
+        return [f"{key}={cp} must be >= 1"]
+    if cp == 1:
+        return []
+    if family not in CONTEXT_PARALLEL_FAMILIES:
+        return [f"{key}={cp} is implemented for model.family={'|'.join(CONTEXT_PARALLEL_FAMILIES)} only, not {family} "
+                "(its attention is not causal over one packed sequence); train it with data and tensor parallelism, "
+                "or set model.seq_length smaller and use a GPT for long context"]
+    out = []
+    split, by = tp * cp, (f"parallel.tensor_model_parallel_size x {key} = {tp} x {cp} = {tp * cp}" if tp > 1
+                          else f"{key}={cp}")
+    if heads % split:
+        out.append(f"model.num_attention_heads={heads} is not divisible by {by} (each context rank attends over the "
+                   f"whole sequence for 1/{split} of the heads); choose a context-parallel size that divides "
+                   f"{heads // tp if heads % tp == 0 else heads}")
+    if kv_heads != heads and kv_heads % split:
+        out.append(f"model.num_key_value_heads={kv_heads} is not divisible by {by} (the all-to-all splits the key/value "
+                   f"heads too); use a context-parallel size that divides {kv_heads // tp if kv_heads % tp == 0 else kv_heads}"
+                   " or more key/value heads")
+    if seq_length % cp:
+        out.append(f"model.seq_length={seq_length} is not divisible by {key}={cp} (each rank takes an equal chunk); "
+                   f"use a sequence length that is a multiple of {cp}")
+    if pp > 1:
+        out.append(f"{key}={cp} with parallel.pipeline_model_parallel_size={pp} is not supported (DeepSpeed's pipeline "
+                   "engine sends whole-sequence activations between stages); use context x tensor x data parallelism")
+    if sequence_parallel and tp > 1:
+        out.append(f"{key}={cp} with parallel.sequence_parallel=true is not supported (untested: both split the "
+                   "sequence); set parallel.sequence_parallel=false")
+    if zero_stage == 3:
+        out.append(f"{key}={cp} with parallel.zero_stage=3 is not supported (DeepSpeed 0.19's ZeRO-3 does not sum the "
+                   "gradients over the context ranks as its ZeRO-1/2 do: measured, the losses leave cp1's from step 2 "
+                   "on); use parallel.zero_stage=1 or 2, which partition over data x context ranks")
+    if experts:
+        out.append(f"{key}={cp} with model.num_experts={experts} is not supported (the routers' auxiliary losses would "
+                   "count every chunk's tokens as a whole sequence); use data, tensor and expert parallelism for MoE")
+    return out
+
+
 def validate_parallel(cfg: DictConfig, world_size: int) -> ParallelLayout:
     """The layout ``tp x pp x dp`` of ``world_size`` ranks for ``cfg`` (``parallel``, ``trainer``, ``model``),
     or a :class:`ConfigError` listing every problem with what to change."""
     p, t, m = cfg.parallel, cfg.trainer, cfg.model
     tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
+    cp = int(getattr(p, "context_parallel_size", 1))
     problems: list[str] = []
     if tp < 1 or pp < 1:
         raise ConfigError(f"parallel.tensor_model_parallel_size={tp} and parallel.pipeline_model_parallel_size={pp} "
                           "must both be >= 1")
-    if world_size % (tp * pp):
+    if cp < 1:
+        raise ConfigError(f"parallel.context_parallel_size={cp} must be >= 1")
+    if cp > 1 and world_size % (tp * pp * cp):
+        problems.append(
+            f"the world size {world_size} is not divisible by parallel.tensor_model_parallel_size x "
+            f"parallel.pipeline_model_parallel_size x parallel.context_parallel_size = {tp} x {pp} x {cp} = "
+            f"{tp * pp * cp}; launch a multiple of {tp * pp * cp} processes or change the sizes"
+        )
+    elif world_size % (tp * pp):
         problems.append(
             f"the world size {world_size} is not divisible by parallel.tensor_model_parallel_size x "
             f"parallel.pipeline_model_parallel_size = {tp} x {pp} = {tp * pp}; launch a multiple of {tp * pp} "
             f"processes or change the sizes"
         )
-    dp = max(world_size // (tp * pp), 1)
+    dp = max(world_size // (tp * pp * cp), 1)
 
     family = get_family(str(getattr(m, "family", "gpt")))
     shape = family.shape_facts(m)
@@ -150,7 +211,11 @@ def validate_parallel(cfg: DictConfig, world_size: int) -> ParallelLayout:
                             f"model.seq_length={m.seq_length} is not divisible by parallel.tensor_model_parallel_size={tp}")
 
     problems += moe_problems(m, tp=tp, pp=pp, sequence_parallel=bool(p.sequence_parallel), dp=dp,
-                             ep=int(getattr(p, "expert_model_parallel_size", 1)), zero_stage=p.zero_stage)
+                             ep=int(getattr(p, "expert_model_parallel_size", 1)), zero_stage=p.zero_stage,
+                             offload=bool(getattr(p, "offload_optimizer", False)))
+    problems += context_parallel_problems(family.name, cp=cp, tp=tp, pp=pp, heads=shape.heads, kv_heads=shape.kv_heads,
+                                          seq_length=m.seq_length, sequence_parallel=bool(p.sequence_parallel),
+                                          experts=int(getattr(m, "num_experts", 0) or 0), zero_stage=p.zero_stage)
 
     micro = t.micro_batch_size
     if micro < 1:
@@ -160,9 +225,9 @@ def validate_parallel(cfg: DictConfig, world_size: int) -> ParallelLayout:
     if gbs % (micro * dp):
         problems.append(
             f"trainer.global_batch_size={gbs} is not divisible by trainer.micro_batch_size x data-parallel size = "
-            f"{micro} x {dp} = {micro * dp} (data-parallel size = world {world_size} / (tp {tp} x pp {pp})); "
-            f"choose a global batch that is a multiple of {micro * dp}"
+            f"{micro} x {dp} = {micro * dp} (data-parallel size = world {world_size} / (tp {tp} x pp {pp}"
+            f"{f' x cp {cp}' if cp > 1 else ''})); choose a global batch that is a multiple of {micro * dp}"
         )
     if problems:
         raise ConfigError("invalid parallel layout: " + "; ".join(problems))
-    return ParallelLayout(tp=tp, pp=pp, dp=dp, micro_batch_size=micro, global_batch_size=gbs)
+    return ParallelLayout(tp=tp, pp=pp, dp=dp, micro_batch_size=micro, global_batch_size=gbs, cp=cp)

@@ -22,10 +22,9 @@ Model states follow what DeepSpeed 0.19 allocates, checked against ``pretrain.be
 Activations per micro-batch (what autograd keeps between a forward and its backward) follow the tensors our GPT
 saves op by op: see :func:`gpt_layer_bytes`. Other families (BERT, T5) are counted with the same attention and
 MLP blocks (T5's decoder layers with a second, cross, attention); that is an estimate, validated only for GPT.
-Mixture-of-experts layers: the trainer keeps every expert's weights on every rank (expert parallelism spreads
-their computation only), so they count as dense weights; were they split (``shapes.EXPERTS_SHARDED``,
-``Param.ep_split``), a rank would hold 1/ep of them and ZeRO would partition them (and their gradients, master
-copy and Adam moments) over the dp/ep ranks holding the same experts. Their activations replace the dense MLP's
+Mixture-of-experts layers: expert parallelism splits the experts' weights (``shapes.EXPERTS_SHARDED``,
+``Param.ep_split``): a rank holds 1/ep of them and ZeRO partitions them (and their gradients, master copy and
+Adam moments) over the dp/ep ranks holding the same experts. Their activations replace the dense MLP's
 in each MoE layer by those of the router and the experts (:func:`moe_layer_extra_bytes`, a term next to the
 layers').
 """

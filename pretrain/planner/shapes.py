@@ -26,11 +26,10 @@ from pretrain.parallel.plan import Column, HeadSplit, Row, VocabEmbedding, Vocab
 # The stacked expert weights of a mixture-of-experts layer (``layers.N.mlp.experts.gate_up_proj`` ...); the router
 # (``mlp.gate``) is a dense weight.
 EXPERT_PARAM = re.compile(r"(^|\.)mlp\.experts\.")
-# Whether expert parallelism splits the expert weights over the ep ranks. The trainer keeps every expert's weights
-# whole on every rank and only spreads their computation (``pretrain.parallel.expert.expert_parallelize(...,
-# keep_all=True)``: ZeRO, clipping and checkpoints see ordinary replicated parameters), so a rank holds them all;
-# the sharded accounting (1/ep each, ZeRO over the dp/ep copies) is what ``keep_all=False`` would hold.
-EXPERTS_SHARDED = False
+# Whether expert parallelism splits the expert weights over the ep ranks: it does (the trainer's
+# ``pretrain.parallel.expert.expert_parallelize``): a rank holds 1/ep of them, and ZeRO partitions them, their
+# gradients, master copy and Adam moments over the dp/ep ranks holding the same experts.
+EXPERTS_SHARDED = True
 
 
 class UnknownVocabulary(ConfigError):

@@ -91,10 +91,10 @@ def test_a_vanished_file_a_folder_and_an_io_error_are_skipped_by_reason(tmp_path
 
     real = base.open_binary
 
-    def failing_disk(path):
+    def failing_disk(path, span=None):
         if path.endswith("bad.jsonl"):
             raise OSError(errno.EIO, "Input/output error", path)
-        return real(path)
+        return real(path, span)
 
     monkeypatch.setattr(base, "open_binary", failing_disk)
     bad = _write_jsonl(tmp_path / "bad.jsonl", ["x"])
@@ -109,8 +109,8 @@ def test_an_error_halfway_through_a_file_keeps_what_was_read(tmp_path, monkeypat
     reader = make_reader("jsonl", {"kind": "jsonl", "paths": [str(path)]})
     iter_lines = type(reader).iter_json_lines
 
-    def flaky(self, p, stats):
-        for item in iter_lines(self, p, stats):
+    def flaky(self, p, stats, span=None):
+        for item in iter_lines(self, p, stats, span):
             calls["n"] += 1
             if calls["n"] == 3:
                 raise OSError(errno.EIO, "Input/output error")

@@ -22,6 +22,22 @@ def wiki_dump(tmp_path_factory: pytest.TempPathFactory) -> str:
                            pages_per_stream=2)
 
 
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory: pytest.TempPathFactory):
+    """test_run.py's JSONL corpus (two sources, six parts), shared by test_run.py and test_ray.py."""
+    from .test_run import build_corpus
+
+    return build_corpus(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def reference(corpus, tmp_path_factory: pytest.TempPathFactory):
+    """The local executor's run over ``corpus``: the bytes every other executor and run must reproduce."""
+    from .test_run import reference_run
+
+    return reference_run(corpus, tmp_path_factory)
+
+
 @pytest.fixture()
 def in_other_dir(tmp_path, monkeypatch) -> str:
     """Run the test from an unrelated working directory (presets must not depend on it)."""

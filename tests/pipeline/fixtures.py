@@ -39,7 +39,7 @@ PYDOC_MODULES = ("json", "textwrap", "heapq", "bisect", "shlex", "sched")
 
 __all__ = [
     "MIT_TOMLI", "PYDOC_MODULES", "WebRecord", "WikiPage", "build_book", "build_code_repo", "build_stack_jsonl",
-    "build_warc", "build_wet", "build_wiki_dump", "cut_file", "gutenberg_book", "heapq_essay_html",
+    "build_warc", "build_wet", "build_wiki_dump", "cut_file", "write_wiki_index", "gutenberg_book", "heapq_essay_html",
     "insert_bytes", "pydoc_page", "sample_books", "sample_web_records", "sample_wiki_pages",
     "write_huge_line_file", "write_warc", "write_wiki_dump",
 ]
@@ -72,6 +72,28 @@ def build_wiki_dump(path: str, pages: list[WikiPage] | None = None, copies: int 
             title = p.title if c == 0 else f"{p.title} ({c})"
             out.append(WikiPage(title, p.text, p.ns, p.page_id + 1000 * c, p.redirect, p.timestamp))
     return write_wiki_dump(path, out, pages_per_stream=pages_per_stream)
+
+
+def write_wiki_index(dump: str) -> str:
+    """The ``-index.txt.bz2`` of a multistream dump, as Wikimedia writes it: ``offset:page_id:title`` for every
+    page, ``offset`` being the byte where the bz2 stream holding the page starts."""
+    import bz2
+    import re
+
+    lines: list[str] = []
+    with open(dump, "rb") as f:
+        data = f.read()
+    pos = 0
+    while pos < len(data):
+        d = bz2.BZ2Decompressor()
+        xml = d.decompress(data[pos:]).decode("utf-8")
+        for m in re.finditer(r"<page>\s*<title>([^<]*)</title>.*?<id>(\d+)</id>", xml, re.S):
+            lines.append(f"{pos}:{m.group(2)}:{m.group(1)}")
+        pos = len(data) - len(d.unused_data)
+    index = dump[: -len(".xml.bz2")] + "-index.txt.bz2"
+    with open(index, "wb") as f:
+        f.write(bz2.compress(("\n".join(lines) + "\n").encode("utf-8")))
+    return index
 
 
 def build_book(path: str, style: str = "modern") -> str:

@@ -61,9 +61,9 @@ def _near(doc: str) -> str:
     return " ".join(words)
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> dict[str, Path]:
-    """Two JSONL sources: alpha (4 files) and beta (2 files: copies, near copies, junk, a broken line)."""
+def build_corpus(tmp_path_factory) -> dict[str, Path]:
+    """Two JSONL sources: alpha (4 files) and beta (2 files: copies, near copies, junk, a broken line).
+    The ``corpus`` fixture (conftest.py, once per session: test_ray.py reads it too)."""
     root = tmp_path_factory.mktemp("corpus")
     docs = _documents()
     assert len(docs) >= 24, len(docs)
@@ -111,9 +111,9 @@ def tree_hashes(root: Path) -> dict[str, str]:
     return out
 
 
-@pytest.fixture(scope="module")
-def reference(corpus, tmp_path_factory) -> Path:
-    """One uninterrupted in-process run with a single worker: the bytes every other run must reproduce."""
+def reference_run(corpus, tmp_path_factory) -> Path:
+    """One uninterrupted in-process run with a single worker: the bytes every other run must reproduce.
+    The ``reference`` fixture (conftest.py, once per session)."""
     out = tmp_path_factory.mktemp("reference")
     summary = run_pipeline(_compose(_overrides(corpus, out)))
     assert summary.complete and summary.parts == 6

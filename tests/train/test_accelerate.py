@@ -41,6 +41,7 @@ def test_the_engine_group_selects_the_engine_and_its_keys(compose_cfg):
     ({"parallel__tensor_model_parallel_size": 2}, "size=2: tensor parallelism needs engine=deepspeed"),
     ({"parallel__pipeline_model_parallel_size": 2}, "pipeline parallelism needs engine=deepspeed"),
     ({"parallel__expert_model_parallel_size": 2}, "expert parallelism needs engine=deepspeed"),
+    ({"parallel__context_parallel_size": 2}, "context parallelism (Ulysses) needs engine=deepspeed"),
     ({"parallel__zero_stage": 3}, "parallel.zero_stage=3 is DeepSpeed's; under engine=accelerate shard with "
                                   "engine.accelerate.strategy=fsdp"),
     ({"parallel__zero_stage": 3, "parallel__offload_param": True},

@@ -171,10 +171,10 @@ def test_export_refuses_weights_that_do_not_fit_the_recorded_shape(tmp_path, tok
 
 
 def test_import_refuses_other_architectures_families_and_shapes(tmp_path, tokenizers):
-    d = tmp_path / "mistral"
+    d = tmp_path / "qwen2"  # (MistralForCausalLM, once the example here, is supported since sliding windows)
     d.mkdir()
-    (d / "config.json").write_text(json.dumps({"architectures": ["MistralForCausalLM"], "model_type": "mistral"}))
-    with pytest.raises(CheckpointError, match="MistralForCausalLM.*cannot be imported; supported: GPT2LMHeadModel"):
+    (d / "config.json").write_text(json.dumps({"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2"}))
+    with pytest.raises(CheckpointError, match="Qwen2ForCausalLM.*cannot be imported; supported: GPT2LMHeadModel"):
         hf.check_compatible(d, "gpt", make_args("LlamaForCausalLM"))
 
     args = make_args("BertForMaskedLM")

@@ -78,6 +78,7 @@ def test_the_registry_and_what_the_generic_code_reads_of_it():
 
     assert list(FAMILIES) == [p.rsplit(".", 1)[-1] for p in FAMILY_PACKAGES]
     assert hf.ARCHITECTURES == {"GPT2LMHeadModel": "gpt", "LlamaForCausalLM": "gpt", "MixtralForCausalLM": "gpt",
+                                "MistralForCausalLM": "gpt", "BloomForCausalLM": "gpt",
                                 "BertForMaskedLM": "bert", "T5ForConditionalGeneration": "t5"}
     # pipeline stages, sequence parallelism: declared by the family, read by validate/parallelize/pipeline
     assert [n for n, f in FAMILIES.items() if f.pipeline_unsupported] == ["t5"]

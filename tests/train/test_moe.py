@@ -244,6 +244,8 @@ def test_bad_moe_config_names_the_key(over, fragment):
      "parallel.expert_model_parallel_size=2 with parallel.zero_stage=3 is not supported"),
     ({"parallel__expert_model_parallel_size": 2, "model__num_experts": 0}, 2,
      "parallel.expert_model_parallel_size=2 needs a mixture-of-experts model"),
+    ({"parallel__expert_model_parallel_size": 2, "parallel__zero_stage": 2, "parallel__offload_optimizer": True}, 2,
+     "parallel.expert_model_parallel_size=2 with parallel.offload_optimizer=true is not supported"),
 ])
 def test_invalid_moe_layouts_give_their_message(over, world, fragment):
     over = {"model__num_experts": 4, **over}
@@ -251,6 +253,68 @@ def test_invalid_moe_layouts_give_their_message(over, world, fragment):
         validate_parallel(cfg(model__vocab_size=256, **over), world)
     assert fragment in str(e.value)
     validate_parallel(cfg(model__num_experts=4, model__vocab_size=256, parallel__tensor_model_parallel_size=2), 4)
+
+
+@pytest.mark.parametrize("world, tp, ep", [(4, 1, 2), (8, 2, 2), (8, 1, 4), (16, 2, 4)])
+def test_deepspeed_builds_our_expert_groups(world, tp, ep):
+    """The groups DeepSpeed builds for its expert parameters (deepspeed.utils.groups, with our grid as mpu) are
+    ours: ep consecutive ranks of each data-parallel group, the ranks holding the same experts every ep-th."""
+    from deepspeed.utils.groups import _get_expert_parallel_ranks
+
+    from pretrain.parallel.expert import expert_group_ranks
+    from pretrain.parallel.topology import make_topology
+
+    topo = make_topology(tp, 1, world)
+    ours: tuple[list, list] = ([], [])
+    for t in range(tp):
+        ep_groups, edp_groups = expert_group_ranks(sorted(topo.filter_match(pipe=0, model=t)), ep)
+        ours[0].extend(ep_groups)
+        ours[1].extend(edp_groups)
+    theirs = _get_expert_parallel_ranks(world, tp, ep, 1)
+    assert [sorted(map(list, g)) for g in theirs] == [sorted(g) for g in ours]
+
+
+def test_expert_slices_get_deepspeeds_moe_optimizer_groups():
+    """ep2 on rank 1: the experts' stacked tensors keep global experts 2-3, tagged as DeepSpeed's expert
+    parameters, and the optimizer's groups split into dense ones and an expert one (same settings)."""
+    from deepspeed.moe.utils import is_moe_param
+
+    from pretrain.engines.deepspeed import _with_expert_groups
+    from pretrain.optim import param_groups
+    from pretrain.parallel.expert import expert_parallelize, expert_slice, local_experts
+
+    torch.manual_seed(0)
+    whole = GPT(ARGS)
+    torch.manual_seed(0)
+    model = GPT(ARGS)
+    expert_parallelize(model, None, 1, 2)
+    for name, p in model.named_parameters():
+        if ".experts." in name:
+            assert expert_slice(p) == (2, 2) and is_moe_param(p) and p.group_name == "ep_size_2"
+            full = dict(whole.named_parameters())[name]
+            assert p.shape[0] == 2 and torch.equal(p, full[2:]) and torch.equal(local_experts(full, p), p)
+        else:
+            assert expert_slice(p) is None and not is_moe_param(p)
+    opt = _with_expert_groups(torch.optim.AdamW(param_groups(model, 0.1), lr=1e-3, foreach=True))
+    kinds = [(g.get("moe", False), g["weight_decay"], len(g["params"])) for g in opt.param_groups]
+    n_experts = sum(".experts." in n for n, _ in model.named_parameters())
+    assert kinds[-1] == (True, 0.1, n_experts) and not any(moe for moe, _, _ in kinds[:-1])
+    assert opt.param_groups[-1]["name"] == "ep_size_2" and opt.param_groups[-1]["lr"] == 1e-3
+    held = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert sorted(held) == sorted(id(p) for p in model.parameters())
+
+
+def test_lr_schedule_state_maps_onto_another_number_of_groups(tmp_path):
+    """A checkpoint of an ep2 run (three optimizer groups) resumes at ep1 (two) and back: one schedule for all."""
+    from pretrain.core.errors import CheckpointError
+    from pretrain.parallel.reshard import _fit_groups
+
+    state = {"base_lrs": [3e-3] * 3, "_last_lr": [2.9e-3] * 3, "lr_lambdas": [None] * 3, "last_epoch": 4}
+    assert _fit_groups(state, 2, tmp_path) == {"base_lrs": [3e-3] * 2, "_last_lr": [2.9e-3] * 2,
+                                               "lr_lambdas": [None] * 2, "last_epoch": 4}
+    assert _fit_groups(state, 3, tmp_path) == state
+    with pytest.raises(CheckpointError, match="base_lrs differs between its 2 parameter groups"):
+        _fit_groups({"base_lrs": [1e-3, 2e-3]}, 3, tmp_path)
 
 
 def _ep_worker(rank: int, world: int, init: str, results):
@@ -344,18 +408,38 @@ def test_tensor_parallel_attention_with_moe_equals_unsharded():
 
 @pytest.mark.slow
 def test_expert_parallel_training_equals_ep1(e2e_run):
-    """ep2 (2 processes) and ep2 x tp2 (4 processes) give ep1's per-step losses and gradient norms within 1e-5
-    over 10 steps on the same batches; ep2's checkpoint resumes at ep1 and trains on."""
+    """ep2 (2 processes, ZeRO-1) and ep2 x tp2 (4 processes, ZeRO-2), each rank holding half the experts, give
+    ep1's per-step losses and gradient norms within 1e-5 over 10 steps on the same batches; ep2's checkpoint
+    resumes at ep1 and that one at ep2 again (ZeRO-0), on ep1's losses and norms to step 14. The checkpoints'
+    layout-free copy holds all 4 experts by global index, DeepSpeed's own file only rank 0's 2."""
     from e2e import MOE_STEPS, assert_same_steps, train_records
+    from pretrain.core import safe_load
 
     ref = train_records(e2e_run("moe_ep1").dir)
-    assert len(ref) == MOE_STEPS
+    assert len(ref) == MOE_STEPS + 4
     for name in ("moe_ep2", "moe_ep2_tp2"):
         got = [r for r in train_records(e2e_run(name).dir) if r["step"] <= MOE_STEPS]
-        assert_same_steps(ref, got, 1e-5, 1e-5)
-    line = "expert parallel: 2 MoE layers, the experts' compute spread over 2 ranks"
+        assert_same_steps(ref[:MOE_STEPS], got, 1e-5, 1e-5)
+    line = "expert parallel: 2 MoE layers, the experts spread over 2 ranks (this rank: expert-parallel rank 0, " \
+           "holding experts 0-1 of 4)"
     assert line in e2e_run("moe_ep2_tp2").outputs[0].stdout
     resumed = e2e_run("moe_ep2")
-    assert "expert parallel" in resumed.outputs[0].stdout and "expert parallel" not in resumed.outputs[1].stdout
-    steps = [r["step"] for r in train_records(resumed.dir)]
-    assert steps[-2:] == [MOE_STEPS + 1, MOE_STEPS + 2] and "resum" in resumed.outputs[-1].stdout.lower()
+    assert ["expert parallel" in o.stdout for o in resumed.outputs] == [True, False, True]
+    assert all("resum" in o.stdout.lower() for o in resumed.outputs[1:])
+    assert_same_steps(ref, train_records(resumed.dir), 1e-5, 1e-5)
+    tag = resumed.dir / "checkpoints" / f"step_{MOE_STEPS + 4:06d}"  # saved at ep2
+    name = "layers.1.mlp.experts.up_proj"  # GELU experts (gpt_tiny): [E, ffn, hidden]
+    universal = safe_load.load(tag / "universal" / "pp00_tp00.pt", map_location="cpu")
+    assert universal["ep"] == 2 and universal["params"][name]["fp32"].shape == (4, 96, 64)
+    from pretrain.checkpoint_files import deepspeed_safe_globals
+
+    own = safe_load.load(tag / "mp_rank_00_model_states.pt", allowed=deepspeed_safe_globals(), map_location="cpu")
+    assert own["module"][name].shape == (2, 96, 64)
+    torch.testing.assert_close(own["module"][name], universal["params"][name]["fp32"][:2])
+    # what pretrain.export reads of it: the whole model, every expert at its global index, ep1's weights at step 14
+    from pretrain import export
+
+    got, want = (export.load_model(export.find_checkpoint(d))[2].state_dict() for d in (tag, e2e_run("moe_ep1").dir))
+    assert got.keys() == want.keys() and got[name].shape == (4, 96, 64)
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-4)

@@ -31,6 +31,10 @@ def _models():
             vocab_size=V, num_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
             ffn_hidden_size=64, seq_length=s, position_embedding="rope", normalization="rmsnorm",
             activation="swiglu", bias=False, tie_word_embeddings=False, activation_checkpointing=True)),
+        # ALiBi (each rank its own heads' slopes), a sliding window and packed-document masking (docs/attention.md)
+        "gpt_alibi_window_docs": lambda: GPT(GPTArgs(
+            vocab_size=V, num_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=4,
+            ffn_hidden_size=128, seq_length=s, position_embedding="alibi", embedding_norm=True, sliding_window=5)),
         "bert_sop": lambda: BERT(BERTArgs(vocab_size=V, num_layers=2, hidden_size=32, num_attention_heads=4,
                                           ffn_hidden_size=64, seq_length=s, sop=True, hidden_dropout=0.0,
                                           attention_dropout=0.0)),
@@ -54,6 +58,13 @@ def _batch(name: str) -> dict[str, torch.Tensor]:
     if name.startswith("gpt") or name.startswith("llama"):
         labels = torch.randint(0, V, (b, s), generator=g)
         labels[0, :3] = -100
+        if name.endswith("_docs"):  # packed documents: token 0 plays the EOD
+            from pretrain.data.documents import document_ids
+
+            ids[0, 4], ids[0, 9], ids[1, 11] = 0, 0, 0
+            seg, pos = document_ids(ids.numpy(), 0)
+            return {"input_ids": ids, "labels": labels, "segment_ids": torch.from_numpy(seg),
+                    "position_ids": torch.from_numpy(pos)}
         return {"input_ids": ids, "labels": labels}
     if name.startswith("bert"):
         labels = torch.full((b, s), -100)
@@ -186,7 +197,7 @@ def _checks(rank: int, world: int) -> dict:
     return out
 
 
-MODELS = ["gpt2", "llama_gqa_ckpt", "bert_sop", "t5_v1_1", "t5_v1_0_tied"]
+MODELS = ["gpt2", "llama_gqa_ckpt", "gpt_alibi_window_docs", "bert_sop", "t5_v1_1", "t5_v1_0_tied"]
 
 
 @pytest.fixture(scope="module")
@@ -299,7 +310,7 @@ def _dropout_checks(rank: int, world: int) -> dict:
     attn = model.layers[0].self_attn
     q = torch.ones(2, 16, 16)
     torch.manual_seed(2)
-    out["core"] = attn.core(q, q, q, None, 0.5)
+    out["core"] = attn.core(q, q, q, None, attn.spec(), 0.5)
     return out
 
 
@@ -324,18 +335,21 @@ def _sequence_parallel_checks(rank: int, world: int) -> dict:
     out = {}
     for name, kw in {"gpt2": {}, "llama_gqa_ckpt": dict(
             num_key_value_heads=2, position_embedding="rope", normalization="rmsnorm", activation="swiglu",
-            bias=False, tie_word_embeddings=False, activation_checkpointing=True, recompute_granularity="selective")}.items():
+            bias=False, tie_word_embeddings=False, activation_checkpointing=True, recompute_granularity="selective"),
+            "llama_window_docs": dict(num_key_value_heads=2, position_embedding="rope", normalization="rmsnorm",
+                                      activation="swiglu", bias=False, sliding_window=6)}.items():
         def build():
             torch.manual_seed(0)
             return build_model(GPTArgs(**{**dict(vocab_size=96, num_layers=2, hidden_size=32, num_attention_heads=4,
                                          num_key_value_heads=4, ffn_hidden_size=64, seq_length=16), **kw}))
 
+        batch = _batch("gpt2_docs" if name.endswith("_docs") else "gpt2")
         dense = build()
-        dense_loss = dense(**_batch("gpt2"))
+        dense_loss = dense(**batch)
         dense_loss.backward()
         sp = parallelize(build(), None, sequence_parallel=True)
         TP_COMM.take()
-        loss = sp(**_batch("gpt2"))
+        loss = sp(**batch)
         loss.backward()
         comm = TP_COMM.take()
         grads = {n: (gather_tensor_parallel(p.grad, p.partition_dim, None) if is_tensor_parallel(p) else p.grad)

@@ -72,6 +72,8 @@ class BERTFamily(ModelFamily):
 
     def to_pipe_batch(self, batch: dict[str, Any]) -> tuple[Any, Any]:
         inputs = (batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+        if "segment_ids" in batch:  # packed-document masking: the stages carry the documents' ids
+            inputs += (batch["position_ids"], batch["segment_ids"])
         return inputs, ((batch["labels"], batch["sop_labels"]) if "sop_labels" in batch else batch["labels"])
 
     @property

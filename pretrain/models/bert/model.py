@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pretrain.models.attention import AttentionSpec, attend
 from pretrain.models.bert.config import BERTArgs
 from pretrain.models.recompute import recompute_flops
 
@@ -42,17 +43,24 @@ class SelfAttention(nn.Module):
         self.dropout = args.attention_dropout
         self.q_proj, self.k_proj, self.v_proj, self.o_proj = (nn.Linear(h, h) for _ in range(4))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        y = self.core(self.q_proj(x), self.k_proj(x), self.v_proj(x), mask, self.dropout if self.training else 0.0)
+    def forward(self, x: torch.Tensor, spec: AttentionSpec) -> torch.Tensor:
+        y = self.core(self.q_proj(x), self.k_proj(x), self.v_proj(x), spec, self.dropout if self.training else 0.0)
         return self.o_proj(y)
 
-    def core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+    def core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec,
              dropout_p: float) -> torch.Tensor:
         """Core attention on this rank's heads (what selective recomputation checkpoints)."""
         b, s, _ = q.shape
         q, k, v = (t.view(b, s, -1, self.head_dim).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        y = attend(q, k, v, spec, dropout_p)
         return y.transpose(1, 2).reshape(b, s, -1)
+
+
+def attention_spec(attention_mask: torch.Tensor | None, segment_ids: torch.Tensor | None = None) -> AttentionSpec:
+    """Bidirectional attention over the real keys (``attention_mask`` 1; padded queries still see the real
+    tokens), within each document of ``segment_ids`` when given (``data.document_mask``)."""
+    return AttentionSpec(causal=False, key_mask=None if attention_mask is None else attention_mask.bool(),
+                         segment_ids=segment_ids)
 
 
 class Layer(nn.Module):
@@ -66,8 +74,8 @@ class Layer(nn.Module):
         self.mlp_norm = nn.LayerNorm(args.hidden_size, eps=args.norm_eps)
         self.dropout = nn.Dropout(args.hidden_dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        x = self.attn_norm(x + self.dropout(self.self_attn(x, mask)))
+    def forward(self, x: torch.Tensor, spec: AttentionSpec) -> torch.Tensor:
+        x = self.attn_norm(x + self.dropout(self.self_attn(x, spec)))
         return self.mlp_norm(x + self.dropout(self.down_proj(gelu(self.up_proj(x), self.act))))
 
 
@@ -103,16 +111,18 @@ class BERT(nn.Module):
                 nn.init.ones_(p)
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-               token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+               token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+               segment_ids: torch.Tensor | None = None) -> torch.Tensor:
         s = input_ids.shape[1]
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        x = self.embed_tokens(input_ids) + self.embed_positions(torch.arange(s, device=input_ids.device))
+        if position_ids is None:
+            position_ids = torch.arange(s, device=input_ids.device)
+        x = self.embed_tokens(input_ids) + self.embed_positions(position_ids)
         x = self.embed_dropout(self.embed_norm(x + self.embed_types(token_type_ids)))
-        # keys that are padding are masked out (True = attend); padded queries still see the real tokens
-        mask = None if attention_mask is None else attention_mask[:, None, None, :].bool()
+        spec = attention_spec(attention_mask, segment_ids)
         for layer in self.layers:
-            x = layer(x, mask)
+            x = layer(x, spec)
         return x
 
     def mlm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -120,10 +130,13 @@ class BERT(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                sop_labels: torch.Tensor | None = None) -> torch.Tensor:
+                sop_labels: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                segment_ids: torch.Tensor | None = None) -> torch.Tensor:
         """MLM logits ``[batch, seq, vocab]``; with ``labels`` the mean MLM cross-entropy over the masked
-        positions (+ the SOP cross-entropy when the model has the head and ``sop_labels`` are given)."""
-        x = self.encode(input_ids, attention_mask, token_type_ids)
+        positions (+ the SOP cross-entropy when the model has the head and ``sop_labels`` are given). Packed
+        documents (``data.document_mask``): ``segment_ids`` confine attention to each document, ``position_ids``
+        restart per document."""
+        x = self.encode(input_ids, attention_mask, token_type_ids, position_ids, segment_ids)
         if labels is None:
             return self.mlm_logits(x)
         # the vocabulary projection only where there is something to predict (~15% of positions)

@@ -2,7 +2,8 @@
 ``(input_ids, token_type_ids, attention_mask)`` → token embedding → positions, types, LayerNorm, dropout →
 ``TransformerLayer`` x L carrying ``(hidden, attention_mask)`` → MLM transform (+ SOP head) → tied decoder →
 decoder bias; MLM + SOP loss on the last stage. The decoder runs on every position and the loss picks the
-masked ones (the one-stage model picks first: same values, more FLOPs on the last stage)."""
+masked ones (the one-stage model picks first: same values, more FLOPs on the last stage). With packed-document
+masking the inputs also hold ``position_ids`` and ``segment_ids``; the layers carry the latter on with the mask."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pretrain.models.bert.model import gelu
+from pretrain.models.bert.model import attention_spec, gelu
 from pretrain.parallel.pipeline import TokenEmbedding, tied_logits
 from pretrain.parallel.tensor import Group
 
@@ -28,10 +29,10 @@ class BERTInput(nn.Module):
         self.embed_dropout = model.embed_dropout
 
     def forward(self, inputs: tuple) -> tuple:
-        x, token_type_ids, attention_mask = inputs
-        x = x + self.embed_positions(torch.arange(x.shape[1], device=x.device))
+        x, token_type_ids, attention_mask, *docs = inputs  # docs: (position_ids, segment_ids) of packed documents
+        x = x + self.embed_positions(docs[0] if docs else torch.arange(x.shape[1], device=x.device))
         x = self.embed_dropout(self.embed_norm(x + self.embed_types(token_type_ids)))
-        return x, attention_mask
+        return (x, attention_mask, docs[1]) if docs else (x, attention_mask)
 
 
 class BERTTransformerLayer(nn.Module):
@@ -42,9 +43,9 @@ class BERTTransformerLayer(nn.Module):
         self.layer = layer
 
     def forward(self, inputs: tuple) -> tuple:
-        x, attention_mask = inputs
-        mask = attention_mask[:, None, None, :].bool()  # as BERT.encode: True = attend
-        return self.layer(x, mask), attention_mask
+        x, attention_mask, *segment_ids = inputs
+        spec = attention_spec(attention_mask, *segment_ids)  # as BERT.encode
+        return (self.layer(x, spec), attention_mask, *segment_ids)
 
 
 class BERTHead(nn.Module):
@@ -59,7 +60,7 @@ class BERTHead(nn.Module):
             self.pooler, self.sop_head = model.pooler, model.sop_head
 
     def forward(self, inputs: tuple):
-        x, _mask = inputs
+        x = inputs[0]
         h = self.head_norm(gelu(self.head_dense(x), self.activation))
         if not self.sop:
             return h

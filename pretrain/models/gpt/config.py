@@ -34,6 +34,14 @@ class GPTConfig(ModelConfigBase):
     # Switch/GShard load-balancing loss and ST-MoE router z-loss, added to the training loss with these weights.
     moe_aux_loss_coeff: float = 0.01
     moe_z_loss_coeff: float = 0.001
+    # Sliding-window attention (docs/attention.md): each token attends to the last W positions, itself included
+    # (keys j with i - W < j <= i, Mistral's convention). null: full causal attention.
+    sliding_window: Optional[int] = None
+    # With sliding_window: N-1 windowed layers, then one global layer, repeated (Gemma 2: 2, Gemma 3: 6); layer i
+    # is global when (i + 1) % N == 0. null: every layer windowed (Mistral).
+    sliding_window_pattern: Optional[int] = None
+    # A LayerNorm right after the embedding (BLOOM's word_embeddings_layernorm).
+    embedding_norm: bool = False
 
 
 @dataclass
@@ -47,7 +55,7 @@ class GPTArgs:
     num_key_value_heads: int
     ffn_hidden_size: int
     seq_length: int
-    position_embedding: str = "learned"  # learned | rope
+    position_embedding: str = "learned"  # learned | rope | alibi
     rotary_base: float = 10000.0
     normalization: str = "layernorm"  # layernorm | rmsnorm
     norm_eps: float = 1e-5
@@ -69,6 +77,17 @@ class GPTArgs:
     moe_capacity_factor: Optional[float] = None
     moe_aux_loss_coeff: float = 0.01
     moe_z_loss_coeff: float = 0.001
+    # Attention variants (pretrain.models.attention, docs/attention.md); no parameters
+    sliding_window: Optional[int] = None
+    sliding_window_pattern: Optional[int] = None
+    embedding_norm: bool = field(default=False, metadata={"dense_default": True})
+
+    def layer_window(self, i: int) -> Optional[int]:
+        """The sliding window of layer ``i`` (from 0), None for a global (full causal) layer."""
+        if self.sliding_window is None:
+            return None
+        n = self.sliding_window_pattern
+        return None if n is not None and (i + 1) % n == 0 else self.sliding_window
 
     @property
     def is_moe(self) -> bool:
@@ -93,9 +112,9 @@ def resolve(m, tokenizer: TokenizerInfo) -> GPTArgs:
     kv = check_heads(m)
     act = enum_value(m.activation)
     pos = enum_value(m.position_embedding)
-    if pos not in ("learned", "rope") or act not in ("gelu", "swiglu"):
+    if pos not in ("learned", "rope", "alibi") or act not in ("gelu", "swiglu"):
         raise ConfigError(
-            f"model.family=gpt takes model.position_embedding learned|rope and model.activation gelu|swiglu, "
+            f"model.family=gpt takes model.position_embedding learned|rope|alibi and model.activation gelu|swiglu, "
             f"got {pos} and {act} (relative positions, relu and geglu are T5's; gelu_exact is BERT's)"
         )
     if pos == "rope" and (m.hidden_size // m.num_attention_heads) % 2:
@@ -106,6 +125,7 @@ def resolve(m, tokenizer: TokenizerInfo) -> GPTArgs:
     moe = resolve_moe(m)
     return GPTArgs(
         **moe,
+        **resolve_attention(m),
         vocab_size=resolve_vocab(m, tokenizer.vocab_size),
         num_layers=m.num_layers,
         hidden_size=m.hidden_size,
@@ -126,6 +146,24 @@ def resolve(m, tokenizer: TokenizerInfo) -> GPTArgs:
         activation_checkpointing=m.activation_checkpointing,
         recompute_granularity=check_granularity(getattr(m, "recompute_granularity", "full")),
     )
+
+
+def resolve_attention(m) -> dict:
+    """The sliding-window fields of :class:`GPTArgs` and ``embedding_norm``, checked (ConfigError naming the key)."""
+    w, n = getattr(m, "sliding_window", None), getattr(m, "sliding_window_pattern", None)
+    out = {"embedding_norm": bool(getattr(m, "embedding_norm", False))}
+    if w is None:
+        if n is not None:
+            raise ConfigError(f"model.sliding_window_pattern={n} needs model.sliding_window (the window of its local "
+                              "layers); set both, or neither for full attention")
+        return out
+    if int(w) < 1:
+        raise ConfigError(f"model.sliding_window={w}; expected a window of >= 1 positions (the token itself and the "
+                          "W-1 before it), or null for full causal attention")
+    if n is not None and not 1 <= int(n) <= m.num_layers:
+        raise ConfigError(f"model.sliding_window_pattern={n}; expected 1..model.num_layers={m.num_layers} (N-1 "
+                          "windowed layers, then a global one; 1 = every layer global), or null: every layer windowed")
+    return {**out, "sliding_window": int(w), "sliding_window_pattern": None if n is None else int(n)}
 
 
 def resolve_moe(m) -> dict:
@@ -171,6 +209,7 @@ def count_parameters(args: GPTArgs) -> dict[str, int]:
     norm = h * (2 if args.normalization == "layernorm" and args.bias else 1)
     per_layer = attn + mlp + 2 * norm
     embed = V * h + (args.seq_length * h if args.position_embedding == "learned" else 0)
+    embed += norm if args.embedding_norm else 0
     head = 0 if args.tie_word_embeddings else V * h
     total = embed + L * per_layer + norm + head
     out = {"total": total, "embedding": embed, "non_embedding": total - embed - head, "lm_head": head,

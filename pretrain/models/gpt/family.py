@@ -15,7 +15,8 @@ class GPTFamily(ModelFamily):
     config_schema = config.GPTConfig
     args_type = config.GPTArgs
     non_shape_fields = ModelFamily.non_shape_fields | {"rotary_base", "moe_router_topk", "moe_capacity_factor",
-                                                       "moe_aux_loss_coeff", "moe_z_loss_coeff"}
+                                                       "moe_aux_loss_coeff", "moe_z_loss_coeff",
+                                                       "sliding_window", "sliding_window_pattern"}
     tp_plan = TP_PLAN
     sequence_parallel = SEQUENCE_PARALLEL
 
@@ -61,6 +62,8 @@ class GPTFamily(ModelFamily):
         return stages(model, group)
 
     def to_pipe_batch(self, batch: dict[str, Any]) -> tuple[Any, Any]:
+        if "segment_ids" in batch:  # packed-document masking: the stages carry the documents' ids
+            return (batch["input_ids"], batch["position_ids"], batch["segment_ids"]), batch["labels"]
         return batch["input_ids"], batch["labels"]
 
     @property

@@ -6,7 +6,12 @@ q/k/v concatenated into ``c_attn`` and every matrix transposed for its ``Conv1D`
 everything but the experts, which are written as the released checkpoints and ``save_pretrained`` hold them
 (``block_sparse_moe.gate`` and one ``w1``/``w3``/``w2`` per expert: gate, up, down), cut from our stacked
 ``experts.gate_up_proj`` [E, 2f, h] (gate rows first) and ``experts.down_proj`` [E, h, f]. Import takes that
-format and also the stacked one ``transformers`` 5 holds in memory (``mlp.experts.gate_up_proj``)."""
+format and also the stacked one ``transformers`` 5 holds in memory (``mlp.experts.gate_up_proj``).
+
+``MistralForCausalLM`` is LLaMA style with a sliding window on every layer (``sliding_window=W``: Hugging Face's
+mask ``kv_idx > q_idx - W`` is ours, ``i - W < j <= i``); its names are LLaMA's. ``BloomForCausalLM`` is ALiBi,
+the embedding LayerNorm, LayerNorm with biases, tanh GELU, multi-head, an MLP of 4 x hidden, tied: a rename, plus
+q/k/v fused into ``query_key_value`` *per head* (rows ``[head, (q|k|v), head_dim]``, not q-then-k-then-v)."""
 
 from __future__ import annotations
 
@@ -20,6 +25,10 @@ from pretrain.core.errors import CheckpointError
 from pretrain.models.family import HFAdapter
 
 GPT2, LLAMA, MIXTRAL = "GPT2LMHeadModel", "LlamaForCausalLM", "MixtralForCausalLM"
+MISTRAL, BLOOM = "MistralForCausalLM", "BloomForCausalLM"
+_BLOOM_LAYER = {"input_layernorm": "input_layernorm", "post_attention_layernorm": "post_attention_layernorm",
+                "self_attn.o_proj": "self_attention.dense", "mlp.up_proj": "mlp.dense_h_to_4h",
+                "mlp.down_proj": "mlp.dense_4h_to_h"}
 _GPT2_LAYER = {"input_layernorm": "ln_1", "post_attention_layernorm": "ln_2"}
 _GPT2_CONV1D = {"self_attn.o_proj": "attn.c_proj", "mlp.up_proj": "mlp.c_fc", "mlp.down_proj": "mlp.c_proj"}  # .t()
 
@@ -55,11 +64,40 @@ def _moe_misfit(a: dict[str, Any]) -> list[str]:
     return out
 
 
+def _attention_misfit(arch: str, a: dict[str, Any]) -> list[str]:
+    """Why the attention variant of a model (window, its pattern, ALiBi's embedding norm) is not ``arch``'s."""
+    out = []
+    windowed = arch in (MISTRAL, MIXTRAL)
+    if a.get("sliding_window_pattern") is not None:
+        out.append(f"sliding_window_pattern={a['sliding_window_pattern']} (needs null: {arch} has no global layers "
+                   "between windowed ones)")
+    if a.get("sliding_window") is not None and not windowed:
+        out.append(f"sliding_window={a['sliding_window']} (needs null: {arch} attends to every earlier token; a "
+                   f"LLaMA-style model with a window exports as {MISTRAL})")
+    if arch == MISTRAL and a.get("sliding_window") is None:
+        out.append(f"sliding_window=None (needs a window: without one the model is {LLAMA})")
+    if a.get("embedding_norm") and arch != BLOOM:
+        out.append(f"embedding_norm=True (needs False: {arch} has no LayerNorm after the embedding)")
+    return out
+
+
+def _bloom_misfit(a: dict[str, Any]) -> list[str]:
+    need = dict(position_embedding="alibi", normalization="layernorm", activation="gelu", bias=True,
+                tie_word_embeddings=True, embedding_norm=True, num_key_value_heads=a["num_attention_heads"],
+                ffn_hidden_size=4 * a["hidden_size"], num_experts=0)
+    return [f"{k}={a.get(k)} (needs {v})" for k, v in need.items() if a.get(k, 0) != v]
+
+
 class GPTAdapter(HFAdapter):
-    architectures = (GPT2, LLAMA, MIXTRAL)
+    architectures = (GPT2, LLAMA, MIXTRAL, MISTRAL, BLOOM)
 
     def misfit(self, arch: str, args: Any) -> list[str]:
         a = asdict(args)
+        if arch == BLOOM:
+            return _bloom_misfit(a) + _attention_misfit(arch, a)
+        return self._misfit(arch, a) + _attention_misfit(arch, a)
+
+    def _misfit(self, arch: str, a: dict[str, Any]) -> list[str]:
         if arch == GPT2:
             need = dict(position_embedding="learned", normalization="layernorm", activation="gelu", bias=True,
                         tie_word_embeddings=True, num_key_value_heads=a["num_attention_heads"])
@@ -77,7 +115,9 @@ class GPTAdapter(HFAdapter):
         return why
 
     def to_hf(self, arch: str, args: Any, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if arch == LLAMA:
+        if arch == BLOOM:
+            return _bloom_to_hf(args, sd)
+        if arch in (LLAMA, MISTRAL):
             return {theirs: sd[ours].contiguous() for ours, theirs in _llama_names(args).items()}
         if arch == MIXTRAL:
             out = {theirs: sd[ours] for ours, theirs in _llama_names(args).items() if not _is_expert(ours)}
@@ -108,7 +148,9 @@ class GPTAdapter(HFAdapter):
         return {k: v.contiguous() for k, v in out.items()}
 
     def from_hf(self, arch: str, args: Any, get: Callable[[str], torch.Tensor]) -> dict[str, torch.Tensor]:
-        if arch in (LLAMA, MIXTRAL):
+        if arch == BLOOM:
+            return _bloom_from_hf(args, get)
+        if arch in (LLAMA, MIXTRAL, MISTRAL):
             names = _llama_names(args)
             out = {ours: get(theirs).contiguous() for ours, theirs in names.items() if not _is_expert(ours)}
             if arch == MIXTRAL:
@@ -147,9 +189,29 @@ class GPTAdapter(HFAdapter):
                 num_key_value_heads=args.num_key_value_heads, head_dim=args.head_dim,
                 max_position_embeddings=args.seq_length, rms_norm_eps=args.norm_eps,
                 rope_parameters={"rope_type": "default", "rope_theta": float(args.rotary_base)},
-                tie_word_embeddings=args.tie_word_embeddings, hidden_act="silu", sliding_window=None,
+                tie_word_embeddings=args.tie_word_embeddings, hidden_act="silu", sliding_window=args.sliding_window,
                 num_local_experts=args.num_experts, num_experts_per_tok=args.moe_router_topk,
                 router_aux_loss_coef=args.moe_aux_loss_coeff, router_jitter_noise=0.0, output_router_logits=False,
+                attention_dropout=args.attention_dropout, initializer_range=args.init_method_std,
+                bos_token_id=eod, eos_token_id=eod, pad_token_id=None,
+            )
+        if arch == BLOOM:
+            return transformers.BloomConfig(
+                vocab_size=args.vocab_size, hidden_size=args.hidden_size, n_layer=args.num_layers,
+                n_head=args.num_attention_heads, layer_norm_epsilon=args.norm_eps,
+                initializer_range=args.init_method_std,
+                hidden_dropout=args.hidden_dropout, attention_dropout=args.attention_dropout,
+                apply_residual_connection_post_layernorm=False, pretraining_tp=1, slow_but_exact=False,
+                tie_word_embeddings=True, bos_token_id=eod, eos_token_id=eod, pad_token_id=None,
+            )
+        if arch == MISTRAL:
+            return transformers.MistralConfig(
+                vocab_size=args.vocab_size, hidden_size=args.hidden_size, intermediate_size=args.ffn_hidden_size,
+                num_hidden_layers=args.num_layers, num_attention_heads=args.num_attention_heads,
+                num_key_value_heads=args.num_key_value_heads, head_dim=args.head_dim,
+                max_position_embeddings=args.seq_length, rms_norm_eps=args.norm_eps,
+                rope_parameters={"rope_type": "default", "rope_theta": float(args.rotary_base)},
+                sliding_window=args.sliding_window, tie_word_embeddings=args.tie_word_embeddings, hidden_act="silu",
                 attention_dropout=args.attention_dropout, initializer_range=args.init_method_std,
                 bos_token_id=eod, eos_token_id=eod, pad_token_id=None,
             )
@@ -185,6 +247,8 @@ class GPTAdapter(HFAdapter):
                         ffn_hidden_size=c.get("n_inner") or 4 * n, seq_length=c["n_positions"],
                         position_embedding="learned", normalization="layernorm", activation="gelu", bias=True,
                         tie_word_embeddings=True)
+        if arch == BLOOM:
+            return _bloom_args(c, where)
         if c.get("hidden_act", "silu") != "silu":
             raise act_error(c.get("hidden_act"))
         if arch == MIXTRAL:
@@ -198,11 +262,18 @@ class GPTAdapter(HFAdapter):
         heads = c["num_attention_heads"]
         if c.get("head_dim") not in (None, c["hidden_size"] // heads):
             raise CheckpointError(f"{where}: head_dim={c['head_dim']} != hidden_size/heads is not supported")
-        return dict(vocab_size=c["vocab_size"], num_layers=c["num_hidden_layers"], hidden_size=c["hidden_size"],
-                    num_attention_heads=heads, num_key_value_heads=c.get("num_key_value_heads") or heads,
-                    ffn_hidden_size=c["intermediate_size"], seq_length=c["max_position_embeddings"],
-                    position_embedding="rope", normalization="rmsnorm", activation="swiglu", bias=False,
-                    tie_word_embeddings=bool(c.get("tie_word_embeddings", False)))
+        out = dict(vocab_size=c["vocab_size"], num_layers=c["num_hidden_layers"], hidden_size=c["hidden_size"],
+                   num_attention_heads=heads, num_key_value_heads=c.get("num_key_value_heads") or heads,
+                   ffn_hidden_size=c["intermediate_size"], seq_length=c["max_position_embeddings"],
+                   position_embedding="rope", normalization="rmsnorm", activation="swiglu", bias=False,
+                   tie_word_embeddings=bool(c.get("tie_word_embeddings", False)))
+        if arch == MISTRAL:
+            if c.get("layer_types") and len(set(c["layer_types"])) > 1:
+                kinds = sorted(set(c["layer_types"]))
+                raise CheckpointError(f"{where}: MistralForCausalLM with mixed layer_types {kinds} is not supported "
+                                      "(every layer windowed, or none)")
+            out["sliding_window"] = _window(c)
+        return out
 
     def tokenizer_specials(self, arch: str, special: dict[str, int]) -> dict[str, Any]:  # the same for all three
         eod = "<|endoftext|>" if "<|endoftext|>" in special else None
@@ -230,6 +301,12 @@ def _mixtral_experts(args: Any, i: int, get: Callable[[str], torch.Tensor]) -> d
             p + "experts.down_proj": down}
 
 
+def _window(c: dict[str, Any]) -> Any:
+    """A Mistral/Mixtral config's sliding window as our ``sliding_window``: None where it covers every position."""
+    w = c.get("sliding_window")
+    return None if w is None or w >= c["max_position_embeddings"] else int(w)
+
+
 def _mixtral_args(c: dict[str, Any], where: Path) -> dict[str, Any]:
     """Our args of a Mixtral ``config.json``; refused where our model would compute something else."""
     rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
@@ -238,14 +315,65 @@ def _mixtral_args(c: dict[str, Any], where: Path) -> dict[str, Any]:
     heads, h = c["num_attention_heads"], c["hidden_size"]
     if c.get("head_dim") not in (None, h // heads):
         raise CheckpointError(f"{where}: head_dim={c['head_dim']} != hidden_size/heads is not supported")
-    window = c.get("sliding_window")
-    if window is not None and window < c["max_position_embeddings"]:
-        raise CheckpointError(f"{where}: sliding_window={window} below max_position_embeddings="
-                              f"{c['max_position_embeddings']}: our attention is full causal attention")
-    return dict(vocab_size=c["vocab_size"], num_layers=c["num_hidden_layers"], hidden_size=h,
+    return dict(sliding_window=_window(c), vocab_size=c["vocab_size"], num_layers=c["num_hidden_layers"],
+                hidden_size=h,
                 num_attention_heads=heads, num_key_value_heads=c.get("num_key_value_heads") or heads,
                 seq_length=c["max_position_embeddings"], position_embedding="rope", normalization="rmsnorm",
                 activation="swiglu", bias=False, tie_word_embeddings=bool(c.get("tie_word_embeddings", False)),
                 num_experts=c.get("num_local_experts", 8), moe_router_topk=c.get("num_experts_per_tok", 2),
                 moe_ffn_hidden_size=c["intermediate_size"], moe_layer_freq=1,
                 rotary_base=float(rope.get("rope_theta", c.get("rope_theta", 1e6))))
+
+
+def _bloom_qkv(args: Any, sd: dict[str, torch.Tensor], prefix: str, kind: str) -> torch.Tensor:
+    """Our q/k/v ``kind`` (weight or bias) of a layer fused as BLOOM's ``query_key_value``: per head q, k, v."""
+    n, d = args.num_attention_heads, args.head_dim
+    parts = [sd[f"{prefix}self_attn.{x}_proj.{kind}"].reshape(n, d, -1) for x in "qkv"]
+    fused = torch.stack(parts, dim=1)  # [heads, 3, head_dim, (hidden)]
+    return fused.reshape(3 * n * d, -1).squeeze(-1) if kind == "bias" else fused.reshape(3 * n * d, -1)
+
+
+def _bloom_to_hf(args: Any, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {"transformer.word_embeddings.weight": sd["embed_tokens.weight"],
+           "transformer.word_embeddings_layernorm.weight": sd["embed_norm.weight"],
+           "transformer.word_embeddings_layernorm.bias": sd["embed_norm.bias"],
+           "transformer.ln_f.weight": sd["norm.weight"], "transformer.ln_f.bias": sd["norm.bias"]}
+    for i in range(args.num_layers):
+        p, q = f"layers.{i}.", f"transformer.h.{i}."
+        for kind in ("weight", "bias"):
+            out[f"{q}self_attention.query_key_value.{kind}"] = _bloom_qkv(args, sd, p, kind)
+            for ours, theirs in _BLOOM_LAYER.items():
+                out[f"{q}{theirs}.{kind}"] = sd[f"{p}{ours}.{kind}"]
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def _bloom_from_hf(args: Any, get: Callable[[str], torch.Tensor]) -> dict[str, torch.Tensor]:
+    n, d = args.num_attention_heads, args.head_dim
+    out = {"embed_tokens.weight": get("transformer.word_embeddings.weight"),
+           "embed_norm.weight": get("transformer.word_embeddings_layernorm.weight"),
+           "embed_norm.bias": get("transformer.word_embeddings_layernorm.bias"),
+           "norm.weight": get("transformer.ln_f.weight"), "norm.bias": get("transformer.ln_f.bias")}
+    out["lm_head.weight"] = out["embed_tokens.weight"]
+    for i in range(args.num_layers):
+        p, q = f"layers.{i}.", f"transformer.h.{i}."
+        for kind in ("weight", "bias"):
+            fused = get(f"{q}self_attention.query_key_value.{kind}").reshape(n, 3, d, -1)
+            for j, x in enumerate("qkv"):
+                part = fused[:, j].reshape(n * d, -1)
+                out[f"{p}self_attn.{x}_proj.{kind}"] = part.squeeze(-1) if kind == "bias" else part
+            for ours, theirs in _BLOOM_LAYER.items():
+                out[f"{p}{ours}.{kind}"] = get(f"{q}{theirs}.{kind}")
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def _bloom_args(c: dict[str, Any], where: Path) -> dict[str, Any]:
+    """Our args of a BLOOM ``config.json``; refused where our model would compute something else."""
+    if c.get("apply_residual_connection_post_layernorm"):
+        raise CheckpointError(f"{where}: BloomForCausalLM with apply_residual_connection_post_layernorm=true has no "
+                              "counterpart in our models (pre-norm residuals only)")
+    if c.get("pretraining_tp", 1) > 1 and c.get("slow_but_exact"):
+        raise CheckpointError(f"{where}: BloomForCausalLM with slow_but_exact=true is not supported")
+    h = c.get("hidden_size", c.get("n_embed", 64))
+    return dict(vocab_size=c["vocab_size"], num_layers=c["n_layer"], hidden_size=h, num_attention_heads=c["n_head"],
+                num_key_value_heads=c["n_head"], ffn_hidden_size=4 * h, position_embedding="alibi",
+                normalization="layernorm", activation="gelu", bias=True, tie_word_embeddings=True, embedding_norm=True)

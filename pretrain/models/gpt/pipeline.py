@@ -1,7 +1,9 @@
 """GPT's pipeline stages (DeepSpeed ``PipelineModule`` layers wrapping the built model's own modules):
 ``input_ids`` → token embedding → positions + dropout → ``TransformerLayer`` x L → final norm → output layer
 (tied to the token embedding unless ``tie_word_embeddings=false``); the loss on the last stage from the labels
-DeepSpeed loads there."""
+DeepSpeed loads there. With packed-document masking (``data.document_mask``) the first stage takes
+``(input_ids, position_ids, segment_ids)`` and every stage up to the final norm passes ``(hidden, position_ids,
+segment_ids)`` on, so each stage's layers mask and position by the documents."""
 
 from __future__ import annotations
 
@@ -10,26 +12,33 @@ from typing import Callable
 import torch
 from torch import nn
 
+from pretrain.models.gpt.model import rope_for
 from pretrain.parallel.pipeline import TokenEmbedding, Wrap, tied_logits
 from pretrain.parallel.tensor import Group
 
 
 class GPTInput(nn.Module):
-    """Learned positions (if any) and embedding dropout."""
+    """Learned positions (if any), the embedding norm (if any) and embedding dropout."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.embed_positions = model.embed_positions
+        self.embed_norm = getattr(model, "embed_norm", None)
         self.embed_dropout = model.embed_dropout
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, inputs):
+        x, docs = (inputs[0], inputs[1:]) if isinstance(inputs, tuple) else (inputs, ())
         if self.embed_positions is not None:
-            x = x + self.embed_positions(torch.arange(x.shape[1], device=x.device))
-        return self.embed_dropout(x)
+            x = x + self.embed_positions(docs[0] if docs else torch.arange(x.shape[1], device=x.device))
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
+        x = self.embed_dropout(x)
+        return (x, *docs) if docs else x
 
 
 class GPTTransformerLayer(nn.Module):
-    """One block with the model's rotary tables (activation checkpointing, if any, is the block's own)."""
+    """One block with the model's rotary tables (activation checkpointing, if any, is the block's own); takes and
+    returns the hidden state, or ``(hidden, position_ids, segment_ids)`` of packed documents."""
 
     def __init__(self, block: nn.Module, model: nn.Module):
         super().__init__()
@@ -39,10 +48,21 @@ class GPTTransformerLayer(nn.Module):
             self.register_buffer("rope_cos", model.rope_cos, persistent=False)
             self.register_buffer("rope_sin", model.rope_sin, persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = x.shape[1]
-        rope = (self.rope_cos[:s].to(x.dtype), self.rope_sin[:s].to(x.dtype)) if self.rope else None
-        return self.block(x, rope)
+    def forward(self, inputs):
+        if not isinstance(inputs, tuple):
+            s = inputs.shape[1]
+            rope = (self.rope_cos[:s].to(inputs.dtype), self.rope_sin[:s].to(inputs.dtype)) if self.rope else None
+            return self.block(inputs, rope)
+        x, position_ids, segment_ids = inputs
+        rope = rope_for(self.rope_cos, self.rope_sin, x.shape[1], position_ids, x.dtype) if self.rope else None
+        return self.block(x, rope, segment_ids), position_ids, segment_ids
+
+
+class GPTFinalNorm(Wrap):
+    """The final norm; drops the documents' ids that the layers carried."""
+
+    def forward(self, inputs):
+        return self.module(inputs[0] if isinstance(inputs, tuple) else inputs)
 
 
 class GPTLoss:
@@ -63,5 +83,6 @@ def stages(model: nn.Module, group: Group) -> tuple[list, Callable]:
              if tied else TokenEmbedding(model.embed_tokens, group))
     head = (TiedLayerSpec("embed", TokenEmbedding, model.embed_tokens, group, sp, forward_fn=tied_logits,
                           tied_weight_attr=["embed_tokens.weight"]) if tied else Wrap(model.lm_head))
-    layers = [embed, GPTInput(model), *(GPTTransformerLayer(b, model) for b in model.layers), Wrap(model.norm), head]
+    layers = [embed, GPTInput(model), *(GPTTransformerLayer(b, model) for b in model.layers), GPTFinalNorm(model.norm),
+              head]
     return layers, GPTLoss(model.loss_fn)

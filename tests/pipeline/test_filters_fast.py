@@ -1,0 +1,109 @@
+"""The fast filter paths are pure speed-ups: the same scores, counts and keep/drop decisions as the reference
+code, on a multilingual check set (tests/pipeline/multilingual.py, 14 languages) and the bundled samples."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import yaml
+from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+from data_pipelines.document import Document
+from data_pipelines.filters import gopher, language
+from data_pipelines.filters.config import filters_for_source, run_blocks
+from data_pipelines.filters.langid_fast import FastLanguageIdentifier, fast_identifier
+from data_pipelines.sources import make_reader, package_path
+from data_pipelines.stats import StageStats
+
+from .multilingual import PROSE, check_set
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLES = {"web": "data_pipelines/samples/web", "wiki": "data_pipelines/samples/wiki",
+           "books": "data_pipelines/samples/books"}
+
+
+@pytest.fixture(scope="module")
+def reference_langid() -> LanguageIdentifier:
+    return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+
+
+@pytest.fixture(scope="module")
+def sample_docs() -> dict[str, list[Document]]:
+    out = {}
+    for kind, folder in SAMPLES.items():
+        files = sorted(str(p) for p in Path(package_path(folder)).iterdir() if not p.name.startswith((".", "__")))
+        reader = make_reader(kind, {"kind": kind, "paths": files})
+        stats = StageStats()
+        out[kind] = [d for path in files for d in reader.read(path, stats)]
+    return out
+
+
+def reference_duplicated_chars(words: list[str], n: int) -> int:
+    """The Gopher reference rule on joined strings (datatrove's loop)."""
+    grams = [" ".join(words[i : i + n]) for i in range(len(words) - n + 1)]
+    seen: set[str] = set()
+    chars = idx = 0
+    while idx < len(grams):
+        if grams[idx] in seen:
+            chars += len(grams[idx])
+            idx += n
+        else:
+            seen.add(grams[idx])
+            idx += 1
+    return chars
+
+
+def test_check_set_covers_ten_languages(reference_langid):
+    detected = {reference_langid.classify(text)[0] for text in PROSE.values()}
+    assert len(detected) >= 10 and detected == set(PROSE), detected
+
+
+def test_vectorised_langid_gives_identical_scores(reference_langid, sample_docs):
+    fast = fast_identifier()
+    assert isinstance(fast, FastLanguageIdentifier) and fast.depth >= 4
+    rng = random.Random(0)
+    texts = [t for _, t in check_set()] + [d.text[:3000] for docs in sample_docs.values() for d in docs]
+    texts += ["", "a", "ab", "ÅÄÖ", "日本", bytes(rng.randrange(256) for _ in range(4000)).decode("latin-1")]
+    for text in texts:
+        assert fast.rank(text) == reference_langid.rank(text), text[:80]  # same floats, same order
+
+
+def test_repetition_counts_match_the_reference_loop():
+    rng = random.Random(1)
+    words_sets = [t.split() for _, t in check_set()]
+    for _ in range(400):
+        vocab = [f"w{i}" * rng.randint(1, 3) for i in range(rng.randint(1, 10))]
+        words_sets.append([rng.choice(vocab) for _ in range(rng.randint(1, 60))])
+    for words in words_sets:
+        ngrams = gopher._NGrams(words)
+        for n in range(1, 11):
+            if len(words) >= n:
+                assert ngrams.duplicated_chars(n) == reference_duplicated_chars(words, n), (words, n)
+
+
+def _run_chain(kind: str, docs: list[Document]) -> tuple[list[tuple], list[dict]]:
+    cfg = yaml.safe_load((REPO / "conf/filters/default.yaml").read_text())
+    blocks = filters_for_source(cfg, kind, kind)
+    stats = [StageStats() for _ in blocks]
+    copies = [Document(d.id, d.text, d.source, dict(d.metadata)) for d in docs]
+    kept = [(d.id, d.text, sorted(d.metadata.items())) for d in run_blocks(blocks, copies, stats)]
+    return kept, [s.to_dict() for s in stats]
+
+
+def test_filter_chains_decide_exactly_as_the_reference(monkeypatch, reference_langid, sample_docs):
+    check = [Document(name, text, "check", {}) for name, text in check_set()]
+    inputs = {"web": check + sample_docs["web"], "jsonl": check, "wiki": sample_docs["wiki"] + check,
+              "books": sample_docs["books"] + check}
+    fast = {kind: _run_chain(kind, docs) for kind, docs in inputs.items()}
+    monkeypatch.setattr(language, "_identifier", lambda: reference_langid)
+    monkeypatch.setattr(gopher._NGrams, "duplicated_chars",
+                        lambda self, n: reference_duplicated_chars(self._words, n))
+    for kind, docs in inputs.items():
+        assert _run_chain(kind, docs) == fast[kind], kind
+    kept_web = {doc_id for doc_id, _, _ in fast["web"][0]}
+    kept_wiki = {doc_id for doc_id, _, _ in fast["wiki"][0]}
+    assert kept_web and "de-prose" not in kept_web and "de-prose" not in kept_wiki  # English only
+    assert any(k.startswith("en-") for k in kept_wiki)
+    assert sum(sum(s["dropped"].values()) for s in fast["web"][1]) >= len(check) // 2  # both decisions exercised
