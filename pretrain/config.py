@@ -186,6 +186,10 @@ class TrainerConfig:
     # Peak dense FLOP/s of one device for MFU; null = from the table of known GPUs, or measured on CPU.
     peak_flops_per_device: Optional[float] = None
     deterministic: bool = False
+    # torch.compile each transformer block (pretrain/models/compile.py, docs/compile.md), with this backend:
+    # inductor (generated kernels), aot_eager (traced, eager kernels: checks tracing, no speed-up) or eager.
+    compile: bool = False
+    compile_backend: str = "inductor"
     # Seconds of training after which the run saves a checkpoint and stops (then requeues under SLURM), as
     # SIGUSR1/SIGTERM do; null = no budget. Set it to the job's time limit minus the time a save takes.
     max_wall_time_s: Optional[float] = None

@@ -48,6 +48,7 @@ from pretrain.flops import peak_flops_per_device
 from pretrain.guard import Guard
 from pretrain.metrics import METRICS_FILE, MetricsLogger, StepRecorder
 from pretrain.models import TokenizerInfo, get_family
+from pretrain.models.compile import CompileTimer
 from pretrain.parallel.context import context_callbacks
 from pretrain.parallel.pipeline import PP_COMM, build_pipeline, parameter_names
 from pretrain.validation import fit_schedule_to_run, validate_values
@@ -342,6 +343,7 @@ class Trainer:
             self.metrics,
             preemption.StopOnRequest(self.stop_request),
             self.checkpointer,
+            *([CompileTimer(cfg.trainer.compile_backend)] if cfg.trainer.compile else []),
             *(self.distill.callbacks() if self.distill else []),  # soft/hard loss parts, teacher_val_loss
             *self.extra_callbacks,
         ])

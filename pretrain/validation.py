@@ -206,6 +206,10 @@ def value_problems(cfg: DictConfig) -> list[str]:
         else:
             problems.append(f"optim.sched.warmup_steps={warmup} is longer than the schedule (optim.sched.decay_steps="
                             f"null = trainer.max_steps={length}); shorten the warm-up or set optim.sched.decay_steps")
+    from pretrain.models.compile import compile_problem
+
+    if why := compile_problem(cfg):
+        problems.append(why)
     problems += _data_problems(cfg.data)
     problems += engine_problems(cfg)
     return problems

@@ -49,6 +49,7 @@ from omegaconf import DictConfig
 
 from pretrain.core.errors import CheckpointError, ConfigError
 from pretrain.engines.base import Batch, BatchPlan, Engine
+from pretrain.models.compile import compile_blocks
 from pretrain.optim import build_optimizer, lr_lambda
 
 log = logging.getLogger("pretrain")
@@ -229,6 +230,7 @@ class AccelerateEngine(Engine):
         os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
         self.accelerator = Accelerator(**kwargs)
         self.module = model.to(device)  # the unwrapped model: parameter names, state dicts
+        compile_blocks(model, cfg)  # trainer.compile: after tensor parallelism and recomputation, before fully_shard
         self.mesh = None
         if fsdp:
             from torch.distributed.device_mesh import init_device_mesh

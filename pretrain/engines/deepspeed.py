@@ -18,6 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pretrain.engines.base import Batch, BatchPlan, Engine
+from pretrain.models.compile import compile_blocks
 from pretrain.optim import build_optimizer, lr_lambda
 
 log = logging.getLogger("pretrain")
@@ -255,6 +256,7 @@ class DeepSpeedEngine(Engine):
         # expert parallelism: DeepSpeed's own files hold rank 0's expert slices only, so the layout-free copy, which
         # gathers them by global index, is always written and always what a resume reads (docs/moe.md)
         self.expert_parallel = _has_expert_slices(model)
+        compile_blocks(model, cfg)  # trainer.compile: after tensor parallelism and recomputation, before wrapping
         self.ds, self.scheduler, self._lr_scale = initialize(model, cfg, self.config, device, mpu=grid)
         self.pipelined = plan.pipeline_parallel_size > 1
         self.grid, self.param_names, self.family = grid, param_names, family
