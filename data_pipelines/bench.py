@@ -1,6 +1,7 @@
 """Benchmark: throughput per worker of every pipeline stage, and our MinHash LSH against ``datasketch``.
 
     python -m data_pipelines.bench [--copies 40] [--workers 2] [--dedup-docs 600] [--keep DIR] [--scaling 4]
+    python -m data_pipelines.bench --filters     (only: each block of the web filter chain, MB/s, one process)
 
 1. The bundled samples of all four kinds (``data_pipelines/samples``) are replicated ``--copies`` times into a
    temporary folder and run through the whole pipeline with ``--workers`` processes; the table gives, per
@@ -198,6 +199,50 @@ def scaling_table(base_copies: int, multipliers=(1, 4, 16), workers=(1, 2)) -> s
     return _table(rows)
 
 
+def filter_corpus(min_words: int = 120) -> list[str]:
+    """English prose every Python installation has: the stdlib's docstrings of ``min_words`` words or more,
+    each paragraph reflowed onto one line (the layout of extracted web text)."""
+    import re
+
+    from data_pipelines.dedup.synthetic import stdlib_docstrings
+
+    return ["\n\n".join(" ".join(p.split()) for p in re.split(r"\n\s*\n", t)) for t in stdlib_docstrings(min_words)]
+
+
+def filter_table(texts: list[str], kind: str = "web", repeats: int = 5) -> str:
+    """CPU time (``time.process_time``, the best of ``repeats`` runs: the machine may be shared) of each block of
+    the default ``filters.<kind>`` chain, each on the documents the previous one kept, and of the whole chain."""
+    import time
+
+    import yaml
+
+    from data_pipelines.document import Document
+    from data_pipelines.filters.config import filters_for_source
+    from data_pipelines.stats import StageStats
+
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "conf/filters/default.yaml").read_text())
+    blocks = filters_for_source(cfg, kind, kind)
+    best: dict[str, tuple[float, float, int, int]] = {}
+    for _ in range(repeats):
+        docs = [Document(str(i), t, "bench", {}) for i, t in enumerate(texts)]
+        for block in blocks:
+            mb = sum(len(d.text.encode("utf-8", "surrogatepass")) for d in docs) / MiB
+            n_in = len(docs)
+            t0 = time.process_time()
+            docs = list(block(docs, StageStats()))
+            dt = time.process_time() - t0
+            if block.name not in best or dt < best[block.name][0]:
+                best[block.name] = (dt, mb, n_in, len(docs))
+    rows = [("block", "documents in", "kept", "MB in", "CPU s", "MB/s")]
+    for name, (dt, mb, n_in, kept) in best.items():
+        rows.append((name, f"{n_in:,}", f"{kept:,}", f"{mb:.3f}", f"{dt:.4f}", f"{mb / dt:,.1f}"))
+    total_s = sum(v[0] for v in best.values())
+    total_mb = sum(len(t.encode("utf-8", "surrogatepass")) for t in texts) / MiB
+    rows.append(("whole chain", f"{len(texts):,}", rows[-1][2], f"{total_mb:.3f}", f"{total_s:.4f}",
+                 f"{total_mb / total_s:,.2f}"))
+    return _table(rows)
+
+
 def minhash_table(result: dict) -> str:
     rows = [("implementation", "seconds", "docs/s", "precision", "recall")]
     for name, key in (("ours (signatures + clusters)", "ours"), ("datasketch (MinHash + MinHashLSH)", "datasketch")):
@@ -222,8 +267,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", type=Path, default=None, help="run in this folder and keep it (default: a temp dir)")
     ap.add_argument("--scaling", type=int, default=0, metavar="COPIES",
                     help="also print the scaling table at 1x, 4x, 16x COPIES replicas with 1 and 2 workers")
+    ap.add_argument("--filters", action="store_true",
+                    help="only the per-block table of the default web filter chain on stdlib docstrings")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    if args.filters:
+        texts = filter_corpus()
+        print(f"## Filter chain filters.web: {len(texts):,} stdlib docstrings, one process, best of 5 (CPU time)\n")
+        print(filter_table(texts))
+        return 0
 
     from data_pipelines.dedup.bench import bench_corpus, compare_with_datasketch
 

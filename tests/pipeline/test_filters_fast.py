@@ -107,3 +107,55 @@ def test_filter_chains_decide_exactly_as_the_reference(monkeypatch, reference_la
     assert kept_web and "de-prose" not in kept_web and "de-prose" not in kept_wiki  # English only
     assert any(k.startswith("en-") for k in kept_wiki)
     assert sum(sum(s["dropped"].values()) for s in fast["web"][1]) >= len(check) // 2  # both decisions exercised
+
+
+def test_normalize_shortcut_is_exactly_the_full_path(monkeypatch, sample_docs):
+    """``Normalize._unchanged`` skips the regex passes only where they would change nothing: same texts and
+    the same change counts as the full path, for every option set, on real and adversarial texts."""
+    import re
+
+    from data_pipelines.filters import normalize
+
+    everything = "".join(map(chr, range(0x110000)))
+    acted_on = set(re.findall(r"\s", everything)) - {" ", "\t", "\n"}
+    acted_on |= set(normalize._CONTROL.findall(everything)) | set(normalize._LINE_BREAKS.findall(everything))
+    assert set(normalize._SUSPECT.findall(everything)) == acted_on
+
+    rng = random.Random(3)
+    alphabet = ["a", "b", ".", " ", " ", "\t", "\n", "\n", "\r", "\x00", "\x0b", "\u200b", "\xa0", "\u3000", "\x85",
+                "\u2028", "é", "e\u0301", "\ud800"]
+    texts = [t for _, t in check_set()] + [d.text for docs in sample_docs.values() for d in docs[:20]]
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))) for _ in range(3000)]
+    options = [{}, {"collapse_spaces": False, "strip_leading": False, "max_newlines": 3}, {"max_newlines": 1},
+               {"max_newlines": None, "form": None}, {"remove_control": False, "strip_trailing": False}]
+    for opts in options:
+        block = normalize.Normalize(**opts)
+        fast_stats = StageStats()
+        fast = [block.normalize(t, fast_stats) for t in texts]
+        with monkeypatch.context() as m:
+            m.setattr(normalize.Normalize, "_unchanged", lambda self, text: False)
+            full_stats = StageStats()
+            assert [block.normalize(t, full_stats) for t in texts] == fast, opts
+        assert fast_stats.to_dict() == full_stats.to_dict(), opts
+
+
+def test_pii_pre_checks_skip_only_passes_that_find_nothing(monkeypatch, sample_docs):
+    import re
+
+    from data_pipelines.filters import pii
+
+    rng = random.Random(5)
+    alphabet = list("0123456789") * 3 + list(".:-+ ()@abcdefAF\n") + ["1.2.3.4", "::", "+44 ", "(415) ", "415.",
+                                                                      "555-", "2671", "a@b.co"]
+    texts = [t for _, t in check_set()] + [d.text for docs in sample_docs.values() for d in docs]
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 30))) for _ in range(3000)]
+    for found in ("+44 20 7946 0958", "(415) 555-2671", "415.555.2671", "1-415-555-2671", "ann@example.org",
+                  "8.8.8.8", "2001:4860:4860::8888"):
+        texts += [found, f"call {found} now.", f"x{found}x"]
+    block = pii.PIIRedactor(kinds=["secret", "email", "ip", "phone"])
+    fast = [block.redact(t) for t in texts]
+    everything = re.compile("")
+    for name in ("_IPV4_CANDIDATE", "_IPV6_CANDIDATE", "_PHONE_CANDIDATE"):
+        monkeypatch.setattr(pii, name, everything)
+    assert [block.redact(t) for t in texts] == fast
+    assert sum(bool(r[1]) for r in fast) > 100  # the random texts do hold addresses and numbers
