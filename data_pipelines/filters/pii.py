@@ -47,7 +47,8 @@ _DIGITS = re.compile(r"\d")
 # Cheap pre-checks: a substring every match of the pattern contains, found by a scan that starts with a
 # literal or a character class (which ``re`` searches for fast), where the patterns above start with a
 # look-behind and so are tried at every position. No candidate: the pattern's pass is skipped.
-_IPV4_CANDIDATE = re.compile(r"\d\.\d")  # an octet, ".", an octet
+_EMAIL_CANDIDATE = re.compile(r"[A-Za-z0-9._%+-]@[A-Za-z0-9]")  # not "@property" or " @ "
+_IPV4_CANDIDATE = re.compile(r"\d\.\d{1,3}\.\d{1,3}\.\d")  # four octets of 1-3 digits (not "3.11" or "1.2.3")
 _IPV6_CANDIDATE = re.compile(r":[0-9A-Fa-f]{0,4}:")  # at least two groups of "hex:"
 _PHONE_CANDIDATE = re.compile(r"\+\d|\d{3}[ .-]\d{4}")  # "+" and the country code, or the last 3 + 4 digits
 # Dotted numbers right after these words are versions or section numbers ("version 7.1.4.34"), not hosts.
@@ -208,7 +209,7 @@ class PIIRedactor(DocumentFilter):
             if kind == "secret":
                 text = self._redact_secrets(text, per_kind, per_secret)
             elif kind == "email":
-                if "@" in text:
+                if "@" in text and _EMAIL_CANDIDATE.search(text):
                     text = sub("email", EMAIL, text, lambda m: True)
             elif kind == "ip":
                 if _IPV4_CANDIDATE.search(text):

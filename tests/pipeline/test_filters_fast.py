@@ -145,17 +145,17 @@ def test_pii_pre_checks_skip_only_passes_that_find_nothing(monkeypatch, sample_d
     from data_pipelines.filters import pii
 
     rng = random.Random(5)
-    alphabet = list("0123456789") * 3 + list(".:-+ ()@abcdefAF\n") + ["1.2.3.4", "::", "+44 ", "(415) ", "415.",
+    alphabet = list("0123456789") * 3 + list(".:-+ ()@_%abcdefAF\n") + ["1.2.3.4", "::", "+44 ", "(415) ", "415.",
                                                                       "555-", "2671", "a@b.co"]
     texts = [t for _, t in check_set()] + [d.text for docs in sample_docs.values() for d in docs]
     texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 30))) for _ in range(3000)]
     for found in ("+44 20 7946 0958", "(415) 555-2671", "415.555.2671", "1-415-555-2671", "ann@example.org",
-                  "8.8.8.8", "2001:4860:4860::8888"):
+                  "a.b-c+d%e_f@x.io", "8.8.8.8", "123.45.67.89", "2001:4860:4860::8888"):
         texts += [found, f"call {found} now.", f"x{found}x"]
     block = pii.PIIRedactor(kinds=["secret", "email", "ip", "phone"])
     fast = [block.redact(t) for t in texts]
     everything = re.compile("")
-    for name in ("_IPV4_CANDIDATE", "_IPV6_CANDIDATE", "_PHONE_CANDIDATE"):
+    for name in ("_EMAIL_CANDIDATE", "_IPV4_CANDIDATE", "_IPV6_CANDIDATE", "_PHONE_CANDIDATE"):
         monkeypatch.setattr(pii, name, everything)
     assert [block.redact(t) for t in texts] == fast
     assert sum(bool(r[1]) for r in fast) > 100  # the random texts do hold addresses and numbers
