@@ -4,6 +4,7 @@ code, on a multilingual check set (tests/pipeline/multilingual.py, 14 languages)
 from __future__ import annotations
 
 import random
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,25 @@ def reference_duplicated_chars(words: list[str], n: int) -> int:
     return chars
 
 
+def reference_top_chars(words: list[str], n: int) -> int:
+    """Characters of the most frequent n-gram string times its count (datatrove's ``Counter.most_common``)."""
+    gram, count = Counter(" ".join(words[i : i + n]) for i in range(len(words) - n + 1)).most_common(1)[0]
+    return len(gram) * count
+
+
+def test_long_documents_take_the_numpy_path(monkeypatch):
+    """A document past ``LONG_DOC_WORDS`` goes to the numpy n-grams and decides as the reference does."""
+    words = [f"w{i % 97}" for i in range(gopher.LONG_DOC_WORDS + 500)]
+    text = " ".join(words)
+    for cls in (gopher._NGrams, gopher._HashedNGrams):
+        ngrams = cls(words)
+        assert [ngrams.duplicated_chars(n) for n in (5, 10)] == [reference_duplicated_chars(words, n) for n in (5, 10)]
+    used = []
+    monkeypatch.setattr(gopher, "_HashedNGrams", lambda w: used.append(len(w)) or gopher._NGrams(w))
+    assert gopher.GopherRepetition().apply(Document("long", text, "x", {}), StageStats()) == "gopher_dup_5_gram"
+    assert used == [len(words)] and reference_duplicated_chars(words, 5) / len(text) > 0.15
+
+
 def test_check_set_covers_ten_languages(reference_langid):
     detected = {reference_langid.classify(text)[0] for text in PROSE.values()}
     assert len(detected) >= 10 and detected == set(PROSE), detected
@@ -70,17 +90,19 @@ def test_vectorised_langid_gives_identical_scores(reference_langid, sample_docs)
         assert fast.rank(text) == reference_langid.rank(text), text[:80]  # same floats, same order
 
 
-def test_repetition_counts_match_the_reference_loop():
+@pytest.mark.parametrize("ngrams_class", [gopher._NGrams, gopher._HashedNGrams])
+def test_repetition_counts_match_the_reference_loop(ngrams_class):
     rng = random.Random(1)
     words_sets = [t.split() for _, t in check_set()]
     for _ in range(400):
         vocab = [f"w{i}" * rng.randint(1, 3) for i in range(rng.randint(1, 10))]
         words_sets.append([rng.choice(vocab) for _ in range(rng.randint(1, 60))])
     for words in words_sets:
-        ngrams = gopher._NGrams(words)
+        ngrams = ngrams_class(words)
         for n in range(1, 11):
             if len(words) >= n:
                 assert ngrams.duplicated_chars(n) == reference_duplicated_chars(words, n), (words, n)
+                assert ngrams.top_chars(n) == reference_top_chars(words, n), (words, n)
 
 
 def _run_chain(kind: str, docs: list[Document]) -> tuple[list[tuple], list[dict]]:
@@ -98,8 +120,9 @@ def test_filter_chains_decide_exactly_as_the_reference(monkeypatch, reference_la
               "books": sample_docs["books"] + check}
     fast = {kind: _run_chain(kind, docs) for kind, docs in inputs.items()}
     monkeypatch.setattr(language, "_identifier", lambda: reference_langid)
-    monkeypatch.setattr(gopher._NGrams, "duplicated_chars",
-                        lambda self, n: reference_duplicated_chars(self._words, n))
+    for cls in (gopher._NGrams, gopher._HashedNGrams):  # the long books take the numpy n-grams
+        monkeypatch.setattr(cls, "duplicated_chars", lambda self, n: reference_duplicated_chars(self._words, n))
+        monkeypatch.setattr(cls, "top_chars", lambda self, n: reference_top_chars(self._words, n))
     for kind, docs in inputs.items():
         assert _run_chain(kind, docs) == fast[kind], kind
     kept_web = {doc_id for doc_id, _, _ in fast["web"][0]}
