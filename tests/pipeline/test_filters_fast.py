@@ -182,3 +182,11 @@ def test_pii_pre_checks_skip_only_passes_that_find_nothing(monkeypatch, sample_d
         monkeypatch.setattr(pii, name, everything)
     assert [block.redact(t) for t in texts] == fast
     assert sum(bool(r[1]) for r in fast) > 100  # the random texts do hold addresses and numbers
+
+
+def test_bench_filter_table_has_every_block_and_the_chain():
+    from data_pipelines import bench
+
+    table = bench.filter_table([t for _, t in check_set()], repeats=1)
+    for name in ("normalize", "language", "gopher_quality", "gopher_repetition", "c4", "fineweb", "pii", "whole chain"):
+        assert f"| {name} " in table, table
