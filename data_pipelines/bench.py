@@ -1,6 +1,7 @@
 """Benchmark: throughput per worker of every pipeline stage, and our MinHash LSH against ``datasketch``.
 
     python -m data_pipelines.bench [--copies 40] [--workers 2] [--dedup-docs 600] [--keep DIR] [--scaling 4]
+    python -m data_pipelines.bench --filters     (only: each block of the web filter chain, MB/s, one process)
 
 1. The bundled samples of all four kinds (``data_pipelines/samples``) are replicated ``--copies`` times into a
    temporary folder and run through the whole pipeline with ``--workers`` processes; the table gives, per
@@ -9,6 +10,7 @@
    timed in a run without dedup (see :func:`pipeline_bench`). Beside each rate, the stage's *floor*
    (:func:`floor_seconds`): the same bytes through only what the stage cannot avoid, in one process.
    ``--scaling N`` adds whole runs at N, 4N and 16N replicas with 1 and 2 workers (:func:`scaling_table`).
+   Then each reader alone beside its floor (:func:`reader_table`).
 2. The MinHash stage against ``datasketch`` (``MinHash`` + ``MinHashLSH``) on the same documents in the same
    process (``data_pipelines.dedup.bench.compare_with_datasketch``): time for signatures + clustering, the
    speed-up ratio (target >= 5x) and precision/recall of both against brute-force Jaccard.
@@ -26,6 +28,7 @@ import tempfile
 from pathlib import Path
 
 from data_pipelines.executor import MiB
+from data_pipelines.stats import StageStats
 
 SAMPLE_KINDS = ("web", "wiki", "books", "code")
 
@@ -198,6 +201,97 @@ def scaling_table(base_copies: int, multipliers=(1, 4, 16), workers=(1, 2)) -> s
     return _table(rows)
 
 
+def reader_table(inputs: dict[str, Path], repeats: int = 3) -> str:
+    """Per source kind, one process, CPU time (best of ``repeats``): the reader alone (no filters) against its
+    floor on the same files: decompress + parse (fastwarc records, with resiliparse's extraction of every HTML
+    response for WARC; lxml for wiki XML; the bytes for the rest). Code is left out (its reader walks trees)."""
+    import time
+
+    from fastwarc.warc import ArchiveIterator, WarcRecordType
+    from lxml import etree
+
+    from data_pipelines.sources import make_reader
+    from data_pipelines.sources.base import open_binary
+    from data_pipelines.sources.html import _resiliparse, detect_charset, looks_like_html
+
+    def floor(path: str) -> None:
+        stream, _ = open_binary(path)
+        with stream:
+            if ".warc" in path:
+                for record in ArchiveIterator(stream, record_types=WarcRecordType.response, parse_http=True):
+                    body = record.reader.read()
+                    if looks_like_html(body):
+                        _resiliparse(body.decode(detect_charset(body), "replace"), None)
+            elif ".xml" in path:
+                for _, elem in etree.iterparse(stream, events=("end",), huge_tree=True):
+                    elem.clear()
+            else:
+                stream.read()
+
+    rows = [("reader", "files", "documents", "MB on disk", "reader s", "floor s", "x floor", "floor")]
+    for kind in ("web", "wiki", "books"):
+        files = sorted(str(p) for p in inputs[kind].rglob("*") if p.is_file())
+        reader = make_reader(kind, {"kind": kind, "paths": files})
+        best_r = best_f = float("inf")
+        docs = 0
+        for _ in range(repeats):
+            t0 = time.process_time()
+            docs = sum(1 for f in files for _ in reader.read(f, StageStats()))
+            best_r = min(best_r, time.process_time() - t0)
+            t0 = time.process_time()
+            for f in files:
+                floor(f)
+            best_f = min(best_f, time.process_time() - t0)
+        mb = sum(Path(f).stat().st_size for f in files) / MiB
+        what = {"web": "fastwarc + resiliparse", "wiki": "bz2 + lxml iterparse"}.get(kind, "decompress")
+        rows.append((kind, f"{len(files):,}", f"{docs:,}", f"{mb:.2f}", f"{best_r:.3f}", f"{best_f:.3f}",
+                     f"{best_r / best_f:.1f}", what))
+    return _table(rows)
+
+
+def filter_corpus(min_words: int = 120) -> list[str]:
+    """English prose every Python installation has: the stdlib's docstrings of ``min_words`` words or more,
+    each paragraph reflowed onto one line (the layout of extracted web text)."""
+    import re
+
+    from data_pipelines.dedup.synthetic import stdlib_docstrings
+
+    return ["\n\n".join(" ".join(p.split()) for p in re.split(r"\n\s*\n", t)) for t in stdlib_docstrings(min_words)]
+
+
+def filter_table(texts: list[str], kind: str = "web", repeats: int = 5) -> str:
+    """CPU time (``time.process_time``, the best of ``repeats`` runs: the machine may be shared) of each block of
+    the default ``filters.<kind>`` chain, each on the documents the previous one kept, and of the whole chain."""
+    import time
+
+    import yaml
+
+    from data_pipelines.document import Document
+    from data_pipelines.filters.config import filters_for_source
+
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "conf/filters/default.yaml").read_text())
+    blocks = filters_for_source(cfg, kind, kind)
+    best: dict[str, tuple[float, float, int, int]] = {}
+    for _ in range(repeats):
+        docs = [Document(str(i), t, "bench", {}) for i, t in enumerate(texts)]
+        for block in blocks:
+            mb = sum(len(d.text.encode("utf-8", "surrogatepass")) for d in docs) / MiB
+            n_in = len(docs)
+            t0 = time.process_time()
+            docs = list(block(docs, StageStats()))
+            dt = time.process_time() - t0
+            if block.name not in best or dt < best[block.name][0]:
+                best[block.name] = (dt, mb, n_in, len(docs))
+    rows = [("block", "documents in", "kept", "MB in", "CPU s", "MB/s")]
+    for name, (dt, mb, n_in, kept) in best.items():
+        rows.append((name, f"{n_in:,}", f"{kept:,}", f"{mb:.3f}", f"{dt:.4f}", f"{mb / dt:,.1f}"))
+    total_s = sum(v[0] for v in best.values())
+    total_mb = sum(len(t.encode("utf-8", "surrogatepass")) for t in texts) / MiB
+    rows.append(("whole chain", f"{len(texts):,}", rows[-1][2], f"{total_mb:.3f}", f"{total_s:.4f}",
+                 f"{total_mb / total_s:,.2f}"))
+    return _table(rows)
+
+
 def minhash_table(result: dict) -> str:
     rows = [("implementation", "seconds", "docs/s", "precision", "recall")]
     for name, key in (("ours (signatures + clusters)", "ours"), ("datasketch (MinHash + MinHashLSH)", "datasketch")):
@@ -222,8 +316,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", type=Path, default=None, help="run in this folder and keep it (default: a temp dir)")
     ap.add_argument("--scaling", type=int, default=0, metavar="COPIES",
                     help="also print the scaling table at 1x, 4x, 16x COPIES replicas with 1 and 2 workers")
+    ap.add_argument("--filters", action="store_true",
+                    help="only the per-block table of the default web filter chain on stdlib docstrings")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    if args.filters:
+        texts = filter_corpus()
+        print(f"## Filter chain filters.web: {len(texts):,} stdlib docstrings, one process, best of 5 (CPU time)\n")
+        print(filter_table(texts))
+        return 0
 
     from data_pipelines.dedup.bench import bench_corpus, compare_with_datasketch
 
@@ -231,11 +332,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         timings = pipeline_bench(root, args.copies, args.workers)
         floors = floor_seconds(root, {k: root / "inputs" / k for k in SAMPLE_KINDS})
+        readers = reader_table({k: root / "inputs" / k for k in SAMPLE_KINDS})
     finally:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)
     print(f"## Pipeline stages: bundled samples x {args.copies}, {args.workers} workers\n")
     print(stage_table(timings, floors))
+    print("\n## Readers alone (no filters), one process, CPU time\n")
+    print(readers)
     if args.scaling:
         print(f"\n## Scaling: whole runs at 1x, 4x and 16x {args.scaling} replicas, 1 and 2 workers\n")
         print(scaling_table(args.scaling))

@@ -72,7 +72,7 @@ class C4Filter(DocumentFilter):
     def _line_verdict(self, line: str) -> tuple[str, str]:
         """``(kind, reason)``: kind is "keep" (reason is the cleaned line), "line" (remove) or "doc" (drop)."""
         words = line.split()
-        if self.max_word_length is not None and any(len(w) > self.max_word_length for w in words):
+        if self.max_word_length is not None and max(map(len, words), default=0) > self.max_word_length:
             return "line", "long_word"
         if self.remove_citations:
             line = CITATION.sub("", line).strip()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from data_pipelines.document import Document
 from data_pipelines.filters.base import DocumentFilter, add_extra, invalid
-from data_pipelines.filters.langid_fast import fast_identifier
+from data_pipelines.filters.langid_fast import FastLanguageIdentifier, fast_identifier
 from data_pipelines.stats import StageStats
 
 
@@ -44,7 +44,10 @@ class LanguageFilter(DocumentFilter):
 
     def detect(self, text: str) -> tuple[str, float, str]:
         """``(language kept or best, its probability, most likely language overall)``."""
-        ranked = _identifier().rank(text[: self.max_chars])
+        ident = _identifier()
+        if isinstance(ident, FastLanguageIdentifier):
+            return ident.detect(text[: self.max_chars], self.languages)
+        ranked = ident.rank(text[: self.max_chars])
         top, top_score = ranked[0]
         if not self.languages:
             return top, top_score, top

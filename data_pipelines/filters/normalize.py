@@ -27,6 +27,14 @@ _CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f\ud800-\udfff\u200b
 _SPACE_RUNS = re.compile(r"[^\S\n\t ]|[^\S\n]{2,}")
 _LEADING = re.compile(r"(?m)^[^\S\n]+")
 _TRAILING = re.compile(r"[^\S\n]+(?=\n|\Z)")
+# Every character a step above may remove or replace, except " ", "\t" and "\n" (those are judged by their
+# neighbours in :meth:`Normalize._unchanged`): the controls, the line breaks, and every other whitespace
+# character (``\s`` of ``re`` is ``str.isspace``; no whitespace character lies above U+3000).
+_SUSPECT = re.compile("[" + re.escape("".join(sorted(
+    {chr(c) for c in range(0x3001) if chr(c).isspace()} - {" ", "\t", "\n"}
+    | set("\r\x0b\x0c\x85\u2028\u2029\u200b\u2060\ufeff")
+    | {chr(c) for c in (*range(0x00, 0x09), *range(0x0E, 0x20), *range(0x7F, 0x85), *range(0x86, 0xA0))}
+))) + "\ud800-\udfff]")
 
 
 class Normalize(DocumentFilter):
@@ -60,6 +68,19 @@ class Normalize(DocumentFilter):
         self.strip_trailing = strip_trailing
         self.max_newlines = max_newlines
         self._newline_runs = re.compile(r"\n{%d,}" % (max_newlines + 1)) if max_newlines else None
+        self._runs = "\n" * (max_newlines + 1) if max_newlines else ""
+
+    def _unchanged(self, text: str) -> bool:
+        """Whether every step below would leave ``text`` as it is, whatever the options (a sufficient test:
+        one scan for suspect characters and a few substring searches instead of six regex passes). With no
+        suspect character, the only whitespace is " ", "\t" and "\n", so a step can only act on two blanks in
+        a row, a blank after or before a line break, a run of line breaks, or whitespace at either end."""
+        if not text or text[0].isspace() or text[-1].isspace() or _SUSPECT.search(text):
+            return False
+        if "  " in text or "\n " in text or " \n" in text or (self._newline_runs is not None and self._runs in text):
+            return False
+        return "\t" not in text or not ("\t\t" in text or " \t" in text or "\t " in text or "\n\t" in text
+                                        or "\t\n" in text)
 
     def normalize(self, text: str, stats: StageStats | None = None) -> str:
         """The normalised text; ``stats`` (if given) counts which kinds of change happened."""
@@ -67,6 +88,8 @@ class Normalize(DocumentFilter):
             text = unicodedata.normalize(self.form, text)
             if stats is not None:
                 stats.modify("normalize_unicode")
+        if self._unchanged(text):
+            return text
         if self.remove_control:
             cleaned = _CONTROL.sub("", text)
             if cleaned != text and stats is not None:

@@ -44,6 +44,13 @@ PHONE = re.compile(
     r")(?![\w-]|[.]\d)"
 )
 _DIGITS = re.compile(r"\d")
+# Cheap pre-checks: a substring every match of the pattern contains, found by a scan that starts with a
+# literal or a character class (which ``re`` searches for fast), where the patterns above start with a
+# look-behind and so are tried at every position. No candidate: the pattern's pass is skipped.
+_EMAIL_CANDIDATE = re.compile(r"[A-Za-z0-9._%+-]@[A-Za-z0-9]")  # not "@property" or " @ "
+_IPV4_CANDIDATE = re.compile(r"\d\.\d{1,3}\.\d{1,3}\.\d")  # four octets of 1-3 digits (not "3.11" or "1.2.3")
+_IPV6_CANDIDATE = re.compile(r":[0-9A-Fa-f]{0,4}:")  # at least two groups of "hex:"
+_PHONE_CANDIDATE = re.compile(r"\+\d|\d{3}[ .-]\d{4}")  # "+" and the country code, or the last 3 + 4 digits
 # Dotted numbers right after these words are versions or section numbers ("version 7.1.4.34"), not hosts.
 _VERSION_CONTEXT = re.compile(r"\b(?:version|release|section|sections|v|ver\.?|rfc)[\s\"'(\[]*$", re.IGNORECASE)
 
@@ -202,12 +209,16 @@ class PIIRedactor(DocumentFilter):
             if kind == "secret":
                 text = self._redact_secrets(text, per_kind, per_secret)
             elif kind == "email":
-                text = sub("email", EMAIL, text, lambda m: True)
+                if "@" in text and _EMAIL_CANDIDATE.search(text):
+                    text = sub("email", EMAIL, text, lambda m: True)
             elif kind == "ip":
-                text = sub("ip", IPV4, text, lambda m: _is_ipv4_match(m, private))
-                text = sub("ip", IPV6, text, lambda m: _is_ipv6_match(m, private))
+                if _IPV4_CANDIDATE.search(text):
+                    text = sub("ip", IPV4, text, lambda m: _is_ipv4_match(m, private))
+                if ":" in text and _IPV6_CANDIDATE.search(text):
+                    text = sub("ip", IPV6, text, lambda m: _is_ipv6_match(m, private))
             elif kind == "phone":
-                text = sub("phone", PHONE, text, _is_phone_match)
+                if _PHONE_CANDIDATE.search(text):
+                    text = sub("phone", PHONE, text, _is_phone_match)
         return text, per_kind, per_secret
 
     def _redact_secrets(self, text: str, per_kind: dict[str, int], per_secret: dict[str, int]) -> str:

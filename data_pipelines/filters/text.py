@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import string
+from itertools import repeat
 
 # ASCII punctuation plus the typographic marks that commonly wrap words in web and book text.
 PUNCTUATION = string.punctuation + "“”‘’«»„‚‹›–—…¡¿·•"
@@ -22,7 +23,7 @@ _TOKEN_WITHOUT_LETTER = re.compile(r"(?<!\S)(?:[^\w\s]|[\d_])+(?!\S)")
 
 def words_of(text: str) -> list[str]:
     """Whitespace-separated tokens with edge punctuation removed; pure punctuation tokens are not words."""
-    return [w for w in (t.strip(PUNCTUATION) for t in text.split()) if w]
+    return list(filter(None, map(str.strip, text.split(), repeat(PUNCTUATION))))  # C loops, no Python frame
 
 
 def count_words_with_letter(words: list[str]) -> int:

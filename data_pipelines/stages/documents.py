@@ -1,16 +1,19 @@
-"""Stage ``documents`` (per part): drop the part's duplicates and write its final documents with ``datasets``.
+"""Stage ``documents`` (per part): drop the part's duplicates and write its final documents as Parquet.
 
 With ``decontamination.eval_paths``, the hits of the ``decontaminate`` stage are then dropped or cut (after dedup,
 so the report's stages chain: dedup, then decontaminate).
 
 Output: ``documents/<source>/part-N.parquet``, one schema for every source (id, text, source, the provenance
 columns of :data:`~data_pipelines.stages.io.PROVENANCE`, and the remaining metadata as JSON), so all
-documents load as one dataset.
+documents load as one dataset. The files are those ``datasets`` writes (its schema metadata, row groups,
+compression and content-defined chunking; :func:`write_parquet`), written with pyarrow alone: importing
+``datasets`` costs each worker process about a second.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -28,6 +31,42 @@ from pretrain.core.atomic import commit
 
 if TYPE_CHECKING:
     from data_pipelines.run import Pipeline
+
+
+# What ``datasets.Dataset.from_file(...).to_parquet(...)`` (datasets 5.2) writes for string columns:
+# ``Features({c: Value("string")}).arrow_schema`` with its "huggingface" metadata, row groups of about
+# ``config.MAX_ROW_GROUP_SIZE`` (100 MB) of Arrow data, snappy and dictionaries on every column, its default
+# content-defined chunking, the page index. ``tests/pipeline/test_documents_parquet.py`` checks the bytes.
+SCHEMA_METADATA = {"huggingface": json.dumps({"info": {"features": {c: {"dtype": "string", "_type": "Value"}
+                                                                     for c in COLUMNS}}})}
+CDC_OPTIONS = {"min_chunk_size": 262144, "max_chunk_size": 1048576, "norm_level": 0}
+ROW_GROUP_BYTES = 100 * 10**6
+
+
+def arrow_schema():
+    import pyarrow as pa
+
+    return pa.schema([(c, pa.string()) for c in COLUMNS], metadata=SCHEMA_METADATA)
+
+
+def write_parquet(arrow_path: Path, out: Path, row_group_bytes: int = ROW_GROUP_BYTES) -> None:
+    """The Parquet file of the Arrow stream at ``arrow_path`` (memory-mapped: memory stays at one row group)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with pa.memory_map(str(arrow_path)) as source:
+        table = pa.ipc.open_stream(source).read_all()
+        nbytes = table.nbytes
+        rows = max(1, table.num_rows * row_group_bytes // nbytes) if nbytes > 0 else 1
+        with open(out, "wb") as f:
+            writer = pq.ParquetWriter(f, schema=table.schema, use_content_defined_chunking=CDC_OPTIONS,
+                                      write_page_index=True, compression={c: "snappy" for c in COLUMNS},
+                                      use_dictionary=list(COLUMNS), column_encoding={})
+            for offset in range(0, table.num_rows, rows):
+                writer.write_table(table.slice(offset, rows))
+            writer.add_key_value_metadata({"content_defined_chunking": json.dumps(CDC_OPTIONS)})
+            writer.close()
+        del table
 
 
 class Documents(PartStage):
@@ -49,7 +88,6 @@ class Documents(PartStage):
         return (int(st["docs_in"]), int(st["bytes_in"])) if st else (int(payload["docs"]), int(payload["bytes"]))
 
     def run(self, task: Task, progress: Progress) -> dict[str, Any]:
-        import datasets
         import pyarrow as pa
 
         part, lay = task.part, task.layout
@@ -71,11 +109,9 @@ class Documents(PartStage):
             decon = DecontamFilter(decontaminate.STAGE.output(lay, part), task.config["decontamination"]["mode"],
                                    rows)
             docs = decon(docs, decon_stats)
-        # Stream the rows into an Arrow file (memory-mapped by ``datasets``), then let ``datasets`` write the
-        # Parquet file from it: memory stays at one batch whatever the part's size.
-        datasets.disable_progress_bars()
-        features = datasets.Features({c: datasets.Value("string") for c in COLUMNS})
-        schema = features.arrow_schema
+        # Stream the rows into an Arrow file, then write the Parquet file from it memory-mapped: memory stays at
+        # one batch whatever the part's size.
+        schema = arrow_schema()
         arrow_tmp = out.with_name(f"{out.name}.arrow.tmp-{os.getpid()}")
         columns: dict[str, list] = {c: [] for c in COLUMNS}
         with pa.OSFile(str(arrow_tmp), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
@@ -103,9 +139,7 @@ class Documents(PartStage):
             flush()
         tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
         try:
-            ds = datasets.Dataset.from_file(str(arrow_tmp), info=datasets.DatasetInfo(features=features))
-            ds.to_parquet(str(tmp))
-            del ds
+            write_parquet(arrow_tmp, tmp)
         finally:
             arrow_tmp.unlink(missing_ok=True)
         commit(tmp, out)

@@ -4,6 +4,7 @@ code, on a multilingual check set (tests/pipeline/multilingual.py, 14 languages)
 from __future__ import annotations
 
 import random
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,25 @@ def reference_duplicated_chars(words: list[str], n: int) -> int:
     return chars
 
 
+def reference_top_chars(words: list[str], n: int) -> int:
+    """Characters of the most frequent n-gram string times its count (datatrove's ``Counter.most_common``)."""
+    gram, count = Counter(" ".join(words[i : i + n]) for i in range(len(words) - n + 1)).most_common(1)[0]
+    return len(gram) * count
+
+
+def test_long_documents_take_the_numpy_path(monkeypatch):
+    """A document past ``LONG_DOC_WORDS`` goes to the numpy n-grams and decides as the reference does."""
+    words = [f"w{i % 97}" for i in range(gopher.LONG_DOC_WORDS + 500)]
+    text = " ".join(words)
+    for cls in (gopher._NGrams, gopher._HashedNGrams):
+        ngrams = cls(words)
+        assert [ngrams.duplicated_chars(n) for n in (5, 10)] == [reference_duplicated_chars(words, n) for n in (5, 10)]
+    used = []
+    monkeypatch.setattr(gopher, "_HashedNGrams", lambda w: used.append(len(w)) or gopher._NGrams(w))
+    assert gopher.GopherRepetition().apply(Document("long", text, "x", {}), StageStats()) == "gopher_dup_5_gram"
+    assert used == [len(words)] and reference_duplicated_chars(words, 5) / len(text) > 0.15
+
+
 def test_check_set_covers_ten_languages(reference_langid):
     detected = {reference_langid.classify(text)[0] for text in PROSE.values()}
     assert len(detected) >= 10 and detected == set(PROSE), detected
@@ -70,17 +90,19 @@ def test_vectorised_langid_gives_identical_scores(reference_langid, sample_docs)
         assert fast.rank(text) == reference_langid.rank(text), text[:80]  # same floats, same order
 
 
-def test_repetition_counts_match_the_reference_loop():
+@pytest.mark.parametrize("ngrams_class", [gopher._NGrams, gopher._HashedNGrams])
+def test_repetition_counts_match_the_reference_loop(ngrams_class):
     rng = random.Random(1)
     words_sets = [t.split() for _, t in check_set()]
     for _ in range(400):
         vocab = [f"w{i}" * rng.randint(1, 3) for i in range(rng.randint(1, 10))]
         words_sets.append([rng.choice(vocab) for _ in range(rng.randint(1, 60))])
     for words in words_sets:
-        ngrams = gopher._NGrams(words)
+        ngrams = ngrams_class(words)
         for n in range(1, 11):
             if len(words) >= n:
                 assert ngrams.duplicated_chars(n) == reference_duplicated_chars(words, n), (words, n)
+                assert ngrams.top_chars(n) == reference_top_chars(words, n), (words, n)
 
 
 def _run_chain(kind: str, docs: list[Document]) -> tuple[list[tuple], list[dict]]:
@@ -98,8 +120,9 @@ def test_filter_chains_decide_exactly_as_the_reference(monkeypatch, reference_la
               "books": sample_docs["books"] + check}
     fast = {kind: _run_chain(kind, docs) for kind, docs in inputs.items()}
     monkeypatch.setattr(language, "_identifier", lambda: reference_langid)
-    monkeypatch.setattr(gopher._NGrams, "duplicated_chars",
-                        lambda self, n: reference_duplicated_chars(self._words, n))
+    for cls in (gopher._NGrams, gopher._HashedNGrams):  # the long books take the numpy n-grams
+        monkeypatch.setattr(cls, "duplicated_chars", lambda self, n: reference_duplicated_chars(self._words, n))
+        monkeypatch.setattr(cls, "top_chars", lambda self, n: reference_top_chars(self._words, n))
     for kind, docs in inputs.items():
         assert _run_chain(kind, docs) == fast[kind], kind
     kept_web = {doc_id for doc_id, _, _ in fast["web"][0]}
@@ -107,3 +130,63 @@ def test_filter_chains_decide_exactly_as_the_reference(monkeypatch, reference_la
     assert kept_web and "de-prose" not in kept_web and "de-prose" not in kept_wiki  # English only
     assert any(k.startswith("en-") for k in kept_wiki)
     assert sum(sum(s["dropped"].values()) for s in fast["web"][1]) >= len(check) // 2  # both decisions exercised
+
+
+def test_normalize_shortcut_is_exactly_the_full_path(monkeypatch, sample_docs):
+    """``Normalize._unchanged`` skips the regex passes only where they would change nothing: same texts and
+    the same change counts as the full path, for every option set, on real and adversarial texts."""
+    import re
+
+    from data_pipelines.filters import normalize
+
+    everything = "".join(map(chr, range(0x110000)))
+    acted_on = set(re.findall(r"\s", everything)) - {" ", "\t", "\n"}
+    acted_on |= set(normalize._CONTROL.findall(everything)) | set(normalize._LINE_BREAKS.findall(everything))
+    assert set(normalize._SUSPECT.findall(everything)) == acted_on
+
+    rng = random.Random(3)
+    alphabet = ["a", "b", ".", " ", " ", "\t", "\n", "\n", "\r", "\x00", "\x0b", "\u200b", "\xa0", "\u3000", "\x85",
+                "\u2028", "é", "e\u0301", "\ud800"]
+    texts = [t for _, t in check_set()] + [d.text for docs in sample_docs.values() for d in docs[:20]]
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))) for _ in range(3000)]
+    options = [{}, {"collapse_spaces": False, "strip_leading": False, "max_newlines": 3}, {"max_newlines": 1},
+               {"max_newlines": None, "form": None}, {"remove_control": False, "strip_trailing": False}]
+    for opts in options:
+        block = normalize.Normalize(**opts)
+        fast_stats = StageStats()
+        fast = [block.normalize(t, fast_stats) for t in texts]
+        with monkeypatch.context() as m:
+            m.setattr(normalize.Normalize, "_unchanged", lambda self, text: False)
+            full_stats = StageStats()
+            assert [block.normalize(t, full_stats) for t in texts] == fast, opts
+        assert fast_stats.to_dict() == full_stats.to_dict(), opts
+
+
+def test_pii_pre_checks_skip_only_passes_that_find_nothing(monkeypatch, sample_docs):
+    import re
+
+    from data_pipelines.filters import pii
+
+    rng = random.Random(5)
+    alphabet = list("0123456789") * 3 + list(".:-+ ()@_%abcdefAF\n") + ["1.2.3.4", "::", "+44 ", "(415) ", "415.",
+                                                                      "555-", "2671", "a@b.co"]
+    texts = [t for _, t in check_set()] + [d.text for docs in sample_docs.values() for d in docs]
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 30))) for _ in range(3000)]
+    for found in ("+44 20 7946 0958", "(415) 555-2671", "415.555.2671", "1-415-555-2671", "ann@example.org",
+                  "a.b-c+d%e_f@x.io", "8.8.8.8", "123.45.67.89", "2001:4860:4860::8888"):
+        texts += [found, f"call {found} now.", f"x{found}x"]
+    block = pii.PIIRedactor(kinds=["secret", "email", "ip", "phone"])
+    fast = [block.redact(t) for t in texts]
+    everything = re.compile("")
+    for name in ("_EMAIL_CANDIDATE", "_IPV4_CANDIDATE", "_IPV6_CANDIDATE", "_PHONE_CANDIDATE"):
+        monkeypatch.setattr(pii, name, everything)
+    assert [block.redact(t) for t in texts] == fast
+    assert sum(bool(r[1]) for r in fast) > 100  # the random texts do hold addresses and numbers
+
+
+def test_bench_filter_table_has_every_block_and_the_chain():
+    from data_pipelines import bench
+
+    table = bench.filter_table([t for _, t in check_set()], repeats=1)
+    for name in ("normalize", "language", "gopher_quality", "gopher_repetition", "c4", "fineweb", "pii", "whole chain"):
+        assert f"| {name} " in table, table
