@@ -23,6 +23,34 @@ REPO = Path(__file__).resolve().parents[1]
 prepare_extensions_dir()
 
 
+# The longest test files first (each about a minute or more of launches on two cores). pytest-xdist hands the
+# files to its workers in collection order, a file at a time, so a long file collected last would run alone at the
+# end while the other worker sits idle; started first, the short files fill in around them.
+LONGEST_FIRST = (
+    "train/test_zoo_e2e.py", "train/test_moe.py", "train/test_slurm.py", "train/test_mixture.py",
+    "train/test_checkpoint_e2e.py", "train/test_context_parallel.py", "train/test_pipeline_e2e.py",
+    "train/test_accelerate_e2e.py", "train/test_failures.py", "train/test_parallelize.py", "train/test_plan.py",
+    # its ZeRO-3 offload case needs CPU Adam, whose build (minutes, started at collection) gets these files' time
+    "train/test_train_e2e.py", "train/test_parallel_equality.py",
+    "faults/test_checkpoint_runs.py", "train/test_guard.py", "pipeline/test_ray.py", "pipeline/test_run.py",
+    "train/test_compile.py", "train/test_distill.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    tests_dir = Path(__file__).resolve().parent
+
+    def key(item) -> int:
+        try:
+            rel = Path(str(item.path)).resolve().relative_to(tests_dir).as_posix()
+        except ValueError:
+            return len(rank)
+        return rank.get(rel, len(rank))
+
+    items.sort(key=key)  # stable: the order within a file, and of the other files, stays as collected
+
+
 def pytest_collection_finish(session):
     """Start building the ops that the selected tests mark ``jit_op(name)`` (CPU Adam takes minutes) in the
     background now, at the lowest CPU priority, so that the build uses the cores the tests before them leave

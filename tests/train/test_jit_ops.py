@@ -26,6 +26,7 @@ def _lock(folder: Path, op: str = "cpu_adam") -> Path:
 
 def test_a_lock_left_by_a_killed_build_is_removed_with_a_warning(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")  # the first xdist worker builds (every worker collects)
     lock = _lock(tmp_path)
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(lock)], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
@@ -179,6 +180,10 @@ def test_the_suite_starts_building_the_ops_its_tests_mark_and_only_those_missing
     (tmp_path / "cpu_adam" / "cpu_adam.so").write_bytes(b"")
     conftest.pytest_collection_finish(session("cpu_adam"))  # built: nothing started
     conftest.pytest_collection_finish(session(None))  # no test needs it
+    assert len(started) == 1
+    (tmp_path / "cpu_adam" / "cpu_adam.so").unlink()
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")
+    conftest.pytest_collection_finish(session("cpu_adam"))  # the second worker leaves it to the first
     assert len(started) == 1
 
 
