@@ -130,6 +130,15 @@ class Engine(ABC):
     def set_lr_scale(self, scale: float) -> None:
         """Multiply the scheduled LR by ``scale`` from the next step on (1.0: the schedule as it is)."""
 
+
+def rescale_lambda_lr(sched: torch.optim.lr_scheduler.LambdaLR, lr_scale: list[float], scale: float) -> None:
+    """``set_lr_scale`` of an engine whose schedule is a LambdaLR multiplied by ``lr_scale[0]``: the new factor, and
+    the optimizer's LRs of the current step recomputed with it (what ``LambdaLR.step`` computes, without advancing)."""
+    lr_scale[0] = float(scale)
+    for group, base_lr, fn in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+        group["lr"] = base_lr * fn(sched.last_epoch)
+    sched._last_lr = [g["lr"] for g in sched.optimizer.param_groups]
+
     def eval_loss(self, batches: Iterable[Batch], num_micro_batches: int, device: torch.device) -> float:
         """Mean loss of ``batches`` on this rank, without gradients."""
         self.eval()

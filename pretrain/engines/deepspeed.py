@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pretrain.engines.base import Batch, BatchPlan, Engine
+from pretrain.engines.base import Batch, BatchPlan, Engine, rescale_lambda_lr
 from pretrain.models.compile import compile_blocks
 from pretrain.optim import build_optimizer, lr_lambda
 
@@ -331,11 +331,7 @@ class DeepSpeedEngine(Engine):
         return self._skip is not None
 
     def set_lr_scale(self, scale: float) -> None:
-        self._lr_scale[0] = float(scale)
-        sched = self.scheduler
-        for group, base_lr, fn in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
-            group["lr"] = base_lr * fn(sched.last_epoch)  # what LambdaLR.step computes, without advancing it
-        sched._last_lr = [g["lr"] for g in sched.optimizer.param_groups]
+        rescale_lambda_lr(self.scheduler, self._lr_scale, scale)
 
     def _relink_after_skip(self) -> None:
         """A skip of the very first update leaves the base optimizer without state, and ZeRO/bf16 would never
