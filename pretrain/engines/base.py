@@ -62,6 +62,15 @@ def check_precision(precision: str, device: torch.device) -> None:
         raise ConfigError("trainer.precision=bf16 but this GPU has no bf16; use fp16 or fp32")
 
 
+def rescale_lambda_lr(sched: torch.optim.lr_scheduler.LambdaLR, lr_scale: list[float], scale: float) -> None:
+    """``set_lr_scale`` of an engine whose schedule is a LambdaLR multiplied by ``lr_scale[0]``: the new factor, and
+    the optimizer's LRs of the current step recomputed with it (what ``LambdaLR.step`` computes, without advancing)."""
+    lr_scale[0] = float(scale)
+    for group, base_lr, fn in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+        group["lr"] = base_lr * fn(sched.last_epoch)
+    sched._last_lr = [g["lr"] for g in sched.optimizer.param_groups]
+
+
 class Engine(ABC):
     """One training backend. ``forward(batch)`` returns the mean loss of a micro-batch."""
 
@@ -129,15 +138,6 @@ class Engine(ABC):
     @abstractmethod
     def set_lr_scale(self, scale: float) -> None:
         """Multiply the scheduled LR by ``scale`` from the next step on (1.0: the schedule as it is)."""
-
-
-def rescale_lambda_lr(sched: torch.optim.lr_scheduler.LambdaLR, lr_scale: list[float], scale: float) -> None:
-    """``set_lr_scale`` of an engine whose schedule is a LambdaLR multiplied by ``lr_scale[0]``: the new factor, and
-    the optimizer's LRs of the current step recomputed with it (what ``LambdaLR.step`` computes, without advancing)."""
-    lr_scale[0] = float(scale)
-    for group, base_lr, fn in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
-        group["lr"] = base_lr * fn(sched.last_epoch)
-    sched._last_lr = [g["lr"] for g in sched.optimizer.param_groups]
 
     def eval_loss(self, batches: Iterable[Batch], num_micro_batches: int, device: torch.device) -> float:
         """Mean loss of ``batches`` on this rank, without gradients."""
