@@ -95,6 +95,10 @@ def plan_distill(cfg: Any, family: Any, args: Any, tokenizer: Any, plan: Any) ->
                         f"replicated on every rank), not parallel.tensor_model_parallel_size="
                         f"{plan.tensor_parallel_size} x parallel.pipeline_model_parallel_size="
                         f"{plan.pipeline_parallel_size}; set both to 1")
+    cp = getattr(plan, "context_parallel_size", 1)
+    if cp > 1:  # each rank holds a chunk of the sequence, the teacher's logits and labels the whole of it
+        problems.append(f"objective=distill runs on whole sequences, not parallel.context_parallel_size={cp}; set it "
+                        "to 1")
     if problems:
         raise ConfigError("; ".join(problems))
     teacher = find_teacher(d.teacher)

@@ -77,7 +77,8 @@ def _hf_teacher(p: Path) -> TeacherSource:
         raise CheckpointError(f"{KEY}={p}: architecture {arch or '(none named in config.json)'} cannot be imported; "
                               f"supported: {', '.join(hf.ARCHITECTURES)}")
     family = hf.ARCHITECTURES[arch]
-    args = FAMILIES[family].args_type(**hf.args_from_hf_config(arch, c, p))
+    # an architecture without a length in config.json (BLOOM: ALiBi) gets one; the teacher runs at the student's
+    args = FAMILIES[family].args_type(**{"seq_length": 2048, **hf.args_from_hf_config(arch, c, p)})
     tok = p / "tokenizer.json"
     return TeacherSource("hf", p, family, args, tok if tok.is_file() else None)
 

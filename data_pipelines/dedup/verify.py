@@ -90,7 +90,7 @@ def verify_edges(
                 values, offsets = f["shingles"], f["shingle_offsets"]
                 for t in take.tolist():
                     r = int(at[t])
-                    shingles[lo + t] = values[offsets[r] : offsets[r + 1]]
+                    shingles[lo + t] = values[offsets[r] : offsets[r + 1]].copy()  # a view would pin the whole shard
     if sigs is None:  # no endpoint in any given signature file: nothing can be verified
         return np.zeros((0, 2), dtype=np.uint64), edges
     u = np.searchsorted(nodes, edges[:, 0])

@@ -40,6 +40,12 @@ MiB = 1 << 20
 # Exceptions a decompressor or parser raises on truncated/corrupt input. Catching these (and only these)
 # keeps a bad file from crashing a shard while real bugs still surface.
 STREAM_ERRORS: tuple[type[BaseException], ...] = (EOFError, OSError, zlib.error, lzma.LZMAError, ValueError)
+try:  # zstandard's errors subclass Exception only
+    from zstandard import ZstdError
+
+    STREAM_ERRORS += (ZstdError,)
+except ImportError:  # zstandard is optional: .zst inputs then cannot be read at all
+    pass
 
 _MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "xz"), (b"\x28\xb5\x2f\xfd", "zstd"))
 
@@ -81,9 +87,7 @@ def open_binary(path: str, span: Any = None) -> tuple[BinaryIO, str]:
     if span is not None:
         return open_range(path, span.start, span.end, kind), kind
     if kind == "zstd":
-        import zstandard
-
-        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), read_across_frames=True), kind
+        return io.BufferedReader(ZstdFrames(open(path, "rb")), buffer_size=MiB), kind  # type: ignore[return-value]
     if kind == "gzip":
         return gzip.open(path, "rb"), kind  # type: ignore[return-value]
     if kind == "bz2":
@@ -129,10 +133,46 @@ def open_range(path: str, start: int, end: int, kind: str) -> BinaryIO:
     if kind == "xz":
         return lzma.LZMAFile(raw, "rb")  # type: ignore[return-value]
     if kind == "zstd":
+        return io.BufferedReader(ZstdFrames(raw), buffer_size=MiB)  # type: ignore[return-value]
+    return raw  # type: ignore[return-value]
+
+
+class ZstdFrames(io.RawIOBase):
+    """The zstd frames of ``raw`` one after another, decompressed. A frame cut short raises ``ZstdError`` (a stream
+    error, so the reader counts the damage): zstandard's own ``stream_reader`` ends quietly there instead, and the
+    rest of a truncated file would be lost unreported."""
+
+    def __init__(self, raw: BinaryIO):
+        super().__init__()
         import zstandard
 
-        return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-    return raw  # type: ignore[return-value]
+        self._zstd, self._raw = zstandard, raw
+        self._obj: Any = None
+        self._out, self._pos = b"", 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while self._pos >= len(self._out):
+            if self._obj is None or self._obj.eof:  # between frames: the next one starts with what is left over
+                chunk = (self._obj.unused_data if self._obj is not None else b"") or self._raw.read(MiB)
+                if not chunk:
+                    return 0
+                self._obj = self._zstd.ZstdDecompressor().decompressobj()
+            else:
+                chunk = self._raw.read(MiB)
+                if not chunk:
+                    raise self._zstd.ZstdError("the file ends inside a zstd frame (truncated)")
+            self._out, self._pos = self._obj.decompress(chunk), 0
+        n = min(len(buffer), len(self._out) - self._pos)
+        buffer[:n] = self._out[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
 
 
 class TolerantStream(io.RawIOBase):

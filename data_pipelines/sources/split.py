@@ -57,15 +57,21 @@ def _cached(cache: Path | None, path: str, piece: int, what: str, scan: Callable
 
 
 def split_file(kind: str, path: str, piece: int, cache: Path | None = None) -> list[Span] | None:
-    """Pieces of about ``piece`` bytes of one input file of a source of ``kind``; ``None``: one part."""
-    size = os.path.getsize(path)
-    if size <= piece:
-        return None
-    if kind == "jsonl":
-        spans = _cached(cache, path, piece, "jsonl", lambda: jsonl_spans(path, piece))
-    elif kind == "wiki":
-        spans = _cached(cache, path, piece, "wiki", lambda: wiki_spans(path, piece))
-    else:
+    """Pieces of about ``piece`` bytes of one input file of a source of ``kind``; ``None``: one part. A file that
+    cannot be read or scanned (vanished, unreadable, corrupt, a damaged index) stays one part: the read stage then
+    skips and counts what is wrong with it, as for any file, instead of the whole run stopping here."""
+    try:
+        size = os.path.getsize(path)
+        if size <= piece:
+            return None
+        if kind == "jsonl":
+            spans = _cached(cache, path, piece, "jsonl", lambda: jsonl_spans(path, piece))
+        elif kind == "wiki":
+            spans = _cached(cache, path, piece, "wiki", lambda: wiki_spans(path, piece))
+        else:
+            return None
+    except STREAM_ERRORS as e:
+        log.warning("%s: cannot be scanned for cut points (%s: %s); it stays one part", path, type(e).__name__, e)
         return None
     if spans is None or len(spans) < 2:
         return None

@@ -140,8 +140,14 @@ def total_grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------ safe DCP reading
 def _allowed_metadata_global(module: str, name: str) -> bool:
+    if "." in name:  # pickle resolves dotted names attribute by attribute: "os.system" of a module importing os
+        return False
     if module.startswith("torch.distributed.checkpoint."):
-        return True
+        # DCP's own metadata classes only, not any function of its modules (some of them call torch.load)
+        import importlib
+
+        obj = getattr(importlib.import_module(module), name, None)
+        return isinstance(obj, type) and obj.__module__.startswith("torch.distributed.checkpoint.")
     if module == "torch":
         return name == "Size" or isinstance(getattr(torch, name, None), torch.dtype)
     # a tensor's layout is rebuilt from its name; the checkpoint's own path is kept as a path

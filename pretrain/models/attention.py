@@ -202,6 +202,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpe
     if kernel == FLEX:
         try:
             return flex_attend(q, k, v, spec)
+        except torch.cuda.OutOfMemoryError:
+            raise  # a real shortage: the dense-mask fallback would need more memory, not less
         except Exception as e:  # noqa: BLE001 - no compiler / triton for this GPU: the SDPA paths compute the same
             log.warning("flex attention failed (%s: %s); attention falls back to SDPA with masks", type(e).__name__, e)
             _HAS_FLEX = False

@@ -154,3 +154,18 @@ def test_the_report_counts_a_split_file_once():
                           dedup_on=True)
     wiki = report["sources"]["wiki"]
     assert (wiki["parts"], wiki["input_files"], wiki["input_bytes"]) == (3, 1, 300)
+
+
+def test_a_corrupt_zst_file_stays_one_part_and_its_good_records_are_kept(tmp_path):
+    """A zstd file whose second frame is cut short: the split scan leaves it whole (zstandard's errors are stream
+    errors), and the reader keeps the records of the intact frame and counts the damage instead of stopping."""
+    good = zstandard.ZstdCompressor().compress(b"".join(_jsonl_lines()[:20]))
+    second = zstandard.ZstdCompressor().compress(b"".join(_jsonl_lines()[20:40]))
+    path, alone = tmp_path / "corrupt.jsonl.zst", tmp_path / "intact.jsonl.zst"
+    path.write_bytes(good + second[: len(second) // 2])
+    alone.write_bytes(good)
+    assert split_file("jsonl", str(path), 64) is None
+    docs, counts = _read("jsonl", str(path))
+    ref, ref_counts = _read("jsonl", str(alone))
+    assert [d[1] for d in docs[:len(ref)]] == [d[1] for d in ref] and len(ref) >= 15  # ids name the file
+    assert sum(counts["skipped"].values()) > sum(ref_counts["skipped"].values()), (counts, ref_counts)

@@ -110,6 +110,13 @@ def test_dcp_metadata_with_pickled_code_is_refused_unrun(tmp_path):
     with pytest.raises(CheckpointError, match=r"refusing to load .*\.metadata.*it would import builtins\.exec"):
         safe_reader(tmp_path / "dcp").read_metadata()
     assert not (tmp_path / "pwned").exists()
+    # nor through DCP's own modules: a function of theirs, or a global they import, named by a dotted path
+    for module, name in [("torch.distributed.checkpoint.filesystem", "os.system"),
+                         ("torch.distributed.checkpoint.format_utils", "torch_save_to_dcp")]:
+        payload = (b"\x80\x04c" + module.encode() + b"\n" + name.encode() + b"\n" + b"X\x04\x00\x00\x00true\x85R.")
+        (tmp_path / "dcp" / ".metadata").write_bytes(payload)
+        with pytest.raises(CheckpointError, match=r"refusing to load .*\.metadata.*it would import"):
+            safe_reader(tmp_path / "dcp").read_metadata()
 
 
 def test_check_layout_sends_another_engines_checkpoint_through_the_layout_free_copy(tmp_path):

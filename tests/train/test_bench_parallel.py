@@ -86,12 +86,14 @@ def tiny_bench(tmp_path_factory) -> tuple[dict, str, float]:
         if not out.exists():
             env = dict(os.environ, DS_ACCELERATOR="cpu", PYTHONUNBUFFERED="1")
             t0 = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-m", "pretrain.bench.parallel", "--tiny", "--json", str(out)],
+            partial = out.with_suffix(".partial")  # out appears last, once the run has passed: the "done" mark
+            proc = subprocess.run([sys.executable, "-m", "pretrain.bench.parallel", "--tiny", "--json", str(partial)],
                                   cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
             elapsed = time.perf_counter() - t0
             assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
             text.write_text(proc.stdout)
             (base / "bench_parallel_tiny.seconds").write_text(str(elapsed))
+            partial.replace(out)
     return json.loads(out.read_text()), text.read_text(), float((base / "bench_parallel_tiny.seconds").read_text())
 
 

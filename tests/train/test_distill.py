@@ -209,6 +209,9 @@ def test_distill_settings_are_checked_before_anything_is_built(tmp_path):
     tp2 = SimpleNamespace(tensor_parallel_size=2, pipeline_parallel_size=1)
     with pytest.raises(ConfigError, match=r"parallel.tensor_model_parallel_size=2 .*set both to 1"):
         plan_distill(structured_cfg(objective="distill", distill__teacher="x"), gpt, args, tok, tp2)
+    cp2 = SimpleNamespace(tensor_parallel_size=1, pipeline_parallel_size=1, context_parallel_size=2)
+    with pytest.raises(ConfigError, match=r"whole sequences, not parallel.context_parallel_size=2"):
+        plan_distill(structured_cfg(objective="distill", distill__teacher="x"), gpt, args, tok, cp2)
     with pytest.raises(ConfigError, match=r"distill.teacher=.*nowhere: no such directory"):
         plan_distill(structured_cfg(objective="distill", distill__teacher=str(tmp_path / "nowhere")), gpt, args, tok,
                      plan)

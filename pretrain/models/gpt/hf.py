@@ -266,7 +266,8 @@ class GPTAdapter(HFAdapter):
                    num_attention_heads=heads, num_key_value_heads=c.get("num_key_value_heads") or heads,
                    ffn_hidden_size=c["intermediate_size"], seq_length=c["max_position_embeddings"],
                    position_embedding="rope", normalization="rmsnorm", activation="swiglu", bias=False,
-                   tie_word_embeddings=bool(c.get("tie_word_embeddings", False)))
+                   tie_word_embeddings=bool(c.get("tie_word_embeddings", False)),
+                   rotary_base=float(rope.get("rope_theta", c.get("rope_theta", 10000.0))))
         if arch == MISTRAL:
             if c.get("layer_types") and len(set(c["layer_types"])) > 1:
                 kinds = sorted(set(c["layer_types"]))
