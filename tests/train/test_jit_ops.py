@@ -26,7 +26,6 @@ def _lock(folder: Path, op: str = "cpu_adam") -> Path:
 
 def test_a_lock_left_by_a_killed_build_is_removed_with_a_warning(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
-    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")  # the first xdist worker builds (every worker collects)
     lock = _lock(tmp_path)
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(lock)], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
@@ -166,6 +165,7 @@ def test_the_suite_starts_building_the_ops_its_tests_mark_and_only_those_missing
     started = []
     monkeypatch.setattr(conftest.subprocess, "Popen", lambda cmd, **kw: started.append((cmd, kw)))
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")  # the first xdist worker builds (every worker collects)
 
     def session(*markers):
         items = [SimpleNamespace(iter_markers=lambda name, m=m: [SimpleNamespace(args=(m,))] if m else [])
