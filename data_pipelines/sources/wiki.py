@@ -212,9 +212,15 @@ class WikiReader(SourceReader):
             if is_disambiguation(code, self.options["disambiguation_templates"]):
                 self.drop(stats, "wiki_disambiguation", nbytes)
                 return None
+            failed: list[str] = []
             plain = wikitext_to_text(text, self.options["media_prefixes"], self.options["category_prefixes"],
                                      drop_sections=self.options["drop_sections"],
-                                     keep_math=self.options["keep_math"], keep_code=self.options["keep_code"])
+                                     keep_math=self.options["keep_math"], keep_code=self.options["keep_code"],
+                                     failed_sections=failed)
+            if failed:  # the rest of the page is kept; what is lost is counted and named
+                stats.modify("wikitext_section_unparsed", len(failed))
+                log.warning("source %s: %r: %d section(s) the wikitext parser rejected left out: %s", self.source,
+                            title, len(failed), ", ".join(failed[:5]))
         except Exception as exc:  # noqa: BLE001 - one unparsable page must not end the dump
             log.warning("source %s: wikitext of %r failed to parse: %s", self.source, title, exc)
             self.skip(stats, "wikitext_parse_error", nbytes, title)

@@ -91,10 +91,13 @@ def wikitext_to_text(
     drop_sections: Iterable[str] = (),
     keep_math: bool = False,
     keep_code: bool = False,
+    failed_sections: list[str] | None = None,
 ) -> str:
     """Plain text of a page's wikitext (see the module docstring for what is kept).
 
     ``drop_sections``: heading titles (case-insensitive) whose section, subsections included, is left out.
+    ``failed_sections``: gets the title of every section the parser rejected (left out of the text), so that the
+    caller can count what was lost.
     """
     text = str(code)
     media = {p.lower() for p in media_prefixes}
@@ -118,6 +121,8 @@ def wikitext_to_text(
             parts.append(_section_text(body, media, cats, kept_tags, code_blocks))
         except Exception as exc:  # noqa: BLE001 - the parser failing on one section must not cost the page
             log.debug("wikitext section %r left out: %s", title, exc)
+            if failed_sections is not None:
+                failed_sections.append(plain_title or "(lead)")
     text = _clean("\n".join(parts))
     if code_blocks:
         text = _CODE_SLOT.sub(lambda m: code_blocks[int(m.group(1))], text)

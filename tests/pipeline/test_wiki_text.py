@@ -45,7 +45,7 @@ def test_math_code_and_sections_by_option(tmp_path):
     assert "External links" not in python and "Official website" not in python
 
 
-def test_a_section_the_parser_rejects_costs_only_that_section(monkeypatch):
+def test_a_section_the_parser_rejects_costs_only_that_section(monkeypatch, tmp_path):
     from data_pipelines.sources import wikitext
 
     real = wikitext.parse
@@ -56,8 +56,17 @@ def test_a_section_the_parser_rejects_costs_only_that_section(monkeypatch):
         return real(text)
 
     monkeypatch.setattr(wikitext, "parse", fragile)
-    text = wikitext_to_text(ARTICLES["Iliad"], drop_sections=["references"])
+    failed: list[str] = []
+    text = wikitext_to_text(ARTICLES["Iliad"], drop_sections=["references"], failed_sections=failed)
     assert "Fate, glory" not in text and "Only after the death of his friend Patroclus" in text
+    assert failed == ["Themes"], failed
+    # the reader counts what the parser cost (the rest of the page is kept)
+    pages = [WikiPage("Iliad", ARTICLES["Iliad"], page_id=1)]
+    path = write_wiki_dump(str(tmp_path / "enwiki-x-pages-articles-multistream.xml.bz2"), pages, "enwiki")
+    stats = StageStats()
+    docs = list(make_reader("wiki", {"kind": "wiki", "paths": [path]}).read(path, stats))
+    assert len(docs) == 1 and "Patroclus" in docs[0].text
+    assert stats.to_dict()["modified"].get("wikitext_section_unparsed") == 1, stats.to_dict()
 
 
 @pytest.mark.parametrize("line,plain", [
