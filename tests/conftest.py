@@ -170,6 +170,17 @@ def run_train(overrides: list[str], env: dict[str, str], nproc: int = 1, check: 
     return proc
 
 
+def small_bpe_tokenizer(path: Path) -> Path:
+    """A 300-token BPE tokenizer.json trained on 40 documents of the built-in sample corpus, written to ``path``
+    (the Hugging Face export and import tests)."""
+    from pretrain.core.tokenizer import TokenizerSpec, save_tokenizer, train_tokenizer
+    from pretrain.data.sample import corpus_files, read_corpus
+
+    texts = read_corpus(corpus_files()[0])[:40]
+    save_tokenizer(train_tokenizer(TokenizerSpec(kind="bpe", vocab_size=300), lambda: iter(texts)), path)
+    return path
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
 

@@ -28,6 +28,8 @@ import os
 import zlib
 from typing import Any, BinaryIO, ClassVar, Iterator
 
+from zstandard import ZstdError
+
 from data_pipelines.blocks import Reader
 from data_pipelines.document import Document
 from data_pipelines.stats import StageStats
@@ -39,13 +41,8 @@ MiB = 1 << 20
 
 # Exceptions a decompressor or parser raises on truncated/corrupt input. Catching these (and only these)
 # keeps a bad file from crashing a shard while real bugs still surface.
-STREAM_ERRORS: tuple[type[BaseException], ...] = (EOFError, OSError, zlib.error, lzma.LZMAError, ValueError)
-try:  # zstandard's errors subclass Exception only
-    from zstandard import ZstdError
-
-    STREAM_ERRORS += (ZstdError,)
-except ImportError:  # zstandard is optional: .zst inputs then cannot be read at all
-    pass
+# (zstandard's ZstdError subclasses Exception only.)
+STREAM_ERRORS: tuple[type[BaseException], ...] = (EOFError, OSError, zlib.error, lzma.LZMAError, ValueError, ZstdError)
 
 _MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "xz"), (b"\x28\xb5\x2f\xfd", "zstd"))
 

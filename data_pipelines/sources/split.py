@@ -48,7 +48,7 @@ def _cached(cache: Path | None, path: str, piece: int, what: str, scan: Callable
         data = json.loads(f.read_text(encoding="utf-8"))
         return None if data is None else [Span(*s) for s in data]
     except (OSError, ValueError, TypeError):
-        pass
+        pass  # no entry yet, or a damaged one: scan the file again (and rewrite the entry below)
     spans = scan()
     from pretrain.core.atomic import atomic_write
 

@@ -13,6 +13,7 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
+from conftest import small_bpe_tokenizer
 from pretrain import export, hf
 from pretrain.core.errors import CheckpointError
 from pretrain.models.gpt.model import GPT, GPTArgs
@@ -28,14 +29,7 @@ MIXTRAL = "MixtralForCausalLM"
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory) -> Path:
-    from pretrain.core.tokenizer import TokenizerSpec, save_tokenizer, train_tokenizer
-    from pretrain.data.sample import corpus_files, read_corpus
-
-    texts = read_corpus(corpus_files()[0])[:40]
-    tok = train_tokenizer(TokenizerSpec(kind="bpe", vocab_size=300), lambda: iter(texts))
-    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
-    save_tokenizer(tok, path)
-    return path
+    return small_bpe_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.json")
 
 
 def moe_model(args: GPTArgs) -> GPT:
