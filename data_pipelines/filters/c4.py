@@ -72,9 +72,10 @@ class C4Filter(DocumentFilter):
     def _line_verdict(self, line: str) -> tuple[str, str]:
         """``(kind, reason)``: kind is "keep" (reason is the cleaned line), "line" (remove) or "doc" (drop)."""
         words = line.split()
-        if self.max_word_length is not None and max(map(len, words), default=0) > self.max_word_length:
+        if (self.max_word_length is not None and len(line) > self.max_word_length
+                and max(map(len, words), default=0) > self.max_word_length):  # a shorter line has no such word
             return "line", "long_word"
-        if self.remove_citations:
+        if self.remove_citations and "[" in line:  # every citation pattern starts with "["
             line = CITATION.sub("", line).strip()
             if not line:
                 return "line", "citation_only"
@@ -89,8 +90,10 @@ class C4Filter(DocumentFilter):
             return "line", "javascript"
         if self.filter_curly_bracket and "{" in line:
             return "doc", "c4_curly_bracket"
-        if self.filter_policy and any(p in lower for p in self.policy_substrings):
-            return "line", "policy"
+        if self.filter_policy:
+            for policy in self.policy_substrings:
+                if policy in lower:
+                    return "line", "policy"
         return "keep", line
 
     def apply(self, doc: Document, stats: StageStats) -> str | None:
@@ -99,6 +102,7 @@ class C4Filter(DocumentFilter):
         n_sentences = 0
         citations = False
         blank_before = False
+        enough = self.min_num_sentences
         for raw in doc.text.split("\n"):
             line = raw.strip()
             if not line:
@@ -111,7 +115,8 @@ class C4Filter(DocumentFilter):
                 removed[result] = removed.get(result, 0) + 1
                 continue
             citations |= result != line
-            n_sentences += max(1, len(_SENTENCE_END.findall(result)))
+            if enough is None or n_sentences < enough:  # past the minimum, the count decides nothing
+                n_sentences += max(1, len(_SENTENCE_END.findall(result)))
             if blank_before:
                 kept.append("")
                 blank_before = False

@@ -19,6 +19,7 @@ from __future__ import annotations
 import bisect
 import re
 from collections import Counter
+from itertools import compress
 from operator import itemgetter
 from typing import Sequence
 
@@ -175,14 +176,15 @@ class _NGrams:
             if prev_positions and prev_positions[-1] > last:  # the last (n-1)-gram has no n-gram
                 prev_positions, prev_keys = prev_positions[:-1], prev_keys[:-1]
             positions = prev_positions
-            keys = [k + (words[c + n - 1],) for c, k in zip(positions, prev_keys)]
+            # k + (words[c + n - 1],) for each position, in C loops (zip of one iterable makes 1-tuples)
+            keys = list(map(tuple.__add__, prev_keys, zip(map(words.__getitem__, map((n - 1).__add__, positions)))))
         counts = Counter(keys)
         if len(counts) == len(keys):  # nothing repeats: every n-gram is a top one, the first seen wins
             level = (([], []), (1, tuple(words[:n])))
         else:
             top, best = max(counts.items(), key=itemgetter(1))  # max: the first maximal, in first-seen order
-            multi = [i for i, k in enumerate(keys) if counts[k] > 1]
-            level = (([positions[i] for i in multi], [keys[i] for i in multi]), (best, top))
+            multi = list(map((1).__lt__, map(counts.__getitem__, keys)))  # count > 1, in C loops
+            level = ((list(compress(positions, multi)), list(compress(keys, multi))), (best, top))
         self._levels[n] = level
         return level
 

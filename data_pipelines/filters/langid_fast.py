@@ -61,6 +61,12 @@ class FastLanguageIdentifier:
         self._label_names = list(cols)
         self._label_cols = np.array(list(cols.values()), dtype=np.intp)
         self._label_index = {lang: i for i, lang in enumerate(cols)}
+        # detect_many: counts scratch, and a byte that sends every state back to the start (0xFF, never in
+        # UTF-8, does for the bundled model); without one each text is walked on its own
+        self._counts = np.zeros(len(self._ptc), dtype=np.int64)
+        self._reset = next((b for b in (0xFF, 0x00) if not self._next[self._rowbase + b].any()), None)
+        if self._reset is not None and self._out[0] >= 0:
+            self._reset = None
 
     def _features(self, data: bytes) -> np.ndarray:
         """Feature index of every DFA state visited (in order), -1 entries removed."""
@@ -85,24 +91,11 @@ class FastLanguageIdentifier:
         f = self._out[s]
         return f[f >= 0]
 
-    def _decide(self, text: str) -> np.ndarray:
+    def _normalise(self, scores: np.ndarray, num_bytes: int) -> np.ndarray:
+        """py3langid's probabilities (temperature sqrt(bytes)) and aliases, in place, as its ``rank`` does."""
         ident = self.ident
-        data = ident._encode(text)
-        f = self._features(data)
-        if len(f):
-            # Counter order (first occurrence) without sorting: each feature's smallest position
-            n = len(f)
-            first = self._first
-            first[f] = n
-            np.minimum.at(first, f, np.arange(n))
-            idx = f[first[f] == np.arange(n)]
-            counts = np.bincount(f, minlength=len(self._first))[idx]
-            scores = np.log1p(counts.astype(np.float32)) @ self._ptc[idx] + ident.nb_pc
-        else:
-            scores = np.full(len(ident.nb_classes), 0.0 if ident._norm_probs else np.finfo(np.float32).min,
-                             dtype=np.float32)
         if ident._norm_probs:
-            scores *= 1.0 / math.sqrt(len(data) or 1)
+            scores *= 1.0 / math.sqrt(num_bytes or 1)
             np.exp(scores - scores.max(), out=scores)
             scores /= scores.sum()
         for i, j in ident._alias_pairs:
@@ -114,10 +107,70 @@ class FastLanguageIdentifier:
                 scores[j] = np.finfo(np.float32).min
         return scores
 
+    def _decide(self, text: str) -> np.ndarray:
+        data = self.ident._encode(text)
+        return self._normalise(self._raw_scores(self._features(data)), len(data))
+
+    def _walk_many(self, datas: list[bytes]) -> tuple[np.ndarray, list[int]]:
+        """The feature index (or -1) at every byte of all ``datas`` in one vectorised walk, and where each
+        text starts in it. The texts are joined by ``_reset``, a byte that takes every state back to the
+        start state (checked at load time), so the walk through the joined bytes is each text's own walk;
+        ``depth - 1`` more of them in front let every position start its window the same way."""
+        d = self.depth
+        sep = bytes([self._reset])
+        buf = sep * (d - 1) + sep.join(datas)
+        a = np.frombuffer(buf, dtype=np.uint8).astype(np.int32)
+        m = len(a) - d + 1
+        base = np.full(m, self._rowbase[0], dtype=np.int32)
+        nb = self._next_base
+        for k in range(d - 1):
+            base = nb[base + a[k : k + m]]
+        f = self._out[self._next[base + a[d - 1 :]]]
+        starts, pos = [], 0
+        for data in datas:
+            starts.append(pos)
+            pos += len(data) + 1
+        return f, starts
+
+    def _raw_scores(self, f: np.ndarray) -> np.ndarray:
+        """py3langid's naive-Bayes scores of one text's features (``-1`` entries allowed): the features in
+        first-occurrence order (its ``Counter``'s), so the float32 sums are its own."""
+        f = f[f >= 0]
+        n = len(f)
+        if not n:
+            return np.full(len(self.ident.nb_classes), 0.0 if self.ident._norm_probs else np.finfo(np.float32).min,
+                           dtype=np.float32)
+        positions = np.arange(n)
+        first = self._first
+        first[f] = n
+        np.minimum.at(first, f, positions)
+        idx = f[first[f] == positions]
+        counts = self._counts
+        np.add.at(counts, f, 1)
+        found = counts[idx]
+        counts[idx] = 0
+        return np.log1p(found.astype(np.float32)) @ self._ptc[idx] + self.ident.nb_pc
+
+    def detect_many(self, texts: list[str], languages: list[str]) -> list[tuple[str, float, str]]:
+        """:meth:`detect` of every text, the walk done once for all of them (per-call numpy overhead, not the
+        bytes, is most of the cost of a short document)."""
+        if self._reset is None:
+            return [self.detect(t, languages) for t in texts]
+        datas = [self.ident._encode(t) for t in texts]
+        f, starts = self._walk_many(datas)
+        out = []
+        for start, data in zip(starts, datas):
+            scores = self._raw_scores(f[start : start + len(data)])
+            out.append(self._pick(self._normalise(scores, len(data)), languages))
+        return out
+
     def detect(self, text: str, languages: list[str]) -> tuple[str, float, str]:
         """``(language of `languages` scored highest, its score, the top language)`` exactly as from
         :meth:`rank` (its first entry; ties: the first listed), without building and sorting all labels."""
-        merged = self._decide(text)[self._label_cols]
+        return self._pick(self._decide(text), languages)
+
+    def _pick(self, scores: np.ndarray, languages: list[str]) -> tuple[str, float, str]:
+        merged = scores[self._label_cols]
         i = int(merged.argmax())  # the first maximum: rank's stable sort keeps label order among ties
         top, top_score = self._label_names[i], float(merged[i])
         if not languages:

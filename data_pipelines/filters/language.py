@@ -56,7 +56,19 @@ class LanguageFilter(DocumentFilter):
         return best, scores[best], top
 
     def apply(self, doc: Document, stats: StageStats) -> str | None:
-        lang, score, top = self.detect(doc.text)
+        return self._judge(doc, self.detect(doc.text), stats)
+
+    batch_size = 256
+
+    def apply_batch(self, docs: list[Document], stats: StageStats) -> list[str | None]:
+        ident = _identifier()
+        if not isinstance(ident, FastLanguageIdentifier):
+            return super().apply_batch(docs, stats)
+        found = ident.detect_many([doc.text[: self.max_chars] for doc in docs], self.languages)
+        return [self._judge(doc, result, stats) for doc, result in zip(docs, found)]
+
+    def _judge(self, doc: Document, found: tuple[str, float, str], stats: StageStats) -> str | None:
+        lang, score, top = found
         add_extra(stats, "lang_detected", {top: 1})
         if score < self.threshold:
             return "lang_below_threshold"

@@ -44,13 +44,27 @@ PHONE = re.compile(
     r")(?![\w-]|[.]\d)"
 )
 _DIGITS = re.compile(r"\d")
-# Cheap pre-checks: a substring every match of the pattern contains, found by a scan that starts with a
-# literal or a character class (which ``re`` searches for fast), where the patterns above start with a
-# look-behind and so are tried at every position. No candidate: the pattern's pass is skipped.
+# Cheap pre-checks: a substring every match of the pattern contains. No candidate: the pattern's pass is
+# skipped. ``re`` finds a pattern that starts with a literal character by a fast substring search, while one
+# that starts with a look-behind or a character class is tried at every position (3-10x slower on prose), so
+# each check first scans for a literal-led piece that every candidate contains, then for the candidate.
 _EMAIL_CANDIDATE = re.compile(r"[A-Za-z0-9._%+-]@[A-Za-z0-9]")  # not "@property" or " @ "
 _IPV4_CANDIDATE = re.compile(r"\d\.\d{1,3}\.\d{1,3}\.\d")  # four octets of 1-3 digits (not "3.11" or "1.2.3")
 _IPV6_CANDIDATE = re.compile(r":[0-9A-Fa-f]{0,4}:")  # at least two groups of "hex:"
-_PHONE_CANDIDATE = re.compile(r"\+\d|\d{3}[ .-]\d{4}")  # "+" and the country code, or the last 3 + 4 digits
+_PHONE_CANDIDATE = re.compile(r"\+\d|\d\d\d[ .-]\d\d\d\d")  # "+" and the country code, or the last 3 + 4 digits
+_LITERAL_LED = {
+    "email": (re.compile(r"@[A-Za-z0-9]"),),
+    "ipv4": (re.compile(r"\.\d{1,3}\.\d{1,3}\.\d"),),
+    "ipv6": (re.compile(":"),),
+    "phone": (re.compile(r"\+\d"), re.compile(r"-\d{4}"), re.compile(r"\.\d{4}"), re.compile(r" \d{4}")),
+}
+
+
+def _candidate(kind: str, pattern: re.Pattern[str], text: str) -> bool:
+    """Whether ``pattern`` (a ``_*_CANDIDATE``) occurs in ``text``; one of ``_LITERAL_LED[kind]`` must first."""
+    return any(p.search(text) for p in _LITERAL_LED[kind]) and pattern.search(text) is not None
+
+
 # Dotted numbers right after these words are versions or section numbers ("version 7.1.4.34"), not hosts.
 _VERSION_CONTEXT = re.compile(r"\b(?:version|release|section|sections|v|ver\.?|rfc)[\s\"'(\[]*$", re.IGNORECASE)
 
@@ -187,6 +201,7 @@ class PIIRedactor(DocumentFilter):
         self.kinds = [k for k in KINDS if k in kinds]
         self.redact_private_ips = redact_private_ips
         self.secret_patterns = [name for name in known if name in patterns]
+        self._secret_rules = [rule for rule in SECRET_RULES if rule.name in self.secret_patterns]
 
     def redact(self, text: str) -> tuple[str, dict[str, int], dict[str, int]]:
         """Redacted text, replacements per kind, and secrets per pattern name."""
@@ -209,24 +224,27 @@ class PIIRedactor(DocumentFilter):
             if kind == "secret":
                 text = self._redact_secrets(text, per_kind, per_secret)
             elif kind == "email":
-                if "@" in text and _EMAIL_CANDIDATE.search(text):
+                if _candidate("email", _EMAIL_CANDIDATE, text):
                     text = sub("email", EMAIL, text, lambda m: True)
             elif kind == "ip":
-                if _IPV4_CANDIDATE.search(text):
+                if _candidate("ipv4", _IPV4_CANDIDATE, text):
                     text = sub("ip", IPV4, text, lambda m: _is_ipv4_match(m, private))
-                if ":" in text and _IPV6_CANDIDATE.search(text):
+                if _candidate("ipv6", _IPV6_CANDIDATE, text):
                     text = sub("ip", IPV6, text, lambda m: _is_ipv6_match(m, private))
             elif kind == "phone":
-                if _PHONE_CANDIDATE.search(text):
+                if _candidate("phone", _PHONE_CANDIDATE, text):
                     text = sub("phone", PHONE, text, _is_phone_match)
         return text, per_kind, per_secret
 
     def _redact_secrets(self, text: str, per_kind: dict[str, int], per_secret: dict[str, int]) -> str:
         placeholder = PLACEHOLDERS["secret"]
-        wanted = set(self.secret_patterns)
-        for rule in SECRET_RULES:
-            if rule.name not in wanted or (rule.markers and not any(m in text for m in rule.markers)):
-                continue
+        for rule in self._secret_rules:
+            if rule.markers:
+                for marker in rule.markers:
+                    if marker in text:
+                        break
+                else:
+                    continue
             pieces: list[str] = []
             pos = 0
             for start, end in self._secret_spans(rule, text):

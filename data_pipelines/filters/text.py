@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import string
-from itertools import repeat
+from itertools import filterfalse, repeat
 
 # ASCII punctuation plus the typographic marks that commonly wrap words in web and book text.
 PUNCTUATION = string.punctuation + "“”‘’«»„‚‹›–—…¡¿·•"
@@ -27,8 +27,12 @@ def words_of(text: str) -> list[str]:
 
 
 def count_words_with_letter(words: list[str]) -> int:
-    """How many of ``words`` contain at least one alphabetic character (one regex pass, no per-char loop)."""
-    return len(words) - len(_TOKEN_WITHOUT_LETTER.findall(" ".join(words)))
+    """How many of ``words`` contain at least one alphabetic character (one regex pass, no per-char loop).
+
+    A word that ``str.isalpha`` accepts has one (an alphabetic character is a word character, not a digit or
+    "_"), so the regex only runs over the others: in prose, a tenth of the words."""
+    others = list(filterfalse(str.isalpha, words))
+    return len(words) - len(_TOKEN_WITHOUT_LETTER.findall(" ".join(others)))
 
 
 def non_empty_lines(text: str) -> list[str]:

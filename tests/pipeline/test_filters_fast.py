@@ -90,6 +90,28 @@ def test_vectorised_langid_gives_identical_scores(reference_langid, sample_docs)
         assert fast.rank(text) == reference_langid.rank(text), text[:80]  # same floats, same order
 
 
+def test_batched_langid_walk_gives_each_texts_own_scores(reference_langid, sample_docs):
+    """``detect_many`` walks a batch of texts joined by a reset byte: each text gets exactly the result of
+    py3langid's ``rank`` on it alone, whatever its neighbours (texts that end mid-n-gram, empty and
+    one-byte texts, NUL bytes, surrogates, upper-case texts that py3langid lowers)."""
+    fast = fast_identifier()
+    assert fast._reset is not None  # the bundled model has one, so the batched walk is what runs
+    rng = random.Random(2)
+    texts = [t for _, t in check_set()] + [d.text[:3000] for docs in sample_docs.values() for d in docs]
+    texts += ["", "a", "ab", "the", "ÅÄÖ", "日本", "x\x00y", "\ud800 the cat", "THE CAT SAT ON THE MAT",
+              bytes(rng.randrange(256) for _ in range(4000)).decode("latin-1")]
+    rng.shuffle(texts)
+    for languages in ([], ["en"], ["de", "fr"]):
+        expected = []
+        for text in texts:
+            ranked = reference_langid.rank(text)
+            scores = dict(ranked)
+            best = max(languages, key=lambda lang: scores[lang]) if languages else ranked[0][0]
+            expected.append((best, scores[best], ranked[0][0]))
+        assert fast.detect_many(texts, languages) == expected
+        assert fast.detect_many(texts[:7], languages) == expected[:7]  # another batch, the same results
+
+
 @pytest.mark.parametrize("ngrams_class", [gopher._NGrams, gopher._HashedNGrams])
 def test_repetition_counts_match_the_reference_loop(ngrams_class):
     rng = random.Random(1)
@@ -130,6 +152,28 @@ def test_filter_chains_decide_exactly_as_the_reference(monkeypatch, reference_la
     assert kept_web and "de-prose" not in kept_web and "de-prose" not in kept_wiki  # English only
     assert any(k.startswith("en-") for k in kept_wiki)
     assert sum(sum(s["dropped"].values()) for s in fast["web"][1]) >= len(check) // 2  # both decisions exercised
+
+
+def test_batches_keep_one_at_a_time_results(monkeypatch, sample_docs):
+    """A batched block (``batch_size`` > 1) keeps and counts exactly as one document at a time, across batch
+    edges and with empty documents in a batch."""
+    docs = [Document(name, text, "check", {}) for name, text in check_set()] + sample_docs["web"]
+    docs[3:3] = [Document("empty", "", "check", {}), Document("blank", " \n\t", "check", {})]
+
+    def run(batch_size: int) -> tuple:
+        block = language.LanguageFilter(languages=["en"])  # the chain's normaliser would drop the empty ones
+        block.batch_size = batch_size
+        stats = StageStats()
+        kept = [(d.id, sorted(d.metadata.items())) for d in block([Document(d.id, d.text, d.source, {})
+                                                                 for d in docs], stats)]
+        return kept, stats.to_dict()
+
+    batched = run(language.LanguageFilter.batch_size)
+    assert batched[1]["dropped"]["language_empty"] >= 2 and batched[1]["dropped"]["lang_below_threshold"] > 5
+    assert run(1) == batched and run(5) == batched
+    chain = _run_chain("web", docs)
+    monkeypatch.setattr(language.LanguageFilter, "batch_size", 1)
+    assert _run_chain("web", docs) == chain
 
 
 def test_normalize_shortcut_is_exactly_the_full_path(monkeypatch, sample_docs):
@@ -180,6 +224,7 @@ def test_pii_pre_checks_skip_only_passes_that_find_nothing(monkeypatch, sample_d
     everything = re.compile("")
     for name in ("_EMAIL_CANDIDATE", "_IPV4_CANDIDATE", "_IPV6_CANDIDATE", "_PHONE_CANDIDATE"):
         monkeypatch.setattr(pii, name, everything)
+    monkeypatch.setattr(pii, "_LITERAL_LED", {kind: (everything,) for kind in pii._LITERAL_LED})
     assert [block.redact(t) for t in texts] == fast
     assert sum(bool(r[1]) for r in fast) > 100  # the random texts do hold addresses and numbers
 
