@@ -27,6 +27,7 @@ import numpy as np
 
 from data_pipelines.document import Document
 from data_pipelines.filters.base import DocumentFilter, invalid
+from data_pipelines.filters.ngram_batch import BatchNGrams
 from data_pipelines.filters.text import (
     PARAGRAPH_SPLIT,
     PUNCTUATION,
@@ -363,7 +364,33 @@ class GopherRepetition(DocumentFilter):
         )
 
     def apply(self, doc: Document, stats: StageStats) -> str | None:
-        text = doc.text
+        checked = self._line_checks(doc.text)
+        if not isinstance(checked, list):
+            return checked
+        words = checked
+        return self._ngram_checks(doc.text, words, _NGrams(words) if len(words) < LONG_DOC_WORDS
+                                  else _HashedNGrams(words))
+
+    batch_size = 256
+
+    def apply_batch(self, docs: list[Document], stats: StageStats) -> list[str | None]:
+        """:meth:`apply` of each document, the n-grams of the short ones counted together
+        (:class:`~data_pipelines.filters.ngram_batch.BatchNGrams`); long ones keep the hashed path."""
+        checked = [self._line_checks(doc.text) for doc in docs]
+        short = [i for i, c in enumerate(checked) if isinstance(c, list) and len(c) < LONG_DOC_WORDS]
+        batch = BatchNGrams([checked[i] for i in short]) if short else None
+        views = {i: batch.view(k) for k, i in enumerate(short)}
+        out: list[str | None] = []
+        for i, (doc, words) in enumerate(zip(docs, checked)):
+            if not isinstance(words, list):
+                out.append(words)
+            else:
+                out.append(self._ngram_checks(doc.text, words, views[i] if i in views else _HashedNGrams(words)))
+        return out
+
+    def _line_checks(self, text: str) -> str | None | list[str]:
+        """The paragraph and line rules: a drop reason, ``None`` (kept, no n-gram rules), or the words for
+        :meth:`_ngram_checks`."""
         n_chars = len(text)
 
         paragraphs = [p for p in PARAGRAPH_SPLIT.split(text.strip()) if p.strip()]
@@ -382,8 +409,10 @@ class GopherRepetition(DocumentFilter):
 
         if not (self.top_n_grams or self.dup_n_grams):
             return None
-        words = text.split()
-        ngrams = _NGrams(words) if len(words) < LONG_DOC_WORDS else _HashedNGrams(words)
+        return text.split()
+
+    def _ngram_checks(self, text: str, words: list[str], ngrams) -> str | None:
+        n_chars = len(text)
         for n, frac in self.top_n_grams.items():
             if len(words) >= n and ngrams.top_chars(n) / n_chars > frac:
                 return f"gopher_top_{n}_gram"

@@ -15,6 +15,7 @@ from data_pipelines.document import Document
 from data_pipelines.filters import gopher, language
 from data_pipelines.filters.config import filters_for_source, run_blocks
 from data_pipelines.filters.langid_fast import FastLanguageIdentifier, fast_identifier
+from data_pipelines.filters.ngram_batch import BatchNGrams
 from data_pipelines.sources import make_reader, package_path
 from data_pipelines.stats import StageStats
 
@@ -112,19 +113,32 @@ def test_batched_langid_walk_gives_each_texts_own_scores(reference_langid, sampl
         assert fast.detect_many(texts[:7], languages) == expected[:7]  # another batch, the same results
 
 
-@pytest.mark.parametrize("ngrams_class", [gopher._NGrams, gopher._HashedNGrams])
+def _batched(words_sets: list[list[str]]) -> list:
+    batch = BatchNGrams(words_sets)
+    return [batch.view(d) for d in range(len(words_sets))]
+
+
+@pytest.mark.parametrize("ngrams_class", ["_NGrams", "_HashedNGrams", "BatchNGrams"])
 def test_repetition_counts_match_the_reference_loop(ngrams_class):
     rng = random.Random(1)
     words_sets = [t.split() for _, t in check_set()]
     for _ in range(400):
         vocab = [f"w{i}" * rng.randint(1, 3) for i in range(rng.randint(1, 10))]
         words_sets.append([rng.choice(vocab) for _ in range(rng.randint(1, 60))])
-    for words in words_sets:
-        ngrams = ngrams_class(words)
+    # neighbours in a batch share words and n-grams: each document must still count only its own
+    words_sets += [["a", "b", "a", "b"], ["a", "b"], ["b", "a", "b", "a", "b"], ["a"], ["a", "b", "c", "a", "b", "c"]]
+    if ngrams_class == "BatchNGrams":
+        all_ngrams = _batched(words_sets)
+    else:
+        all_ngrams = [getattr(gopher, ngrams_class)(words) for words in words_sets]
+    for words, ngrams in zip(words_sets, all_ngrams):
         for n in range(1, 11):
             if len(words) >= n:
                 assert ngrams.duplicated_chars(n) == reference_duplicated_chars(words, n), (words, n)
                 assert ngrams.top_chars(n) == reference_top_chars(words, n), (words, n)
+                grams = list(zip(*(words[i:] for i in range(n))))
+                if ngrams_class != "_HashedNGrams":  # the hashed one answers "maybe" until it has counted
+                    assert ngrams.repeats(n) == (len(set(grams)) < len(grams)), (words, n)
 
 
 def _run_chain(kind: str, docs: list[Document]) -> tuple[list[tuple], list[dict]]:
@@ -142,6 +156,7 @@ def test_filter_chains_decide_exactly_as_the_reference(monkeypatch, reference_la
               "books": sample_docs["books"] + check}
     fast = {kind: _run_chain(kind, docs) for kind, docs in inputs.items()}
     monkeypatch.setattr(language, "_identifier", lambda: reference_langid)
+    monkeypatch.setattr(gopher.GopherRepetition, "batch_size", 1)  # one document at a time: no BatchNGrams
     for cls in (gopher._NGrams, gopher._HashedNGrams):  # the long books take the numpy n-grams
         monkeypatch.setattr(cls, "duplicated_chars", lambda self, n: reference_duplicated_chars(self._words, n))
         monkeypatch.setattr(cls, "top_chars", lambda self, n: reference_top_chars(self._words, n))
