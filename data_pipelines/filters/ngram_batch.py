@@ -7,10 +7,10 @@ few numpy calls for the whole batch:
 
 * words get ids from one dictionary, and the document's number is part of every key, so n-grams of different
   documents never meet;
-* level 2 keys every bigram as ``(document * V + id) * V + next_id``; level n keys only the positions whose (n-1)-gram repeats
-  (an n-gram can only repeat where its prefix does) as ``group of the (n-1)-gram * V + next id``, where the
-  group is the dense index ``np.unique`` gave that (n-1)-gram. Keys are exact integers (no hashing), so the
-  counts are the word tuples' counts;
+* level 2 keys every bigram as ``(document * V + id) * V + next_id``; level n keys only the positions whose
+  (n-1)-gram repeats (an n-gram can only repeat where its prefix does) as ``group of the (n-1)-gram * V + next
+  id``, where the group is the dense index ``np.unique`` gave that (n-1)-gram. Keys are exact integers (no
+  hashing), so the counts are the word tuples' counts;
 * per document, the most frequent n-gram (ties: the first seen, as ``Counter.most_common``) and the positions
   whose n-gram repeats, in order, with its group -- what :meth:`BatchNGrams.view` hands to the filter.
 
