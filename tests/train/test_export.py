@@ -184,3 +184,6 @@ def test_import_refuses_other_architectures_families_and_shapes(tmp_path, tokeni
         hf.check_compatible(out, "gpt", make_args("GPT2LMHeadModel"))
     with pytest.raises(CheckpointError, match="model.hidden_size: config 64, BertForMaskedLM 32"):
         hf.check_compatible(out, "bert", make_args("BertForMaskedLM", hidden_size=64))
+    # a model normalised with another epsilon computes something else: refused, not imported silently
+    with pytest.raises(CheckpointError, match="model.norm_eps: config 1e-05, BertForMaskedLM 1e-12"):
+        hf.check_compatible(out, "bert", make_args("BertForMaskedLM", norm_eps=1e-5))

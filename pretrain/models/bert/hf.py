@@ -75,7 +75,7 @@ class BERTAdapter(HFAdapter):
         return dict(vocab_size=c["vocab_size"], num_layers=c["num_hidden_layers"], hidden_size=c["hidden_size"],
                     num_attention_heads=c["num_attention_heads"], ffn_hidden_size=c["intermediate_size"],
                     seq_length=c["max_position_embeddings"], type_vocab_size=c.get("type_vocab_size", 2),
-                    activation=act)
+                    activation=act, norm_eps=float(c.get("layer_norm_eps", 1e-12)))  # BertConfig's default
 
     def tokenizer_specials(self, arch: str, special: dict[str, int]) -> dict[str, Any]:
         return dict(unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]")

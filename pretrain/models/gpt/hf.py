@@ -246,7 +246,7 @@ class GPTAdapter(HFAdapter):
                         num_attention_heads=c["n_head"], num_key_value_heads=c["n_head"],
                         ffn_hidden_size=c.get("n_inner") or 4 * n, seq_length=c["n_positions"],
                         position_embedding="learned", normalization="layernorm", activation="gelu", bias=True,
-                        tie_word_embeddings=True)
+                        tie_word_embeddings=True, norm_eps=float(c.get("layer_norm_epsilon", 1e-5)))
         if arch == BLOOM:
             return _bloom_args(c, where)
         if c.get("hidden_act", "silu") != "silu":
@@ -267,7 +267,8 @@ class GPTAdapter(HFAdapter):
                    ffn_hidden_size=c["intermediate_size"], seq_length=c["max_position_embeddings"],
                    position_embedding="rope", normalization="rmsnorm", activation="swiglu", bias=False,
                    tie_word_embeddings=bool(c.get("tie_word_embeddings", False)),
-                   rotary_base=float(rope.get("rope_theta", c.get("rope_theta", 10000.0))))
+                   rotary_base=float(rope.get("rope_theta", c.get("rope_theta", 10000.0))),
+                   norm_eps=float(c.get("rms_norm_eps", 1e-6)))  # LlamaConfig's and MistralConfig's default
         if arch == MISTRAL:
             if c.get("layer_types") and len(set(c["layer_types"])) > 1:
                 kinds = sorted(set(c["layer_types"]))
@@ -323,7 +324,8 @@ def _mixtral_args(c: dict[str, Any], where: Path) -> dict[str, Any]:
                 activation="swiglu", bias=False, tie_word_embeddings=bool(c.get("tie_word_embeddings", False)),
                 num_experts=c.get("num_local_experts", 8), moe_router_topk=c.get("num_experts_per_tok", 2),
                 moe_ffn_hidden_size=c["intermediate_size"], moe_layer_freq=1,
-                rotary_base=float(rope.get("rope_theta", c.get("rope_theta", 1e6))))
+                rotary_base=float(rope.get("rope_theta", c.get("rope_theta", 1e6))),
+                norm_eps=float(c.get("rms_norm_eps", 1e-5)))  # MixtralConfig's default
 
 
 def _bloom_qkv(args: Any, sd: dict[str, torch.Tensor], prefix: str, kind: str) -> torch.Tensor:
@@ -377,4 +379,5 @@ def _bloom_args(c: dict[str, Any], where: Path) -> dict[str, Any]:
     h = c.get("hidden_size", c.get("n_embed", 64))
     return dict(vocab_size=c["vocab_size"], num_layers=c["n_layer"], hidden_size=h, num_attention_heads=c["n_head"],
                 num_key_value_heads=c["n_head"], ffn_hidden_size=4 * h, position_embedding="alibi",
-                normalization="layernorm", activation="gelu", bias=True, tie_word_embeddings=True, embedding_norm=True)
+                normalization="layernorm", activation="gelu", bias=True, tie_word_embeddings=True, embedding_norm=True,
+                norm_eps=float(c.get("layer_norm_epsilon", 1e-5)))

@@ -82,7 +82,8 @@ class T5Adapter(HFAdapter):
                     tie_word_embeddings=(bool(c.get("tie_word_embeddings", True))
                                          and bool(c.get("scale_decoder_outputs", True))),
                     relative_attention_num_buckets=c.get("relative_attention_num_buckets", 32),
-                    relative_attention_max_distance=c.get("relative_attention_max_distance", 128))
+                    relative_attention_max_distance=c.get("relative_attention_max_distance", 128),
+                    norm_eps=float(c.get("layer_norm_epsilon", 1e-6)))  # T5Config's default
 
     def tokenizer_specials(self, arch: str, special: dict[str, int]) -> dict[str, Any]:
         sentinels = sorted((t for t in special if t.startswith("<extra_id_")), key=lambda t: int(t[10:-1]))
