@@ -480,12 +480,12 @@ class Trainer:
         cfg, plan, args = self.cfg, self.batch, self.args
         log.info(
             "model %s (%s): %.2fM parameters (%d layers, hidden %d, vocab %d) | %s on %d x %s (%s) | "
-            "tp %d x pp %d x dp %d%s, ZeRO-%d | global batch %d = micro %d x dp %d x accum %d | "
+            "tp %d x pp %d x dp %d%s, %s | global batch %d = micro %d x dp %d x accum %d | "
             "%.3g model FLOPs/token | peak %.3g FLOP/s/device (%s)",
             cfg.model.name, self.family.name, self.n_params / 1e6, args.num_layers, args.hidden_size,
             args.vocab_size, self.precision, self.dist.world_size, self.device.type, self.dist.backend,
             plan.tensor_parallel_size, plan.pipeline_parallel_size, plan.data_parallel_size,
-            f" x cp {plan.context_parallel_size}" if plan.context_parallel_size > 1 else "", plan.zero_stage,
+            f" x cp {plan.context_parallel_size}" if plan.context_parallel_size > 1 else "", self.engine.describe(plan),
             plan.global_batch_size, plan.micro_batch_size, plan.data_parallel_size, plan.grad_accum_steps,
             self.flops["model"], self.peak_flops, peak_src,
         )

@@ -210,6 +210,13 @@ class AccelerateEngine(Engine):
 
     name = "accelerate"
 
+    def describe(self, plan: BatchPlan) -> str:
+        """DDP or FSDP2 and its sharding (``parallel.zero_stage`` is DeepSpeed's: 2 and 3 are refused, 0 and 1
+        mean nothing here, and the set-up line says what runs instead)."""
+        if self.mesh is None:
+            return "accelerate DDP (replicated; parallel.zero_stage unused)"
+        return f"accelerate FSDP2 sharding={self.sharding} (parallel.zero_stage unused)"
+
     def __init__(self, model: torch.nn.Module, cfg: DictConfig, plan: BatchPlan, device: torch.device, grid,
                  param_names: dict[int, str], family) -> None:
         from accelerate import Accelerator

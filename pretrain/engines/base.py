@@ -77,6 +77,10 @@ class Engine(ABC):
     name = ""
     config: dict[str, Any]  # the backend's own generated config, saved into the run dir
 
+    def describe(self, plan: "BatchPlan") -> str:
+        """How model and optimizer state are held, for the trainer's set-up line (DeepSpeed's ZeRO stage)."""
+        return f"ZeRO-{plan.zero_stage}"
+
     @abstractmethod
     def forward(self, batch: Batch) -> torch.Tensor: ...
 

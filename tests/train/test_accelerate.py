@@ -69,6 +69,10 @@ def test_accelerate_keys_are_refused_under_deepspeed_and_zero1_is_accepted_under
     assert problems == ["engine.accelerate.strategy applies to engine=accelerate only, this run uses engine=deepspeed "
                         "(ZeRO: parallel=zero0..zero3); add engine=accelerate or drop the key"]
     assert engine_problems(structured_cfg(engine__name="accelerate", parallel__zero_stage=1)) == []  # the default
+    # ... and the set-up line says what runs instead of "ZeRO-1"
+    ddp = AccelerateEngine.__new__(AccelerateEngine)
+    ddp.mesh = None
+    assert ddp.describe(None) == "accelerate DDP (replicated; parallel.zero_stage unused)"
 
 
 def test_fsdp2_meshes_and_units(monkeypatch):
@@ -169,6 +173,8 @@ def test_fsdp2_resume_is_exact_through_a_guard_skip_and_exports_from_its_dcp_sha
     _fit(compose_cfg, tmp_path / "split", *common, "trainer.max_steps=5")
     straight = _steps(tmp_path / "straight")
     assert [s[0] for s in straight] == [1, 2, 3, 4, 5]
+    assert "x dp 1, accelerate FSDP2 sharding=full (parallel.zero_stage unused) |" in (
+        tmp_path / "straight" / "train.log").read_text()
     assert _steps(tmp_path / "split") == straight  # exact equality
     by_step = {r["step"]: r for r in read_metrics(tmp_path / "split") if "loss" in r}
     assert by_step[4]["guard_action"] == "skip" and by_step[4]["loss"] is None
