@@ -528,7 +528,10 @@ class AccelerateEngine(Engine):
             msd[n] = full[n]["fp32"].to(current[n].dtype)
             osd["state"][n] = {"step": step.clone(), **{k: full[n][k].clone() for k in reshard.MOMENTS}}
         self._set_state_dicts(msd, osd, full_state_dict=True, strict=False)
-        self._restore_schedule(shards[0]["scheduler"])
+        # DeepSpeed's MoE runs split the experts into optimizer groups of their own: the saved schedule may hold
+        # another number of groups than ours (all following one schedule)
+        self._restore_schedule(reshard._fit_groups(shards[0]["scheduler"], len(self.optimizer.param_groups),
+                                                   tag_dir))
         log.info("loaded the layout-free copy %s (saved at tp %d x pp %d) into accelerate %s", tag_dir,
                  shards[0]["tp"], shards[0]["pp"], self.strategy)
 

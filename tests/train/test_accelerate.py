@@ -75,6 +75,29 @@ def test_accelerate_keys_are_refused_under_deepspeed_and_zero1_is_accepted_under
     assert ddp.describe(None) == "accelerate DDP (replicated; parallel.zero_stage unused)"
 
 
+def test_a_schedule_saved_with_other_groups_fits_the_accelerate_optimizer(tmp_path):
+    """The layout-free copy's schedule holds one entry per optimizer group of the run that saved it (DeepSpeed's
+    MoE runs split the experts into groups of their own); loaded into accelerate's optimizer, every group of
+    ours follows it, none is left at its initial LR (a plain load would leave the groups past the saved count)."""
+    from pretrain.parallel import reshard
+
+    params = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))]
+    for saved_groups, our_groups in (([params], [params[:1], params[1:]]), ([params[:1], params[1:]], [params])):
+        saved_opt = torch.optim.AdamW([{"params": g} for g in saved_groups], lr=1e-3)
+        saved = torch.optim.lr_scheduler.LambdaLR(saved_opt, lambda s: 0.5 ** s)
+        for _ in range(3):
+            saved_opt.step()
+            saved.step()
+        e = AccelerateEngine.__new__(AccelerateEngine)
+        e.optimizer = torch.optim.AdamW([{"params": g} for g in our_groups], lr=1e-3)
+        e.scheduler = torch.optim.lr_scheduler.LambdaLR(e.optimizer, lambda s: 0.5 ** s)
+        e._restore_schedule(reshard._fit_groups(saved.state_dict(), len(e.optimizer.param_groups), tmp_path))
+        e.optimizer.step()
+        e.scheduler.step()
+        assert e.scheduler.last_epoch == 4
+        assert [g["lr"] for g in e.optimizer.param_groups] == [pytest.approx(1e-3 / 16)] * len(our_groups)
+
+
 def test_fsdp2_meshes_and_units(monkeypatch):
     def cfg(sharding, size=None):
         return structured_cfg(engine__name="accelerate", engine__accelerate__strategy="fsdp",
