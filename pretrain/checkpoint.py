@@ -203,7 +203,8 @@ def check_model_shape(tag_dir: Path, state: dict[str, Any], args: Any, family: s
 
 
 def check_layout(tag_dir: Path, state: dict[str, Any], world_size: int, zero_stage: int,
-                 tensor_parallel_size: int = 1, pipeline_parallel_size: int = 1, engine: str = "deepspeed") -> bool:
+                 tensor_parallel_size: int = 1, pipeline_parallel_size: int = 1, engine: str = "deepspeed",
+                 expert_parallel_size: int = 1) -> bool:
     """True if DeepSpeed can load the checkpoint's own files into this layout; False if the layout changed
     and the run resumes through the checkpoint's layout-free copy (:mod:`pretrain.parallel.reshard`). Without
     that copy, a changed layout is refused here, before anything is built, instead of failing deep inside
@@ -229,6 +230,15 @@ def check_layout(tag_dir: Path, state: dict[str, Any], world_size: int, zero_sta
     if saved_stage is not None and saved_stage != zero_stage:
         problems.append(f"it was saved with ZeRO stage {saved_stage}, this run would use stage {zero_stage}; "
                         f"resume with parallel.zero_stage={saved_stage} and {saved_world} processes")
+    # expert slices on either side: the engine reads the layout-free copy whatever the layout (DeepSpeed's own
+    # files hold rank 0's experts only), so without one the resume cannot work
+    saved_ep = state.get("expert_parallel_size", 1)  # older ones: their expert runs always wrote the copy
+    if engine == "deepspeed" and max(saved_ep, expert_parallel_size) > 1 and not reshard.exists(tag_dir):
+        raise CheckpointError(
+            f"the checkpoint {tag_dir} cannot be resumed with expert parallelism (saved at "
+            f"parallel.expert_model_parallel_size={saved_ep}, this run {expert_parallel_size}): experts are resumed "
+            f"from the layout-free copy {reshard.UNIVERSAL}/, which this checkpoint lacks"
+        )
     if not problems:
         return True
     if reshard.exists(tag_dir):

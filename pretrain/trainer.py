@@ -219,7 +219,8 @@ class Trainer:
             ckpt.check_model_shape(tag_dir, self.resume_state, self.args, self.family.name)
             self.same_layout = ckpt.check_layout(tag_dir, self.resume_state, self.world, plan.zero_stage,
                                                  plan.tensor_parallel_size, plan.pipeline_parallel_size,
-                                                 engine=cfg.engine.name)
+                                                 engine=cfg.engine.name,
+                                                 expert_parallel_size=cfg.parallel.expert_model_parallel_size)
         # The samples this run reads: from the checkpoint's position on, one global batch per remaining step. Not
         # max_steps x global batch: a resume at another data-parallel size (or batch size) has consumed a
         # different number of samples per step so far.
@@ -420,6 +421,7 @@ class Trainer:
             "tokenizer": str(self.tokenizer.path) if self.tokenizer.path else None,
             "zero_stage": plan.zero_stage, "tensor_parallel_size": plan.tensor_parallel_size,
             "pipeline_parallel_size": plan.pipeline_parallel_size,
+            "expert_parallel_size": self.cfg.parallel.expert_model_parallel_size,
             "seed": self.cfg.seed, "name": self.cfg.name,
             "callbacks": self.callbacks.state_dict(),
         }
@@ -450,7 +452,8 @@ class Trainer:
         state = ckpt.read_state(tag_dir)
         plan = self.batch
         same = ckpt.check_layout(tag_dir, state, self.world, plan.zero_stage, plan.tensor_parallel_size,
-                                 plan.pipeline_parallel_size, engine=self.cfg.engine.name)
+                                 plan.pipeline_parallel_size, engine=self.cfg.engine.name,
+                                 expert_parallel_size=self.cfg.parallel.expert_model_parallel_size)
         state, rng = self.engine.load(self.ckpt_dir, tag, same)
         self.load_state_dict(state)
         self.consumed_samples = consumed_samples

@@ -45,3 +45,19 @@ def test_a_layout_free_copy_lets_every_layout_change_through(tmp_path):
     (tag / "universal" / "pp00_tp00.pt").write_bytes(b"")
     assert check_layout(tag, state, 2, 3, 1, 1) is False  # resume through reshard.load
     assert check_layout(tag, state, 4, 0, 2, 2) is True  # same layout: DeepSpeed's own files
+
+
+def test_expert_parallel_resumes_need_the_layout_free_copy(tmp_path):
+    """Experts resume from the layout-free copy only (DeepSpeed's files hold rank 0's experts): without it an
+    expert-parallel resume, on either side, is refused before anything is built."""
+    tag = tmp_path / "step_000010"
+    tag.mkdir()
+    for state, ep in (({"world_size": 2, "zero_stage": 1, "expert_parallel_size": 2}, 1),
+                      ({"world_size": 2, "zero_stage": 1, "expert_parallel_size": 2}, 2),
+                      ({"world_size": 2, "zero_stage": 1}, 2)):
+        with pytest.raises(CheckpointError, match="expert_model_parallel_size=.*which this checkpoint lacks"):
+            check_layout(tag, state, 2, 1, expert_parallel_size=ep)
+    assert check_layout(tag, {"world_size": 2, "zero_stage": 1, "expert_parallel_size": 1}, 2, 1) is True
+    (tag / "universal").mkdir()
+    (tag / "universal" / "pp00_tp00.pt").write_bytes(b"")
+    assert check_layout(tag, {"world_size": 2, "zero_stage": 1, "expert_parallel_size": 2}, 2, 1) is True
