@@ -27,6 +27,7 @@ import logging
 import os
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -42,36 +43,61 @@ def _ray() -> Any:
 
 
 class _ProgressBox:
-    """Counts the tasks send (fire and forget); the driver takes them ~5x a second (a Ray actor)."""
+    """Counts the tasks send (fire and forget), tagged with the task and its attempt; the driver takes them ~5x
+    a second (a Ray actor)."""
 
     def __init__(self) -> None:
-        self.items: list[tuple[str, int, int]] = []
+        self.items: list[tuple[int, str, int, int]] = []
 
-    def add(self, stage: str, docs: int, units: int) -> None:
+    def add(self, task: int, attempt: str, docs: int, units: int) -> None:
         if docs or units:
-            self.items.append((stage, docs, units))
+            self.items.append((task, attempt, docs, units))
 
-    def take(self) -> list[tuple[str, int, int]]:
+    def take(self) -> list[tuple[int, str, int, int]]:
         items, self.items = self.items, []
         return items
+
+
+class _AttemptCounts:
+    """Progress per task from its latest attempt only. A task whose worker was killed is retried from its start,
+    so the dead attempt's counts are taken back when the next attempt first reports (the bar would otherwise
+    count those documents twice)."""
+
+    def __init__(self) -> None:
+        self._latest: dict[int, list] = {}  # task -> [attempt, docs, units]
+
+    def add(self, task: int, attempt: str, docs: int, units: int) -> tuple[int, int]:
+        """The change to the stage's totals (documents, units) this report makes."""
+        entry = self._latest.get(task)
+        back_docs = back_units = 0
+        if entry is None or entry[0] != attempt:
+            if entry is not None:
+                back_docs, back_units = entry[1], entry[2]
+            entry = self._latest[task] = [attempt, 0, 0]
+        entry[1] += docs
+        entry[2] += units
+        return docs - back_docs, units - back_units
 
 
 _WORKER_READY = False
 
 
-def _run_task(fn: Callable[[Any, Progress], Any], task: Any, stage: str, box: Any, level: int) -> tuple[Any, float]:
-    """A Ray task: ``fn(task, progress)`` with progress sent to ``box``; returns the result and its wall time."""
+def _run_task(fn: Callable[[Any, Progress], Any], task: Any, stage: str, box: Any, level: int,
+              index: int) -> tuple[Any, float]:
+    """A Ray task (task ``index`` of its stage): ``fn(task, progress)`` with progress sent to ``box`` under this
+    attempt's id; returns the result and its wall time."""
     global _WORKER_READY
     if not _WORKER_READY:  # once per worker process, as the local executor's initializer does
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
         _WORKER_READY = True
     t0 = time.perf_counter()
-    progress = Progress(stage, lambda s, d, u: box.add.remote(s, d, u))
+    attempt = uuid.uuid4().hex
+    progress = Progress(stage, lambda s, d, u: box.add.remote(index, attempt, d, u))
     result = fn(task, progress)
-    progress.sink = lambda s, d, u: _ray_get(box.add.remote(s, d, u))
+    progress.sink = lambda s, d, u: _ray_get(box.add.remote(index, attempt, d, u))
     progress.flush()
-    _ray_get(box.add.remote(stage, 0, 0))  # after the calls before it (one caller's calls run in order)
+    _ray_get(box.add.remote(index, attempt, 0, 0))  # after the calls before it (one caller's calls run in order)
     return result, time.perf_counter() - t0
 
 
@@ -168,8 +194,10 @@ class RayExecutor(LocalExecutor):
         t0 = time.perf_counter()
         bar = self._bar(stage, total, unit)
         state = {"docs": 0}
+        attempts = _AttemptCounts()
 
-        def on_progress(_stage: str, docs: int, units: int) -> None:
+        def on_progress(task: int, attempt: str, docs: int, units: int) -> None:
+            docs, units = attempts.add(task, attempt, docs, units)
             state["docs"] += docs
             if units:
                 bar.update(units)
@@ -178,7 +206,7 @@ class RayExecutor(LocalExecutor):
 
         level = logging.getLogger().getEffectiveLevel()
         fn_ref = ray.put(fn)
-        refs = {self._remote.remote(fn_ref, task, stage, self._box, level): i for i, task in enumerate(tasks)}
+        refs = {self._remote.remote(fn_ref, task, stage, self._box, level, i): i for i, task in enumerate(tasks)}
         pending = list(refs)
         try:
             while pending:
@@ -220,8 +248,8 @@ class RayExecutor(LocalExecutor):
             raise RuntimeError(f"stage {stage}: the task of {what} failed {self.max_retries + 1} time(s) "
                                f"(executor.max_retries={self.max_retries}): {type(e).__name__}: {e}") from None
 
-    def _drain(self, on_progress: Callable[[str, int, int], None]) -> None:
+    def _drain(self, on_progress: Callable[[int, str, int, int], None]) -> None:
         if self._box is None:
             return
-        for stage, docs, units in _ray().get(self._box.take.remote()):
-            on_progress(stage, docs, units)
+        for task, attempt, docs, units in _ray().get(self._box.take.remote()):
+            on_progress(task, attempt, docs, units)
