@@ -13,6 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+def utf8_len(text: str) -> int:
+    """Bytes of ``text`` in UTF-8 (lone surrogates as 3 bytes each). An ASCII string (``isascii`` reads a flag
+    CPython keeps) has one byte per character: no copy is encoded for it."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
 @dataclass
 class StageStats:
     docs_in: int = 0
@@ -26,11 +32,11 @@ class StageStats:
 
     def seen(self, text: str) -> None:
         self.docs_in += 1
-        self.bytes_in += len(text.encode("utf-8", "surrogatepass"))
+        self.bytes_in += utf8_len(text)
 
     def kept(self, text: str) -> None:
         self.docs_out += 1
-        self.bytes_out += len(text.encode("utf-8", "surrogatepass"))
+        self.bytes_out += utf8_len(text)
 
     def drop(self, reason: str, n: int = 1) -> None:
         self.dropped[reason] += n

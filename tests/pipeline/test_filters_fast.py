@@ -250,3 +250,11 @@ def test_bench_filter_table_has_every_block_and_the_chain():
     table = bench.filter_table([t for _, t in check_set()], repeats=1)
     for name in ("normalize", "language", "gopher_quality", "gopher_repetition", "c4", "fineweb", "pii", "whole chain"):
         assert f"| {name} " in table, table
+
+
+def test_utf8_len_is_the_encoded_length(sample_docs):
+    from data_pipelines.stats import utf8_len
+
+    texts = [t for _, t in check_set()] + [d.text for docs in sample_docs.values() for d in docs]
+    texts += ["", "abc", "é", "日本", "\ud800", "a\x00b", "\U0001f600", "\udfff\ud800"]
+    assert [utf8_len(t) for t in texts] == [len(t.encode("utf-8", "surrogatepass")) for t in texts]
