@@ -162,10 +162,17 @@ def stage_table(timings, floors: dict[str, float] | None = None) -> str:
     return _table(rows)
 
 
-def scaling_table(base_copies: int, multipliers=(1, 4, 16), workers=(1, 2)) -> str:
-    """Wall time, documents/s and peak RSS of whole runs (every stage, dedup on) at ``multipliers`` x the
-    bench corpus with each worker count; the peak RSS is the largest of the main process and its workers."""
+def _cpu_s() -> float:
+    """CPU seconds (user + system) of this process and of its reaped children (the pool workers) so far."""
     import resource
+
+    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
+def scaling_run(copies: int, workers: int) -> tuple[int, float, float]:
+    """One whole run (every stage, dedup on) over ``copies`` replicas: (documents read, wall s, CPU s of this
+    process and its workers)."""
     import time
 
     from hydra import compose, initialize_config_dir
@@ -173,31 +180,46 @@ def scaling_table(base_copies: int, multipliers=(1, 4, 16), workers=(1, 2)) -> s
     from data_pipelines.run import run_pipeline
 
     conf = Path(__file__).resolve().parents[1] / "conf"
-    rows = [("corpus", "workers", "documents", "wall s", "docs/s", "speed-up", "peak RSS MB")]
+    with tempfile.TemporaryDirectory(prefix="pipeline-scaling-") as tmp:
+        root = Path(tmp)
+        inputs = replicate_samples(root / "inputs", copies)
+        paths = {k: (f"{v}/*" if k == "code" else str(v)) for k, v in inputs.items()}
+        overrides = [
+            f"output_dir={root / 'out'}", "sources=none",
+            *(f"+sources.{k}={{kind: {k}, paths: ['{p}']}}" for k, p in paths.items()),
+            f"executor.workers={workers}", "executor.part_size_mb=0.25", "executor.progress=false",
+            "tokenizer.vocab_size=8192",
+        ]
+        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+            cfg = compose("pipeline", overrides=overrides)
+        t0, c0 = time.perf_counter(), _cpu_s()
+        timings = run_pipeline(cfg).timings
+        wall, cpu = time.perf_counter() - t0, _cpu_s() - c0
+    return max((t.docs for t in timings if t.stage == "read"), default=0), wall, cpu
+
+
+def scaling_table(base_copies: int, multipliers=(1, 4, 16), workers=(1, 2)) -> str:
+    """Wall time, CPU time, documents/s and peak RSS of whole runs (every stage, dedup on) at ``multipliers`` x
+    the bench corpus with each worker count; the peak RSS is the largest of the main process and its workers.
+
+    CPU s counts the main process and its workers together: on a shared machine it is the steadier figure, and
+    workers that cost no set-up keep it where one worker has it. An untimed run at the smallest size comes
+    first, so that every row finds this process in the same state (a process's first run pays its imports,
+    the language model and matplotlib; forked workers inherit them, see :mod:`data_pipelines.executor.local`).
+    """
+    import resource
+
+    scaling_run(base_copies * multipliers[0], workers[0])  # warm-up, not shown
+    rows = [("corpus", "workers", "documents", "wall s", "CPU s", "docs/s", "speed-up", "peak RSS MB")]
     for m in multipliers:
         base_wall = None
         for w in workers:
-            with tempfile.TemporaryDirectory(prefix="pipeline-scaling-") as tmp:
-                root = Path(tmp)
-                inputs = replicate_samples(root / "inputs", base_copies * m)
-                paths = {k: (f"{v}/*" if k == "code" else str(v)) for k, v in inputs.items()}
-                overrides = [
-                    f"output_dir={root / 'out'}", "sources=none",
-                    *(f"+sources.{k}={{kind: {k}, paths: ['{p}']}}" for k, p in paths.items()),
-                    f"executor.workers={w}", "executor.part_size_mb=0.25", "executor.progress=false",
-                    "tokenizer.vocab_size=8192",
-                ]
-                with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-                    cfg = compose("pipeline", overrides=overrides)
-                t0 = time.perf_counter()
-                timings = run_pipeline(cfg).timings
-                wall = time.perf_counter() - t0
-            docs = max((t.docs for t in timings if t.stage == "read"), default=0)
+            docs, wall, cpu = scaling_run(base_copies * m, w)
             rss = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                       resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
             base_wall = base_wall or wall
-            rows.append((f"{m}x ({base_copies * m} copies)", str(w), f"{docs:,}", f"{wall:.1f}", f"{docs / wall:,.0f}",
-                         f"{base_wall / wall:.2f}x", f"{rss:,.0f}"))
+            rows.append((f"{m}x ({base_copies * m} copies)", str(w), f"{docs:,}", f"{wall:.1f}", f"{cpu:.1f}",
+                         f"{docs / wall:,.0f}", f"{base_wall / wall:.2f}x", f"{rss:,.0f}"))
     return _table(rows)
 
 

@@ -30,7 +30,7 @@ from data_pipelines.sources.registry import SOURCE_KINDS
 from data_pipelines.stages import STAGE_NAMES, STAGES, Stage
 from pretrain.core.errors import ConfigError
 
-START_METHODS = ("spawn", "fork", "forkserver")
+START_METHODS = ("auto", "spawn", "fork", "forkserver")
 
 
 @dataclass
@@ -62,7 +62,8 @@ class ExecutorConfig:
 
     # Worker processes on this machine (1 = run in this process).
     workers: int = 1
-    start_method: str = "spawn"  # spawn | fork | forkserver
+    # auto: fork on Linux where safe (workers inherit the loaded language model), else spawn
+    start_method: str = "auto"  # auto | spawn | fork | forkserver
     # Run only the parts of per-part stages with index % num_shards == shard (a SLURM array task);
     # null runs every part. Global stages (cluster, tokenizer, report) run only in runs with shard=null.
     shard: Optional[int] = None

@@ -174,6 +174,7 @@ class Pipeline:
             log.info("every stage is complete in %s; nothing to do", lay.root)
             summary.complete = True
             return summary
+        self._start_workers(executor)
         for stage in self.stages:
             if stage.name not in self.ex.stages or not stage.enabled(self):
                 continue
@@ -198,6 +199,23 @@ class Pipeline:
                     shutil.rmtree(lay.root / stage.folder, ignore_errors=True)
             log.info("removed intermediate data under %s (executor.keep_intermediate=false)", lay.work)
         return summary
+
+    def _start_workers(self, executor: LocalExecutor) -> None:
+        """Start the worker processes before the first stage when some per-part stage of this run has two or more
+        parts to do (so that it would use them), with the set-up of those stages done ahead of their tasks."""
+        if executor.workers <= 1:
+            return
+        busy = []
+        for stage in self.stages:
+            if isinstance(stage, PartStage) and stage.name in self.ex.stages and stage.enabled(self):
+                undone = 0
+                for p in self.mine:
+                    undone += not self.done(stage.name, p)
+                    if undone > 1:
+                        busy.append(stage)
+                        break
+        if busy:
+            executor.start(functools.partial(warm_worker, tuple(busy), self.config))
 
     def _prerequisites(self, stage: Stage, parts: list[Part]) -> None:
         """Every enabled upstream stage is complete for ``parts`` (a global stage: for every part)."""
@@ -247,6 +265,12 @@ class Pipeline:
         docs, nbytes = stage.measure(payload)
         executor.record(StageTiming(stage.name, 1, 0, docs, nbytes, dt, dt))
         write_marker(self.layout.marker(stage.name), self.fp(stage.name), payload)
+
+
+def warm_worker(stages: Sequence[PartStage], config: dict[str, Any]) -> None:
+    """A worker's set-up ahead of its first task: each stage's :meth:`~data_pipelines.stages.PartStage.warm`."""
+    for stage in stages:
+        stage.warm(config)
 
 
 def run_pipeline(cfg: DictConfig, pipe: Pipeline | None = None) -> RunSummary:

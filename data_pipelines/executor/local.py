@@ -4,10 +4,21 @@
 this process when ``workers == 1``), shows a tqdm bar per stage (documents/s, ETA) fed by the workers through
 a queue, and collects per-task timings for the summary and the benchmark. Its workers exit when the main
 process dies, even by ``kill -9`` (:mod:`data_pipelines.executor.parent`).
+
+Worker start-up is paid once per worker process, and as little as possible: the pipeline starts the pool
+before its first stage (:meth:`LocalExecutor.start`), so a spawned worker's imports and language-model load
+(about 1.5 s of CPU each) overlap the driver's own work, and with ``start_method: auto`` (the default) on Linux
+the workers are *forked* at that point and inherit what the driver has loaded while validating the config
+(imports, the language model, the filter blocks): no set-up at all. Fork is chosen only while it is safe:
+on Linux, from the main thread, with no other Python thread running and ``torch`` not imported (its OpenMP
+pool does not survive a fork). The driver at that point has only validated and planned: no tqdm monitor,
+no Arrow or tokenizers thread pools in use. Anything else gets ``spawn``: portable, and the only choice on
+macOS, where forked children of a process that used system frameworks can crash.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing as mp
 import os
@@ -56,12 +67,32 @@ def _queue_sink(stage: str, docs: int, units: int) -> None:
         _QUEUE.put((stage, docs, units))
 
 
-def _init_worker(q: Any, level: int, parent: int | None, arm_signal: bool) -> None:
+def _init_worker(q: Any, level: int, parent: int | None, arm_signal: bool,
+                 warm: Callable[[], None] | None = None) -> None:
     global _QUEUE
     exit_with_parent(parent, arm_signal)
     _QUEUE = q
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if warm is not None:
+        try:
+            warm()
+        except Exception:  # noqa: BLE001 - only a head start: the first task that needs it fails with the error
+            logging.getLogger(__name__).debug("worker warm-up failed; the tasks do the set-up", exc_info=True)
+
+
+def _started() -> None:
+    """A no-op task: submitting one per worker makes the pool start its processes now."""
+
+
+def resolve_start_method(method: str) -> str:
+    """``auto`` -> ``fork`` where forking this process now is safe (see the module docstring), else ``spawn``;
+    any other method as it is."""
+    if method != "auto":
+        return method
+    safe = (sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread()
+            and threading.active_count() == 1 and "torch" not in sys.modules)
+    return "fork" if safe else "spawn"
 
 
 def _call(fn: Callable, task: Any, stage: str) -> tuple[Any, float]:
@@ -71,6 +102,18 @@ def _call(fn: Callable, task: Any, stage: str) -> tuple[Any, float]:
     result = fn(task, progress)
     progress.flush()
     return result, time.perf_counter() - t0
+
+
+@functools.lru_cache(maxsize=1)
+def _bar_class() -> type:
+    """tqdm without its monitor thread: the thread outlives every bar (even disabled ones), and a pool made while
+    it runs is no longer safe to fork (it takes tqdm's locks); our bars refresh on their own updates anyway."""
+    from tqdm.auto import tqdm
+
+    class Bar(tqdm):  # type: ignore[misc, valid-type]
+        monitor_interval = 0
+
+    return Bar
 
 
 # -------------------------------------------------------------------------------------------- executor
@@ -99,13 +142,30 @@ class LocalExecutor:
     """Runs tasks of a stage in ``workers`` processes (in this process when ``workers == 1``)."""
 
     workers: int = 1
-    start_method: str = "spawn"
+    start_method: str = "auto"  # spawn | fork | forkserver | auto (fork where safe, else spawn)
     progress: bool = True
     timings: list[StageTiming] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._pool: ProcessPoolExecutor | None = None
         self._queue: Any = None
+        self.method: str | None = None  # the start method the pool was made with
+
+    def start(self, warm: Callable[[], None] | None = None) -> None:
+        """Start the worker processes now, before the first stage needs them (nothing when ``workers == 1``).
+
+        ``warm`` (a picklable module-level callable) does the set-up the tasks would do on first use: forked
+        workers inherit it (it runs here, before the fork), spawned ones run it once each while this process
+        goes on with its own work. Outputs never depend on it."""
+        if self.workers <= 1 or self._pool is not None:
+            return
+        method = resolve_start_method(self.start_method)
+        if method == "fork" and warm is not None:
+            warm()
+            warm = None
+        pool = self._ensure_pool(method, warm)
+        for _ in range(self.workers):  # fork: every worker starts at the first submit; spawn: one per submit
+            pool.submit(_started)
 
     def __enter__(self) -> "LocalExecutor":
         return self
@@ -118,24 +178,24 @@ class LocalExecutor:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
-    def _ensure_pool(self) -> ProcessPoolExecutor:
+    def _ensure_pool(self, method: str | None = None, warm: Callable[[], None] | None = None) -> ProcessPoolExecutor:
         if self._pool is None:
-            ctx = mp.get_context(self.start_method)
+            self.method = method or resolve_start_method(self.start_method)
+            ctx = mp.get_context(self.method)
             self._queue = ctx.Queue()
             # spawn and fork workers are children of this process; forkserver ones of the forkserver
-            parent = None if self.start_method == "forkserver" else os.getpid()
+            parent = None if self.method == "forkserver" else os.getpid()
             on_main_thread = threading.current_thread() is threading.main_thread()
             self._pool = ProcessPoolExecutor(
                 max_workers=self.workers, mp_context=ctx, initializer=_init_worker,
-                initargs=(self._queue, logging.getLogger().getEffectiveLevel(), parent, on_main_thread),
+                initargs=(self._queue, logging.getLogger().getEffectiveLevel(), parent, on_main_thread, warm),
             )
+            log.debug("executor: %d worker processes (%s)", self.workers, self.method)
         return self._pool
 
     def _bar(self, stage: str, total: int | None, unit: str):
-        from tqdm.auto import tqdm
-
         tty = sys.stderr.isatty()
-        return tqdm(
+        return _bar_class()(
             total=total, desc=f"{stage:>10}", unit=unit, unit_scale=unit == "B", unit_divisor=1024 if unit == "B" else 1000,
             disable=not self.progress, mininterval=0.5 if tty else 30.0, dynamic_ncols=True, leave=True, file=sys.stderr,
         )

@@ -157,6 +157,9 @@ class RayExecutor(LocalExecutor):
             num_cpus=self.cpus_per_task, max_retries=self.max_retries, retry_exceptions=[OSError],
         )
 
+    def start(self, warm: Callable[[], None] | None = None) -> None:
+        """Nothing to start ahead: Ray starts (and reuses) its own worker processes."""
+
     def close(self) -> None:
         if self._owns_ray:
             _ray().shutdown()

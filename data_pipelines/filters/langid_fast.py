@@ -28,8 +28,10 @@ _ITEMSIZE = {2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
 def _array(values: Any) -> np.ndarray:
+    """A read-only view of a stdlib ``array.array`` (no copy: casts happen once, to the dtype used), else an
+    int64 array."""
     if hasattr(values, "itemsize") and hasattr(values, "tobytes"):  # stdlib array.array
-        return np.frombuffer(values, dtype=_ITEMSIZE[values.itemsize]).astype(np.int64)
+        return np.frombuffer(values, dtype=_ITEMSIZE[values.itemsize])
     return np.asarray(values, dtype=np.int64)
 
 
@@ -39,15 +41,15 @@ class FastLanguageIdentifier:
     def __init__(self, ident: Any):
         self.ident = ident
         self.labels = ident.labels
-        nxt = _array(ident.tk_nextmove)
-        rowbase = _array(ident.tk_row) << 8
-        self.depth = _trie_depth(nxt, rowbase)
-        if max(int(nxt.max()), int(rowbase.max()) + 255) >= 2**31:
-            raise ValueError("the model's tables do not fit int32")
+        nxt = _array(ident.tk_nextmove)  # the distinct 256-entry rows, one after another
+        rows = _array(ident.tk_row)  # the row of each state
+        if len(nxt) % 256 or max(int(nxt.max()), (int(rows.max()) << 8) + 255) >= 2**31:
+            raise ValueError("the model's tables are not 256-entry rows that fit int32")
+        self.depth = _trie_depth(nxt, rows)
         # int32 halves the bytes of the walk's cache misses; ``_next_base`` (the next state's row base) saves
         # one look-up per byte and step: the walk only needs states at its last step
         self._next = nxt.astype(np.int32)
-        self._rowbase = rowbase.astype(np.int32)
+        self._rowbase = rows.astype(np.int32) << 8
         self._next_base = self._rowbase[self._next]
         self._out = np.asarray(ident.tk_output, dtype=np.int64)
         # float16 -> float32 is exact, and numpy casts the table to float32 for the product anyway: casting
@@ -185,27 +187,35 @@ class FastLanguageIdentifier:
         return sorted(merged.items(), key=itemgetter(1), reverse=True)
 
 
-def _trie_depth(nm: np.ndarray, rowbase: np.ndarray) -> int:
+def _trie_depth(nm: np.ndarray, rows: np.ndarray) -> int:
     """Largest breadth-first distance of any state from the start state (the deepest trie node).
 
-    Transitions depend only on a state's (deduplicated) row, so each level expands its distinct rows, and
-    new states are found with a mark array instead of sorting: about 0.2 s for the bundled model.
+    ``nm``: the distinct 256-entry transition rows, flat; ``rows``: the row of each state. Transitions depend
+    only on a state's row, so each level expands the rows of its new states, and each row at most once: a
+    row already expanded at an earlier level leads only to states seen by now. New states and rows are found
+    with mark arrays instead of sorting: about 0.08 s for the bundled model (0.2-0.3 s expanding every level's
+    distinct rows), and the same depth.
     """
-    num_states = len(rowbase)
+    table = nm.reshape(-1, 256)
+    num_states = len(rows)
     seen = np.zeros(num_states, dtype=bool)
     seen[0] = True
-    frontier_rows = np.unique(rowbase[:1])
+    expanded = np.zeros(len(table), dtype=bool)
+    frontier = np.asarray(rows[:1], dtype=np.intp)
     depth = 0
-    while len(frontier_rows):
-        targets = nm[frontier_rows[:, None] + np.arange(256)[None, :]].ravel()
+    while len(frontier):
+        expanded[frontier] = True
         fresh = np.zeros(num_states, dtype=bool)
-        fresh[targets] = True
+        fresh[table[frontier].ravel()] = True
         fresh &= ~seen
         if not fresh.any():
             break
         depth += 1
         seen |= fresh
-        frontier_rows = np.unique(rowbase[fresh])
+        todo = np.zeros(len(table), dtype=bool)
+        todo[rows[fresh]] = True
+        todo &= ~expanded
+        frontier = np.flatnonzero(todo)
     return max(depth, 1)
 
 

@@ -121,6 +121,11 @@ class PartStage(Stage):
     def run(self, task: Task, progress: Progress) -> dict[str, Any]:
         """Write the part's output (temporary name, then rename) and return its marker payload."""
 
+    def warm(self, config: dict[str, Any]) -> None:
+        """The per-process set-up the tasks of this stage share (cached in module state), done ahead of the first
+        task in each worker (:meth:`LocalExecutor.start <data_pipelines.executor.local.LocalExecutor.start>`).
+        ``config``: the plain pipeline config (``Task.config``). Nothing by default."""
+
     def execute(self, task: Task, progress: Progress) -> dict[str, Any]:
         """Worker entry point: clear what a killed run left of this part, run, then write the marker."""
         out = self.output(task.layout, task.part)

@@ -83,6 +83,11 @@ class Documents(PartStage):
             parts["decontaminate"] = [pipe.fp("decontaminate", part), pipe.config["decontamination"]["mode"]]
         return fingerprint(parts)
 
+    def warm(self, config: dict[str, Any]) -> None:
+        from data_pipelines.stages.io import warm_arrow
+
+        warm_arrow()
+
     def measure(self, payload: dict[str, Any]) -> tuple[int, int]:
         st = payload.get("dedup")
         return (int(st["docs_in"]), int(st["bytes_in"])) if st else (int(payload["docs"]), int(payload["bytes"]))
@@ -92,7 +97,14 @@ class Documents(PartStage):
 
         part, lay = task.part, task.layout
         out = self.output(lay, part)
-        docs: Iterator[Document] = iter_work_docs(lay.read_data(part), part.source, task.batch_size)
+
+        def read_docs() -> Iterator[Document]:
+            # the bar counts the part's read documents (its total: the read markers' counts), kept or dropped
+            for doc in iter_work_docs(lay.read_data(part), part.source, task.batch_size):
+                progress.update(units=1)
+                yield doc
+
+        docs: Iterator[Document] = read_docs()
         stats = StageStats()
         dedup_on = dedup_enabled(task.dedup)
         rows: Iterator[int] = itertools.count()  # the read row of each document that leaves dedup
@@ -133,7 +145,7 @@ class Documents(PartStage):
                     value = meta.pop(key, None)
                     columns[key].append(None if value is None else str(value))
                 columns["metadata"].append(meta_json(meta))
-                progress.update(docs=1, units=1)
+                progress.update(docs=1)
                 if len(columns["id"]) >= task.batch_size:
                     flush()
             flush()

@@ -25,14 +25,18 @@ if TYPE_CHECKING:
 _BLOCKS: dict[tuple[str, str], list] = {}  # per worker process: a language model loads once
 
 
-def _blocks_for(task: Task) -> list:
-    """Filter blocks of the task's source, built once per worker process."""
+def _blocks(filters: dict[str, Any], source: str, kind: str) -> list:
+    """Filter blocks of a source, built once per worker process."""
     from data_pipelines.filters import filters_for_source
 
-    key = (task.part.source, json.dumps(task.filters, sort_keys=True))
+    key = (source, json.dumps(filters, sort_keys=True))
     if key not in _BLOCKS:
-        _BLOCKS[key] = filters_for_source(task.filters, task.part.source, task.part.kind)
+        _BLOCKS[key] = filters_for_source(filters, source, kind)
     return _BLOCKS[key]
+
+
+def _blocks_for(task: Task) -> list:
+    return _blocks(task.filters, task.part.source, task.part.kind)
 
 
 class Read(PartStage):
@@ -54,6 +58,17 @@ class Read(PartStage):
 
     def measure(self, payload: dict[str, Any]) -> tuple[int, int]:
         return int(payload["read"]["docs_out"]), int(payload["read"]["bytes_in"])
+
+    def warm(self, config: dict[str, Any]) -> None:
+        """The filter blocks of every source (the language model loads here), the readers and Arrow's imports."""
+        from data_pipelines.sources import make_reader
+        from data_pipelines.stages.io import warm_arrow
+
+        warm_arrow()
+        for name in sorted(config["sources"]):
+            source = config["sources"][name]
+            _blocks(config["filters"], name, source["kind"])
+            make_reader(name, source)
 
     def run(self, task: Task, progress: Progress) -> dict[str, Any]:
         from data_pipelines.filters import run_blocks

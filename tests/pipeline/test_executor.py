@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -113,6 +114,74 @@ def test_a_failing_task_stops_the_stage_with_its_error():
     with LocalExecutor(workers=2, start_method="spawn", progress=False) as ex:
         with pytest.raises(DataError, match="part 3 is corrupt"):
             ex.map("fail", failing_task, list(range(8)))
+
+
+_WARMED: list[int] = []  # pids of the processes that ran warm_up (module state, as a stage's caches are)
+
+
+def warm_up() -> None:
+    _WARMED.append(os.getpid())
+
+
+def warmed_task(task: int, progress: Progress) -> tuple[int, list[int]]:
+    return os.getpid(), list(_WARMED)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="auto forks on Linux only")
+def test_forked_workers_inherit_the_warm_up_done_before_the_fork(monkeypatch):
+    """start() with fork: warm_up runs once, here, and the workers inherit its state (no set-up of their own)."""
+    monkeypatch.setattr(sys.modules[__name__], "_WARMED", [])
+    with LocalExecutor(workers=2, start_method="fork", progress=True) as ex:
+        ex.start(warm_up)
+        assert ex.method == "fork" and _WARMED == [os.getpid()]
+        results = ex.map("warm", warmed_task, list(range(4)))
+    assert all(pid != os.getpid() and warmed == [os.getpid()] for pid, warmed in results)
+
+
+def test_spawned_workers_each_run_the_warm_up_before_their_tasks():
+    with LocalExecutor(workers=2, start_method="spawn", progress=False) as ex:
+        ex.start(warm_up)
+        assert ex.method == "spawn" and _WARMED == []  # not here: in each worker
+        results = ex.map("warm", warmed_task, list(range(4)))
+    assert all(warmed == [pid] for pid, warmed in results)
+
+
+def test_auto_forks_only_where_it_is_safe(monkeypatch):
+    from data_pipelines.executor import local
+    from data_pipelines.executor.local import resolve_start_method
+
+    assert resolve_start_method("spawn") == "spawn" and resolve_start_method("forkserver") == "forkserver"
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait, daemon=True)  # another thread running (it may hold a lock)
+    t.start()
+    try:
+        assert resolve_start_method("auto") == "spawn"
+    finally:
+        stop.set()
+        t.join()
+    # A driver that has only validated and planned runs no other thread (earlier tests here may have left
+    # tqdm's monitor, which ``datasets`` starts, so the count is that of such a driver)
+    monkeypatch.setattr(local.threading, "active_count", lambda: 1)
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    expected = "fork" if sys.platform.startswith("linux") else "spawn"
+    assert resolve_start_method("auto") == expected
+    monkeypatch.setitem(sys.modules, "torch", sys.modules["os"])  # torch imported: its OpenMP pool
+    assert resolve_start_method("auto") == "spawn"
+    monkeypatch.delitem(sys.modules, "torch")
+    out: list[str] = []
+    t = threading.Thread(target=lambda: out.append(resolve_start_method("auto")))  # not the main thread
+    t.start()
+    t.join()
+    assert out == ["spawn"]
+
+
+def test_progress_bars_start_no_monitor_thread():
+    """tqdm's monitor thread outlives its bars (disabled ones too) and would make every later pool spawn."""
+    before = threading.active_count()
+    for progress in (False, True):
+        with LocalExecutor(workers=1, progress=progress) as ex:
+            ex.map("one", square_task, [1, 2], total=2, unit="part")
+    assert threading.active_count() == before
 
 
 def test_progress_flushes_to_its_sink():

@@ -183,6 +183,40 @@ def test_rerun_is_a_no_op_and_two_workers_give_identical_bytes(reference, corpus
     assert tree_hashes(out) == before
 
 
+class _Bar:
+    """Stands in for a stage's tqdm bar: its total and how far it got."""
+
+    def __init__(self, stage: str, total: int | None, unit: str):
+        self.stage, self.total, self.n = stage, total, 0
+
+    def update(self, n: int) -> None:
+        self.n += n
+
+    def set_postfix_str(self, *args, **kwargs) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_every_per_part_bar_ends_at_its_total_with_duplicates_dropped(corpus, tmp_path, monkeypatch):
+    """The documents bar counts the read documents it is sized by, kept or dropped by dedup (it stopped short)."""
+    from data_pipelines.executor import LocalExecutor
+
+    bars: list[_Bar] = []
+    monkeypatch.setattr(LocalExecutor, "_bar", lambda self, *a: bars.append(_Bar(*a)) or bars[-1])
+    summary = run_pipeline(_compose(_overrides(corpus, tmp_path / "bars", "executor.stages=[read,signatures,cluster,"
+                                                                          "documents]")))
+    by_stage = {b.stage: b for b in bars}
+    assert {"read", "signatures", "documents"} <= set(by_stage)
+    for b in bars:
+        assert b.n == b.total, (b.stage, b.n, b.total)
+    (docs,) = [t for t in summary.timings if t.stage == "documents"]
+    written = sum(json.loads(p.read_text())["docs"]
+                  for p in (tmp_path / "bars" / "work" / "markers" / "documents").rglob("*.done.json"))
+    assert by_stage["documents"].total == docs.docs > written  # duplicates were dropped, the bar still ended
+
+
 def test_resume_after_kill_9_redoes_only_unfinished_parts(reference, corpus, tmp_path):
     out = tmp_path / "killed"
     cmd = _cmd(_overrides(corpus, out, "executor.workers=2"))
@@ -220,8 +254,13 @@ def _proc_stat(pid: int) -> tuple[int, str, int] | None:
 
 
 def _pool_workers(parent: int) -> dict[int, int]:
-    """{pid: start time} of the multiprocessing workers whose parent is ``parent``."""
+    """{pid: start time} of the multiprocessing workers whose parent is ``parent``: spawned ones (``spawn_main``)
+    or forked ones (the parent's command line; ``start_method: auto`` forks on Linux)."""
     found = {}
+    try:
+        parent_cmdline = Path(f"/proc/{parent}/cmdline").read_bytes()
+    except OSError:
+        return found
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -232,7 +271,7 @@ def _pool_workers(parent: int) -> dict[int, int]:
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"spawn_main" in cmdline:
+        if b"spawn_main" in cmdline or cmdline == parent_cmdline:
             found[int(entry)] = stat[2]
     return found
 
