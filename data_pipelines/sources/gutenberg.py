@@ -96,10 +96,12 @@ def _header_lines(text: str, lines: list[str], limit: int) -> tuple[int, int] | 
 
 def _footer_line(text: str, lines: list[str], at: int) -> int | None:
     """The index of the first line from character offset ``at`` on that matches ``FOOTER_START``. The candidates
-    are the lines with ``gutenberg`` in the ASCII-lower-cased UTF-8 bytes (fast for any text; a newline byte is a
-    newline character there), counted back from the end of the text."""
-    low = text.encode("utf-8", "surrogatepass").lower()
-    pos = len(text[:at].encode("utf-8", "surrogatepass"))
+    are the lines with ``gutenberg`` in the ASCII-lower-cased Latin-1 or UTF-8 bytes (fast for any text; a newline
+    byte is a newline character there), counted back from the end of the text."""
+    try:
+        low, pos = text.encode("latin-1").lower(), at  # one byte per character: offsets stay
+    except UnicodeEncodeError:
+        low, pos = text.encode("utf-8", "surrogatepass").lower(), len(text[:at].encode("utf-8", "surrogatepass"))
     last = len(lines) - 1
     while (k := low.find(_FOOTER_WORD, pos)) >= 0:
         index = last - low.count(b"\n", k)
@@ -216,12 +218,12 @@ def rejoin(paras: list[str], lines: list[str] | None = None) -> str:
     append = out.append
     for p in paras:
         if "\n" in p:
-            lines = p.split("\n")
-            last = lines.pop()  # the last line may be short
-            if min(map(len, lines)) >= short:
-                lines.append(last)
+            rows = p.split("\n")
+            last = rows.pop()  # the last line may be short
+            if min(map(len, rows)) >= short:
+                rows.append(last)
                 # no line but the last ends in "-": every join is a space
-                append(" ".join(map(str.strip, lines)) if "-\n" not in p else _join_wrapped(lines))
+                append(" ".join(map(str.strip, rows)) if "-\n" not in p else _join_wrapped(rows))
                 continue
         append(p)
     return "\n\n".join(out)
