@@ -228,6 +228,20 @@ def test_books_samples_match_reference(tmp_path):
             assert len(assert_same_reader("books", ref.ReferenceBooksReader, path, options)) == 1
 
 
+def test_declared_charset_matches_reference():
+    from data_pipelines.sources import books
+
+    rng = random.Random(3)
+    pieces = [b"Title: A Book", b"Title: Character set encoding: utf-8", b"Character set encoding: ISO-8859-1",
+              b"  character SET encoding : latin-1  ", b"Character set encoding: no-such-codec", b"Chara\xe7cter set "
+              b"encoding: cp1252", b"Character set encoding:", b"x" * 3000, b"caf\xe9", b"", b"\x0cCharacter set "
+              b"encoding: ascii", b"Character set encoding: utf-8"]
+    breaks = [b"\n", b"\r\n", b"\r", b"\x0b", b"\x1c"]
+    for _ in range(300):
+        data = b"".join(rng.choice(pieces) + rng.choice(breaks) for _ in range(rng.randint(0, 8)))
+        assert books._declared_codec(data) == ref._declared_codec(data), data
+
+
 @pytest.mark.parametrize("max_bytes", [5, 7062, 7061, 300_000])
 def test_read_capped_at_the_limit(tmp_path, max_bytes):
     """The first read is bounded (no 64 MiB buffer per book); the limit is the same as before."""
