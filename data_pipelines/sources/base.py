@@ -25,6 +25,7 @@ import io
 import logging
 import lzma
 import os
+import stat
 import zlib
 from typing import Any, BinaryIO, ClassVar, Iterator
 
@@ -248,9 +249,16 @@ def iter_capped_lines(
         yield None
 
 
+_FIRST_READ = 256 * 1024  # most units are smaller: no buffer of the whole cap (64 MiB) allocated for each
+
+
 def read_capped(stream: BinaryIO, max_bytes: int) -> bytes | None:
     """Read a whole (small) unit, or ``None`` (after draining it in chunks) when it exceeds ``max_bytes``."""
-    data = stream.read(max_bytes + 1)
+    data = stream.read(min(max_bytes + 1, _FIRST_READ))
+    if len(data) < _FIRST_READ and len(data) <= max_bytes:  # the whole unit (a short read is its end)
+        return data
+    if len(data) <= max_bytes:
+        data += stream.read(max_bytes + 1 - len(data))
     if len(data) <= max_bytes:
         return data
     while stream.read(MiB):
@@ -386,7 +394,11 @@ def _guard_read(read: Any) -> Any:
     @functools.wraps(read)
     def guarded(self: SourceReader, path: str, stats: StageStats, **kwargs: Any) -> Iterator[Document]:
         try:
-            if os.path.isfile(path) and os.path.getsize(path) == 0:
+            try:
+                st = os.stat(path)  # one stat for os.path.isfile + os.path.getsize
+            except OSError:
+                st = None  # the read below says what is wrong
+            if st is not None and stat.S_ISREG(st.st_mode) and st.st_size == 0:
                 log.warning("source %s: %s is empty; skipped", self.source, path)
                 self.skip(stats, "empty_file", where=path)
                 return

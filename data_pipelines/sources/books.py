@@ -36,15 +36,35 @@ def book_stem(path: str) -> str:
     return _COMPRESSED_EXT.sub("", os.path.basename(path)) or os.path.basename(path)
 
 
+_NON_ASCII = bytes(range(128, 256))
+_LINE_BREAKS = ("\n", "\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e")  # str.splitlines' breaks in ASCII text
+_CHARSET_FIELD = b"character set encoding"
+
+
 def _declared_codec(data: bytes) -> str | None:
-    head = data[:8192].decode("ascii", errors="ignore")
-    for line in head.splitlines():
-        m = HEADER_FIELD.match(line)
+    """The codec a Gutenberg header declares in its first 8 KiB (``Character set encoding: ...``), else ``None``.
+
+    As matching ``HEADER_FIELD`` on every line of the head decoded as ASCII (non-ASCII bytes dropped), but only
+    the lines that hold the field's name are matched: the first such line that is that field decides."""
+    head = data[:8192]
+    if not head.isascii():
+        head = head.translate(None, _NON_ASCII)  # = decode("ascii", errors="ignore")
+    low = head.lower()
+    at = 0
+    text, breaks = "", ()
+    while (k := low.find(_CHARSET_FIELD, at)) >= 0:
+        if not text:
+            text = head.decode("ascii")
+            breaks = tuple(c for c in _LINE_BREAKS if c in text)
+        start = max((text.rfind(c, 0, k) for c in breaks), default=-1) + 1
+        end = min((e for c in breaks if (e := text.find(c, k)) >= 0), default=len(text))
+        m = HEADER_FIELD.match(text[start:end])
         if m and m.group(1).lower() == "character set encoding":
             try:
                 return codecs.lookup(m.group(2).strip()).name
             except LookupError:
                 return None
+        at = end
     return None
 
 

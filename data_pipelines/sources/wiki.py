@@ -44,6 +44,7 @@ from data_pipelines.sources.wikitext import (
     DEFAULT_DROP_SECTIONS,
     MEDIA_PREFIXES,
     is_disambiguation,
+    may_be_disambiguation,
     wikitext_to_text,
 )
 from data_pipelines.sources.wikitext import parse as parse_wikitext
@@ -197,7 +198,7 @@ class WikiReader(SourceReader):
             elif name == "revision":
                 text = _child_text(child, "text") or ""
                 timestamp = _child_text(child, "timestamp") or ""
-        nbytes = len(text.encode("utf-8", "surrogatepass"))
+        nbytes = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
         if ns not in self.namespaces:
             self.drop(stats, "wiki_namespace", nbytes)
             return None
@@ -208,8 +209,10 @@ class WikiReader(SourceReader):
             self.skip(stats, "record_too_large", nbytes, title)
             return None
         try:
-            code = parse_wikitext(text)
-            if is_disambiguation(code, self.options["disambiguation_templates"]):
+            templates = self.options["disambiguation_templates"]
+            # the whole page is parsed only when a disambiguation template may be on it (the sections are parsed
+            # one by one below): most pages are decided by a look at the text
+            if may_be_disambiguation(text, templates) and is_disambiguation(parse_wikitext(text), templates):
                 self.drop(stats, "wiki_disambiguation", nbytes)
                 return None
             failed: list[str] = []

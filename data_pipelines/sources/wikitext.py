@@ -14,16 +14,26 @@ such as ``''Iliad'''s`` and returns the rest of the page as plain text, so templ
 after it survive as raw wikitext. Pages are therefore parsed with ``skip_style_tags=True`` and the quote
 marks removed afterwards by MediaWiki's own per-line rule (:func:`strip_quotes`). Each section is parsed
 on its own, so a section the parser cannot handle costs that section, not the page.
+
+Speed (the reader's floor is one mwparserfromhell parse of every page, ``python -m data_pipelines.bench``): the
+page is parsed once, section by section; nothing else is parsed unless it can hold markup. A page is parsed
+whole (for its disambiguation templates) only when its text can name one (:func:`may_be_disambiguation`); a
+section or heading with no markup character (:func:`needs_parse`) is plain text, which is what the parser would
+return for it; and the nodes are removed or replaced in one walk over the tree each (:func:`_remove_nodes`,
+:func:`_drop_tags`, :func:`_drop_links`) where ``Wikicode.remove`` would search the whole tree for every node.
+The output is the same as removing them one by one (``tests/pipeline/test_readers_fast.py`` checks it against
+the previous implementation).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from typing import Iterable
 
 import mwparserfromhell
-from mwparserfromhell.nodes import Comment, Heading, Template
+from mwparserfromhell.nodes import Comment, Heading, Tag, Template, Text, Wikilink
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +57,11 @@ _BEHAVIOUR_SWITCH_RE = re.compile(r"__[A-Z]+__")
 _HEADING_RE = re.compile(r"^(={1,6})[ \t]*(.*?)[ \t]*\1[ \t]*$", re.MULTILINE)
 _QUOTE_RUN = re.compile(r"'{2,}")
 _CODE_SLOT = re.compile("\ue000(\\d+)\ue001")
+_MARKUP_CHAR = re.compile(r"[{\[<&]")  # templates, links, tags/comments, entities
+_LINE_MARKUP = re.compile(r"\n(?:[=*#:;]|----)")  # headings, list items, rules: markup only at a line start
+_LINE_MARKS = ("=", "*", "#", ":", ";", "----")
+_WS_RUN = re.compile(r"[ \t]+")
+_EMPTY_LINES = frozenset({"", "*", "#", ":", ";"})
 DEFAULT_DISAMBIGUATION_TEMPLATES = (
     "disambiguation", "disambig", "dab", "disamb", "hndis", "geodis", "numberdis", "letter disambiguation",
     "school disambiguation", "place name disambiguation", "species latin name disambiguation",
@@ -57,6 +72,38 @@ DEFAULT_DISAMBIGUATION_TEMPLATES = (
 def _link_prefix(title: str) -> str:
     head, sep, _ = title.strip().lstrip(":").partition(":")
     return head.strip().lower() if sep else ""
+
+
+def needs_parse(text: str) -> bool:
+    """False when mwparserfromhell (``skip_style_tags``) would return ``text`` as plain text nodes only: no
+    ``{``, ``[``, ``<`` or ``&`` anywhere, and no heading, list or rule mark at the start of a line. Bare URLs
+    become external links whose stripped text is the URL itself, so they need no parse either."""
+    return bool(_MARKUP_CHAR.search(text) or text.startswith(_LINE_MARKS) or _LINE_MARKUP.search(text))
+
+
+@functools.lru_cache(maxsize=16)
+def _disambiguation_names(templates: tuple[str, ...]) -> re.Pattern | None:
+    names = sorted({t.strip().lower() for t in templates})
+    if not all(n.isascii() for n in names):
+        return None  # lower-casing a non-ASCII name can depend on its neighbours: no pre-check
+    alts = "|".join(re.escape(n).replace("\\ ", "[ _]") for n in names) or "(?!)"
+    return re.compile(r"\{\{\s*(?:" + alts + r")\s*(?:\||\}\})")
+
+
+def may_be_disambiguation(text: str, templates: Iterable[str]) -> bool:
+    """False when no top-level template of ``text`` can make :func:`is_disambiguation` true, decided without
+    parsing: such a template's stripped, lower-cased name (``_`` read as a space) is one of ``templates`` right
+    after ``{{`` and before ``|`` or ``}}``, or ends in `` disambiguation``; either way it is in the lower-cased
+    text. True means "parse and check" (``__DISAMBIG__`` included)."""
+    if "__DISAMBIG__" in text:
+        return True
+    if "{{" not in text:
+        return False
+    pattern = _disambiguation_names(tuple(templates))
+    if pattern is None:
+        return True
+    low = text.lower()
+    return bool(pattern.search(low)) or "disambiguation" in low
 
 
 def is_disambiguation(code: mwparserfromhell.wikicode.Wikicode, templates: Iterable[str]) -> bool:
@@ -141,6 +188,8 @@ def split_sections(text: str) -> list[tuple[int, str, str]]:
 
 
 def _plain_title(title: str) -> str:
+    if not needs_parse(title):  # one line of plain text: what strip_code would return
+        return strip_quotes(title).strip()
     try:
         code = parse(title)
     except Exception:  # noqa: BLE001 - a heading the parser rejects stays as written
@@ -153,33 +202,100 @@ def _plain_title(title: str) -> str:
 def _section_text(
     body: str, media: set[str], cats: set[str], kept_tags: frozenset[str], code_blocks: list[str]
 ) -> str:
-    code = parse(body)
-    for node in code.filter(recursive=True, forcetype=(Template, Comment)):
-        _remove(code, node)
-    for tag in code.filter_tags(recursive=True):
-        name = str(tag.tag).strip().lower()
-        if name in kept_tags:  # math is invisible to strip_code, code is kept as written: its source text
-            content = str(tag.contents).strip("\n")
-            if name in CODE_TAGS:
-                code_blocks.append(content)
-                content = f"\ue000{len(code_blocks) - 1}\ue001"
-            try:
-                code.replace(tag, "\n" + content + "\n")
-            except ValueError:  # inside a node already replaced
-                pass
-        elif name in DROP_TAGS:
-            _remove(code, tag)
-    for link in code.filter_wikilinks(recursive=True):
-        title = str(link.title)
-        prefix = _link_prefix(title)
-        if prefix in media or prefix in cats:
-            _remove(code, link)
-        elif prefix and not title.strip().startswith(":") and _INTERLANG_RE.match(prefix):
-            _remove(code, link)  # [[de:Python]]: an interlanguage link, not text
-    for heading in code.filter(recursive=False, forcetype=Heading):  # a heading the line pattern missed
-        code.replace(heading, "\n" + heading.title.strip_code().strip() + "\n")
-    text = code.strip_code(normalize=True, collapse=True)
+    if not needs_parse(body):  # only text nodes: strip_code(normalize=True, collapse=True) of them
+        text = _collapse(body.strip("\n"))
+    else:
+        code = parse(body)
+        _remove_nodes(code, (Template, Comment))
+        _drop_tags(code, kept_tags, code_blocks)
+        _drop_links(code, media, cats)
+        for heading in code.filter(recursive=False, forcetype=Heading):  # a heading the line pattern missed
+            code.replace(heading, "\n" + heading.title.strip_code().strip() + "\n")
+        text = code.strip_code(normalize=True, collapse=True)
+    if "''" not in text:
+        return text
     return "\n".join(strip_quotes(line) for line in text.split("\n"))
+
+
+def _collapse(text: str) -> str:
+    while "\n\n\n" in text:  # as strip_code(collapse=True)
+        text = text.replace("\n\n\n", "\n\n")
+    return text
+
+
+# The three walks below visit the tree in the order of ``Wikicode.filter(recursive=True)`` (a node, then the nodes
+# of each of its children) and change it where ``filter`` + ``remove``/``replace`` node by node would: a node
+# removed or replaced takes its subtree with it (those nodes would no longer be found), and nodes inserted by a
+# replacement are not visited (they were not in the filtered list).
+
+
+def _remove_nodes(code: mwparserfromhell.wikicode.Wikicode, kinds: tuple[type, ...]) -> None:
+    """Every node of ``kinds`` removed, with what it contains."""
+    nodes = code.nodes
+    i = 0
+    while i < len(nodes):
+        node = nodes[i]
+        if type(node) is not Text:
+            if isinstance(node, kinds):
+                nodes.pop(i)
+                continue
+            for child in node.__children__():
+                _remove_nodes(child, kinds)
+        i += 1
+
+
+def _drop_tags(
+    code: mwparserfromhell.wikicode.Wikicode, kept_tags: frozenset[str], code_blocks: list[str]
+) -> None:
+    """Tags in ``kept_tags`` replaced by their source text (code parked in ``code_blocks``), ``DROP_TAGS`` removed."""
+    nodes = code.nodes
+    i = 0
+    while i < len(nodes):
+        node = nodes[i]
+        if type(node) is Text:
+            i += 1
+            continue
+        if isinstance(node, Tag):
+            name = str(node.tag).strip().lower()
+            if name in kept_tags:  # math is invisible to strip_code, code is kept as written: its source text
+                content = str(node.contents).strip("\n")
+                if name in CODE_TAGS:
+                    code_blocks.append(content)
+                    content = f"\ue000{len(code_blocks) - 1}\ue001"
+                before = len(nodes)
+                nodes.pop(i)
+                code.insert(i, "\n" + content + "\n")  # parsed, as Wikicode.replace does
+                i += len(nodes) - before + 1
+                continue
+            if name in DROP_TAGS:
+                nodes.pop(i)
+                continue
+        for child in node.__children__():
+            _drop_tags(child, kept_tags, code_blocks)
+        i += 1
+
+
+def _drop_links(code: mwparserfromhell.wikicode.Wikicode, media: set[str], cats: set[str]) -> None:
+    """File/Image/Media, Category and interlanguage links removed."""
+    nodes = code.nodes
+    i = 0
+    while i < len(nodes):
+        node = nodes[i]
+        if type(node) is Text:
+            i += 1
+            continue
+        if isinstance(node, Wikilink):
+            title = str(node.title)
+            prefix = _link_prefix(title)
+            if prefix in media or prefix in cats:
+                nodes.pop(i)
+                continue
+            if prefix and not title.strip().startswith(":") and _INTERLANG_RE.match(prefix):
+                nodes.pop(i)  # [[de:Python]]: an interlanguage link, not text
+                continue
+        for child in node.__children__():
+            _drop_links(child, media, cats)
+        i += 1
 
 
 def strip_quotes(line: str) -> str:
@@ -225,11 +341,10 @@ def strip_quotes(line: str) -> str:
 
 
 def _clean(text: str) -> str:
-    text = _BEHAVIOUR_SWITCH_RE.sub("", text)
+    text = _WS_RUN.sub(" ", _BEHAVIOUR_SWITCH_RE.sub("", text))
     out: list[str] = []
-    for line in text.split("\n"):
-        line = re.sub(r"[ \t]+", " ", line).strip()
-        if line in {"", "*", "#", ":", ";"}:  # empty, or a list marker whose item was all template
+    for line in map(str.strip, text.split("\n")):
+        if line in _EMPTY_LINES:  # empty, or a list marker whose item was all template
             if out and out[-1] != "":
                 out.append("")
             continue
