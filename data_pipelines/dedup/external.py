@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from data_pipelines.dedup.config import DedupConfig
-from data_pipelines.dedup.signatures import doc_key, open_signatures
+from data_pipelines.dedup.signatures import check_bands, check_exact, doc_key, open_signatures
 
 _SORT_OVERHEAD = 4  # bytes held while grouping one radix file, per byte of its records
 EXACT = -1  # the "band" of the exact-hash records
@@ -70,11 +70,13 @@ def external_edges(
             with open_signatures(path, cfg) as f:
                 if cfg.exact:
                     exact = f["exact"]
+                    check_exact(path, exact, num_docs)
                     sel = np.flatnonzero(exact[:, 0] % np.uint64(num_parts) == np.uint64(part))
                     rec = np.stack((exact[sel, 0], exact[sel, 1], doc_key(shard, sel)), axis=1)
                     _spill(spill_dir, EXACT, rec, exact_bits)
                 if cfg.minhash:
                     bands, rows = f["bands"], f["band_rows"]
+                    check_bands(path, bands, rows, num_docs)
                     keys = doc_key(shard, rows)
                     for b in range(part, bands.shape[0], num_parts):
                         _spill(spill_dir, b, np.stack((bands[b], keys), axis=1), band_bits)

@@ -26,6 +26,7 @@ import numpy as np
 
 from data_pipelines.dedup.config import DedupConfig
 from data_pipelines.dedup.signatures import open_signatures, split_keys
+from pretrain.core.errors import DataError
 
 _CHUNK = 1 << 18  # edges compared per vectorised block: 256k x 112 x 4 bytes x 2 = 230 MB at most
 
@@ -78,6 +79,10 @@ def verify_edges(
             at = np.minimum(at, max(len(band_rows) - 1, 0))
             found = band_rows[at] == node_row[lo:hi] if len(band_rows) else np.zeros(hi - lo, dtype=bool)
             sig = f["sig"]
+            width_of_file = int((f.meta.get("params") or {}).get("num_perm", -1))
+            if sig.shape != (len(band_rows), width_of_file):
+                raise DataError(f"dedup signature file {path}: signatures {sig.shape}, expected ({len(band_rows)}, "
+                                f"{width_of_file}); rerun the signature stage")
             if sigs is None or sig.shape[1] > sigs.shape[1]:
                 grown = np.zeros((len(nodes), sig.shape[1]), dtype=np.uint32)
                 if sigs is not None:
