@@ -10,8 +10,9 @@ byte-identical, which ``tests/pipeline/test_dedup_external.py`` checks on 200k s
 
 Memory: one signature file's band array (the shards of a big run are small), plus one radix file and its
 sort (about 4x its size), plus the distinct candidate pairs found so far (merged after every radix file),
-which grow with the duplicates, not with the corpus; the candidate verification and union-find that follow
-hold only documents that have a candidate.
+which grow with the duplicates, not with the corpus. The candidate verification that follows is bounded by
+the same budget (:mod:`data_pipelines.dedup.verify_external`); the union-find holds only documents that
+have an edge.
 """
 
 from __future__ import annotations

@@ -59,7 +59,9 @@ def verify_edges(
     """Split candidate ``edges`` ((n, 2) uint64 keys) into (accepted, rejected) by ``cfg.verify``.
 
     Reads each signature file once and keeps only the rows of documents that have a candidate, so memory
-    is ``candidate documents x num_perm x 4`` bytes (plus their shingle sets with ``verify=exact``).
+    is ``candidate documents x num_perm x 4`` bytes (plus their shingle sets with ``verify=exact``); with
+    ``dedup.memory_mb`` the cluster stage uses :func:`~data_pipelines.dedup.verify_external.verify_edges_bounded`
+    instead (the same decisions within the budget).
     """
     if cfg.verify == "none" or len(edges) == 0:
         return edges, np.zeros((0, 2), dtype=np.uint64)
