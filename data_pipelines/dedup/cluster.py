@@ -42,9 +42,10 @@ import numpy as np
 from data_pipelines.dedup.config import DedupConfig, as_dedup_config
 from data_pipelines.dedup.external import external_edges
 from data_pipelines.dedup.io import ArrayFile, load_npy, save_arrays, save_json, save_npy
-from data_pipelines.dedup.signatures import doc_key, open_signatures, split_keys
+from data_pipelines.dedup.signatures import check_bands, check_exact, doc_key, open_signatures, split_keys
 from data_pipelines.dedup.unionfind import connected_components
 from data_pipelines.dedup.verify import verify_edges, window_edges
+from data_pipelines.dedup.verify_external import verify_edges_bounded
 from data_pipelines.stats import StageStats
 from pretrain.core.errors import ConfigError, DataError
 
@@ -126,14 +127,12 @@ def bucket_stage(
             shards[shard] = int(f.meta["num_docs"])
             if dcfg.exact:
                 exact = f["exact"]
-                if exact.shape != (shards[shard], 2):
-                    raise DataError(f"dedup signature file {path}: exact hashes {exact.shape}, expected ({shards[shard]}, 2)")
+                check_exact(path, exact, shards[shard])
                 sel = np.flatnonzero(exact[:, 0] % np.uint64(num_parts) == np.uint64(part))
                 exact_cols.append((exact[sel, 0], exact[sel, 1], doc_key(shard, sel)))
             if dcfg.minhash:
                 bands, rows = f["bands"], f["band_rows"]
-                if bands.ndim != 2 or bands.shape[1] != len(rows) or (len(rows) and int(rows.max()) >= shards[shard]):
-                    raise DataError(f"dedup signature file {path}: band arrays do not match its {shards[shard]} documents")
+                check_bands(path, bands, rows, shards[shard])
                 keys = doc_key(shard, rows)
                 for b in range(part, bands.shape[0], num_parts):
                     band_cols.setdefault(b, []).append((bands[b].copy(), keys))
@@ -179,7 +178,11 @@ def _bucket_external(signature_paths: Sequence[str], out_dir: str, dcfg: DedupCo
 
 def _write_part(out_dir: str, signature_paths: Sequence[str], dcfg: DedupConfig, part: int, num_parts: int,
                 shards: dict[int, int], edges_exact: np.ndarray, edges_near: np.ndarray) -> str:
-    edges_near, rejected = verify_edges(edges_near, signature_paths, dcfg)
+    if dcfg.memory_mb:  # the full signatures of the candidates would not fit: gathered through spill files
+        spill = os.path.join(out_dir, f"spill-verify-{part:04d}-of-{num_parts:04d}")
+        edges_near, rejected = verify_edges_bounded(edges_near, signature_paths, dcfg, spill)
+    else:
+        edges_near, rejected = verify_edges(edges_near, signature_paths, dcfg)
     out = part_path(out_dir, part, num_parts)
     meta = {"part": part, "num_parts": num_parts, "shards": {str(s): n for s, n in sorted(shards.items())}}
     save_arrays(out, {"exact_edges": edges_exact, "near_edges": edges_near, "rejected_edges": rejected}, meta)

@@ -10,8 +10,9 @@ byte-identical, which ``tests/pipeline/test_dedup_external.py`` checks on 200k s
 
 Memory: one signature file's band array (the shards of a big run are small), plus one radix file and its
 sort (about 4x its size), plus the distinct candidate pairs found so far (merged after every radix file),
-which grow with the duplicates, not with the corpus; the candidate verification and union-find that follow
-hold only documents that have a candidate.
+which grow with the duplicates, not with the corpus. The candidate verification that follows is bounded by
+the same budget (:mod:`data_pipelines.dedup.verify_external`); the union-find holds only documents that
+have an edge.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from data_pipelines.dedup.config import DedupConfig
-from data_pipelines.dedup.signatures import doc_key, open_signatures
+from data_pipelines.dedup.signatures import check_bands, check_exact, doc_key, open_signatures
 
 _SORT_OVERHEAD = 4  # bytes held while grouping one radix file, per byte of its records
 EXACT = -1  # the "band" of the exact-hash records
@@ -70,11 +71,13 @@ def external_edges(
             with open_signatures(path, cfg) as f:
                 if cfg.exact:
                     exact = f["exact"]
+                    check_exact(path, exact, num_docs)
                     sel = np.flatnonzero(exact[:, 0] % np.uint64(num_parts) == np.uint64(part))
                     rec = np.stack((exact[sel, 0], exact[sel, 1], doc_key(shard, sel)), axis=1)
                     _spill(spill_dir, EXACT, rec, exact_bits)
                 if cfg.minhash:
                     bands, rows = f["bands"], f["band_rows"]
+                    check_bands(path, bands, rows, num_docs)
                     keys = doc_key(shard, rows)
                     for b in range(part, bands.shape[0], num_parts):
                         _spill(spill_dir, b, np.stack((bands[b], keys), axis=1), band_bits)

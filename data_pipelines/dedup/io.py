@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import struct
 import zipfile
 from typing import Any, Mapping
 
@@ -67,6 +68,16 @@ class ArrayFile:
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
             raise DataError(f"{self.what} {self.path}: cannot read array {name!r} ({exc})") from None
 
+    def reader(self, name: str) -> "StoredArray":
+        """Slices of array ``name`` along its first axis, read from disk on demand (never the whole array)."""
+        try:
+            info = self._npz.zip.getinfo(f"{name}.npy")
+        except KeyError:
+            raise DataError(f"{self.what} {self.path}: cannot read array {name!r} (no such entry)") from None
+        if info.compress_type != zipfile.ZIP_STORED:  # save_arrays never compresses; a foreign file is read whole
+            return StoredArray(self.path, self.what, name, array=self[name])
+        return StoredArray(self.path, self.what, name, info=info)
+
     def close(self) -> None:
         self._npz.close()
 
@@ -75,6 +86,67 @@ class ArrayFile:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class StoredArray:
+    """Row ranges of one uncompressed ``.npz`` entry, read with a seek and one ``readinto`` each.
+
+    ``np.load`` of an ``.npz`` entry reads all of it; the bounded dedup steps need a few rows of arrays
+    (full signatures, shingle sets) far larger than their memory budget. An entry written by
+    :func:`save_arrays` is stored, so its bytes lie contiguous in the file after the zip local header and
+    the ``.npy`` header.
+    """
+
+    def __init__(self, path: str, what: str, name: str, info: zipfile.ZipInfo | None = None,
+                 array: np.ndarray | None = None):
+        self.path, self.what, self.name = path, what, name
+        self._array = array
+        if array is not None:
+            self.shape, self.dtype = array.shape, array.dtype
+            return
+        assert info is not None
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(info.header_offset)
+                local = fh.read(30)
+                if len(local) != 30 or local[:4] != b"PK\x03\x04":
+                    raise ValueError("bad zip local header")
+                name_len, extra_len = struct.unpack("<HH", local[26:30])
+                fh.seek(info.header_offset + 30 + name_len + extra_len)
+                version = np.lib.format.read_magic(fh)
+                fmt = np.lib.format
+                read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+                shape, fortran, dtype = read_header(fh)
+                self._offset = fh.tell()
+        except (OSError, ValueError, struct.error) as exc:
+            raise DataError(f"{what} {path}: cannot read array {name!r} ({exc})") from None
+        if fortran or dtype.hasobject or not shape:
+            raise DataError(f"{what} {path}: array {name!r} is not a C-ordered numeric array; "
+                            "rerun the stage that writes it")
+        self.shape, self.dtype = tuple(shape), dtype
+        self._row_items = int(np.prod(self.shape[1:], dtype=np.int64))
+        if self._offset + self.shape[0] * self._row_items * dtype.itemsize > os.path.getsize(path):
+            raise DataError(f"{what} {path}: array {name!r} is truncated; rerun the stage that writes it")
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` (clipped to the array) as a new array."""
+        start, stop = max(0, int(start)), min(int(stop), self.shape[0])
+        stop = max(stop, start)
+        if self._array is not None:
+            return np.array(self._array[start:stop])
+        out = np.empty((stop - start,) + self.shape[1:], dtype=self.dtype)
+        if out.size == 0:
+            return out
+        with open(self.path, "rb") as fh:
+            fh.seek(self._offset + start * self._row_items * self.dtype.itemsize)
+            got = fh.readinto(memoryview(out).cast("B"))
+        if got != out.nbytes:
+            raise DataError(f"{self.what} {self.path}: array {self.name!r} is truncated; "
+                            "rerun the stage that writes it")
+        return out
 
 
 def load_npy(path: str, what: str) -> np.ndarray:

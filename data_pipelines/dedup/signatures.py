@@ -142,6 +142,19 @@ def signature_stage(
     return stats
 
 
+def check_exact(path: str, exact: np.ndarray, num_docs: int) -> None:
+    """The ``exact`` array of a signature file holds one (high, low) hash per document."""
+    if exact.shape != (num_docs, 2):
+        raise DataError(f"dedup signature file {path}: exact hashes {exact.shape}, expected ({num_docs}, 2)")
+
+
+def check_bands(path: str, bands: np.ndarray, rows: np.ndarray, num_docs: int) -> None:
+    """``bands`` (bands, len(rows)) and ``band_rows`` (sorted rows below ``num_docs``) of a signature file agree."""
+    if (bands.ndim != 2 or rows.ndim != 1 or bands.shape[1] != len(rows)
+            or (len(rows) and (int(rows.max()) >= num_docs or np.any(np.diff(rows.astype(np.int64)) <= 0)))):
+        raise DataError(f"dedup signature file {path}: band arrays do not match its {num_docs} documents")
+
+
 def open_signatures(path: str, cfg: DedupConfig) -> ArrayFile:
     """Open a signature file and check it was built with ``cfg`` (a stale file names itself)."""
     f = ArrayFile(path, "dedup signature file")

@@ -26,6 +26,7 @@ import numpy as np
 
 from data_pipelines.dedup.config import DedupConfig
 from data_pipelines.dedup.signatures import open_signatures, split_keys
+from pretrain.core.errors import DataError
 
 _CHUNK = 1 << 18  # edges compared per vectorised block: 256k x 112 x 4 bytes x 2 = 230 MB at most
 
@@ -58,7 +59,9 @@ def verify_edges(
     """Split candidate ``edges`` ((n, 2) uint64 keys) into (accepted, rejected) by ``cfg.verify``.
 
     Reads each signature file once and keeps only the rows of documents that have a candidate, so memory
-    is ``candidate documents x num_perm x 4`` bytes (plus their shingle sets with ``verify=exact``).
+    is ``candidate documents x num_perm x 4`` bytes (plus their shingle sets with ``verify=exact``); with
+    ``dedup.memory_mb`` the cluster stage uses :func:`~data_pipelines.dedup.verify_external.verify_edges_bounded`
+    instead (the same decisions within the budget).
     """
     if cfg.verify == "none" or len(edges) == 0:
         return edges, np.zeros((0, 2), dtype=np.uint64)
@@ -78,6 +81,10 @@ def verify_edges(
             at = np.minimum(at, max(len(band_rows) - 1, 0))
             found = band_rows[at] == node_row[lo:hi] if len(band_rows) else np.zeros(hi - lo, dtype=bool)
             sig = f["sig"]
+            width_of_file = int((f.meta.get("params") or {}).get("num_perm", -1))
+            if sig.shape != (len(band_rows), width_of_file):
+                raise DataError(f"dedup signature file {path}: signatures {sig.shape}, expected ({len(band_rows)}, "
+                                f"{width_of_file}); rerun the signature stage")
             if sigs is None or sig.shape[1] > sigs.shape[1]:
                 grown = np.zeros((len(nodes), sig.shape[1]), dtype=np.uint32)
                 if sigs is not None:

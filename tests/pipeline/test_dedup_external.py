@@ -1,29 +1,51 @@
 """Bounded-memory clustering (dedup.memory_mb): byte-identical output to the in-memory path on 200k synthetic
-signatures with planted exact and near duplicates, spilling to many radix files."""
+signatures with planted exact and near duplicates, spilling to many radix files, and candidate verification
+(verify=signature|exact) with the same decisions as in memory within the budget (tracemalloc peaks)."""
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import tracemalloc
+from dataclasses import asdict
 
 import numpy as np
+import pytest
 
-from data_pipelines.dedup import DedupConfig, cluster_stage
+from data_pipelines.dedup import DedupConfig, KindOverride, cluster_stage
 from data_pipelines.dedup.external import radix_bits
+from data_pipelines.dedup.io import ArrayFile, save_arrays
+from data_pipelines.dedup.signatures import FORMAT
 from data_pipelines.dedup.simulate import write_signatures
+from data_pipelines.dedup.verify import verify_edges
+from data_pipelines.dedup.verify_external import verify_edges_bounded
+
+
+def traced_peak(fn, *args):
+    """``(result, peak bytes allocated during the call)``; numpy reports its buffers to tracemalloc."""
+    tracemalloc.start()
+    try:
+        return fn(*args), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
 def test_bounded_clustering_matches_in_memory(tmp_path):
-    base = dict(num_perm=32, bands=8, rows=4)
+    base = dict(num_perm=32, bands=8, rows=4)  # verify=signature, the default
     paths = write_signatures(str(tmp_path / "sig"), 200_000, 8, DedupConfig(**base), dup_fraction=0.1, seed=3)
-    outputs = {}
+    outputs, peaks = {}, {}
     for name, extra in {"memory": {}, "bounded": {"memory_mb": 1}}.items():
         cfg = DedupConfig(**base, **extra)
-        stats = cluster_stage(paths, str(tmp_path / name), cfg)
+        stats, peaks[name] = traced_peak(cluster_stage, paths, str(tmp_path / name), cfg)
         files = sorted(os.listdir(tmp_path / name))
         outputs[name] = {f: (tmp_path / name / f).read_bytes() for f in files if not f.startswith("buckets-")}
-        assert not [f for f in files if f.startswith("spill")]  # spill files are cleaned up
+        assert not [f for f in files if f.startswith("spill")]  # spill files (buckets and verification) are cleaned up
     assert outputs["bounded"] == outputs["memory"]
     assert stats.dropped["exact_duplicate"] > 5000 and stats.dropped["near_duplicate"] > 5000, stats.dropped
+    assert stats.extra["rejected_edges"] > 10, stats.extra  # verification decided something
+    # in memory: every band record (25 MB) and every candidate's signature; bounded: about one shard's arrays
+    assert peaks["bounded"] < 8 << 20 and peaks["bounded"] * 4 < peaks["memory"], peaks
     # 1 MiB for 200k records of a band (3.2 MB, 4x that to sort) really spills: 2**4 radix files per band
     assert radix_bits(200_000, 16, 1 << 20) == 4
     assert np.load(tmp_path / "bounded" / "clusters.npy").shape[0] > 10000
@@ -47,3 +69,110 @@ def test_new_dedup_keys_are_checked_and_stale_files_named(tmp_path):
     signature_stage(0, ["some words of a document here and there"] * 3, path, DedupConfig())
     with pytest.raises(DataError, match="holds no shingle sets.*verify=exact"):
         cluster_stage([path], str(tmp_path / "out"), DedupConfig(verify="exact"))
+
+
+def _verify_files(tmp_path, cfg: DedupConfig, pairs: int, shards: int = 8, docs: int = 3000,
+                  seed: int = 0) -> tuple[list[str], np.ndarray]:
+    """Signature files with shingle sets, and candidate pairs across them with Jaccards around the threshold.
+
+    Documents of one *group* draw their signature entries and shingles from the group's small pools, so
+    pairs inside a group range from J 0.4 to 1 (both estimated and exact); shard 3 is of kind ``code``
+    (more permutations: its pairs with web documents differ in width and are rejected); every 50th
+    document has no shingles (not in ``band_rows``), and some pairs name shard 99, which has no file.
+    """
+    rng = np.random.default_rng(seed)
+    paths = []
+    for shard in range(shards):
+        kind = "code" if shard == 3 else None
+        params = cfg.params_for(kind)
+        rows = np.flatnonzero(np.arange(docs) % 50 != 7).astype(np.uint32)
+        group = rows.astype(np.int64) % 97
+        pick = rng.random((len(rows), params.num_perm)) < rng.uniform(0.7, 1.0, (len(rows), 1))
+        noise = rng.integers(0, 1 << 31, (len(rows), params.num_perm))
+        sig = np.where(pick, group[:, None] * 1000 + np.arange(params.num_perm), noise)
+        pool = 10 + group * 37 % 200  # shingles of a group: g * 1000 + 0..pool-1, each document keeps 70-100% of them
+        keep = rng.random((len(rows), 210)) < rng.uniform(0.7, 1.0, (len(rows), 1))
+        sets = [(g * 1000 + np.flatnonzero(k[:n])).astype(np.uint32) for g, n, k in zip(group, pool, keep)]
+        meta = {"format": FORMAT, "shard": shard, "num_docs": docs, "kind": kind, "exact": True, "minhash": True,
+                "params": asdict(params), "fingerprint": params.fingerprint, "shingles": True}
+        arrays = {"exact": rng.integers(0, 1 << 63, (docs, 2)).astype(np.uint64), "band_rows": rows,
+                  "bands": np.zeros((params.bands, len(rows)), np.uint64), "sig": sig.astype(np.uint32),
+                  "shingles": np.concatenate(sets),
+                  "shingle_offsets": np.concatenate(([0], np.cumsum([len(x) for x in sets]))).astype(np.int64)}
+        paths.append(str(tmp_path / f"sig-{shard}.npz"))
+        save_arrays(paths[-1], arrays, meta)
+    n = pairs
+    a_shard, b_shard = rng.integers(0, shards, n), rng.integers(0, shards, n)
+    a_row = rng.integers(0, docs, n)
+    b_row = a_row % 97 + 97 * rng.integers(0, docs // 97, n)  # mostly the same group
+    b_row[: n // 10] = rng.integers(0, docs, n // 10)
+    b_shard[:50] = 99
+    a = (a_shard.astype(np.uint64) << np.uint64(32)) | a_row.astype(np.uint64)  # global keys, as doc_key makes
+    b = (b_shard.astype(np.uint64) << np.uint64(32)) | b_row.astype(np.uint64)
+    edges = np.stack((np.minimum(a, b), np.maximum(a, b)), axis=1)
+    edges = np.unique(edges[edges[:, 0] != edges[:, 1]], axis=0)  # sorted, distinct: what the bucket step gives
+    return paths, edges
+
+
+@pytest.mark.parametrize("verify", ["signature", "exact"])
+def test_bounded_verification_decides_like_memory_within_budget(tmp_path, caplog, verify):
+    params = dict(num_perm=32, bands=8, rows=4, kinds={"code": KindOverride(num_perm=64, bands=16)})
+    cfg = DedupConfig(verify=verify, **params)
+    paths, edges = _verify_files(tmp_path, cfg, pairs=8_000 if verify == "signature" else 4_000)  # exact: a loop
+    (accepted, rejected), peak_memory = traced_peak(verify_edges, edges, paths, cfg)
+    bounded = DedupConfig(verify=verify, memory_mb=1, **params)
+    spill = str(tmp_path / "sp")
+    caplog.set_level(logging.INFO, logger="data_pipelines.dedup.verify_external")
+    (b_accepted, b_rejected), peak_bounded = traced_peak(verify_edges_bounded, edges, paths, bounded, spill)
+    assert np.array_equal(b_accepted, accepted) and np.array_equal(b_rejected, rejected)
+    assert b_accepted.dtype == accepted.dtype == np.uint64
+    assert 0.2 * len(edges) < len(accepted) < 0.8 * len(edges), (len(accepted), len(edges))
+    assert not os.path.exists(tmp_path / "sp")
+    partitions = int(re.search(r"in (\d+) partitions", caplog.text).group(1))
+    assert partitions >= 8, caplog.text  # both sides of the pairs really went through many spill partitions
+    # the documented bound (verify_external's docstring): half the budget of buffers plus 48 bytes per
+    # candidate pair; the in-memory path, holding every candidate's signature (and shingles), breaks it
+    bound = (1 << 20) // 2 + 48 * len(edges)
+    assert peak_bounded < bound < peak_memory, (peak_bounded, bound, peak_memory)
+
+
+def test_bounded_path_checks_array_shapes_and_names_the_file(tmp_path):
+    from pretrain.core.errors import DataError
+
+    cfg = DedupConfig(num_perm=32, bands=8, rows=4)
+    paths = write_signatures(str(tmp_path / "sig"), 2000, 2, cfg, dup_fraction=0.2, seed=1)
+    with ArrayFile(paths[1], "x") as f:
+        meta, good = f.meta, {k: f[k] for k in ("exact", "band_rows", "bands", "sig")}
+    cases = [("exact", good["exact"][:-1], "exact hashes"), ("bands", good["bands"][:, :-1], "band arrays"),
+             ("band_rows", good["band_rows"][::-1].copy(), "band arrays"), ("sig", good["sig"][:, :-1], "signatures")]
+    for i, (name, bad, message) in enumerate(cases):
+        save_arrays(paths[1], {**good, name: bad}, meta)
+        for extra in ({"memory_mb": 1}, {}):
+            with pytest.raises(DataError, match=rf"{re.escape(paths[1])}: {message}"):
+                cluster_stage(paths, str(tmp_path / f"out-{i}"), DedupConfig(num_perm=32, bands=8, rows=4, **extra))
+
+
+def test_bounded_exact_verification_end_to_end_same_bytes(tmp_path):
+    """verify=exact through the real signature stage (shingle sets in the files), in memory and bounded."""
+    from data_pipelines.dedup import signature_stage
+    from data_pipelines.dedup.synthetic import stdlib_docstrings
+
+    docs = stdlib_docstrings(min_words=60, limit=60)
+    texts = list(docs)
+    for i in range(0, 60, 3):  # near copies: one word changed (J ~ 0.95) or every 25th word (J ~ 0.67)
+        words = docs[i].split()
+        for j in range(0, len(words), 25 if i % 2 else len(words)):
+            words[j] = f"edit{j}"
+        texts.append(" ".join(words))
+    outputs = {}
+    for name, extra in {"memory": {}, "bounded": {"memory_mb": 1}}.items():
+        cfg = DedupConfig(verify="exact", **extra)
+        paths = []
+        for shard in range(3):
+            paths.append(str(tmp_path / f"sig-{name}-{shard}.npz"))
+            signature_stage(shard, texts[shard::3], paths[-1], cfg, kind="web")
+        stats = cluster_stage(paths, str(tmp_path / name), cfg)
+        outputs[name] = {f: (tmp_path / name / f).read_bytes() for f in sorted(os.listdir(tmp_path / name))
+                         if not f.startswith("buckets-")}
+    assert outputs["bounded"] == outputs["memory"]
+    assert stats.dropped["near_duplicate"] >= 5 and stats.extra["rejected_edges"] >= 1, stats
