@@ -14,6 +14,7 @@ from data_pipelines.executor.local import Progress
 from data_pipelines.executor.markers import fingerprint
 from data_pipelines.stages.base import GlobalStage
 from data_pipelines.stages.layout import Layout
+from data_pipelines.stages.signatures import cluster_keys
 
 if TYPE_CHECKING:
     from data_pipelines.executor.local import LocalExecutor
@@ -44,7 +45,7 @@ class Cluster(GlobalStage):
 
     def fingerprint(self, pipe: "Pipeline", part: None = None) -> str:
         return fingerprint({"sig": [pipe.fp("signatures", p) for p in pipe.parts],
-                            "keys": [p.global_index for p in pipe.parts]})
+                            "keys": [p.global_index for p in pipe.parts], "dedup": cluster_keys(pipe.dedup)})
 
     def measure(self, payload: dict[str, Any]) -> tuple[int, int]:
         return int(payload["stats"]["docs_in"]), 0

@@ -20,6 +20,23 @@ if TYPE_CHECKING:
     from data_pipelines.run import Pipeline
 
 
+# dedup keys that only the clustering reads (its fingerprint holds them): changing one re-clusters without
+# re-hashing the corpus. ``verify`` is one of them except that ``exact`` makes the signature files hold shingles.
+CLUSTER_ONLY_KEYS = ("bucket_parts", "threshold", "verify_window", "memory_mb")
+
+
+def signature_keys(dedup: dict[str, Any]) -> dict[str, Any]:
+    """The part of the ``dedup`` config a signature file depends on."""
+    out = {k: v for k, v in dedup.items() if k not in CLUSTER_ONLY_KEYS and k != "verify"}
+    out["shingles_kept"] = dedup.get("verify") == "exact"
+    return out
+
+
+def cluster_keys(dedup: dict[str, Any]) -> dict[str, Any]:
+    """The part of the ``dedup`` config the clustering reads beyond the signature files."""
+    return {k: dedup.get(k) for k in (*CLUSTER_ONLY_KEYS, "verify")}
+
+
 class Signatures(PartStage):
     name = "signatures"
     upstream = ("read",)
@@ -34,7 +51,8 @@ class Signatures(PartStage):
 
     def fingerprint(self, pipe: "Pipeline", part: Part) -> str:
         # the global index is the part's dedup key space: a shifted index needs new signatures
-        return fingerprint({"read": pipe.fp("read", part), "dedup": pipe.dedup, "key": part.global_index})
+        return fingerprint({"read": pipe.fp("read", part), "dedup": signature_keys(pipe.dedup),
+                            "key": part.global_index})
 
     def measure(self, payload: dict[str, Any]) -> tuple[int, int]:
         return int(payload["stats"]["docs_in"]), int(payload["stats"]["bytes_in"])

@@ -554,3 +554,23 @@ def test_bench_prints_stage_throughput_and_the_datasketch_ratio(capsys):
     for stage in ("read", "signatures", "cluster", "documents", "tokenizer", "tokenize"):
         assert re.search(rf"^\| {stage} +\| 1 +\| [\d,]+ ", out, re.M), (stage, out)
     assert "datasketch (MinHash + MinHashLSH)" in out and re.search(r"speed-up over datasketch: [\d.]+x", out)
+
+
+def test_a_clustering_key_reclusters_without_rehashing(corpus, tmp_path):
+    """dedup.threshold, verify_window, bucket_parts and memory_mb are read by the clustering only: changing one
+    redoes the clustering, not the signatures (verify=exact does: its signature files hold the shingles)."""
+    out = tmp_path / "out"
+    stages = "executor.stages=[read,signatures,cluster]"
+    run_pipeline(_compose(_overrides(corpus, out, stages)))
+    markers = out / "work" / "markers"
+
+    def mtimes(stage: str) -> dict:
+        return {p: p.stat().st_mtime_ns for p in (markers / stage).rglob("*.json")}
+
+    sigs, cluster = mtimes("signatures"), (out / "work" / "dedup" / "dedup.json").stat().st_mtime_ns
+    assert sigs
+    run_pipeline(_compose(_overrides(corpus, out, stages, "dedup.threshold=0.9", "dedup.memory_mb=16")))
+    assert mtimes("signatures") == sigs
+    assert (out / "work" / "dedup" / "dedup.json").stat().st_mtime_ns != cluster
+    run_pipeline(_compose(_overrides(corpus, out, stages, "dedup.verify=exact")))
+    assert all(mtimes("signatures")[p] != t for p, t in sigs.items())
