@@ -55,6 +55,11 @@ DEFAULT_DROP_SECTIONS = (
 _INTERLANG_RE = re.compile(r"^:?[a-z]{2,3}(-[a-z0-9]{1,8})*$")
 _BEHAVIOUR_SWITCH_RE = re.compile(r"__[A-Z]+__")
 _HEADING_RE = re.compile(r"^(={1,6})[ \t]*(.*?)[ \t]*\1[ \t]*$", re.MULTILINE)
+_VERBATIM_RE = re.compile(
+    r"<!--.*?(?:-->|\Z)"
+    r"|<(pre|nowiki|syntaxhighlight|source|math|chem|ce|score|timeline|graph|mapframe)\b[^>]*(?<!/)>.*?</\1\s*>",
+    re.DOTALL | re.IGNORECASE,
+)
 _QUOTE_RUN = re.compile(r"'{2,}")
 _CODE_SLOT = re.compile("\ue000(\\d+)\ue001")
 _MARKUP_CHAR = re.compile(r"[{\[<&]")  # templates, links, tags/comments, entities
@@ -146,7 +151,7 @@ def wikitext_to_text(
     ``failed_sections``: gets the title of every section the parser rejected (left out of the text), so that the
     caller can count what was lost.
     """
-    text = str(code)
+    text = _cut_unclosed_comment(str(code))
     media = {p.lower() for p in media_prefixes}
     cats = {p.lower() for p in category_prefixes}
     drop = {t.strip().lower() for t in drop_sections}
@@ -176,11 +181,36 @@ def wikitext_to_text(
     return text
 
 
+def _cut_unclosed_comment(text: str) -> str:
+    """The text before a ``<!--`` that is never closed: MediaWiki hides the rest of the page behind it, where
+    mwparserfromhell would give it back as text."""
+    pos = text.find("<!--")
+    while pos >= 0:
+        end = text.find("-->", pos + 4)
+        if end < 0:
+            return text[:pos]
+        pos = text.find("<!--", end + 3)
+    return text
+
+
+def _verbatim_spans(text: str) -> list[tuple[int, int]]:
+    """Spans where a ``== line ==`` is not a heading for MediaWiki: comments and the extension tags whose content
+    is not parsed (``<pre>``, ``<nowiki>``, ``<syntaxhighlight>``, ``<math>``...; without its closing tag an
+    opening tag is plain text). An unclosed comment is cut off before (:func:`_cut_unclosed_comment`)."""
+    if "<" not in text:
+        return []
+    return [m.span() for m in _VERBATIM_RE.finditer(text)]
+
+
 def split_sections(text: str) -> list[tuple[int, str, str]]:
-    """``(level, heading title, body wikitext)`` per section; the lead section has level 0 and no title."""
+    """``(level, heading title, body wikitext)`` per section; the lead section has level 0 and no title. A heading
+    line inside a comment or a verbatim block (a section commented out, a code sample) does not split."""
     out: list[tuple[int, str, str]] = []
     pos, level, title = 0, 0, ""
+    verbatim = _verbatim_spans(text)
     for m in _HEADING_RE.finditer(text):
+        if verbatim and any(a < m.start() < b for a, b in verbatim):
+            continue
         out.append((level, title, text[pos : m.start()]))
         level, title, pos = len(m.group(1)), m.group(2), m.end()
     out.append((level, title, text[pos:]))

@@ -78,3 +78,19 @@ def test_a_section_the_parser_rejects_costs_only_that_section(monkeypatch, tmp_p
 ])
 def test_strip_quotes_like_mediawiki(line, plain):
     assert strip_quotes(line) == plain
+
+
+def test_a_heading_line_inside_a_comment_or_code_block_does_not_split_the_page():
+    """Editors comment sections out (``<!-- == Old == ... -->``) and code samples hold ``== x ==`` lines: neither
+    is a heading for MediaWiki, so neither splits a section (a split left ``-->`` and the hidden text behind)."""
+    page = ("Lead text here.\n<!--\n== Trivia ==\nHidden trivia text.\n-->\n== History ==\nIt began in 1900.\n"
+            "<syntaxhighlight lang=\"text\">\n== not a heading ==\n</syntaxhighlight>\nMore history.\n"
+            "== References ==\n* A cited book.\n")
+    text = wikitext_to_text(page, drop_sections=["references"], keep_code=True)
+    assert "Hidden trivia" not in text and "Trivia" not in text and "-->" not in text
+    assert "History" in text and "It began in 1900." in text and "More history." in text
+    assert "== not a heading ==" in text  # kept as the code it is
+    assert "A cited book" not in text
+    unclosed = wikitext_to_text(page.replace("== References ==\n* A cited book.\n", "")
+                                + "<!-- an unclosed comment\n== Tail ==\nhidden too")
+    assert "More history." in unclosed and "Tail" not in unclosed and "hidden too" not in unclosed
