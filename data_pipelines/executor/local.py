@@ -75,10 +75,16 @@ def _init_worker(q: Any, level: int, parent: int | None, arm_signal: bool,
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if warm is not None:
-        try:
-            warm()
-        except Exception:  # noqa: BLE001 - only a head start: the first task that needs it fails with the error
-            logging.getLogger(__name__).debug("worker warm-up failed; the tasks do the set-up", exc_info=True)
+        _warm_up(warm)
+
+
+def _warm_up(warm: Callable[[], None]) -> None:
+    """Run the set-up ahead of the tasks, in a spawned worker or in the driver before a fork: only a head start,
+    so a failure (a source only some nodes can open) is left to the first task that needs it."""
+    try:
+        warm()
+    except Exception:  # noqa: BLE001 - the first task that needs the set-up fails with the error itself
+        logging.getLogger(__name__).debug("warm-up failed; the tasks do the set-up", exc_info=True)
 
 
 def _started() -> None:
@@ -161,7 +167,7 @@ class LocalExecutor:
             return
         method = resolve_start_method(self.start_method)
         if method == "fork" and warm is not None:
-            warm()
+            _warm_up(warm)
             warm = None
         pool = self._ensure_pool(method, warm)
         for _ in range(self.workers):  # fork: every worker starts at the first submit; spawn: one per submit

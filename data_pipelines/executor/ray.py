@@ -65,14 +65,18 @@ class _AttemptCounts:
 
     def __init__(self) -> None:
         self._latest: dict[int, list] = {}  # task -> [attempt, docs, units]
+        self._retired: set[str] = set()  # attempts a later one replaced: their late reports are ignored
 
     def add(self, task: int, attempt: str, docs: int, units: int) -> tuple[int, int]:
         """The change to the stage's totals (documents, units) this report makes."""
+        if attempt in self._retired:
+            return 0, 0
         entry = self._latest.get(task)
         back_docs = back_units = 0
         if entry is None or entry[0] != attempt:
             if entry is not None:
                 back_docs, back_units = entry[1], entry[2]
+                self._retired.add(entry[0])
             entry = self._latest[task] = [attempt, 0, 0]
         entry[1] += docs
         entry[2] += units

@@ -138,6 +138,19 @@ def test_forked_workers_inherit_the_warm_up_done_before_the_fork(monkeypatch):
     assert all(pid != os.getpid() and warmed == [os.getpid()] for pid, warmed in results)
 
 
+def failing_warm_up() -> None:
+    raise OSError("a source only some nodes can open")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork on Linux only")
+def test_a_failed_warm_up_is_only_a_lost_head_start_under_fork_too():
+    """The set-up ahead of the tasks may fail (a source only some nodes open): under fork as under spawn the pool
+    starts and the tasks run; the first one that needs the set-up would meet the error itself."""
+    with LocalExecutor(workers=2, start_method="fork", progress=False) as ex:
+        ex.start(failing_warm_up)
+        assert [r["value"] for r in ex.map("warm", square_task, [1, 2, 3])] == [1, 4, 9]
+
+
 def test_spawned_workers_each_run_the_warm_up_before_their_tasks():
     with LocalExecutor(workers=2, start_method="spawn", progress=False) as ex:
         ex.start(warm_up)

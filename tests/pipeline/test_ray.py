@@ -174,6 +174,7 @@ def test_progress_counts_only_the_latest_attempt_of_a_task():
     counts = _AttemptCounts()
     deltas = [counts.add(0, "a", 5, 1), counts.add(1, "x", 3, 1), counts.add(0, "a", 2, 0),
               counts.add(0, "b", 4, 1),  # task 0 again, on a new worker: its 7 documents and 1 unit taken back
-              counts.add(0, "b", 3, 0), counts.add(1, "x", 0, 0)]
-    assert deltas == [(5, 1), (3, 1), (2, 0), (4 - 7, 1 - 1), (3, 0), (0, 0)]
+              counts.add(0, "b", 3, 0), counts.add(1, "x", 0, 0),
+              counts.add(0, "a", 9, 1)]  # a late report of the killed attempt: ignored
+    assert deltas == [(5, 1), (3, 1), (2, 0), (4 - 7, 1 - 1), (3, 0), (0, 0), (0, 0)]
     assert sum(d for d, _ in deltas) == 7 + 3 and sum(u for _, u in deltas) == 2

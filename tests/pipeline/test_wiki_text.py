@@ -94,3 +94,5 @@ def test_a_heading_line_inside_a_comment_or_code_block_does_not_split_the_page()
     unclosed = wikitext_to_text(page.replace("== References ==\n* A cited book.\n", "")
                                 + "<!-- an unclosed comment\n== Tail ==\nhidden too")
     assert "More history." in unclosed and "Tail" not in unclosed and "hidden too" not in unclosed
+    sample = wikitext_to_text("Lead.\n<nowiki><!--</nowiki> starts a comment.\n== Usage ==\nKept text.")
+    assert "starts a comment." in sample and "Kept text." in sample  # inside nowiki: text, not a comment
