@@ -18,13 +18,24 @@ not have the shape this relies on.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import logging
 import math
+import os
+import shutil
 from operator import itemgetter
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+log = logging.getLogger(__name__)
+
 _ITEMSIZE = {2: np.uint16, 4: np.uint32, 8: np.uint64}
+CACHE_FORMAT = 1
+_CACHED_ARRAYS = {"_next": np.int32, "_rowbase": np.int32, "_next_base": np.int32, "_out": np.int64,
+                  "_ptc": np.float32}
 
 
 def _array(values: Any) -> np.ndarray:
@@ -55,6 +66,11 @@ class FastLanguageIdentifier:
         # float16 -> float32 is exact, and numpy casts the table to float32 for the product anyway: casting
         # once here instead of per call gives the same bits
         self._ptc = np.asarray(ident.nb_ptc, dtype=np.float32)
+        self._scratch()
+
+    def _scratch(self) -> None:
+        """What the tables and ``self.ident`` imply: scratch arrays, label columns, the reset byte."""
+        ident = self.ident
         self._first = np.zeros(len(self._ptc), dtype=np.int64)  # scratch: first position of each feature
         # rank's labels: the first column of each (aliased labels share a name)
         cols = {}
@@ -69,6 +85,53 @@ class FastLanguageIdentifier:
         self._reset = next((b for b in (0xFF, 0x00) if not self._next[self._rowbase + b].any()), None)
         if self._reset is not None and self._out[0] >= 0:
             self._reset = None
+
+    # -- the tables cached on disk (see fast_identifier)
+    def save(self, folder: Path) -> None:
+        """Write the tables (``.npy``, no pickles) and the model's small fields (JSON) into ``folder``, made
+        whole or not at all (written beside it, then renamed)."""
+        tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            for name in _CACHED_ARRAYS:
+                np.save(tmp / f"{name}.npy", getattr(self, name), allow_pickle=False)
+            np.save(tmp / "nb_pc.npy", np.asarray(self.ident.nb_pc), allow_pickle=False)
+            meta = {"format": CACHE_FORMAT, "depth": self.depth, "labels": list(self.labels),
+                    "nb_classes": list(self.ident.nb_classes), "norm_probs": bool(self.ident._norm_probs),
+                    "alias_pairs": [list(map(int, pair)) for pair in self.ident._alias_pairs]}
+            (tmp / "meta.json").write_text(json.dumps(meta))
+            os.rename(tmp, folder)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not (folder / "meta.json").exists():  # another process's copy won the rename: fine
+                raise
+
+    @classmethod
+    def load(cls, folder: Path) -> "FastLanguageIdentifier":
+        """The identifier of :meth:`save`'s folder, its tables memory-mapped (read-only, shared by every process
+        that maps them). ValueError/OSError if the folder is not a whole, consistent copy."""
+        meta = json.loads((folder / "meta.json").read_text())
+        if meta.get("format") != CACHE_FORMAT:
+            raise ValueError(f"{folder}: cache format {meta.get('format')!r}, expected {CACHE_FORMAT}")
+        self = cls.__new__(cls)
+        for name, dtype in _CACHED_ARRAYS.items():
+            arr = np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+            if arr.dtype != dtype or arr.ndim != (2 if name == "_ptc" else 1):
+                raise ValueError(f"{folder / name}.npy: {arr.dtype} x{arr.ndim}, expected {np.dtype(dtype)}")
+            setattr(self, name, arr)
+        nb_pc = np.load(folder / "nb_pc.npy", allow_pickle=False)
+        n_states, n_feats = len(self._rowbase), len(self._ptc)
+        if (len(self._next) % 256 or len(self._next_base) != len(self._next) or len(self._out) != n_states
+                or self._ptc.shape[1] != len(meta["nb_classes"]) or nb_pc.shape != (len(meta["nb_classes"]),)
+                or int(self._out.max()) >= n_feats or int(self._next.max()) >= n_states):
+            raise ValueError(f"{folder}: the cached tables do not fit together")
+        self.ident = _CachedModel(meta["labels"], meta["nb_classes"], nb_pc, meta["norm_probs"],
+                                  [tuple(p) for p in meta["alias_pairs"]])
+        self.labels = self.ident.labels
+        self.depth = int(meta["depth"])
+        self._scratch()
+        return self
 
     def _features(self, data: bytes) -> np.ndarray:
         """Feature index of every DFA state visited (in order), -1 entries removed."""
@@ -219,13 +282,64 @@ def _trie_depth(nm: np.ndarray, rows: np.ndarray) -> int:
     return max(depth, 1)
 
 
+class _CachedModel:
+    """The small fields of a py3langid ``LanguageIdentifier`` that :class:`FastLanguageIdentifier` reads, for an
+    identifier loaded from the cache (the 68 MB model is then not decompressed)."""
+
+    def __init__(self, labels: list[str], nb_classes: list[str], nb_pc: np.ndarray, norm_probs: bool,
+                 alias_pairs: list[tuple[int, int]]):
+        from py3langid.langid import LanguageIdentifier
+
+        self.labels, self.nb_classes, self.nb_pc = tuple(labels), nb_classes, nb_pc
+        self._norm_probs, self._alias_pairs = norm_probs, alias_pairs
+        self._encode = LanguageIdentifier._encode
+
+
+def cache_folder() -> Path | None:
+    """Where the identifier's tables are cached: ``$DATA_PIPELINES_CACHE_DIR`` (``none`` turns the cache off),
+    else ``$XDG_CACHE_HOME/data_pipelines`` or ``~/.cache/data_pipelines``; a subfolder per model file."""
+    from py3langid.langid import MODEL_DIR, MODEL_FILE
+
+    env = os.environ.get("DATA_PIPELINES_CACHE_DIR")
+    if env is not None and env.strip().lower() in ("", "none", "off", "false", "0"):
+        return None
+    root = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "data_pipelines"
+    import py3langid
+
+    model = (Path(MODEL_DIR) / MODEL_FILE).resolve()
+    st = model.stat()
+    key = json.dumps([CACHE_FORMAT, getattr(py3langid, "__version__", "?"), str(model), st.st_size, st.st_mtime_ns,
+                      np.__version__.split(".")[0]])
+    return root / f"langid-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
 @functools.lru_cache(maxsize=1)
 def fast_identifier() -> Any:
-    """The bundled model with the vectorised walk, or py3langid's own identifier if its layout differs."""
+    """The bundled model with the vectorised walk, or py3langid's own identifier if its layout differs.
+
+    Decompressing py3langid's model and building the tables costs about 1.3 s per process; the tables are
+    therefore cached (:func:`cache_folder`, ~140 MB, rebuilt when py3langid's model file changes) and later
+    processes memory-map them: a few milliseconds, and the pages are shared by every worker. A cache that cannot
+    be read or written is rebuilt or skipped, never an error."""
     from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
+    folder = None
+    try:
+        folder = cache_folder()
+        if folder is not None and (folder / "meta.json").exists():
+            return FastLanguageIdentifier.load(folder)
+    except (OSError, EOFError, ValueError, KeyError, TypeError) as e:  # a broken copy: rebuilt below
+        log.info("language-ID cache %s unusable (%s): rebuilding it", folder, e)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
     ident = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
     try:
-        return FastLanguageIdentifier(ident)
+        fast = FastLanguageIdentifier(ident)
     except (AttributeError, KeyError, TypeError, ValueError):  # another py3langid layout: exact but slower
         return ident
+    if folder is not None:
+        try:
+            fast.save(folder)
+        except OSError as e:  # a read-only home, a full disk: the next process builds the tables again
+            log.info("language-ID tables not cached in %s: %s", folder, e)
+    return fast

@@ -1,11 +1,22 @@
 """The language model's set-up per process: the trie depth found by expanding each distinct row once equals a
-plain breadth-first search over every state, on the bundled py3langid model."""
+plain breadth-first search over every state, on the bundled py3langid model; the tables cached on disk give the
+same identifier, and a broken or unwritable cache is rebuilt or skipped."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
+from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
-from data_pipelines.filters.langid_fast import _array, _trie_depth, fast_identifier
+from data_pipelines.filters import langid_fast
+from data_pipelines.filters.langid_fast import FastLanguageIdentifier, _array, _trie_depth, fast_identifier
+
+from .multilingual import check_set
+
+
+@pytest.fixture(scope="module")
+def py3langid_model() -> LanguageIdentifier:
+    return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
 
 
 def _plain_bfs_depth(nm: np.ndarray, rows: np.ndarray) -> int:
@@ -26,10 +37,9 @@ def _plain_bfs_depth(nm: np.ndarray, rows: np.ndarray) -> int:
     return level
 
 
-def test_trie_depth_equals_a_plain_breadth_first_search_on_the_bundled_model():
-    ident = fast_identifier()
-    nm, rows = _array(ident.ident.tk_nextmove), _array(ident.ident.tk_row)
-    assert ident.depth == _trie_depth(nm, rows) == _plain_bfs_depth(nm, rows) >= 4
+def test_trie_depth_equals_a_plain_breadth_first_search_on_the_bundled_model(py3langid_model):
+    nm, rows = _array(py3langid_model.tk_nextmove), _array(py3langid_model.tk_row)
+    assert fast_identifier().depth == _trie_depth(nm, rows) == _plain_bfs_depth(nm, rows) >= 4
 
 
 def test_trie_depth_of_a_small_automaton():
@@ -40,3 +50,32 @@ def test_trie_depth_of_a_small_automaton():
     rows_table[2, ord("c")] = 3
     rows = np.array([0, 1, 2, 0], dtype=np.uint16)  # state 3 has state 0's row (shared rows)
     assert _trie_depth(rows_table.ravel(), rows) == 3
+
+
+def test_the_cached_tables_give_the_same_identifier_and_a_broken_cache_is_rebuilt(tmp_path, monkeypatch,
+                                                                                   py3langid_model):
+    monkeypatch.setenv("DATA_PIPELINES_CACHE_DIR", str(tmp_path / "cache"))
+    fast_identifier.cache_clear()
+    try:
+        built = fast_identifier()  # no copy yet: built from py3langid's model, then saved
+        folder = langid_fast.cache_folder()
+        assert folder.parent == tmp_path / "cache" and (folder / "meta.json").exists()
+        fast_identifier.cache_clear()
+        loaded = fast_identifier()
+        assert isinstance(loaded, FastLanguageIdentifier) and loaded is not built
+        assert isinstance(loaded._ptc, np.memmap) and not loaded._ptc.flags.writeable  # mapped, shared, read-only
+        texts = [t for _, t in check_set()] + ["", "a", "THE CAT", "日本語の文章です。"]
+        assert [loaded.rank(t) for t in texts] == [py3langid_model.rank(t) for t in texts]
+        assert loaded.detect_many(texts, ["en"]) == built.detect_many(texts, ["en"])
+        assert loaded.depth == built.depth and loaded.labels == tuple(built.labels)
+
+        (folder / "_ptc.npy").write_bytes(b"\x93NUMPY broken")  # a truncated copy: rebuilt, not an error
+        fast_identifier.cache_clear()
+        again = fast_identifier()
+        assert again.rank(texts[0]) == py3langid_model.rank(texts[0])
+        assert FastLanguageIdentifier.load(folder).depth == built.depth  # written whole again
+
+        monkeypatch.setenv("DATA_PIPELINES_CACHE_DIR", "none")
+        assert langid_fast.cache_folder() is None
+    finally:
+        fast_identifier.cache_clear()
