@@ -57,6 +57,17 @@ def replicate_samples(dest: Path, copies: int) -> dict[str, Path]:
     return out
 
 
+def _bench_overrides(root: Path, inputs: dict[str, Path], workers: int) -> list[str]:
+    """The pipeline config of a bench run: the replicated samples as one source per kind, output under ``root``."""
+    paths = {k: (f"{v}/*" if k == "code" else str(v)) for k, v in inputs.items()}
+    return [
+        f"output_dir={root / 'out'}", "sources=none",
+        *(f"+sources.{k}={{kind: {k}, paths: ['{p}']}}" for k, p in paths.items()),
+        f"executor.workers={workers}", "executor.part_size_mb=0.25", "executor.progress=false",
+        "tokenizer.vocab_size=8192",
+    ]
+
+
 def pipeline_bench(root: Path, copies: int, workers: int) -> list:
     """Timings of every stage on the replicated samples.
 
@@ -70,13 +81,7 @@ def pipeline_bench(root: Path, copies: int, workers: int) -> list:
 
     inputs = replicate_samples(root / "inputs", copies)
     conf = Path(__file__).resolve().parents[1] / "conf"
-    paths = {k: (f"{v}/*" if k == "code" else str(v)) for k, v in inputs.items()}
-    overrides = [
-        f"output_dir={root / 'out'}", "sources=none",
-        *(f"+sources.{k}={{kind: {k}, paths: ['{p}']}}" for k, p in paths.items()),
-        f"executor.workers={workers}", "executor.part_size_mb=0.25", "executor.progress=false",
-        "tokenizer.vocab_size=8192",
-    ]
+    overrides = _bench_overrides(root, inputs, workers)
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         all_stages = compose("pipeline", overrides=[*overrides, "dedup=none"])
         dedup_only = compose("pipeline", overrides=[*overrides, "executor.stages=[signatures,cluster]"])
@@ -185,13 +190,7 @@ def scaling_run(copies: int, workers: int) -> tuple[int, float, float]:
     with tempfile.TemporaryDirectory(prefix="pipeline-scaling-") as tmp:
         root = Path(tmp)
         inputs = replicate_samples(root / "inputs", copies)
-        paths = {k: (f"{v}/*" if k == "code" else str(v)) for k, v in inputs.items()}
-        overrides = [
-            f"output_dir={root / 'out'}", "sources=none",
-            *(f"+sources.{k}={{kind: {k}, paths: ['{p}']}}" for k, p in paths.items()),
-            f"executor.workers={workers}", "executor.part_size_mb=0.25", "executor.progress=false",
-            "tokenizer.vocab_size=8192",
-        ]
+        overrides = _bench_overrides(root, inputs, workers)
         with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
             cfg = compose("pipeline", overrides=overrides)
         t0, c0 = time.perf_counter(), _cpu_s()
