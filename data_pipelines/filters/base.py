@@ -56,11 +56,13 @@ class DocumentFilter(Block):
             return
         docs = iter(docs)
         while batch := list(itertools.islice(docs, self.batch_size)):
-            live = [doc for doc in batch if doc.text and not doc.text.isspace()]
-            reasons = iter(self.apply_batch(live, stats))
-            for doc in batch:  # the same counts, in the same order, as one at a time
+            alive = []
+            for doc in batch:  # seen and judged empty before apply_batch, which may rewrite texts (as apply may)
                 stats.seen(doc.text)
-                if not doc.text or doc.text.isspace():
+                alive.append(bool(doc.text) and not doc.text.isspace())
+            reasons = iter(self.apply_batch([doc for doc, ok in zip(batch, alive) if ok], stats))
+            for doc, ok in zip(batch, alive):  # the same counts as one at a time
+                if not ok:
                     stats.drop(f"{self.name}_empty")
                     continue
                 reason = next(reasons)

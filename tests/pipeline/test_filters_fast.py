@@ -258,3 +258,27 @@ def test_utf8_len_is_the_encoded_length(sample_docs):
     texts = [t for _, t in check_set()] + [d.text for docs in sample_docs.values() for d in docs]
     texts += ["", "abc", "é", "日本", "\ud800", "a\x00b", "\U0001f600", "\udfff\ud800"]
     assert [utf8_len(t) for t in texts] == [len(t.encode("utf-8", "surrogatepass")) for t in texts]
+
+
+def test_a_batched_block_that_rewrites_texts_counts_as_one_at_a_time():
+    """Bytes in are counted before the block runs and emptiness is judged then, whatever apply_batch does to
+    the texts (here: upper-cases them and drops the ones it empties)."""
+    from data_pipelines.filters.base import DocumentFilter
+
+    class Shout(DocumentFilter):
+        name = "shout"
+
+        def apply(self, doc, stats):
+            doc.text = doc.text.upper() if "drop" not in doc.text else ""
+            return "shout_emptied" if not doc.text else None
+
+    texts = ["a b", "", "drop me", "  ", "é c", "drop", "x"]
+    results = []
+    for size in (1, 3):
+        block = Shout()
+        block.batch_size = size
+        stats = StageStats()
+        kept = [d.text for d in block([Document(str(i), t, "x", {}) for i, t in enumerate(texts)], stats)]
+        results.append((kept, stats.to_dict()))
+    assert results[0] == results[1] and results[0][0] == ["A B", "É C", "X"]
+    assert results[0][1]["bytes_in"] == sum(len(t.encode()) for t in texts)
