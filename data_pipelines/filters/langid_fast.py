@@ -124,7 +124,8 @@ class FastLanguageIdentifier:
         n_states, n_feats = len(self._rowbase), len(self._ptc)
         if (len(self._next) % 256 or len(self._next_base) != len(self._next) or len(self._out) != n_states
                 or self._ptc.shape[1] != len(meta["nb_classes"]) or nb_pc.shape != (len(meta["nb_classes"]),)
-                or int(self._out.max()) >= n_feats or int(self._next.max()) >= n_states):
+                or int(self._out.max()) >= n_feats or int(self._next.max()) >= n_states
+                or int(self._rowbase.max()) + 255 >= len(self._next)):
             raise ValueError(f"{folder}: the cached tables do not fit together")
         self.ident = _CachedModel(meta["labels"], meta["nb_classes"], nb_pc, meta["norm_probs"],
                                   [tuple(p) for p in meta["alias_pairs"]])
@@ -328,7 +329,7 @@ def fast_identifier() -> Any:
         folder = cache_folder()
         if folder is not None and (folder / "meta.json").exists():
             return FastLanguageIdentifier.load(folder)
-    except (OSError, EOFError, ValueError, KeyError, TypeError) as e:  # a broken copy: rebuilt below
+    except (OSError, EOFError, ValueError, KeyError, TypeError, IndexError) as e:  # a broken copy: rebuilt below
         log.info("language-ID cache %s unusable (%s): rebuilding it", folder, e)
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
