@@ -86,8 +86,39 @@ class Cluster:
         raise RuntimeError(f"the local SLURM node did not become idle in {timeout}s (sinfo: {last!r}); "
                            f"logs in {self.root}")
 
+    def leftover_pids(self) -> list[int]:
+        """Processes of this cluster still alive: those whose environment holds its ``SLURM_CONF`` (job steps
+        and what they started; found by PID in /proc, never by name, so no other cluster's)."""
+        mark = f"SLURM_CONF={self.conf}".encode()
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == os.getpid():
+                continue
+            try:
+                env = Path("/proc", entry, "environ").read_bytes()
+            except OSError:  # gone, or not ours to read
+                continue
+            if mark in env.split(b"\0"):
+                found.append(int(entry))
+        return found
+
     def stop(self) -> None:
-        """Stop the daemons by the PIDs in their pid files (never by name), slurmd first."""
+        """Cancel the jobs still queued or running, stop the daemons by the PIDs in their pid files (never by
+        name), slurmd first, then end what is left of the jobs' steps (a ``slurmstepd`` outlives its slurmd)."""
+        jobs = self.run("squeue", "-h", "-o", "%i", check=False).stdout.split()
+        if jobs:
+            self.run("scancel", "--full", *jobs, check=False)
+            deadline = time.time() + 15
+            while time.time() < deadline and self.run("squeue", "-h", "-o", "%i", check=False).stdout.strip():
+                time.sleep(0.3)
+        self._stop_daemons()
+        for pid in self.leftover_pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def _stop_daemons(self) -> None:
         for name in ("slurmd", "slurmctld", "munged"):
             pidfile = self.pids.get(name)
             if not pidfile or not pidfile.exists():

@@ -139,11 +139,13 @@ def cluster(tmp_path_factory):
         yield c
     finally:
         c.stop()
+        left = c.leftover_pids()
         shutil.rmtree(root, ignore_errors=True)
         if old is None:
             os.environ.pop("SLURM_CONF", None)
         else:
             os.environ["SLURM_CONF"] = old
+    assert not left, f"processes of the test cluster outlived it: {left}"
 
 
 def _wait_gone(cluster, job: str, timeout: float) -> None:
