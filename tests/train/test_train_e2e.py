@@ -130,3 +130,18 @@ def test_tensor_parallel_matches_one_process(e2e_run):
     assert json.loads((tp2 / "deepspeed.json").read_text())["gradient_accumulation_steps"] == 2
     state = json.loads((tp2 / "checkpoints" / f"step_{GPT_STEPS:06d}" / "trainer_state.json").read_text())
     assert state["tensor_parallel_size"] == 2
+
+
+def test_a_rank_ends_without_the_interpreter_teardown_and_keeps_its_output(tmp_path):
+    """``exit_without_teardown``: the exit code given, and what was logged or printed last is flushed first (the
+    multi-process launches of this file end through it)."""
+    import subprocess
+    import sys
+
+    script = ("import logging, sys\nfrom pretrain.train import exit_without_teardown\n"
+              f"logging.basicConfig(filename={str(tmp_path / 'log.txt')!r}, level=logging.INFO)\n"
+              "logging.getLogger('pretrain').info('last line')\nprint('out', end='')\nsys.stderr.write('err')\n"
+              "exit_without_teardown(3)\n")
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert (p.returncode, p.stdout, p.stderr[-3:]) == (3, "out", "err")
+    assert "last line" in (tmp_path / "log.txt").read_text()
