@@ -85,13 +85,6 @@ def main(argv: list[str] | None = None) -> dict:
     shape = (plan.micro_batch_size, args.seq_length)
     batches = [torch.randint(0, args.vocab_size, shape, generator=g) for _ in range(8)]
 
-    def ours_step(i: int) -> float:
-        x = batches[i % len(batches)].to(device)
-        loss = engine.forward({"input_ids": x, "labels": x})
-        engine.backward(loss)
-        engine.step()
-        return loss.item()
-
     def bare_step(i: int) -> float:
         x = batches[i % len(batches)].to(device)
         with autocast:
@@ -113,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
             torch.cuda.synchronize(device)
         return time.perf_counter() - t0
 
-    sides = {"deepspeed": ours_step, "bare_pytorch": bare_step}
+    sides = {"deepspeed": engine_step(engine, batches, device), "bare_pytorch": bare_step}
     if compiled_model is not None:
         sides["deepspeed_compiled"] = engine_step(compiled_engine(trainer, compiled_model), batches, device)
     if not a.no_hf:
