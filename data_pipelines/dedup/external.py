@@ -8,9 +8,10 @@ radix file, sorted, fits in the budget). Every bucket (equal hash in one band) l
 file, so grouping the files one by one yields exactly the edges of the in-memory path -- the output is
 byte-identical, which ``tests/pipeline/test_dedup_external.py`` checks on 200k signatures.
 
-Memory: one signature file's band array (the shards of a big run are small), plus one radix file and its
-sort (about 4x its size), plus the distinct candidate pairs found so far (merged after every radix file),
-which grow with the duplicates, not with the corpus. The candidate verification that follows is bounded by
+Memory: while spilling, one signature file's band array (the shards of a big run are small) and a quarter of
+the budget of records waiting to be appended; while grouping, one radix file and its sort (about 4x its size),
+plus the candidate pairs found so far (merged whenever the new ones are as many as the distinct ones), which
+grow with the duplicates, not with the corpus. The candidate verification that follows is bounded by
 the same budget (:mod:`data_pipelines.dedup.verify_external`); the union-find holds only documents that
 have an edge.
 """
@@ -28,6 +29,8 @@ from data_pipelines.dedup.signatures import check_bands, check_exact, doc_key, o
 
 _SORT_OVERHEAD = 4  # bytes held while grouping one radix file, per byte of its records
 EXACT = -1  # the "band" of the exact-hash records
+_SPILL_BUFFER_SHARE = 4  # records held before an append: this fraction of the budget
+_MIN_MERGE_ROWS = 1 << 16  # near pairs found before the first merge
 
 
 def radix_bits(records: int, record_bytes: int, budget_bytes: int) -> int:
@@ -65,6 +68,7 @@ def external_edges(
     shutil.rmtree(spill_dir, ignore_errors=True)  # a killed earlier run's files would be appended to
     os.makedirs(spill_dir)
     shards: dict[int, int] = {}
+    spill = _SpillBuffer(spill_dir, budget // _SPILL_BUFFER_SHARE)
     try:
         for path, shard, num_docs in metas:
             shards[shard] = num_docs
@@ -74,47 +78,82 @@ def external_edges(
                     check_exact(path, exact, num_docs)
                     sel = np.flatnonzero(exact[:, 0] % np.uint64(num_parts) == np.uint64(part))
                     rec = np.stack((exact[sel, 0], exact[sel, 1], doc_key(shard, sel)), axis=1)
-                    _spill(spill_dir, EXACT, rec, exact_bits)
+                    spill.add(EXACT, rec, exact_bits)
                 if cfg.minhash:
                     bands, rows = f["bands"], f["band_rows"]
                     check_bands(path, bands, rows, num_docs)
                     keys = doc_key(shard, rows)
                     for b in range(part, bands.shape[0], num_parts):
-                        _spill(spill_dir, b, np.stack((bands[b], keys), axis=1), band_bits)
+                        spill.add(b, np.stack((bands[b], keys), axis=1), band_bits)
                     del bands
-        exact_out = np.zeros((0, 2), dtype=np.uint64)
-        near: list[np.ndarray] = []
+        spill.flush()
+        exact_out = [np.zeros((0, 2), dtype=np.uint64)]  # one block per radix file, joined once at the end
+        merged = np.zeros((0, 2), dtype=np.uint64)  # distinct near pairs so far
+        pending: list[np.ndarray] = []  # pairs found since the last merge
+        pending_rows = 0
         for name in sorted(os.listdir(spill_dir)):
             band = int(name.rsplit("-", 1)[0])
             rec = np.fromfile(os.path.join(spill_dir, name), dtype=np.uint64)
             os.remove(os.path.join(spill_dir, name))
             if band == EXACT:
                 rec = rec.reshape(-1, 3)
-                exact_out = np.concatenate((exact_out, exact_edges(rec[:, 2], rec[:, 0], rec[:, 1])))
+                exact_out.append(exact_edges(rec[:, 2], rec[:, 0], rec[:, 1]))
             else:
                 rec = rec.reshape(-1, 2)
                 found = near_edges(rec[:, 1], rec[:, 0])
                 del rec
-                # merged as they come: a pair that collides in all 14 bands is held once, not 14 times
-                near = [unique_edges(np.concatenate(near + [found]))]
+                pending.append(found)
+                pending_rows += len(found)
+                # merged once the new pairs are as many as the distinct ones (a pair that collides in all 14
+                # bands is then held about once, not 14 times): each pair is re-sorted O(log) times, where a
+                # merge after every radix file re-sorted all pairs so far once per file
+                if pending_rows >= max(len(merged), _MIN_MERGE_ROWS):
+                    merged = unique_edges(np.concatenate([merged, *pending]))
+                    pending, pending_rows = [], 0
     finally:
         shutil.rmtree(spill_dir, ignore_errors=True)
-    return shards, exact_out, near
+    return shards, np.concatenate(exact_out), [merged, *pending]
 
 
-def _spill(spill_dir: str, band: int, records: np.ndarray, bits: int) -> None:
-    """Append ``records`` (first column: the hash) to the radix files of ``band``."""
-    if len(records) == 0:
-        return
-    if bits == 0:
-        groups = [(0, records)]
-    else:
-        radix = records[:, 0] >> np.uint64(64 - bits)
-        order = np.argsort(radix, kind="stable")
-        radix, records = radix[order], records[order]
-        cuts = np.flatnonzero(np.diff(radix)) + 1
-        starts = np.concatenate(([0], cuts))
-        groups = [(int(radix[s]), chunk) for s, chunk in zip(starts, np.split(records, cuts))]
-    for r, chunk in groups:
-        with open(os.path.join(spill_dir, f"{band:+04d}-{r:05d}.u64"), "ab") as fh:
-            np.ascontiguousarray(chunk, dtype=np.uint64).tofile(fh)
+class _SpillBuffer:
+    """Records for the radix files, held until ``limit_bytes`` of them are waiting, then appended file by file.
+
+    Appending each signature file's records at once opened every radix file of every band once per signature
+    file: shards x bands x 2**bits appends, which grows with the square of data / budget (both the shards and
+    the radix files grow with the data). Held back, a radix file gets one append per ``limit_bytes`` of
+    records. Each file receives its records in the order they came, so its bytes are unchanged."""
+
+    def __init__(self, spill_dir: str, limit_bytes: int):
+        self.spill_dir = spill_dir
+        self.limit = max(int(limit_bytes), 1)
+        self.held: dict[tuple[int, int], list[np.ndarray]] = {}
+        self.held_bytes = 0
+        self.appends = 0
+
+    def add(self, band: int, records: np.ndarray, bits: int) -> None:
+        """Queue ``records`` (first column: the hash) for the radix files of ``band``."""
+        if len(records) == 0:
+            return
+        if bits == 0:
+            groups = [(0, records)]
+        else:
+            radix = records[:, 0] >> np.uint64(64 - bits)
+            order = np.argsort(radix, kind="stable")
+            radix, records = radix[order], records[order]
+            cuts = np.flatnonzero(np.diff(radix)) + 1
+            starts = np.concatenate(([0], cuts))
+            groups = [(int(radix[s]), chunk) for s, chunk in zip(starts, np.split(records, cuts))]
+        for r, chunk in groups:
+            self.held.setdefault((band, r), []).append(np.ascontiguousarray(chunk, dtype=np.uint64))
+            self.held_bytes += chunk.size * 8
+        if self.held_bytes >= self.limit:
+            self.flush()
+
+    def flush(self) -> None:
+        for (band, r), chunks in self.held.items():
+            with open(os.path.join(self.spill_dir, f"{band:+04d}-{r:05d}.u64"), "ab") as fh:
+                for chunk in chunks:
+                    chunk.tofile(fh)
+            self.appends += 1
+        self.held.clear()
+        self.held_bytes = 0

@@ -31,17 +31,33 @@ def traced_peak(fn, *args):
         tracemalloc.stop()
 
 
-def test_bounded_clustering_matches_in_memory(tmp_path):
+def test_bounded_clustering_matches_in_memory(tmp_path, monkeypatch):
+    import data_pipelines.dedup.external as external
+
     base = dict(num_perm=32, bands=8, rows=4)  # verify=signature, the default
     paths = write_signatures(str(tmp_path / "sig"), 200_000, 8, DedupConfig(**base), dup_fraction=0.1, seed=3)
     outputs, peaks = {}, {}
-    for name, extra in {"memory": {}, "bounded": {"memory_mb": 1}}.items():
+    appends = {}
+    real_buffer = external._SpillBuffer
+
+    class CountingBuffer(real_buffer):
+        def flush(self):
+            super().flush()
+            appends[name] = self.appends
+
+    monkeypatch.setattr(external, "_SpillBuffer", CountingBuffer)
+    for name, extra in {"memory": {}, "bounded": {"memory_mb": 1}, "held": {"memory_mb": 1}}.items():
+        if name == "held":  # records held across signature files; near pairs merged as soon as as many are new
+            monkeypatch.setattr(external, "_SPILL_BUFFER_SHARE", 1 / 8)  # 8 MiB: two files' 3.8 MB of records
+            monkeypatch.setattr(external, "_MIN_MERGE_ROWS", 0)
         cfg = DedupConfig(**base, **extra)
         stats, peaks[name] = traced_peak(cluster_stage, paths, str(tmp_path / name), cfg)
         files = sorted(os.listdir(tmp_path / name))
         outputs[name] = {f: (tmp_path / name / f).read_bytes() for f in files if not f.startswith("buckets-")}
         assert not [f for f in files if f.startswith("spill")]  # spill files (buckets and verification) are cleaned up
-    assert outputs["bounded"] == outputs["memory"]
+    assert outputs["bounded"] == outputs["memory"] and outputs["held"] == outputs["memory"]
+    # each of the 8 files appended to its 32 exact and 8 x 16 band radix files; held, about half as often
+    assert appends["bounded"] == 8 * (32 + 8 * 16) and appends["held"] <= appends["bounded"] * 0.6, appends
     assert stats.dropped["exact_duplicate"] > 5000 and stats.dropped["near_duplicate"] > 5000, stats.dropped
     assert stats.extra["rejected_edges"] > 10, stats.extra  # verification decided something
     # in memory: every band record (25 MB) and every candidate's signature; bounded: about one shard's arrays
