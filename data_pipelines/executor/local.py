@@ -11,9 +11,13 @@ before its first stage (:meth:`LocalExecutor.start`), so a spawned worker's impo
 the workers are *forked* at that point and inherit what the driver has loaded while validating the config
 (imports, the language model, the filter blocks): no set-up at all. Fork is chosen only while it is safe:
 on Linux, from the main thread, with no other Python thread running and ``torch`` not imported (its OpenMP
-pool does not survive a fork). The driver at that point has only validated and planned: no tqdm monitor,
-no Arrow or tokenizers thread pools in use. Anything else gets ``spawn``: portable, and the only choice on
-macOS, where forked children of a process that used system frameworks can crash.
+pool does not survive a fork). Threads of native libraries are not counted (``/proc/self/task`` cannot tell
+whose they are): numpy's OpenBLAS pool exists from its import, Arrow's jemalloc thread from the warm-up's
+first table, and a driver that ran pipelines before (the benchmark) holds Arrow's and tokenizers' pools.
+Each of those libraries re-initialises its pool in a forked child (``pthread_atfork``; tokenizers turns its
+parallelism off there), which is what fork relies on here. Anything else gets ``spawn``: portable, and the
+only choice on macOS, where forked children of a process that used system frameworks can crash;
+``executor.start_method=spawn`` chooses it anywhere.
 """
 
 from __future__ import annotations

@@ -60,23 +60,23 @@ class _ProgressBox:
 
 class _AttemptCounts:
     """Progress per task from its latest attempt only. A task whose worker was killed is retried from its start,
-    so the dead attempt's counts are taken back when the next attempt first reports (the bar would otherwise
-    count those documents twice)."""
+    so the dead attempt's counts are taken back when a later attempt first reports (the bar would otherwise
+    count those documents twice). Attempts are ordered by their start (``(time_ns, token)``, see
+    :func:`_run_task`): reports of different processes reach the driver in no set order, so a late report of a
+    killed attempt may come after its retry's first ones, and it is then ignored."""
 
     def __init__(self) -> None:
         self._latest: dict[int, list] = {}  # task -> [attempt, docs, units]
-        self._retired: set[str] = set()  # attempts a later one replaced: their late reports are ignored
 
-    def add(self, task: int, attempt: str, docs: int, units: int) -> tuple[int, int]:
+    def add(self, task: int, attempt: tuple[int, str], docs: int, units: int) -> tuple[int, int]:
         """The change to the stage's totals (documents, units) this report makes."""
-        if attempt in self._retired:
-            return 0, 0
         entry = self._latest.get(task)
         back_docs = back_units = 0
         if entry is None or entry[0] != attempt:
             if entry is not None:
+                if tuple(attempt) < tuple(entry[0]):  # an earlier attempt than the one counted: superseded
+                    return 0, 0
                 back_docs, back_units = entry[1], entry[2]
-                self._retired.add(entry[0])
             entry = self._latest[task] = [attempt, 0, 0]
         entry[1] += docs
         entry[2] += units
@@ -96,7 +96,7 @@ def _run_task(fn: Callable[[Any, Progress], Any], task: Any, stage: str, box: An
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
         _WORKER_READY = True
     t0 = time.perf_counter()
-    attempt = uuid.uuid4().hex
+    attempt = (time.time_ns(), uuid.uuid4().hex)  # a retry starts after the attempt it replaces
     progress = Progress(stage, lambda s, d, u: box.add.remote(index, attempt, d, u))
     result = fn(task, progress)
     progress.sink = lambda s, d, u: _ray_get(box.add.remote(index, attempt, d, u))

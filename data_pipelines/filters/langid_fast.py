@@ -33,7 +33,8 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 _ITEMSIZE = {2: np.uint16, 4: np.uint32, 8: np.uint64}
-CACHE_FORMAT = 1
+WALK_BYTES = 4 << 20  # bytes of text per vectorised walk of detect_many: ~90 MB of arrays at most
+CACHE_FORMAT = 2  # 2: meta.json holds a checksum of every table
 _CACHED_ARRAYS = {"_next": np.int32, "_rowbase": np.int32, "_next_base": np.int32, "_out": np.int64,
                   "_ptc": np.float32}
 
@@ -89,9 +90,10 @@ class FastLanguageIdentifier:
     # -- the tables cached on disk (see fast_identifier)
     def save(self, folder: Path) -> None:
         """Write the tables (``.npy``, no pickles) and the model's small fields (JSON) into ``folder``, made
-        whole or not at all (written beside it, then renamed)."""
-        tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
+        whole or not at all (written beside it, then renamed). A folder left without ``meta.json`` (a removal
+        cut short) is replaced; the half-written copies of writers that died are removed first."""
+        _remove_dead_writers(folder)
+        tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
         tmp.mkdir(parents=True)
         try:
             for name in _CACHED_ARRAYS:
@@ -99,9 +101,16 @@ class FastLanguageIdentifier:
             np.save(tmp / "nb_pc.npy", np.asarray(self.ident.nb_pc), allow_pickle=False)
             meta = {"format": CACHE_FORMAT, "depth": self.depth, "labels": list(self.labels),
                     "nb_classes": list(self.ident.nb_classes), "norm_probs": bool(self.ident._norm_probs),
-                    "alias_pairs": [list(map(int, pair)) for pair in self.ident._alias_pairs]}
+                    "alias_pairs": [list(map(int, pair)) for pair in self.ident._alias_pairs],
+                    "checksums": {name: _checksum(getattr(self, name)) for name in _CACHED_ARRAYS}}
             (tmp / "meta.json").write_text(json.dumps(meta))
-            os.rename(tmp, folder)
+            try:
+                os.rename(tmp, folder)
+            except OSError:
+                if (folder / "meta.json").exists() or not folder.is_dir():
+                    raise
+                shutil.rmtree(folder)  # no meta.json: never a whole copy (one is renamed into place with it)
+                os.rename(tmp, folder)
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)
             if not (folder / "meta.json").exists():  # another process's copy won the rename: fine
@@ -112,8 +121,9 @@ class FastLanguageIdentifier:
         """The identifier of :meth:`save`'s folder, its tables memory-mapped (read-only, shared by every process
         that maps them). ValueError/OSError if the folder is not a whole, consistent copy."""
         meta = json.loads((folder / "meta.json").read_text())
-        if meta.get("format") != CACHE_FORMAT:
-            raise ValueError(f"{folder}: cache format {meta.get('format')!r}, expected {CACHE_FORMAT}")
+        if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT:
+            found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+            raise ValueError(f"{folder}: cache format {found!r}, expected {CACHE_FORMAT}")
         self = cls.__new__(cls)
         for name, dtype in _CACHED_ARRAYS.items():
             arr = np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
@@ -127,6 +137,10 @@ class FastLanguageIdentifier:
                 or int(self._out.max()) >= n_feats or int(self._next.max()) >= n_states
                 or int(self._rowbase.max()) + 255 >= len(self._next)):
             raise ValueError(f"{folder}: the cached tables do not fit together")
+        checksums = meta.get("checksums") or {}
+        for name in _CACHED_ARRAYS:  # a copy of the right shapes with other bytes: ~50 ms for all tables
+            if checksums.get(name) != _checksum(getattr(self, name)):
+                raise ValueError(f"{folder / name}.npy: its checksum is not the one meta.json recorded")
         self.ident = _CachedModel(meta["labels"], meta["nb_classes"], nb_pc, meta["norm_probs"],
                                   [tuple(p) for p in meta["alias_pairs"]])
         self.labels = self.ident.labels
@@ -222,12 +236,19 @@ class FastLanguageIdentifier:
         bytes, is most of the cost of a short document)."""
         if self._reset is None:
             return [self.detect(t, languages) for t in texts]
-        datas = [self.ident._encode(t) for t in texts]
-        f, starts = self._walk_many(datas)
         out = []
-        for start, data in zip(starts, datas):
-            scores = self._raw_scores(f[start : start + len(data)])
-            out.append(self._pick(self._normalise(scores, len(data)), languages))
+        datas = [self.ident._encode(t) for t in texts]
+        i = 0
+        while i < len(datas):  # walks of at most WALK_BYTES (each byte holds ~22 bytes of arrays in the walk)
+            j, size = i + 1, len(datas[i])
+            while j < len(datas) and size + len(datas[j]) <= WALK_BYTES:
+                size += len(datas[j]) + 1
+                j += 1
+            f, starts = self._walk_many(datas[i:j])
+            for start, data in zip(starts, datas[i:j]):
+                scores = self._raw_scores(f[start : start + len(data)])
+                out.append(self._pick(self._normalise(scores, len(data)), languages))
+            i = j
         return out
 
     def detect(self, text: str, languages: list[str]) -> tuple[str, float, str]:
@@ -296,6 +317,33 @@ class _CachedModel:
         self._encode = LanguageIdentifier._encode
 
 
+def _checksum(arr: np.ndarray) -> str:
+    """A cheap fingerprint of a table's values (not cryptographic: it catches a corrupted or mixed-up copy)."""
+    if arr.dtype.kind == "f":
+        total = float(np.sum(arr, dtype=np.float64))
+    else:  # int64 sums wrap the same way every time; the weighted sum also catches values moved around
+        flat = arr.reshape(-1)
+        total = int(np.sum(flat, dtype=np.int64)) ^ int(np.sum(flat[::7], dtype=np.int64)) * 31
+    return f"{arr.dtype.str}:{arr.shape}:{total!r}"
+
+
+def _remove_dead_writers(folder: Path) -> None:
+    """Remove the half-written copies (``.<name>.tmp-<pid>-<token>``) beside ``folder`` whose writer is no longer
+    running on this machine (a process killed while it saved the tables)."""
+    try:
+        siblings = list(folder.parent.glob(f".{folder.name}.tmp-*"))
+    except OSError:
+        return
+    for tmp in siblings:
+        try:
+            pid = int(tmp.name.rsplit(".tmp-", 1)[1].split("-")[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except (ValueError, IndexError, OSError):  # not ours, or a live writer we may not signal
+            continue
+
+
 def cache_folder() -> Path | None:
     """Where the identifier's tables are cached: ``$DATA_PIPELINES_CACHE_DIR`` (``none`` turns the cache off),
     else ``$XDG_CACHE_HOME/data_pipelines`` or ``~/.cache/data_pipelines``; a subfolder per model file."""
@@ -304,7 +352,10 @@ def cache_folder() -> Path | None:
     env = os.environ.get("DATA_PIPELINES_CACHE_DIR")
     if env is not None and env.strip().lower() in ("", "none", "off", "false", "0"):
         return None
-    root = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "data_pipelines"
+    try:
+        root = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "data_pipelines"
+    except RuntimeError:  # no HOME and no passwd entry (a container's arbitrary uid): no cache
+        return None
     import py3langid
 
     model = (Path(MODEL_DIR) / MODEL_FILE).resolve()
@@ -329,7 +380,7 @@ def fast_identifier() -> Any:
         folder = cache_folder()
         if folder is not None and (folder / "meta.json").exists():
             return FastLanguageIdentifier.load(folder)
-    except (OSError, EOFError, ValueError, KeyError, TypeError, IndexError) as e:  # a broken copy: rebuilt below
+    except (OSError, EOFError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:  # rebuilt below
         log.info("language-ID cache %s unusable (%s): rebuilding it", folder, e)
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)

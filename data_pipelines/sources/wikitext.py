@@ -58,7 +58,6 @@ _HEADING_RE = re.compile(r"^(={1,6})[ \t]*(.*?)[ \t]*\1[ \t]*$", re.MULTILINE)
 _VERBATIM_TAGS = (r"<(pre|nowiki|syntaxhighlight|source|math|chem|ce|score|timeline|graph|mapframe)\b[^>]*(?<!/)>"
                   r".*?</\1\s*>")
 _VERBATIM_RE = re.compile(r"<!--.*?(?:-->|\Z)|" + _VERBATIM_TAGS, re.DOTALL | re.IGNORECASE)
-_VERBATIM_TAG_RE = re.compile(_VERBATIM_TAGS, re.DOTALL | re.IGNORECASE)
 _QUOTE_RUN = re.compile(r"'{2,}")
 _CODE_SLOT = re.compile("\ue000(\\d+)\ue001")
 _MARKUP_CHAR = re.compile(r"[{\[<&]")  # templates, links, tags/comments, entities
@@ -183,20 +182,13 @@ def wikitext_to_text(
 def _cut_unclosed_comment(text: str) -> str:
     """The text before a ``<!--`` that is never closed: MediaWiki hides the rest of the page behind it, where
     mwparserfromhell would give it back as text. One inside a verbatim tag (``<nowiki><!--</nowiki>``, an HTML
-    sample in ``<syntaxhighlight>``) is text, not a comment."""
-    pos = text.find("<!--")
-    tags = None
-    while pos >= 0:
-        if tags is None:
-            tags = [m.span() for m in _VERBATIM_TAG_RE.finditer(text)]
-        inside = next((b for a, b in tags if a < pos < b), None)
-        if inside is not None:
-            pos = text.find("<!--", inside)
-            continue
-        end = text.find("-->", pos + 4)
-        if end < 0:
-            return text[:pos]
-        pos = text.find("<!--", end + 3)
+    sample in ``<syntaxhighlight>``) is text, not a comment, and a tag's name inside a closed comment opens no
+    tag: comments and tags are found in one scan from the left, as MediaWiki reads them."""
+    if "<!--" not in text:
+        return text
+    for m in _VERBATIM_RE.finditer(text):
+        if m.group().startswith("<!--") and not m.group().endswith("-->"):
+            return text[: m.start()]
     return text
 
 

@@ -12,7 +12,7 @@ import yaml
 from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
 from data_pipelines.document import Document
-from data_pipelines.filters import gopher, language
+from data_pipelines.filters import gopher, langid_fast, language
 from data_pipelines.filters.config import filters_for_source, run_blocks
 from data_pipelines.filters.langid_fast import FastLanguageIdentifier, fast_identifier
 from data_pipelines.filters.ngram_batch import BatchNGrams
@@ -91,7 +91,7 @@ def test_vectorised_langid_gives_identical_scores(reference_langid, sample_docs)
         assert fast.rank(text) == reference_langid.rank(text), text[:80]  # same floats, same order
 
 
-def test_batched_langid_walk_gives_each_texts_own_scores(reference_langid, sample_docs):
+def test_batched_langid_walk_gives_each_texts_own_scores(reference_langid, sample_docs, monkeypatch):
     """``detect_many`` walks a batch of texts joined by a reset byte: each text gets exactly the result of
     py3langid's ``rank`` on it alone, whatever its neighbours (texts that end mid-n-gram, empty and
     one-byte texts, NUL bytes, surrogates, upper-case texts that py3langid lowers)."""
@@ -111,6 +111,9 @@ def test_batched_langid_walk_gives_each_texts_own_scores(reference_langid, sampl
             expected.append((best, scores[best], ranked[0][0]))
         assert fast.detect_many(texts, languages) == expected
         assert fast.detect_many(texts[:7], languages) == expected[:7]  # another batch, the same results
+        with monkeypatch.context() as m:  # walks cut by bytes (a text longer than the cut walks alone)
+            m.setattr(langid_fast, "WALK_BYTES", 200)
+            assert fast.detect_many(texts, languages) == expected
 
 
 def _batched(words_sets: list[list[str]]) -> list:

@@ -79,3 +79,56 @@ def test_the_cached_tables_give_the_same_identifier_and_a_broken_cache_is_rebuil
         assert langid_fast.cache_folder() is None
     finally:
         fast_identifier.cache_clear()
+
+
+def _rebuilt(folder, texts, reference) -> None:
+    """The next identifier scores as py3langid and leaves a whole copy, which the one after it maps."""
+    fast_identifier.cache_clear()
+    assert [fast_identifier().rank(t) for t in texts] == [reference.rank(t) for t in texts]
+    fast_identifier.cache_clear()
+    assert isinstance(fast_identifier()._ptc, np.memmap), "the rebuilt copy was not saved"
+
+
+def test_damaged_or_abandoned_cache_copies_are_replaced(tmp_path, monkeypatch, py3langid_model):
+    import multiprocessing
+    import shutil
+
+    monkeypatch.setenv("DATA_PIPELINES_CACHE_DIR", str(tmp_path / "cache"))
+    texts = [t for _, t in check_set()][:4]
+    fast_identifier.cache_clear()
+    try:
+        built = fast_identifier()
+        folder = langid_fast.cache_folder()
+        # a copy of the right shapes whose values were changed: refused by its checksums, not scored wrong
+        np.save(folder / "_next_base.npy", np.ascontiguousarray(built._next_base[::-1]), allow_pickle=False)
+        _rebuilt(folder, texts, py3langid_model)
+        for meta in ("[]", "null", '{"format": 1}'):  # not a dict, an older format
+            (folder / "meta.json").write_text(meta)
+            _rebuilt(folder, texts, py3langid_model)
+        # a removal cut short leaves the folder without meta.json: it is replaced, not kept in the way forever
+        (folder / "meta.json").unlink()
+        # and a writer killed while saving left its half copy beside it: removed by the next writer
+        child = multiprocessing.get_context("spawn").Process(target=int)
+        child.start()
+        child.join()
+        dead = folder.with_name(f".{folder.name}.tmp-{child.pid}-0000")
+        dead.mkdir()
+        (dead / "_ptc.npy").write_bytes(b"half")
+        _rebuilt(folder, texts, py3langid_model)
+        assert not dead.exists() and (folder / "meta.json").exists()
+        assert [p.name for p in folder.parent.iterdir()] == [folder.name]
+        shutil.rmtree(folder)
+    finally:
+        fast_identifier.cache_clear()
+
+
+def test_no_home_directory_means_no_cache(monkeypatch):
+    from pathlib import Path
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    for key in ("DATA_PIPELINES_CACHE_DIR", "XDG_CACHE_HOME", "HOME"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    assert langid_fast.cache_folder() is None

@@ -171,10 +171,16 @@ def test_progress_counts_only_the_latest_attempt_of_a_task():
     progress when the next attempt first reports, so the bar ends at the real total."""
     from data_pipelines.executor.ray import _AttemptCounts
 
+    a, b, c, x = (1, "a"), (2, "b"), (3, "c"), (1, "x")  # attempts by start time
     counts = _AttemptCounts()
-    deltas = [counts.add(0, "a", 5, 1), counts.add(1, "x", 3, 1), counts.add(0, "a", 2, 0),
-              counts.add(0, "b", 4, 1),  # task 0 again, on a new worker: its 7 documents and 1 unit taken back
-              counts.add(0, "b", 3, 0), counts.add(1, "x", 0, 0),
-              counts.add(0, "a", 9, 1)]  # a late report of the killed attempt: ignored
+    deltas = [counts.add(0, a, 5, 1), counts.add(1, x, 3, 1), counts.add(0, a, 2, 0),
+              counts.add(0, b, 4, 1),  # task 0 again, on a new worker: its 7 documents and 1 unit taken back
+              counts.add(0, b, 3, 0), counts.add(1, x, 0, 0),
+              counts.add(0, a, 9, 1)]  # a late report of the killed attempt: ignored
     assert deltas == [(5, 1), (3, 1), (2, 0), (4 - 7, 1 - 1), (3, 0), (0, 0), (0, 0)]
     assert sum(d for d, _ in deltas) == 7 + 3 and sum(u for _, u in deltas) == 2
+    # the retry's report first, then one the killed attempt sent before it died (from another process, so in
+    # no set order): the retry's counts stand; and an attempt that never reported before a later one did
+    counts = _AttemptCounts()
+    deltas = [counts.add(0, c, 5, 1), counts.add(0, b, 3, 3), counts.add(0, a, 1, 1), counts.add(0, c, 95, 0)]
+    assert deltas == [(5, 1), (0, 0), (0, 0), (95, 0)] and sum(d for d, _ in deltas) == 100

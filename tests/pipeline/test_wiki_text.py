@@ -96,3 +96,7 @@ def test_a_heading_line_inside_a_comment_or_code_block_does_not_split_the_page()
     assert "More history." in unclosed and "Tail" not in unclosed and "hidden too" not in unclosed
     sample = wikitext_to_text("Lead.\n<nowiki><!--</nowiki> starts a comment.\n== Usage ==\nKept text.")
     assert "starts a comment." in sample and "Kept text." in sample  # inside nowiki: text, not a comment
+    # a tag's name inside a closed comment opens no tag, so a later unclosed comment still hides the rest
+    hidden = wikitext_to_text("Lead. <!-- use <pre> for code -->\nVisible text.\n<!-- unclosed note\n"
+                              "== Hidden ==\nsecret draft\n<pre>x = 1</pre>\n")
+    assert "Visible text." in hidden and "<!--" not in hidden and "Hidden" not in hidden and "secret" not in hidden
