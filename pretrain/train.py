@@ -51,13 +51,22 @@ def exit_without_teardown(code: int) -> None:
     keeps, gloo's I/O threads) are destroyed in no set order, and now and then one destroys a thread that is
     still joinable: ``terminate called without an active exception``, SIGABRT, and torchrun marks a finished
     run as failed (seen after the final checkpoint of ``t5_tp2`` and ``llama_dp2_zero2_accum2`` runs). Every
-    file of ours is closed by then; logging handlers and the standard streams are flushed here."""
+    file of ours is closed by then; logging handlers, the standard streams and C's stdio buffers (native
+    libraries' ``printf`` to a log file) are flushed here. ``atexit`` callbacks do not run: persistent
+    DataLoader workers end on their own when they see their parent gone, and ``wandb`` leaves its two empty
+    temporary folders."""
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError):  # a closed or broken pipe: nothing left to save
             pass
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):  # no C library to flush through (not Linux/macOS)
+        pass
     os._exit(code)
 
 

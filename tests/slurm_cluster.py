@@ -105,18 +105,26 @@ class Cluster:
     def stop(self) -> None:
         """Cancel the jobs still queued or running, stop the daemons by the PIDs in their pid files (never by
         name), slurmd first, then end what is left of the jobs' steps (a ``slurmstepd`` outlives its slurmd)."""
-        jobs = self.run("squeue", "-h", "-o", "%i", check=False).stdout.split()
-        if jobs:
-            self.run("scancel", "--full", *jobs, check=False)
-            deadline = time.time() + 15
-            while time.time() < deadline and self.run("squeue", "-h", "-o", "%i", check=False).stdout.strip():
-                time.sleep(0.3)
+        try:
+            jobs = self.run("squeue", "-h", "-o", "%i", check=False).stdout.split()
+            if jobs:
+                self.run("scancel", "--full", *jobs, check=False)
+                deadline = time.time() + 15
+                while time.time() < deadline and self.run("squeue", "-h", "-o", "%i", check=False).stdout.strip():
+                    time.sleep(0.3)
+        except (subprocess.TimeoutExpired, OSError):  # a hung controller: the daemons are stopped all the same
+            pass
         self._stop_daemons()
-        for pid in self.leftover_pids():
+        killed = self.leftover_pids()
+        for pid in killed:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        deadline = time.time() + 10  # a killed process stays readable in /proc until it has exited
+        while killed and time.time() < deadline:
+            killed = [pid for pid in killed if pid in self.leftover_pids()]
+            time.sleep(0.1)
 
     def _stop_daemons(self) -> None:
         for name in ("slurmd", "slurmctld", "munged"):

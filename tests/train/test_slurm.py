@@ -135,16 +135,19 @@ def cluster(tmp_path_factory):
     c = slurm_cluster.start(root)
     old = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = str(c.conf)
+    left: list[int] = []
     try:
         yield c
     finally:
-        c.stop()
-        left = c.leftover_pids()
-        shutil.rmtree(root, ignore_errors=True)
-        if old is None:
-            os.environ.pop("SLURM_CONF", None)
-        else:
-            os.environ["SLURM_CONF"] = old
+        try:
+            c.stop()
+            left = c.leftover_pids()
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+            if old is None:
+                os.environ.pop("SLURM_CONF", None)
+            else:
+                os.environ["SLURM_CONF"] = old
     assert not left, f"processes of the test cluster outlived it: {left}"
 
 
