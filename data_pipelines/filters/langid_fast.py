@@ -371,8 +371,8 @@ def fast_identifier() -> Any:
 
     Decompressing py3langid's model and building the tables costs about 1.3 s per process; the tables are
     therefore cached (:func:`cache_folder`, ~140 MB, rebuilt when py3langid's model file changes) and later
-    processes memory-map them: a few milliseconds, and the pages are shared by every worker. A cache that cannot
-    be read or written is rebuilt or skipped, never an error."""
+    processes memory-map them: about 0.05 s with the checksums, and the pages are shared by every worker. A
+    cache that cannot be read or written is rebuilt or skipped, never an error."""
     from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
     folder = None
