@@ -187,7 +187,7 @@ def _cut_unclosed_comment(text: str) -> str:
     if "<!--" not in text:
         return text
     for m in _VERBATIM_RE.finditer(text):
-        if m.group().startswith("<!--") and not m.group().endswith("-->"):
+        if m.group().startswith("<!--") and "-->" not in m.group()[4:]:  # ran to the end (``<!--->`` too)
             return text[: m.start()]
     return text
 

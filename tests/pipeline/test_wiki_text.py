@@ -8,7 +8,7 @@ import pytest
 
 from data_pipelines.samples.make_samples import WikiPage, write_wiki_dump
 from data_pipelines.sources import make_reader
-from data_pipelines.sources.wikitext import strip_quotes, wikitext_to_text
+from data_pipelines.sources.wikitext import _cut_unclosed_comment, strip_quotes, wikitext_to_text
 from data_pipelines.stats import StageStats
 
 from .wiki_articles import APPENDIX_TEXT, ARTICLES, EXPECTED_PROSE, LEFTOVER_MARKUP
@@ -100,3 +100,4 @@ def test_a_heading_line_inside_a_comment_or_code_block_does_not_split_the_page()
     hidden = wikitext_to_text("Lead. <!-- use <pre> for code -->\nVisible text.\n<!-- unclosed note\n"
                               "== Hidden ==\nsecret draft\n<pre>x = 1</pre>\n")
     assert "Visible text." in hidden and "<!--" not in hidden and "Hidden" not in hidden and "secret" not in hidden
+    assert _cut_unclosed_comment("Kept. <!--->") == "Kept. "  # its "-->" overlaps the "<!--": unclosed
