@@ -158,7 +158,10 @@ def _wait_gone(cluster, job: str, timeout: float) -> None:
         time.sleep(0.5)
 
 
-TRAIN = ["slurm=cpu", "experiment=gpt_tiny", "trainer.max_steps=40", "trainer.log_interval=1",
+# 100 steps (~8 s): the USR1 below must reach the training step before it ends, and on a loaded machine
+# scancel -> slurmd -> batch shell -> step took ~3 s (a 40-step run once finished first)
+STEPS = 100
+TRAIN = ["slurm=cpu", "experiment=gpt_tiny", f"trainer.max_steps={STEPS}", "trainer.log_interval=1",
          "trainer.eval_interval=0", "trainer.micro_batch_size=4"]
 
 
@@ -172,10 +175,10 @@ def test_training_job_with_sbatch_wait_and_a_requeue_mid_run(cluster, tmp_path, 
     assert out.returncode == 0, (out.stdout, out.stderr, *(p.read_text()[-3000:] for p in (ref / "slurm").glob("*.out")))
     job = out.stdout.split()[0]
     assert (ref / "slurm" / f"{job}.sbatch").is_file() and (ref / "slurm" / f"{job}.out").is_file()
-    assert sorted(losses_by_step(ref)) == list(range(1, 41))
-    assert (ref / "checkpoints" / "latest").read_text() == "step_000040"
-    assert (ref / "checkpoints" / "step_000040" / "COMPLETE").exists()
-    assert json.loads((ref / "checkpoints" / "step_000040" / "trainer_state.json").read_text())["world_size"] == 2
+    assert sorted(losses_by_step(ref)) == list(range(1, STEPS + 1))
+    assert (ref / "checkpoints" / "latest").read_text() == f"step_{STEPS:06d}"
+    assert (ref / "checkpoints" / f"step_{STEPS:06d}" / "COMPLETE").exists()
+    assert json.loads((ref / "checkpoints" / f"step_{STEPS:06d}" / "trainer_state.json").read_text())["world_size"] == 2
 
     # 2. the same run, signalled mid-run as SLURM does before a time limit (USR1 to the batch shell)
     run = tmp_path / "requeued"
@@ -192,12 +195,12 @@ def test_training_job_with_sbatch_wait_and_a_requeue_mid_run(cluster, tmp_path, 
     assert "batch script got SIGUSR1" in log and "restart 1" in log, log[-4000:]
     assert "requeued SLURM job" in log and "resumed from" in log, log[-4000:]
     stopped_at = int(log.split("stopping after step ")[1].split()[0])
-    assert 5 <= stopped_at < 40
+    assert 5 <= stopped_at < STEPS
     assert f"0 steps lost (logged up to step {stopped_at} before it, resuming at step {stopped_at})" in log
     losses = losses_by_step(run)
-    assert sorted(losses) == list(range(1, 41))
-    assert losses[40] == losses_by_step(ref)[40]
-    assert (run / "checkpoints" / "latest").read_text() == "step_000040"
+    assert sorted(losses) == list(range(1, STEPS + 1))
+    assert losses[STEPS] == losses_by_step(ref)[STEPS]
+    assert (run / "checkpoints" / "latest").read_text() == f"step_{STEPS:06d}"
 
 
 @pytest.mark.slow
