@@ -19,8 +19,9 @@ Speed (the reader's floor is one mwparserfromhell parse of every page, ``python 
 page is parsed once, section by section; nothing else is parsed unless it can hold markup. A page is parsed
 whole (for its disambiguation templates) only when its text can name one (:func:`may_be_disambiguation`); a
 section or heading with no markup character (:func:`needs_parse`) is plain text, which is what the parser would
-return for it; and the nodes are removed or replaced in one walk over the tree each (:func:`_remove_nodes`,
-:func:`_drop_tags`, :func:`_drop_links`) where ``Wikicode.remove`` would search the whole tree for every node.
+return for it; and the nodes are removed or replaced in one walk over the tree each (:func:`_edit_tree`, by
+:func:`_remove_nodes`, :func:`_drop_tags`, :func:`_drop_links`) where ``Wikicode.remove`` would search the whole
+tree for every node.
 The output is the same as removing them one by one (``tests/pipeline/test_readers_fast.py`` checks it against
 the previous implementation).
 """
@@ -252,79 +253,83 @@ def _collapse(text: str) -> str:
     return text
 
 
-# The three walks below visit the tree in the order of ``Wikicode.filter(recursive=True)`` (a node, then the nodes
+# The three edits below walk the tree in the order of ``Wikicode.filter(recursive=True)`` (a node, then the nodes
 # of each of its children) and change it where ``filter`` + ``remove``/``replace`` node by node would: a node
 # removed or replaced takes its subtree with it (those nodes would no longer be found), and nodes inserted by a
 # replacement are not visited (they were not in the filtered list).
 
 
-def _remove_nodes(code: mwparserfromhell.wikicode.Wikicode, kinds: tuple[type, ...]) -> None:
-    """Every node of ``kinds`` removed, with what it contains."""
+def _edit_tree(code: mwparserfromhell.wikicode.Wikicode, edit) -> None:
+    """Walk ``code`` as above. ``edit(code, i, node)`` may change ``code.nodes`` at ``i`` and return the index to go
+    on from, or return ``None`` to leave the node and walk its children."""
     nodes = code.nodes
     i = 0
     while i < len(nodes):
         node = nodes[i]
         if type(node) is not Text:
-            if isinstance(node, kinds):
-                nodes.pop(i)
+            after = edit(code, i, node)
+            if after is not None:
+                i = after
                 continue
             for child in node.__children__():
-                _remove_nodes(child, kinds)
+                _edit_tree(child, edit)
         i += 1
+
+
+def _remove_nodes(code: mwparserfromhell.wikicode.Wikicode, kinds: tuple[type, ...]) -> None:
+    """Every node of ``kinds`` removed, with what it contains."""
+
+    def edit(code, i, node):
+        if isinstance(node, kinds):
+            code.nodes.pop(i)
+            return i
+        return None
+
+    _edit_tree(code, edit)
 
 
 def _drop_tags(
     code: mwparserfromhell.wikicode.Wikicode, kept_tags: frozenset[str], code_blocks: list[str]
 ) -> None:
     """Tags in ``kept_tags`` replaced by their source text (code parked in ``code_blocks``), ``DROP_TAGS`` removed."""
-    nodes = code.nodes
-    i = 0
-    while i < len(nodes):
-        node = nodes[i]
-        if type(node) is Text:
-            i += 1
-            continue
-        if isinstance(node, Tag):
-            name = str(node.tag).strip().lower()
-            if name in kept_tags:  # math is invisible to strip_code, code is kept as written: its source text
-                content = str(node.contents).strip("\n")
-                if name in CODE_TAGS:
-                    code_blocks.append(content)
-                    content = f"\ue000{len(code_blocks) - 1}\ue001"
-                before = len(nodes)
-                nodes.pop(i)
-                code.insert(i, "\n" + content + "\n")  # parsed, as Wikicode.replace does
-                i += len(nodes) - before + 1
-                continue
-            if name in DROP_TAGS:
-                nodes.pop(i)
-                continue
-        for child in node.__children__():
-            _drop_tags(child, kept_tags, code_blocks)
-        i += 1
+
+    def edit(code, i, node):
+        if not isinstance(node, Tag):
+            return None
+        name = str(node.tag).strip().lower()
+        if name in kept_tags:  # math is invisible to strip_code, code is kept as written: its source text
+            content = str(node.contents).strip("\n")
+            if name in CODE_TAGS:
+                code_blocks.append(content)
+                content = f"\ue000{len(code_blocks) - 1}\ue001"
+            before = len(code.nodes)
+            code.nodes.pop(i)
+            code.insert(i, "\n" + content + "\n")  # parsed, as Wikicode.replace does
+            return i + len(code.nodes) - before + 1
+        if name in DROP_TAGS:
+            code.nodes.pop(i)
+            return i
+        return None
+
+    _edit_tree(code, edit)
 
 
 def _drop_links(code: mwparserfromhell.wikicode.Wikicode, media: set[str], cats: set[str]) -> None:
     """File/Image/Media, Category and interlanguage links removed."""
-    nodes = code.nodes
-    i = 0
-    while i < len(nodes):
-        node = nodes[i]
-        if type(node) is Text:
-            i += 1
-            continue
-        if isinstance(node, Wikilink):
-            title = str(node.title)
-            prefix = _link_prefix(title)
-            if prefix in media or prefix in cats:
-                nodes.pop(i)
-                continue
-            if prefix and not title.strip().startswith(":") and _INTERLANG_RE.match(prefix):
-                nodes.pop(i)  # [[de:Python]]: an interlanguage link, not text
-                continue
-        for child in node.__children__():
-            _drop_links(child, media, cats)
-        i += 1
+
+    def edit(code, i, node):
+        if not isinstance(node, Wikilink):
+            return None
+        title = str(node.title)
+        prefix = _link_prefix(title)
+        # File/Category links, and [[de:Python]]: an interlanguage link, not text
+        if prefix in media or prefix in cats or (
+                prefix and not title.strip().startswith(":") and _INTERLANG_RE.match(prefix)):
+            code.nodes.pop(i)
+            return i
+        return None
+
+    _edit_tree(code, edit)
 
 
 def strip_quotes(line: str) -> str:
