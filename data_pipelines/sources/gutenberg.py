@@ -8,19 +8,21 @@ Gutenberg EBook of ...`` footer line. No maintained package does this without do
 hence these few regular expressions.
 
 Speed (the reader's floor is decompress + decode + splitting the book into lines, ``python -m data_pipelines.bench``):
-the book is split into lines once and every other pass runs in C (``map`` over the lines, ``str`` methods, one
-``re.split``). The licence markers are looked for only on the lines that hold the words every marker has
+the book is split into lines once and every other pass runs in C (``map`` over the lines, ``str`` methods, numpy
+over the line lengths). The licence markers are looked for only on the lines that hold the words every marker has
 (``gutenberg``, ``mall pr``: found with ``str.find`` in the lower-cased text) instead of matching each of
-thousands of lines, and a paragraph is a string of its lines, joined in one call. The output is the same as
-the line-by-line version (``tests/pipeline/test_readers_fast.py`` checks it against that one).
+thousands of lines; paragraphs are line ranges, and the book's text is one ``join`` of its kept lines and the
+separators between them (:func:`assemble`). The output is the same as the line-by-line version
+(``tests/pipeline/test_readers_fast.py`` checks it against that one).
 """
 
 from __future__ import annotations
 
-import bisect
 import operator
 import re
 from dataclasses import dataclass, field
+
+import numpy as np
 
 HEADER_END = re.compile(
     r"^\s*(\*{3}\s*START OF (THE|THIS) PROJECT GUTENBERG"
@@ -57,7 +59,6 @@ class Book:
 # Every FOOTER_START alternative contains "gutenberg", which holds no letter that re.IGNORECASE also matches outside
 # ASCII (only s, i and k have such twins), so a line the pattern matches has it in its ASCII-lower-cased bytes.
 _FOOTER_WORD = b"gutenberg"
-_PARA_BREAK = re.compile(r"\n\n+")
 
 
 def parse_header(lines: list[str]) -> tuple[dict[str, str], str]:
@@ -138,43 +139,46 @@ def split_gutenberg(text: str, header_search_lines: int = 800) -> Book:
     return book
 
 
-def _paragraphs(stripped: list[str]) -> list[str]:
-    """The paragraphs (runs of non-blank lines) of right-stripped lines, each as its lines joined by newlines."""
-    joined = "\n".join(stripped).strip("\n")  # a blank line is empty
-    return _PARA_BREAK.split(joined) if joined else []
-
-
-def _first_line(para: str) -> str:
-    return para.partition("\n")[0]
+def _layout(lines: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The lengths of right-stripped ``lines`` and the ``[start, end)`` line ranges of their paragraphs (runs of
+    non-blank lines; a blank line is empty)."""
+    lengths = np.fromiter(map(len, lines), dtype=np.int64, count=len(lines))
+    filled = np.zeros(len(lines) + 2, dtype=np.int8)
+    filled[1:-1] = lengths > 0
+    edges = filled[1:] - filled[:-1]
+    return lengths, np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
 
 
 def _norm(line: str) -> str:
     return re.sub(r"[\W_]+", " ", line).strip().lower()
 
 
-def strip_front_matter(paras: list[str], search: int = 12) -> list[str]:
-    """Drop ``Produced by ...`` credit paragraphs and a table of contents near the start of the body.
+def strip_front_matter(lines: list[str], starts: np.ndarray, ends: np.ndarray, search: int = 12) -> list[int]:
+    """The paragraphs (indices into ``starts``/``ends``, line ranges of ``lines``) left after dropping
+    ``Produced by ...`` credit paragraphs and a table of contents near the start of the body.
 
     The table of contents runs from a ``CONTENTS`` heading to the paragraph where its first entry appears
     again as the heading of the body (the usual Gutenberg layout); without such a repeat it ends at the
     first paragraph of prose (a line of 60+ characters); with neither, nothing is removed.
     """
-    out = [p for p in paras[:search] if not PRODUCED_BY.match(_first_line(p))] + paras[search:]
-    for i, para in enumerate(out[: search * 2]):
-        if not CONTENTS.match(_first_line(para)):
+    starts, ends = starts.tolist(), ends.tolist()
+    n = len(starts)
+    out = [i for i in range(min(search, n)) if not PRODUCED_BY.match(lines[starts[i]])] + list(range(search, n))
+    for at, i in enumerate(out[: search * 2]):
+        if not CONTENTS.match(lines[starts[i]]):
             continue
-        lines = para.split("\n")
-        if len(lines) > 1:
-            first, j = _norm(lines[1]), i + 1
-        elif i + 1 < len(out):
-            first, j = _norm(_first_line(out[i + 1])), i + 2
+        if ends[i] - starts[i] > 1:
+            first, j = _norm(lines[starts[i] + 1]), at + 1
+        elif at + 1 < len(out):
+            first, j = _norm(lines[starts[out[at + 1]]]), at + 2
         else:
-            return out[:i]
+            return out[:at]
         for j in range(j, len(out)):
-            head = _norm(_first_line(out[j]))
+            rows = lines[starts[out[j]]:ends[out[j]]]
+            head = _norm(rows[0])
             repeat = bool(first and head) and (head.startswith(first) or first.startswith(head))
-            if repeat or (len(out[j]) >= 60 and any(len(line.strip()) >= 60 for line in out[j].split("\n"))):
-                return out[:i] + out[j:]
+            if repeat or (sum(map(len, rows)) + len(rows) - 1 >= 60 and any(len(r.strip()) >= 60 for r in rows)):
+                return out[:at] + out[j:]
         return out  # no recognisable end: better a table of contents left in than a book cut away
     return out
 
@@ -192,41 +196,70 @@ def _join_wrapped(lines: list[str]) -> str:
     return out
 
 
-def _percentile_length(paras: list[str], lines: list[str] | None = None, q: float = 0.9) -> int:
-    """The ``q`` quantile (the lower one, by index) of the lengths of all lines of ``paras``; 0 without lines.
-    ``lines``: the lines ``paras`` were made of, blank ones empty (their lengths, less the zeros, are the same)."""
-    if lines is None:
-        lengths = sorted(map(len, "\n".join(paras).split("\n"))) if paras else []
-    else:
-        lengths = sorted(map(len, lines))
-        del lengths[: bisect.bisect_right(lengths, 0)]  # the blank lines
-    return lengths[int(q * (len(lengths) - 1))] if lengths else 0
+_LINE_END_DASH = re.compile(r"-\n")
 
 
-def rejoin(paras: list[str], lines: list[str] | None = None) -> str:
-    """Join hard-wrapped prose lines into one line per paragraph; keep verse, lists and tables as lined.
+def assemble(lines: list[str], lengths: np.ndarray, starts: np.ndarray, ends: np.ndarray, kept: list[int],
+             rejoin_lines: bool = True) -> str:
+    """The text of the ``kept`` paragraphs of right-stripped ``lines`` (see :func:`_layout`), a blank line
+    between paragraphs; with ``rejoin_lines``, hard-wrapped prose is joined into one line per paragraph while
+    verse, lists and tables keep their line breaks.
 
     A paragraph is wrapped prose when every line but the last reaches at least 55% of the book's typical
-    line width (its 90th-percentile line length); verse and tables have short or ragged lines and keep
-    their line breaks. ``lines``: see :func:`_percentile_length`.
-    """
-    width = _percentile_length(paras, lines)
-    if not width:
-        return "\n\n".join(paras)
-    short = 0.55 * width
-    out: list[str] = []
-    append = out.append
-    for p in paras:
-        if "\n" in p:
-            rows = p.split("\n")
-            last = rows.pop()  # the last line may be short
-            if min(map(len, rows)) >= short:
-                rows.append(last)
-                # no line but the last ends in "-": every join is a space
-                append(" ".join(map(str.strip, rows)) if "-\n" not in p else _join_wrapped(rows))
-                continue
-        append(p)
-    return "\n\n".join(out)
+    line width (the 90th-percentile length, the lower one by index, of the kept lines); verse and tables have
+    short or ragged lines. Its lines are stripped and joined by spaces (:func:`_join_wrapped` where a line but
+    the last ends in ``-``).
+
+    The whole book is laid out at once: the kept lines as one array, the separator after each of them (``" "``
+    in wrapped prose, ``"\\n"`` in other paragraphs, ``"\\n\\n"`` after a paragraph's last line) as another, and
+    one ``join`` of both; Python runs per paragraph only where a line ends in ``-``."""
+    if not kept:
+        return ""
+    kept_at = np.array(kept, dtype=np.int64)
+    first_line, n_lines = starts[kept_at], ends[kept_at] - starts[kept_at]
+    first = np.cumsum(n_lines) - n_lines  # where each paragraph starts among the kept lines
+    last = first + n_lines - 1
+    total = int(n_lines.sum())
+    rows = np.repeat(first_line - first, n_lines) + np.arange(total)  # the kept lines' indices in ``lines``
+    pieces = np.array(lines, dtype=object)[rows]
+    seps = np.full(total, "\n", dtype=object)
+    wrapped = None
+    if rejoin_lines:
+        inner = lengths[rows]
+        width = int(np.partition(inner, (k := int(0.9 * (total - 1))))[k])
+        inner[last] = np.iinfo(np.int64).max  # the last line may be short
+        wrapped = (n_lines > 1) & (np.minimum.reduceat(inner, first) >= 0.55 * width)
+        if wrapped.any():
+            at = np.flatnonzero(np.repeat(wrapped, n_lines))
+            seps[at] = " "
+            pieces[at] = list(map(str.lstrip, pieces[at].tolist()))
+        else:
+            wrapped = None
+    seps[last] = "\n\n"
+    seps[-1] = ""
+    if wrapped is not None:
+        _rejoin_hyphens(lines, lengths, rows, pieces, seps, first, last, wrapped)
+    out = np.empty(2 * total, dtype=object)
+    out[0::2], out[1::2] = pieces, seps
+    return "".join(out.tolist())
+
+
+def _rejoin_hyphens(lines: list[str], lengths: np.ndarray, rows: np.ndarray, pieces: np.ndarray, seps: np.ndarray,
+                    first: np.ndarray, last: np.ndarray, wrapped: np.ndarray) -> None:
+    """Wrapped paragraphs with a line but the last ending in ``-`` become one :func:`_join_wrapped` piece."""
+    text = "\n".join(lines)
+    dashes = [m.start() for m in _LINE_END_DASH.finditer(text)]
+    if not dashes:
+        return
+    ends = np.searchsorted(np.cumsum(lengths + 1) - 1, np.asarray(dashes) + 1)  # the lines that end in "-"
+    at = np.searchsorted(rows, ends)
+    at = at[(at < len(rows)) & (rows[np.minimum(at, len(rows) - 1)] == ends)]  # those of the kept lines
+    para = np.searchsorted(first, at, side="right") - 1
+    for p in np.unique(para[(at != last[para]) & wrapped[para]]).tolist():
+        a, b = int(first[p]), int(last[p])
+        pieces[a] = _join_wrapped([lines[r] for r in rows[a:b + 1].tolist()])
+        pieces[a + 1:b + 1] = ""
+        seps[a:b] = ""
 
 
 def clean_book(text: str, rejoin_lines: bool = True) -> Book:
@@ -239,10 +272,7 @@ def clean_book(text: str, rejoin_lines: bool = True) -> Book:
         book.text = text.strip()
         return book
     stripped = list(map(str.rstrip, body))
-    paras = _paragraphs(stripped)
-    kept = strip_front_matter(paras)
-    if not rejoin_lines:
-        book.text = "\n\n".join(kept)
-    else:  # the line lengths from the lines at hand unless the front matter took some of them
-        book.text = rejoin(kept, stripped if len(kept) == len(paras) else None)
+    lengths, starts, ends = _layout(stripped)
+    kept = strip_front_matter(stripped, starts, ends)
+    book.text = assemble(stripped, lengths, starts, ends, kept, rejoin_lines)
     return book

@@ -7,6 +7,7 @@ and Unicode white space, hyphenated line ends, contents lists)."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
@@ -135,7 +136,8 @@ def test_disambiguation_precheck_never_misses_one():
 
 PROSE = ("It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
          "foolishness, it was the epoch of belief, it was the epoch of incredulity, it was the season of Light, "
-         "it was the season of Darkness, a well-known and long-standing story of non- existing things.").split()
+         "it was the season of Darkness, a well-known and long-standing story of non- existing things -- or -"
+         " a- --- x-").split()  # words that end in dashes: the hyphen rule of rejoined lines
 HEADERS = [
     "*** START OF THE PROJECT GUTENBERG EBOOK {t} ***", "*** START OF THIS PROJECT GUTENBERG EBOOK {t} ***",
     "  ***START OF THE COPYRIGHTED PROJECT GUTENBERG EBOOK***", "*END*THE SMALL PRINT! FOR PUBLIC DOMAIN ETEXTS*",
@@ -222,10 +224,18 @@ def test_books_header_search_limit_matches_reference():
 
 
 def test_books_samples_match_reference(tmp_path):
+    from data_pipelines.bench import book_sized
+
+    long_books = book_sized(Path(package_path("data_pipelines/samples/books")), tmp_path / "long")  # the bench's
     books = SAMPLE_BOOKS + [build_book(str(tmp_path / f"{style}.txt"), style) for style in ("modern", "old")]
-    for path in books:
+    for path in books + long_books:
         for options in ({}, {"rejoin_lines": False}):
             assert len(assert_same_reader("books", ref.ReferenceBooksReader, path, options)) == 1
+    for short, long in zip(SAMPLE_BOOKS, long_books):  # the whole body repeated, the header and footer as they were
+        (_, text, _, meta), = read(make_reader("books", {"kind": "books", "paths": [short]}), short)[0]
+        (_, long_text, _, long_meta), = read(make_reader("books", {"kind": "books", "paths": [long]}), long)[0]
+        assert long_meta == {**meta, "file": long_meta["file"]} and len(long_text) > 30 * len(text)
+        assert long_text.count(text.split("\n\n")[-1]) > 30
 
 
 def test_declared_charset_matches_reference():
