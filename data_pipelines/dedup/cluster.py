@@ -42,6 +42,7 @@ import numpy as np
 from data_pipelines.dedup.config import DedupConfig, as_dedup_config
 from data_pipelines.dedup.external import external_edges
 from data_pipelines.dedup.io import ArrayFile, load_npy, save_arrays, save_json, save_npy
+from data_pipelines.dedup.merge_bounded import check_merge_budget, merge_bounded
 from data_pipelines.dedup.signatures import check_bands, check_exact, doc_key, open_signatures, split_keys
 from data_pipelines.dedup.unionfind import connected_components
 from data_pipelines.dedup.verify import verify_edges, window_edges
@@ -160,13 +161,15 @@ def _near_edges(dcfg: DedupConfig, keys: np.ndarray, hashes: np.ndarray) -> np.n
 
 def _bucket_external(signature_paths: Sequence[str], out_dir: str, dcfg: DedupConfig, part: int, num_parts: int) -> str:
     """:func:`bucket_stage` within ``dcfg.memory_mb`` (:mod:`data_pipelines.dedup.external`); same output."""
-    shard_of = {}
+    shard_of, total_docs = {}, 0
     for path in signature_paths:
         with open_signatures(path, dcfg) as f:
             shard = int(f.meta["shard"])
             if shard in shard_of:
                 raise DataError(f"dedup: two signature files for shard {shard} (one is {path})")
             shard_of[shard] = path
+            total_docs += int(f.meta["num_docs"])
+    check_merge_budget(total_docs, dcfg.memory_mb)  # before the bucket work, not after it
     shards, exact, near = external_edges(
         signature_paths, dcfg, part, num_parts, os.path.join(out_dir, f"spill-{part:04d}-of-{num_parts:04d}"),
         exact_edges=lambda k, hi, lo: _star_edges(k, hi, lo),
@@ -193,21 +196,27 @@ def _write_part(out_dir: str, signature_paths: Sequence[str], dcfg: DedupConfig,
 
 def merge_stage(out_dir: str, cfg: Any, num_parts: int = 1) -> StageStats:
     """Union-find over the edges of every bucket part; writes removal lists, clusters and ``dedup.json``."""
-    as_dedup_config(cfg)  # validates; the rule itself has no parameters
+    dcfg = as_dedup_config(cfg)  # the rule itself has no parameters; memory_mb bounds the merge
     shards: dict[int, int] | None = None
-    exact_parts, near_parts, rejected_parts = [], [], []
-    for part in range(num_parts):
-        path = part_path(out_dir, part, num_parts)
+    paths = [part_path(out_dir, part, num_parts) for part in range(num_parts)]
+    for path in paths:
         with ArrayFile(path, "dedup bucket file") as f:
             part_shards = {int(s): int(n) for s, n in f.meta["shards"].items()}
             if shards is None:
                 shards = part_shards
             elif part_shards != shards:
                 raise DataError(f"dedup bucket file {path} was built from other shards than part 0; rerun the bucket stage")
+    assert shards is not None
+    if dcfg.memory_mb:
+        stats = merge_bounded(out_dir, dcfg.memory_mb, paths, shards, STATS_FILE, REASONS)
+        _log_merge(sum(shards.values()), stats)
+        return stats
+    exact_parts, near_parts, rejected_parts = [], [], []
+    for path in paths:
+        with ArrayFile(path, "dedup bucket file") as f:
             exact_parts.append(f["exact_edges"])
             near_parts.append(f["near_edges"])
             rejected_parts.append(f["rejected_edges"])
-    assert shards is not None
     exact_edges = np.concatenate(exact_parts).reshape(-1, 2)
     near_edges = _unique_edges(np.concatenate(near_parts).reshape(-1, 2))  # a pair can collide in bands of two parts
     all_edges = np.concatenate((exact_edges, near_edges))
@@ -250,11 +259,15 @@ def merge_stage(out_dir: str, cfg: Any, num_parts: int = 1) -> StageStats:
         os.path.join(out_dir, STATS_FILE),
         {"format": "dedup-removals/1", "shards": {str(s): n for s, n in sorted(shards.items())}, "stats": stats.to_dict()},
     )
+    _log_merge(total, stats)
+    return stats
+
+
+def _log_merge(total: int, stats: StageStats) -> None:
     log.info(
         "dedup: %d documents, %d exact and %d near duplicates removed, %d clusters",
         total, stats.dropped["exact_duplicate"], stats.dropped["near_duplicate"], stats.extra["clusters"],
     )
-    return stats
 
 
 def cluster_stage(

@@ -20,6 +20,7 @@ from data_pipelines.dedup.signatures import FORMAT
 from data_pipelines.dedup.simulate import write_signatures
 from data_pipelines.dedup.verify import verify_edges
 from data_pipelines.dedup.verify_external import verify_edges_bounded
+from pretrain.core.errors import ConfigError, DataError
 
 
 def traced_peak(fn, *args):
@@ -46,9 +47,10 @@ def test_bounded_clustering_matches_in_memory(tmp_path, monkeypatch):
             appends[name] = self.appends
 
     monkeypatch.setattr(external, "_SpillBuffer", CountingBuffer)
-    for name, extra in {"memory": {}, "bounded": {"memory_mb": 1}, "held": {"memory_mb": 1}}.items():
+    # 2 MiB: the bounded merge's union-find holds 8 bytes for each of the 200k documents
+    for name, extra in {"memory": {}, "bounded": {"memory_mb": 2}, "held": {"memory_mb": 2}}.items():
         if name == "held":  # records held across signature files; near pairs merged as soon as as many are new
-            monkeypatch.setattr(external, "_SPILL_BUFFER_SHARE", 1 / 8)  # 8 MiB: two files' 3.8 MB of records
+            monkeypatch.setattr(external, "_SPILL_BUFFER_SHARE", 1 / 4)  # 8 MiB: two files' 3.8 MB of records
             monkeypatch.setattr(external, "_MIN_MERGE_ROWS", 0)
         cfg = DedupConfig(**base, **extra)
         stats, peaks[name] = traced_peak(cluster_stage, paths, str(tmp_path / name), cfg)
@@ -56,8 +58,8 @@ def test_bounded_clustering_matches_in_memory(tmp_path, monkeypatch):
         outputs[name] = {f: (tmp_path / name / f).read_bytes() for f in files if not f.startswith("buckets-")}
         assert not [f for f in files if f.startswith("spill")]  # spill files (buckets and verification) are cleaned up
     assert outputs["bounded"] == outputs["memory"] and outputs["held"] == outputs["memory"]
-    # each of the 8 files appended to its 32 exact and 8 x 16 band radix files; held, about half as often
-    assert appends["bounded"] == 8 * (32 + 8 * 16) and appends["held"] <= appends["bounded"] * 0.6, appends
+    # each of the 8 files appended to its 16 exact and 8 x 8 band radix files; held, about half as often
+    assert appends["bounded"] == 8 * (16 + 8 * 8) and appends["held"] <= appends["bounded"] * 0.6, appends
     assert stats.dropped["exact_duplicate"] > 5000 and stats.dropped["near_duplicate"] > 5000, stats.dropped
     assert stats.extra["rejected_edges"] > 10, stats.extra  # verification decided something
     # in memory: every band record (25 MB) and every candidate's signature; bounded: about one shard's arrays
@@ -192,3 +194,80 @@ def test_bounded_exact_verification_end_to_end_same_bytes(tmp_path):
                          if not f.startswith("buckets-")}
     assert outputs["bounded"] == outputs["memory"]
     assert stats.dropped["near_duplicate"] >= 5 and stats.extra["rejected_edges"] >= 1, stats
+
+
+def _part_files(folder, parts: int, shards: dict[int, int], seed: int, near_pairs: int, chain: int = 0) -> None:
+    """Bucket part files as the bucket stage writes them: exact groups (each in one part, star edges from the
+    group's smallest key), near and rejected pairs sorted and distinct per part, some of them in two parts,
+    and a chain of ``chain`` near edges (a path that one round of hooking cannot close)."""
+    from data_pipelines.dedup.cluster import _unique_edges, part_path
+    from data_pipelines.dedup.signatures import doc_key
+
+    rng = np.random.default_rng(seed)
+    keys = np.concatenate([doc_key(s, np.arange(n)) for s, n in sorted(shards.items())])
+    order = rng.permutation(len(keys))
+    exact, near, rejected = ([[] for _ in range(parts)] for _ in range(3))
+    at = 0
+    for _ in range(len(keys) // 20):  # exact groups of 2-5 documents
+        size = int(rng.integers(2, 6))
+        group = np.sort(keys[order[at:at + size]])
+        at += size
+        exact[int(rng.integers(parts))].append(np.stack((np.full(size - 1, group[0]), group[1:]), axis=1))
+    pairs = np.sort(keys[rng.integers(0, len(keys), size=(near_pairs, 2))], axis=1)
+    path = np.sort(keys[order[at:at + chain + 1]])[::-1]  # the chain runs from the largest key down
+    pairs = np.concatenate((pairs, np.stack((np.minimum(path[:-1], path[1:]), np.maximum(path[:-1], path[1:])), 1)))
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    for i, pair in enumerate(np.array_split(pairs, 8)):
+        dest = rejected if i == 7 else near
+        for p in {int(rng.integers(parts)), int(rng.integers(parts))}:
+            dest[p].append(pair)
+    for part in range(parts):
+        arrays = {name: _unique_edges(np.concatenate(blocks)) if blocks else np.zeros((0, 2), dtype=np.uint64)
+                  for name, blocks in (("exact_edges", exact[part]), ("near_edges", near[part]),
+                                       ("rejected_edges", rejected[part]))}
+        meta = {"part": part, "num_parts": parts, "shards": {str(s): n for s, n in sorted(shards.items())}}
+        save_arrays(part_path(str(folder), part, parts), arrays, meta)
+
+
+@pytest.mark.parametrize("parts", [1, 3])
+def test_bounded_merge_matches_in_memory_and_holds_no_edges(tmp_path, monkeypatch, parts):
+    """The merge within dedup.memory_mb: the same bytes as in memory, in edge chunks and document blocks far
+    smaller than the input (many hooking rounds, a long chain, pairs repeated across parts), and a peak that
+    does not grow with the edges the way the in-memory merge's does."""
+    import data_pipelines.dedup.merge_bounded as mb
+    from data_pipelines.dedup.cluster import merge_stage
+
+    shards = {0: 30_000, 3: 25_000, 7: 45_000}  # shard numbers need not be consecutive
+    monkeypatch.setattr(mb, "_MIN_CHUNK", 1000)
+    peaks = {}
+    for edges in (20_000, 200_000):
+        outputs = {}
+        for name, mb_ in (("memory", 0), ("bounded", 1)):
+            folder = tmp_path / f"{edges}-{name}"
+            _part_files(folder, parts, shards, seed=parts, near_pairs=edges, chain=5_000)
+            _, peaks[edges, name] = traced_peak(merge_stage, str(folder), DedupConfig(memory_mb=mb_), parts)
+            outputs[name] = {f: (folder / f).read_bytes() for f in sorted(os.listdir(folder))}
+        assert outputs["bounded"] == outputs["memory"]
+    # bounded: 8 bytes per document (0.8 MB) plus chunks; in memory: ~150 bytes per edge
+    assert peaks[200_000, "bounded"] < 2 * peaks[20_000, "bounded"] < peaks[200_000, "memory"] / 4, peaks
+
+
+def test_bounded_merge_budget_is_checked_before_the_bucket_work(tmp_path):
+    paths = write_signatures(str(tmp_path / "sig"), 200_000, 2, DedupConfig(num_perm=32, bands=8, rows=4), seed=1)
+    with pytest.raises(ConfigError, match=r"dedup.memory_mb=1: the bounded merge holds 8 bytes per document, "
+                                          r"1.5 MiB for 200,000 documents; set dedup.memory_mb to at least 2"):
+        cluster_stage(paths, str(tmp_path / "out"), DedupConfig(num_perm=32, bands=8, rows=4, memory_mb=1))
+    assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
+
+
+def test_bounded_merge_names_a_part_file_whose_edges_are_not_sorted(tmp_path):
+    from data_pipelines.dedup.cluster import merge_stage, part_path
+
+    _part_files(tmp_path, 1, {0: 1000}, seed=0, near_pairs=500)
+    with ArrayFile(part_path(str(tmp_path), 0, 1), "x") as f:
+        arrays = {n: f[n] for n in ("exact_edges", "near_edges", "rejected_edges")}
+        meta = f.meta
+    arrays["near_edges"] = arrays["near_edges"][::-1].copy()
+    save_arrays(part_path(str(tmp_path), 0, 1), arrays, meta)
+    with pytest.raises(DataError, match=r"buckets-0000-of-0001.npz: near edges are not sorted and distinct"):
+        merge_stage(str(tmp_path), DedupConfig(memory_mb=1), 1)
