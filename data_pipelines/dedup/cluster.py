@@ -10,7 +10,8 @@ SLURM array). Inside a part, each band's hashes are grouped by one argsort and e
 is linked to the bucket's smallest key (a star, so a bucket of ``m`` documents gives
 ``m - 1`` edges, never ``m**2``). :func:`merge_stage` then reads only the edges -- their number grows
 with the duplicates, not with the corpus -- and runs the vectorised union-find of
-:mod:`data_pipelines.dedup.unionfind`.
+:mod:`data_pipelines.dedup.unionfind`; with ``dedup.memory_mb`` set it runs a union-find over every document
+instead, with the edges streamed from the part files (:mod:`data_pipelines.dedup.merge_bounded`).
 
 Rule
 ----

@@ -129,7 +129,7 @@ class DedupConfig:
     verify: str = "signature"  # none | signature | exact: how an LSH candidate pair is checked before merging
     threshold: float = 0.7  # candidate pairs with a (estimated or exact) Jaccard below this are never merged
     verify_window: int = 16  # each bucket member is checked against this many earlier members
-    memory_mb: int = 0  # > 0: bucket sort and candidate verification on disk within about this memory (same output)
+    memory_mb: int = 0  # > 0: bucket sort, verification and merge within about this memory, on disk (same output)
     kinds: dict[str, KindOverride] = field(default_factory=lambda: {"code": _code_override()})
 
     @property

@@ -11,9 +11,9 @@ byte-identical, which ``tests/pipeline/test_dedup_external.py`` checks on 200k s
 Memory: while spilling, one signature file's band array (the shards of a big run are small) and a quarter of
 the budget of records waiting to be appended; while grouping, one radix file and its sort (about 4x its size),
 plus the candidate pairs found so far (merged whenever the new ones are as many as the distinct ones), which
-grow with the duplicates, not with the corpus. The candidate verification that follows is bounded by
-the same budget (:mod:`data_pipelines.dedup.verify_external`); the union-find holds only documents that
-have an edge.
+grow with the duplicates, not with the corpus (``dedup.bucket_parts`` divides them). The candidate
+verification that follows is bounded by the same budget (:mod:`data_pipelines.dedup.verify_external`), and
+so is the merge (:mod:`data_pipelines.dedup.merge_bounded`: 8 bytes per document, edges streamed).
 """
 
 from __future__ import annotations
