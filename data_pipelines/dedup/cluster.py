@@ -35,24 +35,27 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections import Counter
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from data_pipelines.dedup.config import DedupConfig, as_dedup_config
 from data_pipelines.dedup.external import external_edges
-from data_pipelines.dedup.io import ArrayFile, load_npy, save_arrays, save_json, save_npy
+from data_pipelines.dedup.io import ArrayFile, RawArray, load_npy, save_arrays, save_json, save_npy
 from data_pipelines.dedup.merge_bounded import check_merge_budget, merge_bounded
 from data_pipelines.dedup.signatures import check_bands, check_exact, doc_key, open_signatures, split_keys
+from data_pipelines.dedup.spill_pairs import DocIds, PairSpill
 from data_pipelines.dedup.unionfind import connected_components
-from data_pipelines.dedup.verify import verify_edges, window_edges
+from data_pipelines.dedup.verify import verify_edges, window_edge_blocks, window_edges
 from data_pipelines.dedup.verify_external import verify_edges_bounded
 from data_pipelines.stats import StageStats
 from pretrain.core.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
+_VERIFY_PAIR_BYTES = 320  # budget per candidate pair verified in one batch (half of it for working buffers)
 REASONS = ("exact_duplicate", "near_duplicate")  # reason code i+1 in reason-<shard>.npy
 EXACT, NEAR = 1, 2
 STATS_FILE = "dedup.json"
@@ -160,33 +163,94 @@ def _near_edges(dcfg: DedupConfig, keys: np.ndarray, hashes: np.ndarray) -> np.n
     return window_edges(keys, hashes, dcfg.verify_window)
 
 
+def _near_edge_blocks(dcfg: DedupConfig, keys: np.ndarray, hashes: np.ndarray) -> Iterator[np.ndarray]:
+    """:func:`_near_edges` in blocks of at most one edge per key (window pairs one distance at a time)."""
+    if dcfg.verify == "none":
+        yield _star_edges(keys, hashes)
+    else:
+        yield from window_edge_blocks(keys, hashes, dcfg.verify_window)
+
+
 def _bucket_external(signature_paths: Sequence[str], out_dir: str, dcfg: DedupConfig, part: int, num_parts: int) -> str:
     """:func:`bucket_stage` within ``dcfg.memory_mb`` (:mod:`data_pipelines.dedup.external`); same output."""
-    shard_of, total_docs = {}, 0
+    sizes: dict[int, int] = {}
     for path in signature_paths:
         with open_signatures(path, dcfg) as f:
             shard = int(f.meta["shard"])
-            if shard in shard_of:
+            if shard in sizes:
                 raise DataError(f"dedup: two signature files for shard {shard} (one is {path})")
-            shard_of[shard] = path
-            total_docs += int(f.meta["num_docs"])
-    check_merge_budget(total_docs, dcfg.memory_mb)  # before the bucket work, not after it
-    shards, exact, near = external_edges(
-        signature_paths, dcfg, part, num_parts, os.path.join(out_dir, f"spill-{part:04d}-of-{num_parts:04d}"),
+            sizes[shard] = int(f.meta["num_docs"])
+    check_merge_budget(sum(sizes.values()), dcfg.memory_mb)  # before the bucket work, not after it
+    tag = f"{part:04d}-of-{num_parts:04d}"
+    budget = dcfg.memory_mb << 20
+    ids = DocIds(sizes)
+    exact = PairSpill(os.path.join(out_dir, f"spill-exact-{tag}"), ids, budget)
+    near = PairSpill(os.path.join(out_dir, f"spill-near-{tag}"), ids, budget)
+    shards = external_edges(
+        signature_paths, dcfg, part, num_parts, os.path.join(out_dir, f"spill-{tag}"),
         exact_edges=lambda k, hi, lo: _star_edges(k, hi, lo),
-        near_edges=lambda k, h: _near_edges(dcfg, k, h), unique_edges=_unique_edges,
+        near_edges=lambda k, h: _near_edge_blocks(dcfg, k, h), exact_out=exact, near_out=near,
     )
-    edges_near = _unique_edges(np.concatenate(near)) if near else np.zeros((0, 2), dtype=np.uint64)
-    return _write_part(out_dir, signature_paths, dcfg, part, num_parts, shards, _unique_edges(exact), edges_near)
+    return _write_part_bounded(out_dir, signature_paths, dcfg, part, num_parts, shards, exact, near)
+
+
+def _write_part_bounded(out_dir: str, signature_paths: Sequence[str], dcfg: DedupConfig, part: int, num_parts: int,
+                        shards: dict[int, int], exact: PairSpill, near: PairSpill) -> str:
+    """:func:`_write_part` from the pair spills: the exact edges and the verified near edges go to raw files
+    (the candidates verified a batch at a time), and the part file is written from them."""
+    tag = f"{part:04d}-of-{num_parts:04d}"
+    raw = os.path.join(out_dir, f"spill-edges-{tag}")
+    shutil.rmtree(raw, ignore_errors=True)
+    os.makedirs(raw)
+    counts = {"exact_edges": 0, "near_edges": 0, "rejected_edges": 0}
+    files = {name: open(os.path.join(raw, f"{name}.u64"), "wb") for name in counts}
+
+    def write(name: str, edges: np.ndarray) -> None:
+        edges.astype(np.uint64, copy=False).tofile(files[name])
+        counts[name] += len(edges)
+
+    try:
+        for edges in exact.sorted_pairs():
+            write("exact_edges", edges)
+        batch = max(1 << 12, (dcfg.memory_mb << 20) // _VERIFY_PAIR_BYTES)  # candidate pairs verified at once
+        held: list[np.ndarray] = []
+        held_rows = 0
+
+        def verify() -> None:
+            nonlocal held, held_rows
+            if held:
+                accepted, rejected = verify_edges_bounded(np.concatenate(held), signature_paths, dcfg,
+                                                          os.path.join(out_dir, f"spill-verify-{tag}"))
+                write("near_edges", accepted)
+                write("rejected_edges", rejected)
+            held, held_rows = [], 0
+
+        for edges in near.sorted_pairs():
+            while len(edges):
+                piece, edges = edges[:batch - held_rows], edges[batch - held_rows:]
+                held.append(piece)
+                held_rows += len(piece)
+                if held_rows >= batch:
+                    verify()
+        verify()
+        for fh in files.values():
+            fh.close()
+        out = part_path(out_dir, part, num_parts)
+        meta = {"part": part, "num_parts": num_parts, "shards": {str(s): n for s, n in sorted(shards.items())}}
+        save_arrays(out, {name: RawArray(os.path.join(raw, f"{name}.u64"), (n, 2), np.dtype(np.uint64))
+                          for name, n in counts.items()}, meta)
+    finally:
+        for fh in files.values():
+            fh.close()
+        shutil.rmtree(raw, ignore_errors=True)
+    log.info("dedup buckets part %d/%d: %d exact, %d near edges (%d candidates below the threshold)",
+             part, num_parts, counts["exact_edges"], counts["near_edges"], counts["rejected_edges"])
+    return out
 
 
 def _write_part(out_dir: str, signature_paths: Sequence[str], dcfg: DedupConfig, part: int, num_parts: int,
                 shards: dict[int, int], edges_exact: np.ndarray, edges_near: np.ndarray) -> str:
-    if dcfg.memory_mb:  # the full signatures of the candidates would not fit: gathered through spill files
-        spill = os.path.join(out_dir, f"spill-verify-{part:04d}-of-{num_parts:04d}")
-        edges_near, rejected = verify_edges_bounded(edges_near, signature_paths, dcfg, spill)
-    else:
-        edges_near, rejected = verify_edges(edges_near, signature_paths, dcfg)
+    edges_near, rejected = verify_edges(edges_near, signature_paths, dcfg)
     out = part_path(out_dir, part, num_parts)
     meta = {"part": part, "num_parts": num_parts, "shards": {str(s): n for s, n in sorted(shards.items())}}
     save_arrays(out, {"exact_edges": edges_exact, "near_edges": edges_near, "rejected_edges": rejected}, meta)

@@ -10,27 +10,29 @@ byte-identical, which ``tests/pipeline/test_dedup_external.py`` checks on 200k s
 
 Memory: while spilling, one signature file's band array (the shards of a big run are small) and a quarter of
 the budget of records waiting to be appended; while grouping, one radix file and its sort (about 4x its size),
-plus the candidate pairs found so far (merged whenever the new ones are as many as the distinct ones), which
-grow with the duplicates, not with the corpus (``dedup.bucket_parts`` divides them). The candidate
-verification that follows is bounded by the same budget (:mod:`data_pipelines.dedup.verify_external`), and
-so is the merge (:mod:`data_pipelines.dedup.merge_bounded`: 8 bytes per document, edges streamed).
+plus an eighth of the budget of edges waiting to go to disk. The edges found grow with the duplicates, not
+with the corpus, so they are never held: they go to :class:`~data_pipelines.dedup.spill_pairs.PairSpill`
+files, which give them back sorted and distinct. The candidate verification that follows takes them a batch
+at a time within the same budget (:mod:`data_pipelines.dedup.verify_external`), the part file is written
+from disk, and the merge is bounded too (:mod:`data_pipelines.dedup.merge_bounded`: 8 bytes per document,
+edges streamed).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 from data_pipelines.dedup.config import DedupConfig
 from data_pipelines.dedup.signatures import check_bands, check_exact, doc_key, open_signatures
+from data_pipelines.dedup.spill_pairs import PairSpill
 
 _SORT_OVERHEAD = 4  # bytes held while grouping one radix file, per byte of its records
 EXACT = -1  # the "band" of the exact-hash records
 _SPILL_BUFFER_SHARE = 4  # records held before an append: this fraction of the budget
-_MIN_MERGE_ROWS = 1 << 16  # near pairs found before the first merge
 
 
 def radix_bits(records: int, record_bytes: int, budget_bytes: int) -> int:
@@ -49,13 +51,15 @@ def external_edges(
     num_parts: int,
     spill_dir: str,
     exact_edges: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
-    near_edges: Callable[[np.ndarray, np.ndarray], np.ndarray],
-    unique_edges: Callable[[np.ndarray], np.ndarray],
-) -> tuple[dict[int, int], np.ndarray, list[np.ndarray]]:
-    """``(shards, exact edges, near edge blocks)`` of one bucket part, in ``cfg.memory_mb`` of memory.
+    near_edges: Callable[[np.ndarray, np.ndarray], Iterable[np.ndarray]],
+    exact_out: PairSpill,
+    near_out: PairSpill,
+) -> dict[int, int]:
+    """The shards of one bucket part, whose exact and near edges go to ``exact_out`` and ``near_out``, in
+    ``cfg.memory_mb`` of memory.
 
-    ``exact_edges(keys, hi, lo)`` and ``near_edges(keys, hashes)`` group one radix file (the in-memory
-    path's functions, so both paths make the same edges).
+    ``exact_edges(keys, hi, lo)`` and ``near_edges(keys, hashes)`` (blocks of edges) group one radix file (the
+    in-memory path's functions, so both paths make the same edges).
     """
     budget = int(cfg.memory_mb) << 20
     metas = []
@@ -87,32 +91,20 @@ def external_edges(
                         spill.add(b, np.stack((bands[b], keys), axis=1), band_bits)
                     del bands
         spill.flush()
-        exact_out = [np.zeros((0, 2), dtype=np.uint64)]  # one block per radix file, joined once at the end
-        merged = np.zeros((0, 2), dtype=np.uint64)  # distinct near pairs so far
-        pending: list[np.ndarray] = []  # pairs found since the last merge
-        pending_rows = 0
         for name in sorted(os.listdir(spill_dir)):
             band = int(name.rsplit("-", 1)[0])
             rec = np.fromfile(os.path.join(spill_dir, name), dtype=np.uint64)
             os.remove(os.path.join(spill_dir, name))
             if band == EXACT:
                 rec = rec.reshape(-1, 3)
-                exact_out.append(exact_edges(rec[:, 2], rec[:, 0], rec[:, 1]))
+                exact_out.add(exact_edges(rec[:, 2], rec[:, 0], rec[:, 1]))
             else:
                 rec = rec.reshape(-1, 2)
-                found = near_edges(rec[:, 1], rec[:, 0])
-                del rec
-                pending.append(found)
-                pending_rows += len(found)
-                # merged once the new pairs are as many as the distinct ones (a pair that collides in all 14
-                # bands is then held about once, not 14 times): each pair is re-sorted O(log) times, where a
-                # merge after every radix file re-sorted all pairs so far once per file
-                if pending_rows >= max(len(merged), _MIN_MERGE_ROWS):
-                    merged = unique_edges(np.concatenate([merged, *pending]))
-                    pending, pending_rows = [], 0
+                for found in near_edges(rec[:, 1], rec[:, 0]):  # a huge bucket's pairs: block by block
+                    near_out.add(found)  # on disk: a pair found in several bands is made distinct there
     finally:
         shutil.rmtree(spill_dir, ignore_errors=True)
-    return shards, np.concatenate(exact_out), [merged, *pending]
+    return shards
 
 
 class _SpillBuffer:

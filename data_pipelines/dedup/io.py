@@ -11,13 +11,15 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import struct
 import zipfile
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
 
-from pretrain.core.atomic import atomic_write
+from pretrain.core.atomic import atomic_open, atomic_write
 from pretrain.core.errors import DataError
 
 _EPOCH = (1980, 1, 1, 0, 0, 0)
@@ -33,19 +35,47 @@ def save_json(path: str, obj: Any) -> None:
     atomic_write(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
 
 
-def save_arrays(path: str, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
-    """An uncompressed ``.npz`` (readable with ``np.load``) holding ``arrays`` plus a JSON ``meta`` entry."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
-        entries = {"meta": np.frombuffer(json.dumps(dict(meta), sort_keys=True).encode(), dtype=np.uint8)}
-        entries.update(arrays)
+@dataclass(frozen=True)
+class RawArray:
+    """An array whose bytes (C order) are in a raw file: :func:`save_arrays` copies it in blocks, never whole."""
+
+    path: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    def header(self) -> bytes:
+        """The ``.npy`` header ``np.lib.format.write_array`` writes for such an array."""
+        buf = io.BytesIO()
+        np.lib.format.write_array_header_1_0(buf, {"descr": np.lib.format.dtype_to_descr(np.dtype(self.dtype)),
+                                                   "fortran_order": False, "shape": tuple(self.shape)})
+        return buf.getvalue()
+
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+
+def save_arrays(path: str, arrays: Mapping[str, np.ndarray | RawArray], meta: Mapping[str, Any]) -> None:
+    """An uncompressed ``.npz`` (readable with ``np.load``) holding ``arrays`` plus a JSON ``meta`` entry,
+    written to the file entry by entry (a :class:`RawArray` in blocks): the same bytes either way."""
+    entries: dict[str, np.ndarray | RawArray] = {
+        "meta": np.frombuffer(json.dumps(dict(meta), sort_keys=True).encode(), dtype=np.uint8)}
+    entries.update(arrays)
+    with atomic_open(path, "wb") as fh, zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
         for name, array in entries.items():
             info = zipfile.ZipInfo(f"{name}.npy", date_time=_EPOCH)
             info.external_attr = 0o644 << 16
-            member = io.BytesIO()
-            np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
-            zf.writestr(info, member.getvalue())
-    atomic_write(path, buf.getvalue())
+            if isinstance(array, RawArray):
+                if os.path.getsize(array.path) != array.nbytes():
+                    raise DataError(f"{array.path}: {os.path.getsize(array.path)} bytes, expected {array.nbytes()}")
+                header = array.header()
+                info.file_size = len(header) + array.nbytes()  # as writestr sets it: the same zip bytes
+                with zf.open(info, "w") as dest, open(array.path, "rb") as src:
+                    dest.write(header)
+                    shutil.copyfileobj(src, dest, 1 << 20)
+            else:
+                member = io.BytesIO()
+                np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
+                zf.writestr(info, member.getvalue())
 
 
 class ArrayFile:

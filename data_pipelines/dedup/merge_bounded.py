@@ -31,7 +31,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from data_pipelines.dedup.io import ArrayFile, StoredArray, save_json, save_npy
-from data_pipelines.dedup.signatures import ROW_BITS, split_keys
+from data_pipelines.dedup.spill_pairs import DocIds
 from data_pipelines.stats import StageStats
 from pretrain.core.atomic import atomic_open
 from pretrain.core.errors import ConfigError, DataError
@@ -59,31 +59,6 @@ def check_merge_budget(total_docs: int, memory_mb: int) -> None:
             f"dedup.memory_mb={memory_mb}: the bounded merge holds {need // max(total_docs, 1)} bytes per document, "
             f"{need / MiB:.1f} MiB for {total_docs:,} documents; set dedup.memory_mb to at least "
             f"{math.ceil(need / MiB)}")
-
-
-class _Ids:
-    """Global keys <-> dense document ids (the shards' rows, shard after shard in ascending order)."""
-
-    def __init__(self, shards: dict[int, int]):
-        order = sorted(shards)
-        self.shards = np.array(order, dtype=np.int64)
-        self.counts = np.array([shards[s] for s in order], dtype=np.int64)
-        self.offsets = np.concatenate(([0], np.cumsum(self.counts)))
-        self.total = int(self.offsets[-1])
-        self.dtype = _id_dtype(self.total)
-
-    def of(self, keys: np.ndarray) -> np.ndarray:
-        shard, row = split_keys(keys)
-        at = np.searchsorted(self.shards, shard)
-        if len(at) and (at.max() >= len(self.shards) or (self.shards[at] != shard).any()
-                        or (row >= self.counts[at]).any()):
-            raise DataError("dedup bucket files hold an edge to a document outside their shards; "
-                            "rerun the bucket stage")
-        return (self.offsets[at] + row).astype(self.dtype)
-
-    def keys(self, ids: np.ndarray) -> np.ndarray:
-        at = np.searchsorted(self.offsets, ids, side="right") - 1
-        return (self.shards[at].astype(np.uint64) << np.uint64(ROW_BITS)) | (ids - self.offsets[at]).astype(np.uint64)
 
 
 def _chunks(array: StoredArray, rows: int) -> Iterator[np.ndarray]:
@@ -163,7 +138,7 @@ def merge_bounded(out_dir: str, memory_mb: int, part_paths: Sequence[str], shard
     """:func:`~data_pipelines.dedup.cluster.merge_stage`'s outputs within ``memory_mb`` (see the module docstring)."""
     from data_pipelines.dedup.cluster import EXACT, NEAR, reason_path, removal_path
 
-    ids = _Ids(shards)
+    ids = DocIds(shards)
     total = ids.total
     check_merge_budget(total, memory_mb)
     spare = memory_mb * MiB - merge_bytes(total)

@@ -1,7 +1,7 @@
 """Clustering at scale on synthetic signatures: time and peak RSS of the cluster stage within a memory budget.
 
     python -m data_pipelines.dedup.simbench --docs 20000000 --shards 80 --memory-mb 1024 [--dup-fraction 0.1]
-        [--dir DIR]
+        [--hot-fraction 0] [--verify signature] [--dir DIR]
 
 Writes the signature files (:mod:`data_pipelines.dedup.simulate`, ``--dup-fraction`` planted duplicates), then runs
 ``cluster_stage`` with ``dedup.memory_mb`` in a fresh child process, so the peak RSS reported is the
@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--memory-mb", type=int, default=1024)
     ap.add_argument("--verify", default="none", choices=["none", "signature"])
     ap.add_argument("--dup-fraction", type=float, default=0.1, help="planted duplicates, half exact (default 0.1)")
+    ap.add_argument("--hot-fraction", type=float, default=0.0,
+                    help="near copies of document 0: one huge cluster (default 0)")
     ap.add_argument("--dir", default=None, help="work folder (default: a temporary one, removed afterwards)")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -58,7 +60,8 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         t0 = time.perf_counter()
         write_signatures(os.path.join(root, "sig"), args.docs, args.shards, DedupConfig(),
-                         dup_fraction=args.dup_fraction, with_signatures=args.verify != "none")
+                         dup_fraction=args.dup_fraction, with_signatures=args.verify != "none",
+                         hot_fraction=args.hot_fraction)
         gen_s = time.perf_counter() - t0
         cmd = [sys.executable, "-m", "data_pipelines.dedup.simbench", "--memory-mb", str(args.memory_mb),
                "--verify", args.verify, "--child", os.path.join(root, "sig"), os.path.join(root, "out")]
@@ -66,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
         out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
         wall = time.perf_counter() - t0
         result = {"documents": args.docs, "shards": args.shards, "memory_mb": args.memory_mb, "verify": args.verify,
-                  "dup_fraction": args.dup_fraction,
+                  "dup_fraction": args.dup_fraction, "hot_fraction": args.hot_fraction,
                   "generate_s": round(gen_s, 1), "cluster_wall_s": round(wall, 1),
                   **json.loads(out.strip().splitlines()[-1])}
         print(json.dumps(result))

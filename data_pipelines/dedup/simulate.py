@@ -5,7 +5,9 @@ the arrays, so these files carry made-up ones with the real layout (:mod:`data_p
 and planted duplicates: every document has a *content id*; a ``dup_fraction`` of them reuse an earlier
 document's content (in any earlier shard), half as exact copies (same exact hash, same signature), half as
 near copies (a tenth of the signature entries redrawn, the band hashes recomputed from it, a new exact
-hash). Everything derives from counter-based hashes of (content, variant), so a shard is generated alone,
+hash). A ``hot_fraction`` of them are instead near copies of document 0, one cluster as large as a page of
+boilerplate copied all over a crawl: its buckets are huge, and so is its number of candidate pairs.
+Everything derives from counter-based hashes of (content, variant), so a shard is generated alone,
 in memory proportional to its size.
 """
 
@@ -32,7 +34,7 @@ def _mix(z: np.ndarray) -> np.ndarray:
 
 def write_signatures(
     out_dir: str, num_docs: int, num_shards: int, cfg: DedupConfig, dup_fraction: float = 0.1, seed: int = 0,
-    with_signatures: bool = True,
+    with_signatures: bool = True, hot_fraction: float = 0.0,
 ) -> list[str]:
     """Write ``num_shards`` signature files for ``num_docs`` synthetic documents; returns their paths.
 
@@ -54,6 +56,11 @@ def write_signatures(
                 content[dup] = (rng.random(len(dup)) * (lo + dup)).astype(np.uint64)  # an earlier document
                 near = dup[rng.random(len(dup)) < 0.5]
                 variant[near] = _U(1) + rng.integers(0, 1 << 30, size=len(near), dtype=np.uint64)
+            if hot_fraction:
+                hot = np.flatnonzero(rng.random(n) < hot_fraction)
+                hot = hot[lo + hot > 0]  # document 0 itself stays the original
+                content[hot] = 0
+                variant[hot] = _U(1) + rng.integers(0, 1 << 30, size=len(hot), dtype=np.uint64)
             cols = np.arange(params.num_perm, dtype=np.uint64)[None, :]
             base = content[:, None] * _U(params.num_perm) + cols
             sig = (_mix(base ^ _U(seed)) >> _U(32)).astype(np.uint32)

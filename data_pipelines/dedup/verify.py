@@ -20,7 +20,7 @@ order of shards or rows, so the output stays byte-identical whatever the shardin
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -34,9 +34,15 @@ _CHUNK = 1 << 18  # edges compared per vectorised block: 256k x 112 x 4 bytes x 
 def window_edges(keys: np.ndarray, hashes: np.ndarray, window: int) -> np.ndarray:
     """Candidate pairs ``(smaller key, larger key)`` of one band: each bucket member with the ``window``
     members before it in key order (see the module docstring)."""
-    empty = np.zeros((0, 2), dtype=np.uint64)
+    return np.concatenate([np.zeros((0, 2), dtype=np.uint64), *window_edge_blocks(keys, hashes, window)])
+
+
+def window_edge_blocks(keys: np.ndarray, hashes: np.ndarray, window: int) -> Iterator[np.ndarray]:
+    """:func:`window_edges` one distance at a time (each block at most one pair per key): a bucket of ``m``
+    members gives up to ``window x m`` pairs, more than the keys themselves, so the bounded path takes them
+    block by block."""
     if len(keys) < 2:
-        return empty
+        return
     order = np.lexsort((keys, hashes))  # by hash, then key: every bucket is a run sorted by key
     h, k = hashes[order], keys[order]
     new = np.ones(len(k), dtype=bool)
@@ -44,13 +50,11 @@ def window_edges(keys: np.ndarray, hashes: np.ndarray, window: int) -> np.ndarra
     starts = np.flatnonzero(new)
     sizes = np.diff(np.append(starts, len(k)))
     if sizes.max() < 2:
-        return empty
+        return
     pos = np.arange(len(k)) - np.repeat(starts, sizes)  # position inside the bucket
-    out = []
     for j in range(1, min(window, int(sizes.max()) - 1) + 1):
         idx = np.flatnonzero(pos >= j)
-        out.append(np.stack((k[idx - j], k[idx]), axis=1))
-    return np.concatenate(out)
+        yield np.stack((k[idx - j], k[idx]), axis=1)
 
 
 def verify_edges(

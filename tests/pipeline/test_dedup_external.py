@@ -49,9 +49,8 @@ def test_bounded_clustering_matches_in_memory(tmp_path, monkeypatch):
     monkeypatch.setattr(external, "_SpillBuffer", CountingBuffer)
     # 2 MiB: the bounded merge's union-find holds 8 bytes for each of the 200k documents
     for name, extra in {"memory": {}, "bounded": {"memory_mb": 2}, "held": {"memory_mb": 2}}.items():
-        if name == "held":  # records held across signature files; near pairs merged as soon as as many are new
+        if name == "held":  # records held across signature files
             monkeypatch.setattr(external, "_SPILL_BUFFER_SHARE", 1 / 4)  # 8 MiB: two files' 3.8 MB of records
-            monkeypatch.setattr(external, "_MIN_MERGE_ROWS", 0)
         cfg = DedupConfig(**base, **extra)
         stats, peaks[name] = traced_peak(cluster_stage, paths, str(tmp_path / name), cfg)
         files = sorted(os.listdir(tmp_path / name))
@@ -271,3 +270,42 @@ def test_bounded_merge_names_a_part_file_whose_edges_are_not_sorted(tmp_path):
     save_arrays(part_path(str(tmp_path), 0, 1), arrays, meta)
     with pytest.raises(DataError, match=r"buckets-0000-of-0001.npz: near edges are not sorted and distinct"):
         merge_stage(str(tmp_path), DedupConfig(memory_mb=1), 1)
+
+
+def test_pair_spill_gives_every_distinct_pair_once_in_order(tmp_path):
+    """Pairs on disk come back sorted and distinct, from files split again where they exceed the budget: one
+    document with 60,000 partners (a star that shares its top bits), repeats across adds, shards numbered
+    with gaps."""
+    from data_pipelines.dedup.signatures import doc_key
+    from data_pipelines.dedup.spill_pairs import DocIds, PairSpill
+
+    shards = {2: 50_000, 5: 70_000, 9: 1}
+    keys = np.concatenate([doc_key(s, np.arange(n)) for s, n in sorted(shards.items())])
+    rng = np.random.default_rng(4)
+    pairs = np.sort(keys[rng.integers(0, len(keys), size=(150_000, 2))], axis=1)
+    star = np.stack((np.full(60_000, keys[7]), keys[8:60_008]), axis=1)
+    blocks = [pairs, star, pairs[:40_000], np.stack((keys[-2:-1], keys[-1:]), axis=1)]
+    spill = PairSpill(str(tmp_path / "spill"), DocIds(shards), 256 << 10)  # files over 64 KiB are split again
+    for b in blocks:
+        for part in np.array_split(b, 7):
+            spill.add(part)
+    got = np.concatenate(list(spill.sorted_pairs()))
+    want = np.unique(np.concatenate(blocks), axis=0)
+    assert np.array_equal(got, want) and not (tmp_path / "spill").exists()
+
+
+def test_bounded_bucket_step_holds_a_huge_cluster_within_the_budget(tmp_path):
+    """Half of 40k documents are near copies of one (boilerplate copied across a crawl): its buckets give
+    ~16 candidate pairs per copy, half a million in all. In memory they are held, verified and merged at once;
+    bounded, they go to disk as they are found, are verified a batch at a time and are merged from the part
+    file: the same bytes, in a small fraction of the memory."""
+    base = dict(num_perm=32, bands=8, rows=4)
+    paths = write_signatures(str(tmp_path / "sig"), 40_000, 4, DedupConfig(**base), dup_fraction=0.0, seed=2,
+                             hot_fraction=0.5)
+    outputs, peaks = {}, {}
+    for name, mb_ in (("memory", 0), ("bounded", 2)):
+        stats, peaks[name] = traced_peak(cluster_stage, paths, str(tmp_path / name), DedupConfig(**base, memory_mb=mb_))
+        outputs[name] = {f: (tmp_path / name / f).read_bytes() for f in sorted(os.listdir(tmp_path / name))}
+    assert outputs["bounded"] == outputs["memory"]  # the bucket files too: written from disk, the same bytes
+    assert stats.extra["candidate_edges"] > 400_000 and stats.dropped["near_duplicate"] > 19_000, stats
+    assert peaks["bounded"] < 8 << 20 and peaks["bounded"] * 10 < peaks["memory"], peaks
