@@ -37,7 +37,7 @@ from pretrain.core.atomic import atomic_open
 from pretrain.core.errors import ConfigError, DataError
 
 MiB = 1 << 20
-_EDGE_BYTES = 96  # working bytes per edge of a chunk while it is hooked (ids, roots, masks)
+_EDGE_BYTES = 160  # working bytes per edge of a chunk while it is hooked (keys to ids, roots, masks)
 _MIN_CHUNK = 1 << 12
 _BLOCK_BYTES = 64  # working bytes per document of a block of the passes after the union-find
 

@@ -7,7 +7,7 @@ with the dense document ids of :class:`DocIds` (key order, so the uint64 order i
 appended to one of 256 files by the top 8 bits of that number's range. A file that fits in the budget,
 sorted, is read back, sorted and made distinct; a larger one is first split the same way by its next 8 bits.
 Equal pairs always share a file, so the files in order give every distinct pair once, in order. Pairs wait
-in memory up to an eighth of the budget before they are appended.
+in memory up to a sixteenth of the budget before they are appended.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from pretrain.core.errors import ConfigError, DataError
 
 _FAN = 8  # bits per split: 256 files
 _SORT_OVERHEAD = 4  # bytes held while sorting a file, per byte of it
+_HELD_SHARE = 16  # pairs wait in memory up to this fraction of the budget (about 3x that while appended)
+_KEYS_OVERHEAD = 8  # bytes per byte of pair numbers while they become keys: done in blocks of budget / this
 _U32 = np.uint64(32)
 _LOW = np.uint64(0xFFFFFFFF)
 
@@ -75,7 +77,7 @@ class PairSpill:
         number = (self.ids.of(pairs[:, 0]).astype(np.uint64) << _U32) | self.ids.of(pairs[:, 1]).astype(np.uint64)
         self.held.append(number)
         self.held_bytes += number.nbytes
-        if self.held_bytes * 8 >= self.budget:
+        if self.held_bytes * _HELD_SHARE >= self.budget:
             self._flush()
 
     def _flush(self) -> None:
@@ -100,8 +102,11 @@ class PairSpill:
             if size * _SORT_OVERHEAD <= self.budget or shift == 0:
                 number = np.unique(np.fromfile(path, dtype=np.uint64))
                 os.remove(path)
-                yield np.stack((self.ids.keys((number >> _U32).astype(np.int64)),
-                                self.ids.keys((number & _LOW).astype(np.int64))), axis=1)
+                step = max(1, self.budget // (8 * _KEYS_OVERHEAD))
+                for a in range(0, len(number), step):
+                    block = number[a:a + step]
+                    yield np.stack((self.ids.keys((block >> _U32).astype(np.int64)),
+                                    self.ids.keys((block & _LOW).astype(np.int64))), axis=1)
                 continue
             sub = max(0, shift - _FAN)  # too big to sort at once: split by the next bits first
             rows = max(1, self.budget // (8 * _SORT_OVERHEAD))
@@ -117,6 +122,7 @@ def _scatter(number: np.ndarray, shift: int, prefix: str, mask: bool = False) ->
     radix = number >> np.uint64(shift)
     if mask:
         radix &= np.uint64((1 << _FAN) - 1)
+    radix = radix.astype(np.uint8)  # 8 bits: a one-byte radix sort
     order = np.argsort(radix, kind="stable")
     radix, number = radix[order], number[order]
     cuts = np.flatnonzero(np.diff(radix)) + 1

@@ -57,14 +57,14 @@ def test_bounded_clustering_matches_in_memory(tmp_path, monkeypatch):
         outputs[name] = {f: (tmp_path / name / f).read_bytes() for f in files if not f.startswith("buckets-")}
         assert not [f for f in files if f.startswith("spill")]  # spill files (buckets and verification) are cleaned up
     assert outputs["bounded"] == outputs["memory"] and outputs["held"] == outputs["memory"]
-    # each of the 8 files appended to its 16 exact and 8 x 8 band radix files; held, about half as often
-    assert appends["bounded"] == 8 * (16 + 8 * 8) and appends["held"] <= appends["bounded"] * 0.6, appends
+    # each of the 8 files appended to its 16 exact and 8 x 16 band radix files; held, about half as often
+    assert appends["bounded"] == 8 * (16 + 8 * 16) and appends["held"] <= appends["bounded"] * 0.6, appends
     assert stats.dropped["exact_duplicate"] > 5000 and stats.dropped["near_duplicate"] > 5000, stats.dropped
     assert stats.extra["rejected_edges"] > 10, stats.extra  # verification decided something
     # in memory: every band record (25 MB) and every candidate's signature; bounded: about one shard's arrays
     assert peaks["bounded"] < 8 << 20 and peaks["bounded"] * 4 < peaks["memory"], peaks
-    # 1 MiB for 200k records of a band (3.2 MB, 4x that to sort) really spills: 2**4 radix files per band
-    assert radix_bits(200_000, 16, 1 << 20) == 4
+    # 1 MiB for 200k records of a band (3.2 MB, 6x that to group) really spills: 2**5 radix files per band
+    assert radix_bits(200_000, 16, 1 << 20) == 5
     assert np.load(tmp_path / "bounded" / "clusters.npy").shape[0] > 10000
 
 
