@@ -184,14 +184,18 @@ def _bucket_external(signature_paths: Sequence[str], out_dir: str, dcfg: DedupCo
     tag = f"{part:04d}-of-{num_parts:04d}"
     budget = dcfg.memory_mb << 20
     ids = DocIds(sizes)
-    exact = PairSpill(os.path.join(out_dir, f"spill-exact-{tag}"), ids, budget)
-    near = PairSpill(os.path.join(out_dir, f"spill-near-{tag}"), ids, budget)
-    shards = external_edges(
-        signature_paths, dcfg, part, num_parts, os.path.join(out_dir, f"spill-{tag}"),
-        exact_edges=lambda k, hi, lo: _star_edges(k, hi, lo),
-        near_edges=lambda k, h: _near_edge_blocks(dcfg, k, h), exact_out=exact, near_out=near,
-    )
-    return _write_part_bounded(out_dir, signature_paths, dcfg, part, num_parts, shards, exact, near)
+    folders = [os.path.join(out_dir, f"spill-{what}-{tag}") for what in ("exact", "near")]
+    try:  # the pair files go when they are read back, and here when anything before that fails
+        exact, near = (PairSpill(folder, ids, budget) for folder in folders)
+        shards = external_edges(
+            signature_paths, dcfg, part, num_parts, os.path.join(out_dir, f"spill-{tag}"),
+            exact_edges=lambda k, hi, lo: _star_edges(k, hi, lo),
+            near_edges=lambda k, h: _near_edge_blocks(dcfg, k, h), exact_out=exact, near_out=near,
+        )
+        return _write_part_bounded(out_dir, signature_paths, dcfg, part, num_parts, shards, exact, near)
+    finally:
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _write_part_bounded(out_dir: str, signature_paths: Sequence[str], dcfg: DedupConfig, part: int, num_parts: int,

@@ -67,7 +67,9 @@ def _chunks(array: StoredArray, rows: int) -> Iterator[np.ndarray]:
 
 
 def _find(parent: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """The roots of ``x``; every ``x`` then points straight at its root."""
+    """The roots of ``x``, climbing a level at a time; every ``x`` then points straight at its root. Paths are
+    short: :func:`_hook` leaves every node it touched two levels from its root at most, so a path grows by one
+    level per chunk at most."""
     r = parent[x]
     while True:
         up = parent[r]
@@ -87,6 +89,20 @@ def _hook(parent: np.ndarray, u: np.ndarray, v: np.ndarray) -> None:
             return
         u, v, ru, rv = u[cross], v[cross], ru[cross], rv[cross]
         np.minimum.at(parent, np.maximum(ru, rv), np.minimum(ru, rv))
+        _jump(parent, np.unique(np.concatenate((ru, rv))))
+
+
+def _jump(parent: np.ndarray, roots: np.ndarray) -> None:
+    """Point the roots one hooking round linked at their new roots. The round changed only the parents of
+    some of ``roots``, each to another of them, so every path from one of them runs through them alone:
+    pointer jumping over them halves all those paths at each pass (a chain of ``n`` hooked roots, as one
+    bucket's window pairs make, takes ``log2(n)`` passes, not ``n`` levels climbed by every edge)."""
+    while True:
+        up = parent[roots]
+        top = parent[up]
+        if np.array_equal(top, up):
+            return
+        parent[roots] = top
 
 
 def _flatten(parent: np.ndarray, size: int) -> None:
@@ -144,8 +160,10 @@ def merge_bounded(out_dir: str, memory_mb: int, part_paths: Sequence[str], shard
     spare = memory_mb * MiB - merge_bytes(total)
     rows, block = max(_MIN_CHUNK, spare // _EDGE_BYTES), max(_MIN_CHUNK, spare // _BLOCK_BYTES)
     parent = np.arange(total, dtype=ids.dtype)
-    files = [ArrayFile(p, "dedup bucket file") for p in part_paths]
+    files: list[ArrayFile] = []
     try:
+        for p in part_paths:
+            files.append(ArrayFile(p, "dedup bucket file"))
         for f in files:
             for name in ("exact_edges", "near_edges"):
                 for e in _chunks(f.reader(name), rows):
@@ -201,7 +219,7 @@ def merge_bounded(out_dir: str, memory_mb: int, part_paths: Sequence[str], shard
             save_npy(removal_path(out_dir, shard), gone.astype(np.uint32))
             save_npy(reason_path(out_dir, shard), why)
         counts[NEAR] = removed_total - counts[EXACT]
-        per_reader = max(_MIN_CHUNK, rows // max(1, len(files)))
+        per_reader = max(256, rows // max(1, len(files)))  # many parts: small buffers, not 4096 rows each
         near = _distinct_rows([f.reader("near_edges") for f in files], per_reader, "near edges")
         rejected = _distinct_rows([f.reader("rejected_edges") for f in files], per_reader, "rejected edges")
     finally:

@@ -309,3 +309,18 @@ def test_bounded_bucket_step_holds_a_huge_cluster_within_the_budget(tmp_path):
     assert outputs["bounded"] == outputs["memory"]  # the bucket files too: written from disk, the same bytes
     assert stats.extra["candidate_edges"] > 400_000 and stats.dropped["near_duplicate"] > 19_000, stats
     assert peaks["bounded"] < 8 << 20 and peaks["bounded"] * 10 < peaks["memory"], peaks
+
+
+def test_bounded_bucket_step_leaves_no_spill_files_when_a_signature_file_is_bad(tmp_path):
+    """A corrupt signature file found mid-way (after other files' pairs went to disk) is named, and the
+    radix, pair and edge files of the part are gone with the error."""
+    cfg = DedupConfig(num_perm=32, bands=8, rows=4, memory_mb=2)
+    paths = write_signatures(str(tmp_path / "sig"), 20_000, 4, cfg, seed=5)
+    with ArrayFile(paths[2], "x") as f:
+        arrays = {n: f[n] for n in ("exact", "band_rows", "bands", "sig")}
+        meta = f.meta
+    arrays["bands"] = arrays["bands"][:, :-5].copy()  # fewer band rows than documents
+    save_arrays(paths[2], arrays, meta)
+    with pytest.raises(DataError, match="sig-00002.npz"):
+        cluster_stage(paths, str(tmp_path / "out"), cfg)
+    assert not [f for f in os.listdir(tmp_path / "out") if f.startswith("spill")]
