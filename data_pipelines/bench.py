@@ -235,12 +235,16 @@ def book_sized(src: Path, dest: Path, min_bytes: int = 300_000) -> list[str]:
     for path in sorted(p for p in src.rglob("*.txt") if p.is_file()):
         text = path.read_bytes().decode("latin-1")  # one character per byte: the bytes are written back as read
         lines = text.split("\n")
-        start, k = gutenberg._header_lines(text, lines, 800)
-        end = gutenberg._footer_line(text, lines, text.index("\n", k) + 1)
-        body = lines[start + 1:end]
+        header = gutenberg._header_lines(text, lines, 800)
+        nl = text.find("\n", header[1]) if header else -1
+        end = gutenberg._footer_line(text, lines, nl + 1) if nl >= 0 else None
+        if header is None or end is None:
+            raise ValueError(f"{path}: a book-sized copy needs a Project Gutenberg START marker and footer")
+        body = lines[header[0] + 1:end]
         repeat = -(-min_bytes // max(1, len("\n".join(body))))
-        (dest / path.name).write_bytes("\n".join(lines[:start + 1] + body * repeat + lines[end:]).encode("latin-1"))
-        out.append(str(dest / path.name))
+        target = dest / "-".join(path.relative_to(src).parts)  # books of the same name in two folders stay two
+        target.write_bytes("\n".join(lines[:header[0] + 1] + body * repeat + lines[end:]).encode("latin-1"))
+        out.append(str(target))
     return out
 
 
