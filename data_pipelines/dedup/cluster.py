@@ -207,13 +207,15 @@ def _write_part_bounded(out_dir: str, signature_paths: Sequence[str], dcfg: Dedu
     shutil.rmtree(raw, ignore_errors=True)
     os.makedirs(raw)
     counts = {"exact_edges": 0, "near_edges": 0, "rejected_edges": 0}
-    files = {name: open(os.path.join(raw, f"{name}.u64"), "wb") for name in counts}
+    files: dict[str, Any] = {}
 
     def write(name: str, edges: np.ndarray) -> None:
         edges.astype(np.uint64, copy=False).tofile(files[name])
         counts[name] += len(edges)
 
     try:
+        for name in counts:
+            files[name] = open(os.path.join(raw, f"{name}.u64"), "wb")
         for edges in exact.sorted_pairs():
             write("exact_edges", edges)
         batch = max(1 << 12, (dcfg.memory_mb << 20) // _VERIFY_PAIR_BYTES)  # candidate pairs verified at once

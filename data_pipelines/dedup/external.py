@@ -10,7 +10,7 @@ byte-identical, which ``tests/pipeline/test_dedup_external.py`` checks on 200k s
 
 Memory: while spilling, one signature file's band array (the shards of a big run are small) and a quarter of
 the budget of records waiting to be appended; while grouping, one radix file and its sort (about 6x its size),
-plus an eighth of the budget of edges waiting to go to disk. The edges found grow with the duplicates, not
+plus a sixteenth of the budget of edges waiting to go to disk. The edges found grow with the duplicates, not
 with the corpus, so they are never held: they go to :class:`~data_pipelines.dedup.spill_pairs.PairSpill`
 files, which give them back sorted and distinct. The candidate verification that follows takes them a batch
 at a time within the same budget (:mod:`data_pipelines.dedup.verify_external`), the part file is written
