@@ -241,27 +241,29 @@ def _write_part_bounded(out_dir: str, signature_paths: Sequence[str], dcfg: Dedu
         verify()
         for fh in files.values():
             fh.close()
-        out = part_path(out_dir, part, num_parts)
-        meta = {"part": part, "num_parts": num_parts, "shards": {str(s): n for s, n in sorted(shards.items())}}
-        save_arrays(out, {name: RawArray(os.path.join(raw, f"{name}.u64"), (n, 2), np.dtype(np.uint64))
-                          for name, n in counts.items()}, meta)
+        return _save_part(out_dir, part, num_parts, shards, counts, {
+            name: RawArray(os.path.join(raw, f"{name}.u64"), (n, 2), np.dtype(np.uint64)) for name, n in counts.items()})
     finally:
         for fh in files.values():
             fh.close()
         shutil.rmtree(raw, ignore_errors=True)
-    log.info("dedup buckets part %d/%d: %d exact, %d near edges (%d candidates below the threshold)",
-             part, num_parts, counts["exact_edges"], counts["near_edges"], counts["rejected_edges"])
-    return out
 
 
 def _write_part(out_dir: str, signature_paths: Sequence[str], dcfg: DedupConfig, part: int, num_parts: int,
                 shards: dict[int, int], edges_exact: np.ndarray, edges_near: np.ndarray) -> str:
     edges_near, rejected = verify_edges(edges_near, signature_paths, dcfg)
+    arrays = {"exact_edges": edges_exact, "near_edges": edges_near, "rejected_edges": rejected}
+    return _save_part(out_dir, part, num_parts, shards, {name: len(a) for name, a in arrays.items()}, arrays)
+
+
+def _save_part(out_dir: str, part: int, num_parts: int, shards: dict[int, int], counts: dict[str, int],
+               arrays: dict[str, Any]) -> str:
+    """Write a part file (arrays or :class:`RawArray` files) and log its edge counts."""
     out = part_path(out_dir, part, num_parts)
     meta = {"part": part, "num_parts": num_parts, "shards": {str(s): n for s, n in sorted(shards.items())}}
-    save_arrays(out, {"exact_edges": edges_exact, "near_edges": edges_near, "rejected_edges": rejected}, meta)
+    save_arrays(out, arrays, meta)
     log.info("dedup buckets part %d/%d: %d exact, %d near edges (%d candidates below the threshold)",
-             part, num_parts, len(edges_exact), len(edges_near), len(rejected))
+             part, num_parts, counts["exact_edges"], counts["near_edges"], counts["rejected_edges"])
     return out
 
 
@@ -279,7 +281,7 @@ def merge_stage(out_dir: str, cfg: Any, num_parts: int = 1) -> StageStats:
                 raise DataError(f"dedup bucket file {path} was built from other shards than part 0; rerun the bucket stage")
     assert shards is not None
     if dcfg.memory_mb:
-        stats = merge_bounded(out_dir, dcfg.memory_mb, paths, shards, STATS_FILE, REASONS)
+        stats = merge_bounded(out_dir, dcfg.memory_mb, paths, shards)
         _log_merge(sum(shards.values()), stats)
         return stats
     exact_parts, near_parts, rejected_parts = [], [], []

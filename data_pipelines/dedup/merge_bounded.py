@@ -31,7 +31,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from data_pipelines.dedup.io import ArrayFile, StoredArray, save_json, save_npy
-from data_pipelines.dedup.spill_pairs import DocIds
+from data_pipelines.dedup.spill_pairs import DocIds, id_dtype
 from data_pipelines.stats import StageStats
 from pretrain.core.atomic import atomic_open
 from pretrain.core.errors import ConfigError, DataError
@@ -42,13 +42,9 @@ _MIN_CHUNK = 1 << 12
 _BLOCK_BYTES = 64  # working bytes per document of a block of the passes after the union-find
 
 
-def _id_dtype(total_docs: int) -> np.dtype:
-    return np.dtype(np.int32) if total_docs < 2**31 else np.dtype(np.int64)
-
-
 def merge_bytes(total_docs: int) -> int:
     """Bytes the bounded merge holds for ``total_docs`` documents: two arrays of one id each."""
-    return 2 * total_docs * _id_dtype(total_docs).itemsize
+    return 2 * total_docs * id_dtype(total_docs).itemsize
 
 
 def check_merge_budget(total_docs: int, memory_mb: int) -> None:
@@ -149,10 +145,9 @@ def _distinct_rows(readers: Sequence[StoredArray], rows: int, what: str) -> int:
         count += int(1 + ((rows_now[1:] != rows_now[:-1]).any(axis=1)).sum()) if len(rows_now) else 0
 
 
-def merge_bounded(out_dir: str, memory_mb: int, part_paths: Sequence[str], shards: dict[int, int],
-                  stats_file: str, reasons: Sequence[str]) -> StageStats:
+def merge_bounded(out_dir: str, memory_mb: int, part_paths: Sequence[str], shards: dict[int, int]) -> StageStats:
     """:func:`~data_pipelines.dedup.cluster.merge_stage`'s outputs within ``memory_mb`` (see the module docstring)."""
-    from data_pipelines.dedup.cluster import EXACT, NEAR, reason_path, removal_path
+    from data_pipelines.dedup.cluster import EXACT, NEAR, REASONS, STATS_FILE, reason_path, removal_path
 
     ids = DocIds(shards)
     total = ids.total
@@ -229,7 +224,7 @@ def merge_bounded(out_dir: str, memory_mb: int, part_paths: Sequence[str], shard
     stats = StageStats()
     stats.docs_in = total
     stats.docs_out = total - removed_total
-    for code, name in enumerate(reasons, start=1):
+    for code, name in enumerate(REASONS, start=1):
         if counts[code]:
             stats.drop(name, counts[code])
     stats.extra["cluster_sizes"] = {str(k): hist[k] for k in sorted(hist)}
@@ -237,6 +232,6 @@ def merge_bounded(out_dir: str, memory_mb: int, part_paths: Sequence[str], shard
     stats.extra["clusters"] = int(sum(hist.values()))
     stats.extra["candidate_edges"] = near + rejected
     stats.extra["rejected_edges"] = rejected
-    save_json(os.path.join(out_dir, stats_file), {"format": "dedup-removals/1", "shards": {
+    save_json(os.path.join(out_dir, STATS_FILE), {"format": "dedup-removals/1", "shards": {
         str(s): n for s, n in sorted(shards.items())}, "stats": stats.to_dict()})
     return stats

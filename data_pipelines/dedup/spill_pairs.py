@@ -29,6 +29,11 @@ _U32 = np.uint64(32)
 _LOW = np.uint64(0xFFFFFFFF)
 
 
+def id_dtype(total_docs: int) -> np.dtype:
+    """The dense document ids' dtype: 4 bytes below 2**31 documents, 8 from there on."""
+    return np.dtype(np.int32) if total_docs < 2**31 else np.dtype(np.int64)
+
+
 class DocIds:
     """Global keys <-> dense document ids (the shards' rows, shard after shard in ascending order)."""
 
@@ -38,7 +43,7 @@ class DocIds:
         self.counts = np.array([shards[s] for s in order], dtype=np.int64)
         self.offsets = np.concatenate(([0], np.cumsum(self.counts)))
         self.total = int(self.offsets[-1])
-        self.dtype = np.dtype(np.int32) if self.total < 2**31 else np.dtype(np.int64)
+        self.dtype = id_dtype(self.total)
 
     def of(self, keys: np.ndarray) -> np.ndarray:
         shard, row = split_keys(keys)
