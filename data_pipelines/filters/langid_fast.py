@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import shutil
+import time
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 _ITEMSIZE = {2: np.uint16, 4: np.uint32, 8: np.uint64}
 WALK_BYTES = 4 << 20  # bytes of text per vectorised walk of detect_many: ~90 MB of arrays at most
 CACHE_FORMAT = 2  # 2: meta.json holds a checksum of every table
+STALE_AFTER_DAYS = 30  # a cached copy that no process has loaded for this long is removed (another environment's)
+_STAMP = "last_used"  # touched in a copy at most once a day by the processes that load it
 _CACHED_ARRAYS = {"_next": np.int32, "_rowbase": np.int32, "_next_base": np.int32, "_out": np.int64,
                   "_ptc": np.float32}
 
@@ -327,11 +330,12 @@ def _checksum(arr: np.ndarray) -> str:
     return f"{arr.dtype.str}:{arr.shape}:{total!r}"
 
 
-def _remove_dead_writers(folder: Path) -> None:
+def _remove_dead_writers(folder: Path, pattern: str | None = None) -> None:
     """Remove the half-written copies (``.<name>.tmp-<pid>-<token>``) beside ``folder`` whose writer is no longer
-    running on this machine (a process killed while it saved the tables)."""
+    running on this machine (a process killed while it saved the tables, or while it removed a stale copy);
+    ``pattern`` matches other names than ``folder``'s."""
     try:
-        siblings = list(folder.parent.glob(f".{folder.name}.tmp-*"))
+        siblings = list(folder.parent.glob(pattern or f".{folder.name}.tmp-*"))
     except OSError:
         return
     for tmp in siblings:
@@ -342,6 +346,47 @@ def _remove_dead_writers(folder: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
         except (ValueError, IndexError, OSError):  # not ours, or a live writer we may not signal
             continue
+
+
+def mark_used(folder: Path, now: float | None = None) -> None:
+    """Record that this process uses the copy in ``folder`` (its ``last_used`` file, touched at most once a day)
+    and, when it does, remove the copies beside it that no process has used for :data:`STALE_AFTER_DAYS`: those
+    of another py3langid, numpy or virtual environment, ~130 MB each. A copy from before the stamp existed
+    counts as used when its folder was made. A cache that cannot be written is left as it is."""
+    now = time.time() if now is None else now
+    stamp = folder / _STAMP
+    try:
+        if now - stamp.stat().st_mtime < 86400:
+            return
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return
+    try:
+        stamp.touch()
+        os.utime(stamp, (now, now))
+    except OSError:
+        return
+    _remove_dead_writers(folder, ".langid-*.tmp-*")
+    try:
+        others = [p for p in folder.parent.glob("langid-*") if p.name != folder.name and p.is_dir()]
+    except OSError:
+        return
+    for other in others:
+        try:
+            used = (other / _STAMP).stat().st_mtime if (other / _STAMP).exists() else other.stat().st_mtime
+        except OSError:
+            continue
+        if now - used <= STALE_AFTER_DAYS * 86400:
+            continue
+        # renamed first, so that no process sees a half-removed copy under its own name
+        doomed = other.with_name(f".{other.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
+        try:
+            os.rename(other, doomed)
+        except OSError:
+            continue
+        log.info("removed the language-ID cache %s: not used for %d days", other, (now - used) // 86400)
+        shutil.rmtree(doomed, ignore_errors=True)
 
 
 def cache_folder() -> Path | None:
@@ -372,14 +417,17 @@ def fast_identifier() -> Any:
     Decompressing py3langid's model and building the tables costs about 1.3 s per process; the tables are
     therefore cached (:func:`cache_folder`, ~140 MB, rebuilt when py3langid's model file changes) and later
     processes memory-map them: about 0.05 s with the checksums, and the pages are shared by every worker. A
-    cache that cannot be read or written is rebuilt or skipped, never an error."""
+    cache that cannot be read or written is rebuilt or skipped, never an error; copies that no process has used
+    for :data:`STALE_AFTER_DAYS` are removed (:func:`mark_used`)."""
     from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
     folder = None
     try:
         folder = cache_folder()
         if folder is not None and (folder / "meta.json").exists():
-            return FastLanguageIdentifier.load(folder)
+            fast = FastLanguageIdentifier.load(folder)
+            mark_used(folder)
+            return fast
     except (OSError, EOFError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:  # rebuilt below
         log.info("language-ID cache %s unusable (%s): rebuilding it", folder, e)
         if folder is not None:
@@ -392,6 +440,7 @@ def fast_identifier() -> Any:
     if folder is not None:
         try:
             fast.save(folder)
+            mark_used(folder)
         except OSError as e:  # a read-only home, a full disk: the next process builds the tables again
             log.info("language-ID tables not cached in %s: %s", folder, e)
     return fast

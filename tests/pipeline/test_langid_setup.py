@@ -68,6 +68,7 @@ def test_the_cached_tables_give_the_same_identifier_and_a_broken_cache_is_rebuil
         assert [loaded.rank(t) for t in texts] == [py3langid_model.rank(t) for t in texts]
         assert loaded.detect_many(texts, ["en"]) == built.detect_many(texts, ["en"])
         assert loaded.depth == built.depth and loaded.labels == tuple(built.labels)
+        assert (folder / "last_used").is_file()  # stamped by the processes that use it (mark_used)
 
         (folder / "_ptc.npy").write_bytes(b"\x93NUMPY broken")  # a truncated copy: rebuilt, not an error
         fast_identifier.cache_clear()
@@ -120,6 +121,50 @@ def test_damaged_or_abandoned_cache_copies_are_replaced(tmp_path, monkeypatch, p
         shutil.rmtree(folder)
     finally:
         fast_identifier.cache_clear()
+
+
+def test_copies_no_process_used_for_30_days_are_removed_by_the_next_user(tmp_path):
+    """Another environment's copy (a stamp 40 days old, or no stamp and a folder that old) is removed when a
+    process stamps its own; recent copies and foreign folders are left alone, nothing is removed by a process
+    that cannot stamp its copy, and the stamp is written at most once a day."""
+    import os
+    import time
+    from pathlib import Path
+
+    now = time.time()
+    day = 86400
+    root = tmp_path / "cache"
+
+    def copy(name: str, stamp_age: float | None, folder_age: float = 0) -> Path:
+        folder = root / name
+        folder.mkdir(parents=True)
+        (folder / "meta.json").write_text("{}")
+        if stamp_age is not None:
+            (folder / "last_used").touch()
+            os.utime(folder / "last_used", (now - stamp_age, now - stamp_age))
+        os.utime(folder, (now - folder_age, now - folder_age))
+        return folder
+
+    ours = copy("langid-ours", None)
+    copy("langid-old", 40 * day)  # stale: stamped 40 days ago
+    copy("langid-legacy", None, folder_age=40 * day)  # stale: no stamp, made 40 days ago
+    recent, fresh_legacy = copy("langid-recent", 29 * day), copy("langid-new-legacy", None, folder_age=2 * day)
+    foreign = copy("tokenizers-old", 400 * day, folder_age=400 * day)
+    langid_fast.mark_used(ours, now)
+    assert sorted(p.name for p in root.iterdir()) == sorted(p.name for p in (ours, recent, fresh_legacy, foreign))
+    assert abs((ours / "last_used").stat().st_mtime - now) < 1
+
+    # stamped today already: nothing is looked at again until tomorrow
+    os.utime(recent / "last_used", (now - 40 * day, now - 40 * day))
+    langid_fast.mark_used(ours, now + 3600)
+    assert recent.exists()
+    langid_fast.mark_used(ours, now + day + 1)
+    assert not recent.exists() and fresh_legacy.exists() and foreign.exists()
+
+    # a copy that cannot be stamped (removed meanwhile by another process): nothing else is removed either
+    stale = copy("langid-stale", 90 * day)
+    langid_fast.mark_used(root / "langid-gone", now)
+    assert stale.exists() and not (root / "langid-gone").exists()
 
 
 def test_no_home_directory_means_no_cache(monkeypatch):
