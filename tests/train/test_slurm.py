@@ -68,6 +68,17 @@ def test_bad_helper_input_is_one_clear_line(override, fragment):
     assert out.returncode == 2 and fragment in out.stderr and "Traceback" not in out.stderr, out.stderr
 
 
+def test_a_cpu_job_and_bad_input_are_checked_without_importing_torch():
+    """Rendering a CPU job and refusing bad input take the layout and value checks only: torch (about 2 s of
+    imports per submission) is loaded only by the GPU planner and by the job itself."""
+    code = ("import sys; from pretrain.launch import slurm; "
+            "print('RC', slurm.main(sys.argv[1:]), 'torch' in sys.modules)")
+    for args, rc in ((["--dry-run", "slurm=cpu", "experiment=gpt_tiny"], 0), (["--dry-run", "slurm.time=tomorrow"], 2),
+                     (["--dry-run", "parallel.tensor_model_parallel_size=3"], 2)):
+        out = _run([sys.executable, "-c", code, *args])
+        assert out.stdout.splitlines()[-1] == f"RC {rc} False", (args, out.stdout[-500:], out.stderr[-2000:])
+
+
 def test_slurm_task_env_maps_one_task_per_gpu_ranks():
     from pretrain.distributed import first_slurm_host, slurm_task_env
 
