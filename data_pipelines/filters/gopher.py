@@ -38,6 +38,11 @@ from data_pipelines.filters.text import (
 )
 from data_pipelines.stats import StageStats
 
+try:  # the compiled n-gram statistics (data_pipelines/_native.c), built by pip install when a C compiler is there
+    from data_pipelines import _native
+except ImportError:  # pragma: no cover - an install without a compiler: the Python and numpy n-grams below
+    _native = None
+
 STOP_WORDS = ["the", "be", "to", "of", "and", "that", "have", "with"]
 BULLETS = ["•", "●", "○", "◦", "▪", "▫", "■", "□", "‣", "⁃", "-", "*"]
 _TOKEN = re.compile(r"\S+")
@@ -324,6 +329,7 @@ class _HashedNGrams:
 
 # from this many words on, the numpy n-grams are the faster (measured on stdlib docstrings)
 LONG_DOC_WORDS = 2000
+NATIVE_MAX_N = 1000  # the largest n-gram size data_pipelines._native.gopher_ngrams takes
 
 
 def _ngram_table(value: dict[int, float] | None, name: str) -> dict[int, float]:
@@ -362,21 +368,30 @@ class GopherRepetition(DocumentFilter):
             {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10} if dup_n_grams is None else dup_n_grams,
             "dup_n_grams",
         )
+        self._top_ns, self._dup_ns = tuple(self.top_n_grams), tuple(self.dup_n_grams)
+        # the compiled statistics take up to 64 sizes of at most NATIVE_MAX_N words per table
+        self._native_fits = (max(len(self._top_ns), len(self._dup_ns)) <= 64
+                             and max(self._top_ns + self._dup_ns, default=1) <= NATIVE_MAX_N)
 
     def apply(self, doc: Document, stats: StageStats) -> str | None:
         checked = self._line_checks(doc.text)
-        if not isinstance(checked, list):
+        if checked is not True:
             return checked
-        words = checked
+        if _native is not None and self._native_fits:
+            return self._native_checks(doc.text)
+        words = doc.text.split()
         return self._ngram_checks(doc.text, words, _NGrams(words) if len(words) < LONG_DOC_WORDS
                                   else _HashedNGrams(words))
 
     batch_size = 256
 
     def apply_batch(self, docs: list[Document], stats: StageStats) -> list[str | None]:
-        """:meth:`apply` of each document, the n-grams of the short ones counted together
-        (:class:`~data_pipelines.filters.ngram_batch.BatchNGrams`); long ones keep the hashed path."""
+        """:meth:`apply` of each document; without the compiled statistics, the n-grams of the short ones are
+        counted together (:class:`~data_pipelines.filters.ngram_batch.BatchNGrams`), long ones hashed."""
+        if _native is not None and self._native_fits:
+            return [self.apply(doc, stats) for doc in docs]
         checked = [self._line_checks(doc.text) for doc in docs]
+        checked = [doc.text.split() if c is True else c for doc, c in zip(docs, checked)]
         short = [i for i, c in enumerate(checked) if isinstance(c, list) and len(c) < LONG_DOC_WORDS]
         batch = BatchNGrams([checked[i] for i in short]) if short else None
         views = {i: batch.view(k) for k, i in enumerate(short)}
@@ -388,9 +403,9 @@ class GopherRepetition(DocumentFilter):
                 out.append(self._ngram_checks(doc.text, words, views[i] if i in views else _HashedNGrams(words)))
         return out
 
-    def _line_checks(self, text: str) -> str | None | list[str]:
-        """The paragraph and line rules: a drop reason, ``None`` (kept, no n-gram rules), or the words for
-        :meth:`_ngram_checks`."""
+    def _line_checks(self, text: str) -> str | None | bool:
+        """The paragraph and line rules: a drop reason, ``None`` (kept, no n-gram rules), or ``True`` (the
+        n-gram rules decide)."""
         n_chars = len(text)
 
         paragraphs = [p for p in PARAGRAPH_SPLIT.split(text.strip()) if p.strip()]
@@ -409,7 +424,20 @@ class GopherRepetition(DocumentFilter):
 
         if not (self.top_n_grams or self.dup_n_grams):
             return None
-        return text.split()
+        return True
+
+    def _native_checks(self, text: str) -> str | None:
+        """:meth:`_ngram_checks` from the compiled statistics (the same numbers: ``test_filters_fast.py``); every
+        n is computed, and an n-gram size a text has too few words for never drops it."""
+        num_words, tops, dups = _native.gopher_ngrams(text, self._top_ns, self._dup_ns)
+        n_chars = len(text)
+        for (n, frac), chars in zip(self.top_n_grams.items(), tops):
+            if num_words >= n and chars / n_chars > frac:
+                return f"gopher_top_{n}_gram"
+        for (n, frac), chars in zip(self.dup_n_grams.items(), dups):
+            if num_words >= n and chars / n_chars > frac:
+                return f"gopher_dup_{n}_gram"
+        return None
 
     def _ngram_checks(self, text: str, words: list[str], ngrams) -> str | None:
         n_chars = len(text)

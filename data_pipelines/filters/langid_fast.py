@@ -31,6 +31,11 @@ from typing import Any
 
 import numpy as np
 
+try:  # the compiled walk (data_pipelines/_native.c), built by pip install when a C compiler is there
+    from data_pipelines import _native
+except ImportError:  # pragma: no cover - an install without a compiler: the numpy walk, the same scores
+    _native = None
+
 log = logging.getLogger(__name__)
 
 _ITEMSIZE = {2: np.uint16, 4: np.uint32, 8: np.uint64}
@@ -86,6 +91,7 @@ class FastLanguageIdentifier:
         # detect_many: counts scratch, and a byte that sends every state back to the start (0xFF, never in
         # UTF-8, does for the bundled model); without one each text is walked on its own
         self._counts = np.zeros(len(self._ptc), dtype=np.int64)
+        self._scratch32 = np.zeros(len(self._ptc), dtype=np.int32)  # the compiled walk's counts scratch
         self._reset = next((b for b in (0xFF, 0x00) if not self._next[self._rowbase + b].any()), None)
         if self._reset is not None and self._out[0] >= 0:
             self._reset = None
@@ -192,7 +198,8 @@ class FastLanguageIdentifier:
 
     def _decide(self, text: str) -> np.ndarray:
         data = self.ident._encode(text)
-        return self._normalise(self._raw_scores(self._features(data)), len(data))
+        scores = self._native_scores([data])[0] if _native is not None else self._raw_scores(self._features(data))
+        return self._normalise(scores, len(data))
 
     def _walk_many(self, datas: list[bytes]) -> tuple[np.ndarray, list[int]]:
         """The feature index (or -1) at every byte of all ``datas`` in one vectorised walk, and where each
@@ -232,15 +239,49 @@ class FastLanguageIdentifier:
         np.add.at(counts, f, 1)
         found = counts[idx]
         counts[idx] = 0
+        return self._product(idx, found)
+
+    def _product(self, idx: np.ndarray, found: np.ndarray) -> np.ndarray:
+        """py3langid's naive-Bayes scores from one text's distinct features (first-occurrence order) and their
+        counts: its float32 product, through the same BLAS call."""
         return np.log1p(found.astype(np.float32)) @ self._ptc[idx] + self.ident.nb_pc
+
+    def _native_scores(self, datas: list[bytes]) -> list[np.ndarray]:
+        """The raw scores of every text, walked and counted by the compiled loop (:mod:`data_pipelines._native`)
+        in one call per at most :data:`WALK_BYTES` of text."""
+        empty = np.full(len(self.ident.nb_classes), 0.0 if self.ident._norm_probs else np.finfo(np.float32).min,
+                        dtype=np.float32)
+        out: list[np.ndarray] = []
+        i = 0
+        while i < len(datas):
+            j, size = i + 1, len(datas[i])
+            while j < len(datas) and size + len(datas[j]) <= WALK_BYTES:
+                size += len(datas[j])
+                j += 1
+            buf = b"".join(datas[i:j])
+            ends = np.cumsum(np.fromiter(map(len, datas[i:j]), dtype=np.int64, count=j - i))
+            feats = np.empty(max(len(buf), 1), dtype=np.int32)
+            counts = np.empty_like(feats)
+            bounds = np.empty(j - i + 1, dtype=np.int64)
+            _native.langid_walk(buf, ends, self._next, self._rowbase, self._out, feats, counts, bounds,
+                                self._scratch32)
+            b = bounds.tolist()
+            for k in range(j - i):
+                lo, hi = b[k], b[k + 1]
+                out.append(self._product(feats[lo:hi], counts[lo:hi]) if hi > lo else empty.copy())
+            i = j
+        return out
 
     def detect_many(self, texts: list[str], languages: list[str]) -> list[tuple[str, float, str]]:
         """:meth:`detect` of every text, the walk done once for all of them (per-call numpy overhead, not the
         bytes, is most of the cost of a short document)."""
+        datas = [self.ident._encode(t) for t in texts]
+        if _native is not None:
+            return [self._pick(self._normalise(scores, len(data)), languages)
+                    for scores, data in zip(self._native_scores(datas), datas)]
         if self._reset is None:
             return [self.detect(t, languages) for t in texts]
         out = []
-        datas = [self.ident._encode(t) for t in texts]
         i = 0
         while i < len(datas):  # walks of at most WALK_BYTES (each byte holds ~22 bytes of arrays in the walk)
             j, size = i + 1, len(datas[i])

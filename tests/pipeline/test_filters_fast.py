@@ -7,6 +7,7 @@ import random
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from py3langid.langid import MODEL_FILE, LanguageIdentifier
@@ -64,7 +65,9 @@ def reference_top_chars(words: list[str], n: int) -> int:
 
 
 def test_long_documents_take_the_numpy_path(monkeypatch):
-    """A document past ``LONG_DOC_WORDS`` goes to the numpy n-grams and decides as the reference does."""
+    """Without the compiled statistics, a document past ``LONG_DOC_WORDS`` goes to the numpy n-grams and decides
+    as the reference does."""
+    monkeypatch.setattr(gopher, "_native", None)
     words = [f"w{i % 97}" for i in range(gopher.LONG_DOC_WORDS + 500)]
     text = " ".join(words)
     for cls in (gopher._NGrams, gopher._HashedNGrams):
@@ -81,7 +84,18 @@ def test_check_set_covers_ten_languages(reference_langid):
     assert len(detected) >= 10 and detected == set(PROSE), detected
 
 
-def test_vectorised_langid_gives_identical_scores(reference_langid, sample_docs):
+@pytest.fixture(params=["compiled", "numpy"])
+def walk(request, monkeypatch) -> str:
+    """Each language-ID test runs on the compiled walk (built by the install: data_pipelines/_native.c) and on
+    the numpy walk an install without a C compiler takes."""
+    if request.param == "compiled":
+        assert langid_fast._native is not None, "data_pipelines._native is not built: pip install -e . needs gcc"
+    else:
+        monkeypatch.setattr(langid_fast, "_native", None)
+    return request.param
+
+
+def test_vectorised_langid_gives_identical_scores(reference_langid, sample_docs, walk):
     fast = fast_identifier()
     assert isinstance(fast, FastLanguageIdentifier) and fast.depth >= 4
     rng = random.Random(0)
@@ -91,7 +105,7 @@ def test_vectorised_langid_gives_identical_scores(reference_langid, sample_docs)
         assert fast.rank(text) == reference_langid.rank(text), text[:80]  # same floats, same order
 
 
-def test_batched_langid_walk_gives_each_texts_own_scores(reference_langid, sample_docs, monkeypatch):
+def test_batched_langid_walk_gives_each_texts_own_scores(reference_langid, sample_docs, monkeypatch, walk):
     """``detect_many`` walks a batch of texts joined by a reset byte: each text gets exactly the result of
     py3langid's ``rank`` on it alone, whatever its neighbours (texts that end mid-n-gram, empty and
     one-byte texts, NUL bytes, surrogates, upper-case texts that py3langid lowers)."""
@@ -114,6 +128,43 @@ def test_batched_langid_walk_gives_each_texts_own_scores(reference_langid, sampl
         with monkeypatch.context() as m:  # walks cut by bytes (a text longer than the cut walks alone)
             m.setattr(langid_fast, "WALK_BYTES", 200)
             assert fast.detect_many(texts, languages) == expected
+
+
+def test_compiled_walk_refuses_tables_that_do_not_fit_together():
+    """A table entry out of range is a ValueError naming it, never a read outside the arrays; the scratch counts
+    are zero again afterwards."""
+    from data_pipelines import _native
+
+    fast = fast_identifier()
+    data = "the cat sat on the mat".encode()
+    n = len(data)
+    ends = np.array([n], dtype=np.int64)
+
+    def walk(nextmove, rowbase, output, feats_len=n, scratch=None):
+        scratch = np.zeros(len(fast._ptc), dtype=np.int32) if scratch is None else scratch
+        feats, counts, bounds = (np.zeros(feats_len, np.int32), np.zeros(feats_len, np.int32),
+                                 np.zeros(2, np.int64))
+        k = _native.langid_walk(data, ends, nextmove, rowbase, output, feats, counts, bounds, scratch)
+        return k, feats[:k], counts[:k], scratch
+
+    k, feats, counts, scratch = walk(fast._next, fast._rowbase, fast._out)
+    assert k > 0 and counts.sum() == int((fast._features(data) >= 0).sum()) and not scratch.any()
+    bad_next = np.array(fast._next)
+    bad_next[fast._rowbase[0] + data[0]] = len(fast._rowbase)  # not a state
+    bad_out = np.array(fast._out)
+    bad_out[bad_out >= 0] = len(fast._ptc)  # not a feature
+    for args, message in (((bad_next, fast._rowbase, fast._out), "not a state"),
+                          ((fast._next, fast._rowbase, bad_out), "not a feature"),
+                          ((fast._next, fast._rowbase + len(fast._next), fast._out), "outside nextmove"),
+                          ((fast._next, fast._rowbase, fast._out[:-1]), "do not fit together")):
+        with pytest.raises(ValueError, match=message):
+            walk(*args)
+    scratch = np.zeros(len(fast._ptc), dtype=np.int32)
+    with pytest.raises(ValueError, match="feats is too short"):
+        walk(fast._next, fast._rowbase, fast._out, feats_len=2, scratch=scratch)
+    assert not scratch.any()
+    with pytest.raises(ValueError, match="items of 8 bytes, expected 4"):
+        walk(fast._next.astype(np.int64), fast._rowbase, fast._out)
 
 
 def _batched(words_sets: list[list[str]]) -> list:
@@ -144,6 +195,35 @@ def test_repetition_counts_match_the_reference_loop(ngrams_class):
                     assert ngrams.repeats(n) == (len(set(grams)) < len(grams)), (words, n)
 
 
+def test_compiled_repetition_statistics_match_the_reference_loop(sample_docs):
+    """``_native.gopher_ngrams`` splits as ``str.split`` (every whitespace Python knows, in 1-, 2- and 4-byte
+    strings) and gives each n's top and duplicate characters as the reference loops, up to n = 10; a
+    document's filter decision is the Python path's."""
+    from data_pipelines import _native
+
+    rng = random.Random(4)
+    spaces = [" ", "  ", "\t", "\n", "\x1c", "\x1f", "\x85", "\xa0", "\u2003", "\u3000", "\u2028"]
+    texts = [t for _, t in check_set()] + [d.text for docs in sample_docs.values() for d in docs]
+    texts += ["", " ", "a", "\u3000x\u3000", "x\u200by", "😀 a 😀 a 😀 a", "é e\u0301 é e\u0301"]
+    for _ in range(300):
+        vocab = ["".join(rng.choice("abé日😀") for _ in range(rng.randint(1, 3))) for _ in range(rng.randint(1, 8))]
+        texts.append("".join(rng.choice(vocab) + rng.choice(spaces) for _ in range(rng.randint(0, 80))))
+    ns = list(range(1, 11))
+    for text in texts:
+        words = text.split()
+        num_words, tops, dups = _native.gopher_ngrams(text, ns, ns)
+        assert num_words == len(words), text[:80]
+        for n, top, dup in zip(ns, tops, dups):
+            want = (reference_top_chars(words, n), reference_duplicated_chars(words, n)) if len(words) >= n else (0, 0)
+            assert (top, dup) == want, (text[:80], n)
+    with pytest.raises(ValueError, match="expected 1 to 1000"):
+        _native.gopher_ngrams("a b", [0], [])
+    block = gopher.GopherRepetition(top_n_grams={2: 0.05}, dup_n_grams={3: 0.05})
+    decided = [block._native_checks(t) for t in texts if t.split()]
+    python = [block._ngram_checks(t, t.split(), gopher._NGrams(t.split())) for t in texts if t.split()]
+    assert decided == python and {"gopher_top_2_gram", None} <= set(decided)
+
+
 def _run_chain(kind: str, docs: list[Document]) -> tuple[list[tuple], list[dict]]:
     cfg = yaml.safe_load((REPO / "conf/filters/default.yaml").read_text())
     blocks = filters_for_source(cfg, kind, kind)
@@ -159,6 +239,7 @@ def test_filter_chains_decide_exactly_as_the_reference(monkeypatch, reference_la
               "books": sample_docs["books"] + check}
     fast = {kind: _run_chain(kind, docs) for kind, docs in inputs.items()}
     monkeypatch.setattr(language, "_identifier", lambda: reference_langid)
+    monkeypatch.setattr(gopher, "_native", None)  # the Python n-grams, each statistic the reference loop's
     monkeypatch.setattr(gopher.GopherRepetition, "batch_size", 1)  # one document at a time: no BatchNGrams
     for cls in (gopher._NGrams, gopher._HashedNGrams):  # the long books take the numpy n-grams
         monkeypatch.setattr(cls, "duplicated_chars", lambda self, n: reference_duplicated_chars(self._words, n))
@@ -191,6 +272,8 @@ def test_batches_keep_one_at_a_time_results(monkeypatch, sample_docs):
     assert run(1) == batched and run(5) == batched
     chain = _run_chain("web", docs)
     monkeypatch.setattr(language.LanguageFilter, "batch_size", 1)
+    assert _run_chain("web", docs) == chain
+    monkeypatch.setattr(gopher, "_native", None)  # Gopher's batches through BatchNGrams, as without a compiler
     assert _run_chain("web", docs) == chain
 
 
