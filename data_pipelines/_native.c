@@ -10,6 +10,10 @@
  * the characters of n-grams repeating an earlier one): str.split()'s words, n-grams keyed exactly (hashed,
  * then compared word by word), the reference rules walked position by position.
  *
+ * gopher_quality: the counts GopherQuality's rules compare (words stripped of punctuation, their lengths, words
+ * with a letter, stop words, '#' and ellipses, bullet and ellipsis lines) in one pass over the text, with
+ * str.split / str.strip / str.isspace / re's \w and \d semantics (tested against the Python path).
+ *
  * Only the CPython buffer protocol and str API are used (no numpy headers): the build needs only a C compiler.
  */
 #define PY_SSIZE_T_CLEAN
@@ -228,7 +232,7 @@ parse_ns(PyObject *seq, int *ns, int *count, const char *what)
             Py_DECREF(fast);
             return -1;
         }
-        if (v < 1 || v > 1000) { /* gopher.NATIVE_MAX_N */
+        if (v < 1 || v > 1000) { /* gopher.MAX_NGRAM is lower */
             Py_DECREF(fast);
             PyErr_Format(PyExc_ValueError, "%s: n-gram size %ld, expected 1 to 1000", what, v);
             return -1;
@@ -407,11 +411,18 @@ gopher_ngrams(PyObject *self, PyObject *args)
         n_cand = kept;
     }
     PyObject *top_list = PyList_New(n_top), *dup_list = PyList_New(n_dup);
-    if (top_list && dup_list) {
-        for (int t = 0; t < n_top; t++)
-            PyList_SET_ITEM(top_list, t, PyLong_FromLongLong(tops[t]));
-        for (int t = 0; t < n_dup; t++)
-            PyList_SET_ITEM(dup_list, t, PyLong_FromLongLong(dups[t]));
+    int ok = top_list && dup_list;
+    for (int t = 0; ok && t < n_top; t++) {
+        PyObject *v = PyLong_FromLongLong(tops[t]);
+        ok = v != NULL;
+        PyList_SET_ITEM(top_list, t, v);
+    }
+    for (int t = 0; ok && t < n_dup; t++) {
+        PyObject *v = PyLong_FromLongLong(dups[t]);
+        ok = v != NULL;
+        PyList_SET_ITEM(dup_list, t, v);
+    }
+    if (ok) {
         result = Py_BuildValue("nNN", n_words, top_list, dup_list);
     } else {
         Py_XDECREF(top_list);
@@ -430,7 +441,195 @@ done:
     return result;
 }
 
+/* ----------------------------------------------------------------------------------------- gopher_quality */
+typedef struct {
+    int kind;
+    const void *data;
+    Py_ssize_t length;
+} Text;
+
+static inline Py_UCS4
+at(const Text *t, Py_ssize_t i)
+{
+    return PyUnicode_READ(t->kind, t->data, i);
+}
+
+/* `needle` (a str) at position i of t */
+static int
+starts_with(const Text *t, Py_ssize_t i, Py_ssize_t end, PyObject *needle)
+{
+    const Py_ssize_t n = PyUnicode_GET_LENGTH(needle);
+    if (n == 0 || i + n > end)
+        return n == 0;
+    const int kind = PyUnicode_KIND(needle);
+    const void *data = PyUnicode_DATA(needle);
+    for (Py_ssize_t k = 0; k < n; k++)
+        if (at(t, i + k) != PyUnicode_READ(kind, data, k))
+            return 0;
+    return 1;
+}
+
+static inline int
+in_set(Py_UCS4 c, const uint8_t *ascii, const Py_UCS4 *other, Py_ssize_t n_other)
+{
+    if (c < 128)
+        return ascii[c];
+    for (Py_ssize_t k = 0; k < n_other; k++)
+        if (other[k] == c)
+            return 1;
+    return 0;
+}
+
+PyDoc_STRVAR(gopher_quality_doc,
+"gopher_quality(text, punctuation, bullets, ascii_stop_words, stop_set, min_stop_words) -> tuple of ints\n\n"
+"(words, characters in them, words with a letter, stop words found (counting stops at min_stop_words), '#',\n"
+"'...', '\u2026', lines, bullet lines, ellipsis lines) as GopherQuality computes them: words are text.split()'s\n"
+"stripped of `punctuation`, the empty ones left out; a word has a letter if a character of it is \\\\w but not\n"
+"\\\\d or '_' (re's classes); a stop word is one whose lower() is in stop_set (ascii_stop_words: its ASCII\n"
+"members, for the words that are ASCII); lines are text.split('\\\\n')'s that are not empty or whitespace; a\n"
+"bullet line starts with one of `bullets` after leading whitespace, an ellipsis line ends with '...' or '\u2026'\n"
+"before trailing whitespace.");
+
+static PyObject *
+gopher_quality(PyObject *self, PyObject *args)
+{
+    PyObject *text, *punct, *bullets, *ascii_stop, *stop_set;
+    Py_ssize_t min_stop;
+    if (!PyArg_ParseTuple(args, "UUO!O!On", &text, &punct, &PyTuple_Type, &bullets, &PyTuple_Type, &ascii_stop,
+                          &stop_set, &min_stop))
+        return NULL;
+    const Py_ssize_t n_bullets = PyTuple_GET_SIZE(bullets), n_ascii_stop = PyTuple_GET_SIZE(ascii_stop);
+    for (Py_ssize_t k = 0; k < n_bullets; k++)
+        if (!PyUnicode_Check(PyTuple_GET_ITEM(bullets, k))) {
+            PyErr_SetString(PyExc_TypeError, "bullets: a tuple of str");
+            return NULL;
+        }
+    for (Py_ssize_t k = 0; k < n_ascii_stop; k++)
+        if (!PyBytes_Check(PyTuple_GET_ITEM(ascii_stop, k))) {
+            PyErr_SetString(PyExc_TypeError, "ascii_stop_words: a tuple of bytes");
+            return NULL;
+        }
+    uint8_t ascii_punct[128] = {0};
+    Py_UCS4 other_punct[64];
+    Py_ssize_t n_other = 0;
+    for (Py_ssize_t k = 0; k < PyUnicode_GET_LENGTH(punct); k++) {
+        Py_UCS4 c = PyUnicode_READ_CHAR(punct, k);
+        if (c < 128)
+            ascii_punct[c] = 1;
+        else if (n_other < 64)
+            other_punct[n_other++] = c;
+        else {
+            PyErr_SetString(PyExc_ValueError, "punctuation: at most 64 non-ASCII characters");
+            return NULL;
+        }
+    }
+#if PY_VERSION_HEX < 0x030C0000
+    if (PyUnicode_READY(text) < 0 || PyUnicode_READY(punct) < 0)
+        return NULL;
+    for (Py_ssize_t k = 0; k < n_bullets; k++)
+        if (PyUnicode_READY(PyTuple_GET_ITEM(bullets, k)) < 0)
+            return NULL;
+#endif
+    Text t = {PyUnicode_KIND(text), PyUnicode_DATA(text), PyUnicode_GET_LENGTH(text)};
+    long long words = 0, chars = 0, lettered = 0, stops = 0, hashes = 0, dots = 0, ellipses = 0;
+    long long lines = 0, bullet_lines = 0, ellipsis_lines = 0;
+    char lower[64];
+    /* words */
+    for (Py_ssize_t i = 0; i < t.length;) {
+        while (i < t.length && Py_UNICODE_ISSPACE(at(&t, i)))
+            i++;
+        if (i >= t.length)
+            break;
+        Py_ssize_t j = i;
+        while (j < t.length && !Py_UNICODE_ISSPACE(at(&t, j)))
+            j++;
+        Py_ssize_t a = i, b = j; /* str.strip(punctuation) */
+        i = j;
+        while (a < b && in_set(at(&t, a), ascii_punct, other_punct, n_other))
+            a++;
+        while (b > a && in_set(at(&t, b - 1), ascii_punct, other_punct, n_other))
+            b--;
+        if (a == b)
+            continue;
+        words++;
+        chars += b - a;
+        int letter = 0, ascii = 1;
+        for (Py_ssize_t k = a; k < b; k++) {
+            const Py_UCS4 c = at(&t, k);
+            ascii &= c < 128;
+            if (!letter && Py_UNICODE_ISALNUM(c) && !Py_UNICODE_ISDECIMAL(c))
+                letter = 1;
+        }
+        lettered += letter;
+        if (stops >= min_stop)
+            continue;
+        if (ascii && b - a <= (Py_ssize_t)sizeof(lower)) {
+            const Py_ssize_t n = b - a;
+            for (Py_ssize_t k = 0; k < n; k++) {
+                const Py_UCS4 c = at(&t, a + k);
+                lower[k] = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+            }
+            for (Py_ssize_t k = 0; k < n_ascii_stop; k++) {
+                PyObject *w = PyTuple_GET_ITEM(ascii_stop, k);
+                if (PyBytes_GET_SIZE(w) == n && memcmp(PyBytes_AS_STRING(w), lower, (size_t)n) == 0) {
+                    stops++;
+                    break;
+                }
+            }
+        } else if (!ascii) { /* str.lower() and the set, as the Python path (full Unicode case mapping) */
+            PyObject *word = PyUnicode_Substring(text, a, b);
+            PyObject *low = word ? PyObject_CallMethod(word, "lower", NULL) : NULL;
+            Py_XDECREF(word);
+            if (!low)
+                return NULL;
+            const int found = PySequence_Contains(stop_set, low);
+            Py_DECREF(low);
+            if (found < 0)
+                return NULL;
+            stops += found;
+        } /* an ASCII word longer than `lower` is longer than every ASCII stop word the caller passes */
+    }
+    /* '#', '...' (non-overlapping, as str.count), the ellipsis character */
+    for (Py_ssize_t i = 0; i < t.length; i++) {
+        const Py_UCS4 c = at(&t, i);
+        if (c == '#')
+            hashes++;
+        else if (c == 0x2026)
+            ellipses++;
+        else if (c == '.' && i + 2 < t.length && at(&t, i + 1) == '.' && at(&t, i + 2) == '.') {
+            dots++;
+            i += 2;
+        }
+    }
+    /* lines of text.split('\n') that are neither empty nor whitespace */
+    for (Py_ssize_t i = 0; i <= t.length;) {
+        Py_ssize_t j = i;
+        while (j < t.length && at(&t, j) != '\n')
+            j++;
+        Py_ssize_t a = i, b = j;
+        while (a < b && Py_UNICODE_ISSPACE(at(&t, a)))
+            a++;
+        if (a < b) {
+            lines++;
+            for (Py_ssize_t k = 0; k < n_bullets; k++)
+                if (starts_with(&t, a, b, PyTuple_GET_ITEM(bullets, k))) {
+                    bullet_lines++;
+                    break;
+                }
+            while (b > a && Py_UNICODE_ISSPACE(at(&t, b - 1)))
+                b--;
+            if ((b - a >= 3 && at(&t, b - 1) == '.' && at(&t, b - 2) == '.' && at(&t, b - 3) == '.') ||
+                at(&t, b - 1) == 0x2026)
+                ellipsis_lines++;
+        }
+        i = j + 1;
+    }
+    return Py_BuildValue("LLLLLLLLLL", words, chars, lettered, stops, hashes, dots, ellipses, lines, bullet_lines,
+                         ellipsis_lines);
+}
+
 static PyMethodDef methods[] = {
+    {"gopher_quality", gopher_quality, METH_VARARGS, gopher_quality_doc},
     {"langid_walk", langid_walk, METH_VARARGS, langid_walk_doc},
     {"gopher_ngrams", gopher_ngrams, METH_VARARGS, gopher_ngrams_doc},
     {NULL, NULL, 0, NULL},

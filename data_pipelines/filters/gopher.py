@@ -27,6 +27,7 @@ import numpy as np
 
 from data_pipelines.document import Document
 from data_pipelines.filters.base import DocumentFilter, invalid
+from data_pipelines.filters.native import compiled as _native  # None: the numpy paths
 from data_pipelines.filters.ngram_batch import BatchNGrams
 from data_pipelines.filters.text import (
     PARAGRAPH_SPLIT,
@@ -37,11 +38,6 @@ from data_pipelines.filters.text import (
     words_of,
 )
 from data_pipelines.stats import StageStats
-
-try:  # the compiled n-gram statistics (data_pipelines/_native.c), built by pip install when a C compiler is there
-    from data_pipelines import _native
-except ImportError:  # pragma: no cover - an install without a compiler: the Python and numpy n-grams below
-    _native = None
 
 STOP_WORDS = ["the", "be", "to", "of", "and", "that", "have", "with"]
 BULLETS = ["•", "●", "○", "◦", "▪", "▫", "■", "□", "‣", "⁃", "-", "*"]
@@ -75,6 +71,8 @@ class GopherQuality(DocumentFilter):
     ):
         for key in ("max_bullet_lines_ratio", "max_ellipsis_lines_ratio", "min_alpha_words_ratio"):
             _ratio_ok(key, locals()[key])
+        if min_stop_words is not None and min_stop_words < 0:
+            raise invalid("min_stop_words", min_stop_words, "a non-negative integer or null to disable")
         if min_doc_words is not None and max_doc_words is not None and min_doc_words > max_doc_words:
             raise invalid("min_doc_words", min_doc_words, f"at most max_doc_words ({max_doc_words})")
         self.min_doc_words = min_doc_words
@@ -90,6 +88,10 @@ class GopherQuality(DocumentFilter):
         self.bullets = list(BULLETS if bullets is None else bullets)
         self._stop_set = frozenset(self.stop_words)
         self._bullets = tuple(self.bullets)
+        # the compiled counts compare ASCII words with the ASCII stop words (up to 64 characters) byte for byte
+        self._ascii_stops = tuple(w.encode() for w in self._stop_set if w.isascii())
+        self._native_fits = (all(len(w) <= 64 for w in self._ascii_stops)
+                             and sum(not c.isascii() for c in PUNCTUATION) <= 64)
 
     def _too_long(self, text: str) -> bool:
         """Stream-count the words of a huge text, so a 100 MB document never becomes a list of 20 M words."""
@@ -108,6 +110,8 @@ class GopherQuality(DocumentFilter):
         text = doc.text
         if self._too_long(text):
             return "gopher_long_doc"
+        if _native is not None and self._native_fits:
+            return self._native_decision(text)
         words = words_of(text)
         n_words = len(words)
         if n_words == 0 or (self.min_doc_words is not None and n_words < self.min_doc_words):
@@ -150,6 +154,37 @@ class GopherQuality(DocumentFilter):
                         break
             else:
                 return "gopher_few_stop_words"
+        return None
+
+    def _native_decision(self, text: str) -> str | None:
+        """:meth:`apply`'s rules, in its order, on the counts of one compiled pass (``_native.gopher_quality``:
+        the same counts, ``tests/pipeline/test_filters_fast.py``)."""
+        (n_words, n_chars, lettered, stops, hashes, dots, ellipses, n_lines, bullet_lines,
+         ellipsis_lines) = _native.gopher_quality(text, PUNCTUATION, self._bullets, self._ascii_stops, self._stop_set,
+                                                  self.min_stop_words or 0)
+        if n_words == 0 or (self.min_doc_words is not None and n_words < self.min_doc_words):
+            return "gopher_short_doc"
+        if self.max_doc_words is not None and n_words > self.max_doc_words:
+            return "gopher_long_doc"
+        mean_len = n_chars / n_words
+        if self.min_avg_word_length is not None and mean_len < self.min_avg_word_length:
+            return "gopher_short_words"
+        if self.max_avg_word_length is not None and mean_len > self.max_avg_word_length:
+            return "gopher_long_words"
+        if self.max_symbol_word_ratio is not None:
+            if hashes / n_words > self.max_symbol_word_ratio:
+                return "gopher_hash_ratio"
+            if (dots + ellipses) / n_words > self.max_symbol_word_ratio:
+                return "gopher_ellipsis_ratio"
+        if (self.max_bullet_lines_ratio is not None and self._bullets
+                and bullet_lines / n_lines > self.max_bullet_lines_ratio):
+            return "gopher_bullet_lines"
+        if self.max_ellipsis_lines_ratio is not None and ellipsis_lines / n_lines > self.max_ellipsis_lines_ratio:
+            return "gopher_ellipsis_lines"
+        if self.min_alpha_words_ratio is not None and lettered / n_words < self.min_alpha_words_ratio:
+            return "gopher_non_alpha_words"
+        if self.min_stop_words and stops < self.min_stop_words:
+            return "gopher_few_stop_words"
         return None
 
 
@@ -329,14 +364,15 @@ class _HashedNGrams:
 
 # from this many words on, the numpy n-grams are the faster (measured on stdlib docstrings)
 LONG_DOC_WORDS = 2000
-NATIVE_MAX_N = 1000  # the largest n-gram size data_pipelines._native.gopher_ngrams takes
+# the largest n-gram size a table may name (Gopher's go to 10; the Python levels recurse once per size)
+MAX_NGRAM = 100
 
 
 def _ngram_table(value: dict[int, float] | None, name: str) -> dict[int, float]:
     table = {} if value is None else {int(k): float(v) for k, v in value.items()}
     for n, frac in table.items():
-        if n < 1:
-            raise invalid(name, value, "a mapping {n: fraction} with n >= 1")
+        if not 1 <= n <= MAX_NGRAM:
+            raise invalid(name, value, f"a mapping {{n: fraction}} with 1 <= n <= {MAX_NGRAM}")
         _ratio_ok(f"{name}[{n}]", frac)
     return dict(sorted(table.items()))
 
@@ -369,9 +405,7 @@ class GopherRepetition(DocumentFilter):
             "dup_n_grams",
         )
         self._top_ns, self._dup_ns = tuple(self.top_n_grams), tuple(self.dup_n_grams)
-        # the compiled statistics take up to 64 sizes of at most NATIVE_MAX_N words per table
-        self._native_fits = (max(len(self._top_ns), len(self._dup_ns)) <= 64
-                             and max(self._top_ns + self._dup_ns, default=1) <= NATIVE_MAX_N)
+        self._native_fits = max(len(self._top_ns), len(self._dup_ns)) <= 64  # the compiled statistics' limit
 
     def apply(self, doc: Document, stats: StageStats) -> str | None:
         checked = self._line_checks(doc.text)

@@ -31,10 +31,7 @@ from typing import Any
 
 import numpy as np
 
-try:  # the compiled walk (data_pipelines/_native.c), built by pip install when a C compiler is there
-    from data_pipelines import _native
-except ImportError:  # pragma: no cover - an install without a compiler: the numpy walk, the same scores
-    _native = None
+from data_pipelines.filters.native import compiled as _native  # None: the numpy paths
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +88,6 @@ class FastLanguageIdentifier:
         # detect_many: counts scratch, and a byte that sends every state back to the start (0xFF, never in
         # UTF-8, does for the bundled model); without one each text is walked on its own
         self._counts = np.zeros(len(self._ptc), dtype=np.int64)
-        self._scratch32 = np.zeros(len(self._ptc), dtype=np.int32)  # the compiled walk's counts scratch
         self._reset = next((b for b in (0xFF, 0x00) if not self._next[self._rowbase + b].any()), None)
         if self._reset is not None and self._out[0] >= 0:
             self._reset = None
@@ -263,8 +259,9 @@ class FastLanguageIdentifier:
             feats = np.empty(max(len(buf), 1), dtype=np.int32)
             counts = np.empty_like(feats)
             bounds = np.empty(j - i + 1, dtype=np.int64)
-            _native.langid_walk(buf, ends, self._next, self._rowbase, self._out, feats, counts, bounds,
-                                self._scratch32)
+            # scratch counts of its own per call: the walk runs without the GIL, and threads share the identifier
+            scratch = np.zeros(len(self._ptc), dtype=np.int32)
+            _native.langid_walk(buf, ends, self._next, self._rowbase, self._out, feats, counts, bounds, scratch)
             b = bounds.tolist()
             for k in range(j - i):
                 lo, hi = b[k], b[k + 1]

@@ -57,6 +57,10 @@ def test_build_blocks_from_plain_dicts_and_omegaconf():
         ({"name": "language", "languages": "en"}, r"\(language\): parameter 'languages' = 'en' .*list of str or null"),
         ({"name": "gopher_repetition", "top_n_grams": {2: "high"}},
          r"'top_n_grams' .*expected mapping of int to float or null"),
+        ({"name": "gopher_repetition", "dup_n_grams": {1200: 0.1}},
+         r"\(gopher_repetition\): parameter 'dup_n_grams' = \{1200: 0.1\} is invalid: .*1 <= n <= 100"),
+        ({"name": "gopher_quality", "min_stop_words": -1},
+         r"\(gopher_quality\): parameter 'min_stop_words' = -1 is invalid: expected a non-negative integer"),
         ({"name": "language", "threshold": 1.5}, r"filters\.web\[1\] \(language\): parameter 'threshold' = 1.5 "
                                                  r"is invalid: expected a probability between 0 and 1"),
         ({"name": "pii", "kinds": ["email", "ssn"]}, r"\(pii\): parameter 'kinds' = \['ssn'\] is invalid"),

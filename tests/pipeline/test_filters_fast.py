@@ -167,6 +167,47 @@ def test_compiled_walk_refuses_tables_that_do_not_fit_together():
         walk(fast._next.astype(np.int64), fast._rowbase, fast._out)
 
 
+def test_threads_sharing_the_identifier_get_their_own_results():
+    """The compiled walk runs without the GIL: threads calling ``detect_many`` on the one process-wide identifier
+    each get the single-threaded results (the walk's scratch counts are per call)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    fast = fast_identifier()
+    rng = random.Random(6)
+    texts = [t for _, t in check_set()]
+    batches = [[" ".join(rng.choice(texts) for _ in range(40)) for _ in range(6)] for _ in range(4)]
+    expected = [fast.detect_many(b, ["en"]) for b in batches]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            assert list(pool.map(lambda b: fast.detect_many(b, ["en"]), batches)) == expected
+
+
+def test_a_build_older_than_the_source_is_not_used(monkeypatch, caplog):
+    """An extension lacking a function the filters call (a checkout ahead of its last ``pip install -e .``) is
+    left out with a warning saying how to rebuild it, rather than failing on every document."""
+    import importlib
+    import logging
+    import sys
+    import types
+
+    from data_pipelines.filters import native
+
+    stale = types.ModuleType("data_pipelines._native")
+    stale.langid_walk = stale.gopher_ngrams = lambda *a: None
+    stale.__file__ = "/old/_native.so"
+    import data_pipelines
+
+    monkeypatch.setitem(sys.modules, "data_pipelines._native", stale)
+    monkeypatch.setattr(data_pipelines, "_native", stale)
+    try:
+        with caplog.at_level(logging.WARNING, logger=native.__name__):
+            assert importlib.reload(native).compiled is None
+        assert "lacks gopher_quality" in caplog.text and "pip install -e ." in caplog.text
+    finally:
+        monkeypatch.undo()
+        assert importlib.reload(native).compiled is not None
+
+
 def _batched(words_sets: list[list[str]]) -> list:
     batch = BatchNGrams(words_sets)
     return [batch.view(d) for d in range(len(words_sets))]
@@ -222,6 +263,48 @@ def test_compiled_repetition_statistics_match_the_reference_loop(sample_docs):
     decided = [block._native_checks(t) for t in texts if t.split()]
     python = [block._ngram_checks(t, t.split(), gopher._NGrams(t.split())) for t in texts if t.split()]
     assert decided == python and {"gopher_top_2_gram", None} <= set(decided)
+
+
+def test_compiled_quality_counts_and_decisions_are_the_python_paths(sample_docs, monkeypatch):
+    """``_native.gopher_quality`` counts as ``words_of``, ``count_words_with_letter``, ``str.lower``, ``str.count``
+    and ``non_empty_lines`` do, on texts full of Unicode edge cases (superscript digits and Roman numerals are
+    \\w but not \\d, Arabic digits are \\d, the Kelvin sign lowers to ASCII, U+0130 lowers to two characters),
+    and GopherQuality decides as its Python path for several settings."""
+    from data_pipelines import _native
+    from data_pipelines.filters.text import PUNCTUATION, count_words_with_letter, non_empty_lines, words_of
+
+    rng = random.Random(5)
+    pieces = ["the", "The", "THE", "of", "and", "\u212ahe", "\u0130", "x²", "Ⅻ", "٣٤", "42", "_", "#", "...", "…",
+              "..", "....", "a.", "«quoted»", "—", "•", "- item", "* x", "  ● y", "日本", "😀", "e\u0301", "'s", "(",
+              "to", "with", "have", "that", "be", "x\u200by"]
+    seps = [" ", "  ", "\t", "\n", "\n\n", " \n ", "\u3000", "\x85", "\xa0", "\x1c", "\u2028"]
+    texts = [t for _, t in check_set()] + [d.text for docs in sample_docs.values() for d in docs]
+    texts += ["", " ", "\n", "...", "…\n…", "# # #", "a\n  \n b...  \n"]
+    for _ in range(400):
+        texts.append("".join(rng.choice(pieces) + rng.choice(seps) for _ in range(rng.randint(0, 40))))
+    stop_words = ["the", "be", "to", "of", "and", "that", "have", "with", "k\u0131"]
+    stop_set = frozenset(w.lower() for w in stop_words)
+    bullets = ("•", "●", "-", "*", "->")
+    ascii_stops = tuple(w.encode() for w in stop_set if w.isascii())
+    for text in texts:
+        words = words_of(text)
+        lines = non_empty_lines(text)
+        stops = sum(w.lower() in stop_set for w in words)
+        want = (len(words), sum(map(len, words)), count_words_with_letter(words), min(stops, 2), text.count("#"),
+                text.count("..."), text.count("…"), len(lines),
+                sum(line.lstrip().startswith(bullets) for line in lines),
+                sum(line.rstrip().endswith(("...", "…")) for line in lines))
+        assert _native.gopher_quality(text, PUNCTUATION, bullets, ascii_stops, stop_set, 2) == want, text[:80]
+    for settings in ({}, {"min_doc_words": 3, "min_stop_words": 1}, {"min_doc_words": 1, "min_alpha_words_ratio": 0.9},
+                     {"min_doc_words": 2, "max_bullet_lines_ratio": 0.2, "max_ellipsis_lines_ratio": 0.1},
+                     {"min_doc_words": 1, "max_symbol_word_ratio": 0.01, "min_avg_word_length": 1, "stop_words": []}):
+        block = gopher.GopherQuality(**settings)
+        docs = [Document(str(i), t, "x", {}) for i, t in enumerate(texts)]
+        compiled = [block.apply(d, StageStats()) for d in docs]
+        with monkeypatch.context() as m:
+            m.setattr(gopher, "_native", None)
+            assert [block.apply(d, StageStats()) for d in docs] == compiled, settings
+        assert len(set(compiled)) >= 3, (settings, set(compiled))  # several rules decide
 
 
 def _run_chain(kind: str, docs: list[Document]) -> tuple[list[tuple], list[dict]]:
