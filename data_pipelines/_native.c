@@ -14,6 +14,9 @@
  * with a letter, stop words, '#' and ellipses, bullet and ellipsis lines) in one pass over the text, with
  * str.split / str.strip / str.isspace / re's \w and \d semantics (tested against the Python path).
  *
+ * markers_in: which of up to 64 literal substrings a text contains, in one pass (the PII secret rules' markers:
+ * 23 `in` tests, each a scan of the whole text, were half of that block).
+ *
  * Only the CPython buffer protocol and str API are used (no numpy headers): the build needs only a C compiler.
  */
 #define PY_SSIZE_T_CLEAN
@@ -628,7 +631,75 @@ gopher_quality(PyObject *self, PyObject *args)
                          ellipsis_lines);
 }
 
+/* --------------------------------------------------------------------------------------------- markers_in */
+PyDoc_STRVAR(markers_in_doc,
+"markers_in(text, markers) -> int\n\n"
+"A bit mask of the markers (a tuple of at most 64 str) that occur in text: bit i is `markers[i] in text`.");
+
+static PyObject *
+markers_in(PyObject *self, PyObject *args)
+{
+    PyObject *text, *markers;
+    if (!PyArg_ParseTuple(args, "UO!", &text, &PyTuple_Type, &markers))
+        return NULL;
+    const Py_ssize_t n = PyTuple_GET_SIZE(markers);
+    if (n > 64) {
+        PyErr_SetString(PyExc_ValueError, "markers: at most 64");
+        return NULL;
+    }
+#if PY_VERSION_HEX < 0x030C0000
+    if (PyUnicode_READY(text) < 0)
+        return NULL;
+#endif
+    uint64_t head[256] = {0}, wide = 0, found = 0;
+    const uint64_t all = n == 64 ? ~0ULL : ((1ULL << n) - 1);
+    for (Py_ssize_t j = 0; j < n; j++) {
+        PyObject *m = PyTuple_GET_ITEM(markers, j);
+        if (!PyUnicode_Check(m)) {
+            PyErr_SetString(PyExc_TypeError, "markers: a tuple of str");
+            return NULL;
+        }
+#if PY_VERSION_HEX < 0x030C0000
+        if (PyUnicode_READY(m) < 0)
+            return NULL;
+#endif
+        if (PyUnicode_GET_LENGTH(m) == 0) {
+            found |= 1ULL << j; /* "" in text */
+            continue;
+        }
+        const Py_UCS4 c = PyUnicode_READ_CHAR(m, 0);
+        if (c < 256)
+            head[c] |= 1ULL << j;
+        else
+            wide |= 1ULL << j;
+    }
+    const int kind = PyUnicode_KIND(text);
+    const void *data = PyUnicode_DATA(text);
+    const Py_ssize_t length = PyUnicode_GET_LENGTH(text);
+    for (Py_ssize_t i = 0; i < length && found != all; i++) {
+        const Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        uint64_t cand = (c < 256 ? head[c] : wide) & ~found;
+        while (cand) {
+            const int j = __builtin_ctzll(cand);
+            cand &= cand - 1;
+            PyObject *m = PyTuple_GET_ITEM(markers, j);
+            const Py_ssize_t len = PyUnicode_GET_LENGTH(m);
+            if (i + len > length || PyUnicode_READ_CHAR(m, 0) != c)
+                continue;
+            const int mkind = PyUnicode_KIND(m);
+            const void *mdata = PyUnicode_DATA(m);
+            Py_ssize_t k = 1;
+            while (k < len && PyUnicode_READ(kind, data, i + k) == PyUnicode_READ(mkind, mdata, k))
+                k++;
+            if (k == len)
+                found |= 1ULL << j;
+        }
+    }
+    return PyLong_FromUnsignedLongLong(found);
+}
+
 static PyMethodDef methods[] = {
+    {"markers_in", markers_in, METH_VARARGS, markers_in_doc},
     {"gopher_quality", gopher_quality, METH_VARARGS, gopher_quality_doc},
     {"langid_walk", langid_walk, METH_VARARGS, langid_walk_doc},
     {"gopher_ngrams", gopher_ngrams, METH_VARARGS, gopher_ngrams_doc},

@@ -23,6 +23,7 @@ from typing import Callable, Iterator
 
 from data_pipelines.document import Document
 from data_pipelines.filters.base import DocumentFilter, add_extra, invalid
+from data_pipelines.filters.native import compiled as _native  # None: one `in` test per marker
 from data_pipelines.stats import StageStats
 
 PLACEHOLDERS = {"email": "<EMAIL>", "ip": "<IP_ADDRESS>", "phone": "<PHONE>", "secret": "<SECRET>"}
@@ -202,6 +203,9 @@ class PIIRedactor(DocumentFilter):
         self.redact_private_ips = redact_private_ips
         self.secret_patterns = [name for name in known if name in patterns]
         self._secret_rules = [rule for rule in SECRET_RULES if rule.name in self.secret_patterns]
+        # every rule's markers, for one compiled scan of a text (bit i: _markers[i] occurs)
+        self._markers = tuple(dict.fromkeys(m for rule in self._secret_rules for m in rule.markers))
+        self._marker_bits = [sum(1 << self._markers.index(m) for m in rule.markers) for rule in self._secret_rules]
 
     def redact(self, text: str) -> tuple[str, dict[str, int], dict[str, int]]:
         """Redacted text, replacements per kind, and secrets per pattern name."""
@@ -238,13 +242,21 @@ class PIIRedactor(DocumentFilter):
 
     def _redact_secrets(self, text: str, per_kind: dict[str, int], per_secret: dict[str, int]) -> str:
         placeholder = PLACEHOLDERS["secret"]
-        for rule in self._secret_rules:
+        scan = _native is not None and len(self._markers) <= 64
+        present = None  # the markers in the text as it is now (rescanned after a rule replaced something)
+        for rule, bits in zip(self._secret_rules, self._marker_bits):
             if rule.markers:
-                for marker in rule.markers:
-                    if marker in text:
-                        break
+                if scan:
+                    if present is None:
+                        present = _native.markers_in(text, self._markers)
+                    if not present & bits:
+                        continue
                 else:
-                    continue
+                    for marker in rule.markers:
+                        if marker in text:
+                            break
+                    else:
+                        continue
             pieces: list[str] = []
             pos = 0
             for start, end in self._secret_spans(rule, text):
@@ -254,6 +266,7 @@ class PIIRedactor(DocumentFilter):
                 per_secret[rule.name] = per_secret.get(rule.name, 0) + 1
             if pieces:
                 text = "".join(pieces) + text[pos:]
+                present = None
         return text
 
     @staticmethod

@@ -413,6 +413,36 @@ def test_pii_pre_checks_skip_only_passes_that_find_nothing(monkeypatch, sample_d
     assert sum(bool(r[1]) for r in fast) > 100  # the random texts do hold addresses and numbers
 
 
+def test_one_marker_scan_finds_what_in_finds_and_redacts_the_same(monkeypatch, sample_docs):
+    """``_native.markers_in`` is ``marker in text`` for every marker (non-ASCII markers and texts, overlaps, the
+    empty marker, the text's end), and the PII block redacts exactly as with one ``in`` test per marker; after a
+    rule replaces a secret, later rules see the markers of the redacted text."""
+    from data_pipelines import _native
+    from data_pipelines.filters import pii
+
+    from .test_filters_code_pii import SECRETS_PY
+
+    rng = random.Random(7)
+    markers = ("AKIA", "ghp_", "://", "xox", "é", "日本", "😀x", "aa", "", "eyJ", "hooks.slack.com")
+    alphabet = ["a", "A", "K", "I", "gh", "p_", ":", "/", "x", "o", "é", "日", "本", "😀", " ", "eyJ", "hooks.slack."]
+    texts = ["", "a", "aa", "AKI", "AKIA", "xAKIAx", "😀x", "ghp", "://"]
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30))) for _ in range(2000)]
+    for text in texts:
+        want = sum(1 << i for i, m in enumerate(markers) if m in text)
+        assert _native.markers_in(text, markers) == want, text
+    with pytest.raises(ValueError, match="at most 64"):
+        _native.markers_in("x", tuple(map(str, range(65))))
+
+    block = pii.PIIRedactor(kinds=["secret", "email", "ip", "phone"])
+    docs = [d.text for docs in sample_docs.values() for d in docs] + [SECRETS_PY, SECRETS_PY.replace("\n", " ")]
+    docs += ["".join(rng.choice(SECRETS_PY.splitlines()) + rng.choice(["\n", " "]) for _ in range(8))
+             for _ in range(200)]
+    compiled = [block.redact(t) for t in docs]
+    monkeypatch.setattr(pii, "_native", None)
+    assert [block.redact(t) for t in docs] == compiled
+    assert sum(r[1].get("secret", 0) for r in compiled) > 200
+
+
 def test_bench_filter_table_has_every_block_and_the_chain():
     from data_pipelines import bench
 
