@@ -38,12 +38,21 @@ get_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t itemsize, co
 }
 
 PyDoc_STRVAR(langid_walk_doc,
-"langid_walk(data, ends, nextmove, rowbase, output, feats, counts, bounds, scratch) -> int\n\n"
+"langid_walk(data, ends, nextmove, rowbase, output, feats, counts, bounds, scratch, depth) -> int\n\n"
 "Walk each text of `data` (uint8; text i ends at ends[i], int64) through the automaton from the start state:\n"
 "state = nextmove[rowbase[state] + byte] (int32 tables), feature output[state] (int64, -1: none). Text i's\n"
 "distinct features go to feats[bounds[i]:bounds[i+1]] (int32) in first-occurrence order, their counts to the\n"
 "same slots of counts (int32). scratch (int32, one per feature) must be zero and is zero again on return.\n"
+"`depth` is the automaton's trie depth: the state after a byte depends on the last `depth` bytes only, so the\n"
+"walk runs as independent streams started depth - 1 bytes early, whose cache misses overlap.\n"
 "Returns bounds[-1], the number of entries written.");
+
+#define STREAMS 16
+
+typedef struct {
+    int64_t pos, end, record_from, doc_end, doc;
+    int64_t state;
+} Stream;
 
 static PyObject *
 langid_walk(PyObject *self, PyObject *args)
@@ -54,13 +63,18 @@ langid_walk(PyObject *self, PyObject *args)
     static const int writable[9] = {0, 0, 0, 0, 0, 1, 1, 1, 1};
     static const char *names[9] = {"data", "ends", "nextmove", "rowbase", "output", "feats", "counts", "bounds",
                                    "scratch"};
-    int got = 0;
+    int got = 0, depth = 0;
     long long written = -1;
     const char *error = NULL;
+    int32_t *at = NULL; /* the feature at every byte of data (-1: none) */
 
-    if (!PyArg_UnpackTuple(args, "langid_walk", 9, 9, &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7],
-                           &o[8]))
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOi", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8],
+                          &depth))
         return NULL;
+    if (depth < 1) {
+        PyErr_SetString(PyExc_ValueError, "depth must be at least 1");
+        return NULL;
+    }
     for (; got < 9; got++)
         if (get_buffer(o[got], &b[got], writable[got], itemsize[got], names[got]) < 0)
             goto done;
@@ -77,40 +91,90 @@ langid_walk(PyObject *self, PyObject *args)
         error = "the tables or output arrays do not fit together";
         goto done;
     }
-    Py_BEGIN_ALLOW_THREADS
-    int64_t pos = 0, k = 0;
-    for (Py_ssize_t doc = 0; doc < n_docs && !error; doc++) {
-        const int64_t end = ends[doc], first = k;
-        if (end < pos || end > n_data) {
+    for (Py_ssize_t d = 0; d < n_docs; d++)
+        if (ends[d] < (d ? ends[d - 1] : 0) || ends[d] > n_data) {
             error = "ends must be non-decreasing offsets into data";
-            break;
+            goto done;
         }
-        bounds[doc] = k;
-        int64_t state = 0;
-        for (; pos < end; pos++) {
-            const int64_t at = (int64_t)rowbase[state] + data[pos];
-            if (at < 0 || at >= n_next) {
+    if (n_docs == 0 ? n_data != 0 : ends[n_docs - 1] != n_data) {
+        error = "the last of ends must be the length of data";
+        goto done;
+    }
+    at = PyMem_RawMalloc((n_data + 1) * sizeof(int32_t));
+    if (!at) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    /* 1. the feature at each byte: the bytes cut into streams walked in lock-step; a stream starts at a text's
+     * start or depth - 1 bytes before its first byte (those only warm the state up), and restarts at each
+     * text's start, so every position gets the state of its own text's walk */
+    Stream st[STREAMS];
+    int n_streams = n_data >= STREAMS * 256 ? STREAMS : 1;
+    for (int k = 0; k < n_streams; k++) {
+        const int64_t from = n_data * k / n_streams, to = n_data * (k + 1) / n_streams;
+        Py_ssize_t lo = 0, hi = n_docs - 1; /* the text holding `from`: the first whose end is past it */
+        while (lo < hi) {
+            const Py_ssize_t mid = (lo + hi) / 2;
+            if (ends[mid] > from)
+                hi = mid;
+            else
+                lo = mid + 1;
+        }
+        const int64_t doc_start = lo ? ends[lo - 1] : 0;
+        const int64_t warm = from - (depth - 1) > doc_start ? from - (depth - 1) : doc_start;
+        st[k] = (Stream){warm, to, from, ends[lo], lo, 0};
+    }
+    int active = n_streams;
+    while (active && !error) {
+        active = 0;
+        for (int k = 0; k < n_streams; k++) {
+            Stream *s = &st[k];
+            if (s->pos >= s->end)
+                continue;
+            active++;
+            while (s->pos == s->doc_end) { /* a new text (empty ones skipped): the start state */
+                s->state = 0;
+                s->doc++;
+                s->doc_end = ends[s->doc];
+            }
+            const int64_t i = (int64_t)rowbase[s->state] + data[s->pos];
+            if (i < 0 || i >= n_next) {
                 error = "a rowbase entry points outside nextmove";
                 break;
             }
-            state = nextmove[at];
+            const int64_t state = nextmove[i];
             if (state < 0 || state >= n_states) {
                 error = "a nextmove entry is not a state";
                 break;
             }
-            const int64_t f = output[state];
+            s->state = state;
+            if (s->pos >= s->record_from) {
+                const int64_t f = output[state];
+                if (f >= n_feats) {
+                    error = "an output entry is not a feature";
+                    break;
+                }
+                at[s->pos] = (int32_t)(f < 0 ? -1 : f);
+            }
+            s->pos++;
+        }
+    }
+    /* 2. per text, its distinct features in first-occurrence order and their counts */
+    int64_t pos = 0, k = 0;
+    for (Py_ssize_t doc = 0; doc < n_docs && !error; doc++) {
+        const int64_t end = ends[doc], first = k;
+        bounds[doc] = k;
+        for (; pos < end; pos++) {
+            const int32_t f = at[pos];
             if (f < 0)
                 continue;
-            if (f >= n_feats) {
-                error = "an output entry is not a feature";
-                break;
-            }
             if (scratch[f] == 0) {
                 if (k >= n_out) {
                     error = "feats is too short (it needs an entry per byte of data)";
                     break;
                 }
-                feats[k++] = (int32_t)f;
+                feats[k++] = f;
             }
             scratch[f]++;
         }
@@ -124,6 +188,7 @@ langid_walk(PyObject *self, PyObject *args)
     written = k;
     Py_END_ALLOW_THREADS
 done:
+    PyMem_RawFree(at);
     for (int i = 0; i < got; i++)
         PyBuffer_Release(&b[i]);
     if (error) {

@@ -261,7 +261,8 @@ class FastLanguageIdentifier:
             bounds = np.empty(j - i + 1, dtype=np.int64)
             # scratch counts of its own per call: the walk runs without the GIL, and threads share the identifier
             scratch = np.zeros(len(self._ptc), dtype=np.int32)
-            _native.langid_walk(buf, ends, self._next, self._rowbase, self._out, feats, counts, bounds, scratch)
+            _native.langid_walk(buf, ends, self._next, self._rowbase, self._out, feats, counts, bounds, scratch,
+                                self.depth)
             b = bounds.tolist()
             for k in range(j - i):
                 lo, hi = b[k], b[k + 1]

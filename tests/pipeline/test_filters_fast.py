@@ -144,7 +144,7 @@ def test_compiled_walk_refuses_tables_that_do_not_fit_together():
         scratch = np.zeros(len(fast._ptc), dtype=np.int32) if scratch is None else scratch
         feats, counts, bounds = (np.zeros(feats_len, np.int32), np.zeros(feats_len, np.int32),
                                  np.zeros(2, np.int64))
-        k = _native.langid_walk(data, ends, nextmove, rowbase, output, feats, counts, bounds, scratch)
+        k = _native.langid_walk(data, ends, nextmove, rowbase, output, feats, counts, bounds, scratch, fast.depth)
         return k, feats[:k], counts[:k], scratch
 
     k, feats, counts, scratch = walk(fast._next, fast._rowbase, fast._out)
@@ -165,6 +165,23 @@ def test_compiled_walk_refuses_tables_that_do_not_fit_together():
     assert not scratch.any()
     with pytest.raises(ValueError, match="items of 8 bytes, expected 4"):
         walk(fast._next.astype(np.int64), fast._rowbase, fast._out)
+    with pytest.raises(ValueError, match="depth must be at least 1"):
+        _native.langid_walk(data, ends, fast._next, fast._rowbase, fast._out, *np.zeros((2, n), np.int32),
+                            np.zeros(2, np.int64), np.zeros(len(fast._ptc), np.int32), 0)
+
+
+def test_compiled_walk_streams_cut_anywhere_give_each_texts_own_features(monkeypatch):
+    """The compiled walk cuts a batch into 16 streams at arbitrary bytes (inside texts, next to empty ones,
+    within a text's first ``depth`` bytes): every text's scores equal the numpy walk's, batch after batch."""
+    fast = fast_identifier()
+    rng = random.Random(8)
+    pool = [t for _, t in check_set()] + ["", "a", "ab", "日本語", "THE END"]
+    for _ in range(20):
+        texts = [rng.choice(pool)[: rng.randint(0, 400)] for _ in range(rng.randint(20, 80))]
+        compiled = fast.detect_many(texts, [])
+        with monkeypatch.context() as m:
+            m.setattr(langid_fast, "_native", None)
+            assert fast.detect_many(texts, []) == compiled
 
 
 def test_threads_sharing_the_identifier_get_their_own_results():
