@@ -88,6 +88,7 @@ class FastLanguageIdentifier:
         # detect_many: counts scratch, and a byte that sends every state back to the start (0xFF, never in
         # UTF-8, does for the bundled model); without one each text is walked on its own
         self._counts = np.zeros(len(self._ptc), dtype=np.int64)
+        self._ptc_rows = self._ptc.view(np.ndarray)  # the same (mapped) table, indexed without memmap's Python layer
         self._reset = next((b for b in (0xFF, 0x00) if not self._next[self._rowbase + b].any()), None)
         if self._reset is not None and self._out[0] >= 0:
             self._reset = None
@@ -192,6 +193,39 @@ class FastLanguageIdentifier:
                 scores[j] = np.finfo(np.float32).min
         return scores
 
+    def _normalise_many(self, scores: np.ndarray, num_bytes: list[int]) -> np.ndarray:
+        """:meth:`_normalise` of every row of ``scores`` (one text each) in a few numpy calls for the batch:
+        elementwise float32 steps and per-row reductions, so each row gets the bits of its own call (the tests
+        compare every text with py3langid's ``rank``)."""
+        ident = self.ident
+        if ident._norm_probs:
+            # 1 / sqrt(bytes) in float64 as math.sqrt gives it, then float32, as `scores *= <python float>`
+            scale = (1.0 / np.sqrt(np.maximum(np.asarray(num_bytes, dtype=np.float64), 1.0))).astype(np.float32)
+            scores *= scale[:, None]
+            np.exp(scores - scores.max(axis=1, keepdims=True), out=scores)
+            scores /= scores.sum(axis=1, keepdims=True)
+        for i, j in ident._alias_pairs:
+            if ident._norm_probs:
+                scores[:, i] += scores[:, j]
+                scores[:, j] = 0.0
+            else:
+                np.maximum(scores[:, i], scores[:, j], out=scores[:, i])
+                scores[:, j] = np.finfo(np.float32).min
+        return scores
+
+    def _pick_many(self, scores: np.ndarray, languages: list[str]) -> list[tuple[str, float, str]]:
+        """:meth:`_pick` of every row."""
+        merged = scores[:, self._label_cols]
+        rows = np.arange(len(merged))
+        tops = merged.argmax(axis=1)  # the first maximum of each row, as _pick
+        top_names = [self._label_names[i] for i in tops.tolist()]
+        if not languages:
+            return [(name, score, name) for name, score in zip(top_names, merged[rows, tops].tolist())]
+        cols = np.array([self._label_index[lang] for lang in languages], dtype=np.intp)
+        best = merged[:, cols].argmax(axis=1)  # max(languages, key=...): the first maximal language
+        return [(languages[b], score, name) for b, score, name in
+                zip(best.tolist(), merged[rows, cols[best]].tolist(), top_names)]
+
     def _decide(self, text: str) -> np.ndarray:
         data = self.ident._encode(text)
         scores = self._native_scores([data])[0] if _native is not None else self._raw_scores(self._features(data))
@@ -240,7 +274,7 @@ class FastLanguageIdentifier:
     def _product(self, idx: np.ndarray, found: np.ndarray) -> np.ndarray:
         """py3langid's naive-Bayes scores from one text's distinct features (first-occurrence order) and their
         counts: its float32 product, through the same BLAS call."""
-        return np.log1p(found.astype(np.float32)) @ self._ptc[idx] + self.ident.nb_pc
+        return np.log1p(found.astype(np.float32)) @ self._ptc_rows[idx] + self.ident.nb_pc
 
     def _native_scores(self, datas: list[bytes]) -> list[np.ndarray]:
         """The raw scores of every text, walked and counted by the compiled loop (:mod:`data_pipelines._native`)
@@ -275,8 +309,10 @@ class FastLanguageIdentifier:
         bytes, is most of the cost of a short document)."""
         datas = [self.ident._encode(t) for t in texts]
         if _native is not None:
-            return [self._pick(self._normalise(scores, len(data)), languages)
-                    for scores, data in zip(self._native_scores(datas), datas)]
+            if not datas:
+                return []
+            scores = np.stack(self._native_scores(datas))
+            return self._pick_many(self._normalise_many(scores, [len(d) for d in datas]), languages)
         if self._reset is None:
             return [self.detect(t, languages) for t in texts]
         out = []
