@@ -17,6 +17,9 @@
  * markers_in: which of up to 64 literal substrings a text contains, in one pass (the PII secret rules' markers:
  * 23 `in` tests, each a scan of the whole text, were half of that block).
  *
+ * normalize_unchanged: Normalize._unchanged in one pass (no suspect character, no pair of blanks or blank beside
+ * a line break, no run of line breaks past the limit, no whitespace at either end).
+ *
  * Only the CPython buffer protocol and str API are used (no numpy headers): the build needs only a C compiler.
  */
 #define PY_SSIZE_T_CLEAN
@@ -763,7 +766,55 @@ markers_in(PyObject *self, PyObject *args)
     return PyLong_FromUnsignedLongLong(found);
 }
 
+/* ------------------------------------------------------------------------------------ normalize_unchanged */
+PyDoc_STRVAR(normalize_unchanged_doc,
+"normalize_unchanged(text, newline_run) -> bool\n\n"
+"Normalize._unchanged: text is not empty, starts and ends with no whitespace, holds no character a step may\n"
+"remove or replace other than ' ', '\\t' and '\\n' (controls, other whitespace, line breaks, U+200B, U+2060,\n"
+"U+FEFF, surrogates), no two blanks in a row, no blank beside a '\\n', and no run of newline_run '\\n' (0: no\n"
+"limit). Blanks are ' ' and '\\t'.");
+
+static PyObject *
+normalize_unchanged(PyObject *self, PyObject *args)
+{
+    PyObject *text;
+    Py_ssize_t run_limit;
+    if (!PyArg_ParseTuple(args, "Un", &text, &run_limit))
+        return NULL;
+#if PY_VERSION_HEX < 0x030C0000
+    if (PyUnicode_READY(text) < 0)
+        return NULL;
+#endif
+    const int kind = PyUnicode_KIND(text);
+    const void *data = PyUnicode_DATA(text);
+    const Py_ssize_t length = PyUnicode_GET_LENGTH(text);
+    if (length == 0 || Py_UNICODE_ISSPACE(PyUnicode_READ(kind, data, 0)) ||
+        Py_UNICODE_ISSPACE(PyUnicode_READ(kind, data, length - 1)))
+        Py_RETURN_FALSE;
+    Py_UCS4 prev = 0;
+    Py_ssize_t newlines = 0;
+    for (Py_ssize_t i = 0; i < length; i++) {
+        const Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        if (c == '\n') {
+            if (prev == ' ' || prev == '\t' || (run_limit > 0 && ++newlines >= run_limit))
+                Py_RETURN_FALSE;
+        } else if (c == ' ' || c == '\t') {
+            if (prev == ' ' || prev == '\t' || prev == '\n')
+                Py_RETURN_FALSE;
+            newlines = 0;
+        } else {
+            if (c < 0x20 || (c >= 0x7F && c <= 0x9F) || c == 0x200B || c == 0x2060 || c == 0xFEFF ||
+                (c >= 0xD800 && c <= 0xDFFF) || Py_UNICODE_ISSPACE(c))
+                Py_RETURN_FALSE;
+            newlines = 0;
+        }
+        prev = c;
+    }
+    Py_RETURN_TRUE;
+}
+
 static PyMethodDef methods[] = {
+    {"normalize_unchanged", normalize_unchanged, METH_VARARGS, normalize_unchanged_doc},
     {"markers_in", markers_in, METH_VARARGS, markers_in_doc},
     {"gopher_quality", gopher_quality, METH_VARARGS, gopher_quality_doc},
     {"langid_walk", langid_walk, METH_VARARGS, langid_walk_doc},

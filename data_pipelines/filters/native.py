@@ -12,7 +12,7 @@ import logging
 
 log = logging.getLogger(__name__)
 
-FUNCTIONS = ("langid_walk", "gopher_ngrams", "gopher_quality", "markers_in")
+FUNCTIONS = ("langid_walk", "gopher_ngrams", "gopher_quality", "markers_in", "normalize_unchanged")
 
 try:
     from data_pipelines import _native as compiled

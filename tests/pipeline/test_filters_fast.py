@@ -391,13 +391,19 @@ def test_normalize_shortcut_is_exactly_the_full_path(monkeypatch, sample_docs):
 
     rng = random.Random(3)
     alphabet = ["a", "b", ".", " ", " ", "\t", "\n", "\n", "\r", "\x00", "\x0b", "\u200b", "\xa0", "\u3000", "\x85",
-                "\u2028", "é", "e\u0301", "\ud800"]
+                "\u2028", "é", "e\u0301", "\ud800", "\x1f", "\x7f", "\x9f", "\u2060", "\ufeff", "\u2009", "\u1680",
+                "\u3001", "\U0001f600"]
     texts = [t for _, t in check_set()] + [d.text for docs in sample_docs.values() for d in docs[:20]]
     texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))) for _ in range(3000)]
     options = [{}, {"collapse_spaces": False, "strip_leading": False, "max_newlines": 3}, {"max_newlines": 1},
                {"max_newlines": None, "form": None}, {"remove_control": False, "strip_trailing": False}]
     for opts in options:
         block = normalize.Normalize(**opts)
+        compiled = [block._unchanged(t) for t in texts]  # the compiled test is the Python one, text for text
+        with monkeypatch.context() as m:
+            m.setattr(normalize, "_native", None)
+            assert [block._unchanged(t) for t in texts] == compiled, opts
+        assert 100 < sum(compiled) < len(texts) - 100
         fast_stats = StageStats()
         fast = [block.normalize(t, fast_stats) for t in texts]
         with monkeypatch.context() as m:
