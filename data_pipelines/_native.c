@@ -17,6 +17,10 @@
  * markers_in: which of up to 64 literal substrings a text contains, in one pass (the PII secret rules' markers:
  * 23 `in` tests, each a scan of the whole text, were half of that block).
  *
+ * gopher_lines: GopherRepetition's paragraph and line counts (pieces between runs of 2+ newlines of the stripped
+ * text that are not blank; lines that are not empty or blank; each with the ones repeating an earlier one and
+ * their characters), exact: hashed, then compared character by character.
+ *
  * normalize_unchanged: Normalize._unchanged in one pass (no suspect character, no pair of blanks or blank beside
  * a line break, no run of line breaks past the limit, no whitespace at either end).
  *
@@ -512,6 +516,123 @@ done:
     return result;
 }
 
+/* ------------------------------------------------------------------------------------------- gopher_lines */
+/* how many of the spans (hashed in hash[]) repeat an earlier one, and their characters (find_duplicates) */
+static int
+count_repeats(const Words *w, const uint64_t *hash, Py_ssize_t n, long long *dups, long long *dup_chars)
+{
+    Table table;
+    if (table_init(&table, n) < 0)
+        return -1;
+    table_clear(&table);
+    *dups = *dup_chars = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int fresh;
+        table_find(&table, w, i, 0, mix64(hash[i]), &fresh);
+        if (!fresh) {
+            (*dups)++;
+            *dup_chars += w->len[i];
+        }
+    }
+    PyMem_RawFree(table.slots);
+    return 0;
+}
+
+/* the paragraphs (mode 0: pieces of [a, b) between runs of 2+ '\n') or lines (mode 1: pieces between '\n') that
+ * are not blank, into start/len/hash; returns their number */
+#define PIECES(TYPE)                                                                                           \
+    static Py_ssize_t pieces_##TYPE(const TYPE *c, Py_ssize_t a, Py_ssize_t b, int lines, Py_ssize_t *start,  \
+                                    Py_ssize_t *len, uint64_t *hash)                                          \
+    {                                                                                                         \
+        Py_ssize_t n = 0;                                                                                     \
+        for (Py_ssize_t i = a; i <= b;) {                                                                     \
+            Py_ssize_t j = i;                                                                                 \
+            int blank = 1;                                                                                    \
+            uint64_t h = 1469598103934665603ULL;                                                              \
+            while (j < b && !(c[j] == '\n' && (lines || (j + 1 < b && c[j + 1] == '\n')))) {                 \
+                if (blank && !Py_UNICODE_ISSPACE(c[j]))                                                       \
+                    blank = 0;                                                                                \
+                h = (h ^ c[j]) * 1099511628211ULL;                                                            \
+                j++;                                                                                          \
+            }                                                                                                 \
+            if (!blank) {                                                                                     \
+                start[n] = i;                                                                                 \
+                len[n] = j - i;                                                                               \
+                hash[n++] = h;                                                                                \
+            }                                                                                                 \
+            if (lines)                                                                                        \
+                i = j + 1;                                                                                    \
+            else {                                                                                            \
+                while (j < b && c[j] == '\n')                                                                 \
+                    j++;                                                                                      \
+                i = j < b ? j : b + 1;                                                                        \
+            }                                                                                                 \
+        }                                                                                                     \
+        return n;                                                                                             \
+    }
+PIECES(Py_UCS1)
+PIECES(Py_UCS2)
+PIECES(Py_UCS4)
+#undef PIECES
+
+PyDoc_STRVAR(gopher_lines_doc,
+"gopher_lines(text) -> (paragraphs, repeated paragraphs, their characters, lines, repeated lines, their characters)\n\n"
+"Paragraphs: the pieces of text.strip() between runs of two or more '\\n' that are not blank; lines: the pieces of\n"
+"text.split('\\n') that are neither empty nor blank; a piece repeats if an equal one came before it.");
+
+static PyObject *
+gopher_lines(PyObject *self, PyObject *args)
+{
+    PyObject *text;
+    if (!PyArg_ParseTuple(args, "U", &text))
+        return NULL;
+#if PY_VERSION_HEX < 0x030C0000
+    if (PyUnicode_READY(text) < 0)
+        return NULL;
+#endif
+    const int kind = PyUnicode_KIND(text);
+    const void *data = PyUnicode_DATA(text);
+    const Py_ssize_t length = PyUnicode_GET_LENGTH(text);
+    const Py_ssize_t cap = length / 2 + 2;
+    Py_ssize_t *start = PyMem_RawMalloc(cap * sizeof(Py_ssize_t)), *len = PyMem_RawMalloc(cap * sizeof(Py_ssize_t));
+    uint64_t *hash = PyMem_RawMalloc(cap * sizeof(uint64_t));
+    PyObject *result = NULL;
+    long long counts[6] = {0};
+    if (!start || !len || !hash) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Words w = {kind, (const char *)data, start, len, NULL};
+    Py_ssize_t a = 0, b = length; /* text.strip() */
+    while (a < b && Py_UNICODE_ISSPACE(PyUnicode_READ(kind, data, a)))
+        a++;
+    while (b > a && Py_UNICODE_ISSPACE(PyUnicode_READ(kind, data, b - 1)))
+        b--;
+    for (int lines = 0; lines < 2; lines++) {
+        const Py_ssize_t from = lines ? 0 : a, to = lines ? length : b;
+        Py_ssize_t n;
+        if (!lines && a == b)
+            n = 0; /* "".split(...) gives [""]: blank */
+        else if (kind == PyUnicode_1BYTE_KIND)
+            n = pieces_Py_UCS1((const Py_UCS1 *)data, from, to, lines, start, len, hash);
+        else if (kind == PyUnicode_2BYTE_KIND)
+            n = pieces_Py_UCS2((const Py_UCS2 *)data, from, to, lines, start, len, hash);
+        else
+            n = pieces_Py_UCS4((const Py_UCS4 *)data, from, to, lines, start, len, hash);
+        counts[3 * lines] = n;
+        if (count_repeats(&w, hash, n, &counts[3 * lines + 1], &counts[3 * lines + 2]) < 0) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
+    result = Py_BuildValue("LLLLLL", counts[0], counts[1], counts[2], counts[3], counts[4], counts[5]);
+done:
+    PyMem_RawFree(start);
+    PyMem_RawFree(len);
+    PyMem_RawFree(hash);
+    return result;
+}
+
 /* ----------------------------------------------------------------------------------------- gopher_quality */
 typedef struct {
     int kind;
@@ -814,6 +935,7 @@ normalize_unchanged(PyObject *self, PyObject *args)
 }
 
 static PyMethodDef methods[] = {
+    {"gopher_lines", gopher_lines, METH_VARARGS, gopher_lines_doc},
     {"normalize_unchanged", normalize_unchanged, METH_VARARGS, normalize_unchanged_doc},
     {"markers_in", markers_in, METH_VARARGS, markers_in_doc},
     {"gopher_quality", gopher_quality, METH_VARARGS, gopher_quality_doc},

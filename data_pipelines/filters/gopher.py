@@ -441,19 +441,21 @@ class GopherRepetition(DocumentFilter):
         """The paragraph and line rules: a drop reason, ``None`` (kept, no n-gram rules), or ``True`` (the
         n-gram rules decide)."""
         n_chars = len(text)
-
-        paragraphs = [p for p in PARAGRAPH_SPLIT.split(text.strip()) if p.strip()]
-        dup_paras, dup_para_chars = find_duplicates(paragraphs)
-        if self.dup_para_frac is not None and dup_paras / len(paragraphs) > self.dup_para_frac:
+        if _native is not None:  # the same counts in one compiled pass
+            n_paras, dup_paras, dup_para_chars, n_lines, dup_lines, dup_line_chars = _native.gopher_lines(text)
+        else:
+            paragraphs = [p for p in PARAGRAPH_SPLIT.split(text.strip()) if p.strip()]
+            n_paras, (dup_paras, dup_para_chars) = len(paragraphs), find_duplicates(paragraphs)
+            lines = non_empty_lines(text)
+            n_lines, (dup_lines, dup_line_chars) = len(lines), find_duplicates(lines)
+        # a blank text has no paragraph or line: nothing repeats (the ratios are 0)
+        if self.dup_para_frac is not None and n_paras and dup_paras / n_paras > self.dup_para_frac:
             return "gopher_dup_para_frac"
-        if self.dup_para_char_frac is not None and dup_para_chars / n_chars > self.dup_para_char_frac:
+        if self.dup_para_char_frac is not None and n_chars and dup_para_chars / n_chars > self.dup_para_char_frac:
             return "gopher_dup_para_char_frac"
-
-        lines = non_empty_lines(text)
-        dup_lines, dup_line_chars = find_duplicates(lines)
-        if self.dup_line_frac is not None and dup_lines / len(lines) > self.dup_line_frac:
+        if self.dup_line_frac is not None and n_lines and dup_lines / n_lines > self.dup_line_frac:
             return "gopher_dup_line_frac"
-        if self.dup_line_char_frac is not None and dup_line_chars / n_chars > self.dup_line_char_frac:
+        if self.dup_line_char_frac is not None and n_chars and dup_line_chars / n_chars > self.dup_line_char_frac:
             return "gopher_dup_line_char_frac"
 
         if not (self.top_n_grams or self.dup_n_grams):

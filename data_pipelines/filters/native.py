@@ -12,7 +12,8 @@ import logging
 
 log = logging.getLogger(__name__)
 
-FUNCTIONS = ("langid_walk", "gopher_ngrams", "gopher_quality", "markers_in", "normalize_unchanged")
+FUNCTIONS = ("langid_walk", "gopher_ngrams", "gopher_quality", "markers_in", "normalize_unchanged",
+             "gopher_lines")
 
 try:
     from data_pipelines import _native as compiled

@@ -276,10 +276,31 @@ def test_compiled_repetition_statistics_match_the_reference_loop(sample_docs):
             assert (top, dup) == want, (text[:80], n)
     with pytest.raises(ValueError, match="expected 1 to 1000"):
         _native.gopher_ngrams("a b", [0], [])
+    # the paragraph and line counts: find_duplicates over PARAGRAPH_SPLIT's pieces and non_empty_lines
+    from data_pipelines.filters.text import PARAGRAPH_SPLIT, find_duplicates, non_empty_lines
+
+    pieces = ["a", "a b", "é", "日本", "😀", " ", "\t", "\n", "\n\n", "\n\n\n", " \n\n ", "\u3000", "\x85", "x\n"]
+    texts += ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 30))) for _ in range(1500)]
+    for text in texts:
+        paragraphs = [p for p in PARAGRAPH_SPLIT.split(text.strip()) if p.strip()]
+        lines = non_empty_lines(text)
+        want = (len(paragraphs), *find_duplicates(paragraphs), len(lines), *find_duplicates(lines))
+        assert _native.gopher_lines(text) == want, text[:80]
     block = gopher.GopherRepetition(top_n_grams={2: 0.05}, dup_n_grams={3: 0.05})
     decided = [block._native_checks(t) for t in texts if t.split()]
     python = [block._ngram_checks(t, t.split(), gopher._NGrams(t.split())) for t in texts if t.split()]
     assert decided == python and {"gopher_top_2_gram", None} <= set(decided)
+
+
+@pytest.mark.parametrize("path", ["compiled", "python"])
+def test_a_blank_text_has_nothing_repeated(path, monkeypatch):
+    """No paragraph and no line: every repetition ratio is 0 (it divided by zero before), on both paths."""
+    if path == "python":
+        monkeypatch.setattr(gopher, "_native", None)
+    block = gopher.GopherRepetition()
+    for text in ("", "   ", "\n\n\t\u3000"):
+        assert block.apply(Document("b", text, "x", {}), StageStats()) is None
+        assert block.apply_batch([Document("b", text, "x", {})], StageStats()) == [None]
 
 
 def test_compiled_quality_counts_and_decisions_are_the_python_paths(sample_docs, monkeypatch):
