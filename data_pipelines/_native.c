@@ -21,6 +21,9 @@
  * text that are not blank; lines that are not empty or blank; each with the ones repeating an earlier one and
  * their characters), exact: hashed, then compared character by character.
  *
+ * fineweb_counts: FineWebFilter's line counts (stripped lines with content, ending with a stop string, short, their
+ * characters, those of lines repeating an earlier one) and the word count.
+ *
  * normalize_unchanged: Normalize._unchanged in one pass (no suspect character, no pair of blanks or blank beside
  * a line break, no run of line breaks past the limit, no whitespace at either end).
  *
@@ -633,7 +636,6 @@ done:
     return result;
 }
 
-/* ----------------------------------------------------------------------------------------- gopher_quality */
 typedef struct {
     int kind;
     const void *data;
@@ -646,6 +648,103 @@ at(const Text *t, Py_ssize_t i)
     return PyUnicode_READ(t->kind, t->data, i);
 }
 
+/* ----------------------------------------------------------------------------------------- fineweb_counts */
+PyDoc_STRVAR(fineweb_counts_doc,
+"fineweb_counts(text, stop_strings, short_length) -> (lines, ending with a stop string, short, characters,\n"
+"characters of repeated lines, words)\n\n"
+"Over [line.strip() for line in non_empty_lines(text)]: how many end with one of stop_strings (a tuple of str),\n"
+"how many have at most short_length characters, their characters, the characters of those equal to an earlier\n"
+"one (find_duplicates); and len(text.split()).");
+
+static PyObject *
+fineweb_counts(PyObject *self, PyObject *args)
+{
+    PyObject *text, *stops;
+    Py_ssize_t short_length;
+    if (!PyArg_ParseTuple(args, "UO!n", &text, &PyTuple_Type, &stops, &short_length))
+        return NULL;
+    const Py_ssize_t n_stops = PyTuple_GET_SIZE(stops);
+    for (Py_ssize_t k = 0; k < n_stops; k++) {
+        if (!PyUnicode_Check(PyTuple_GET_ITEM(stops, k))) {
+            PyErr_SetString(PyExc_TypeError, "stop_strings: a tuple of str");
+            return NULL;
+        }
+#if PY_VERSION_HEX < 0x030C0000
+        if (PyUnicode_READY(PyTuple_GET_ITEM(stops, k)) < 0)
+            return NULL;
+#endif
+    }
+#if PY_VERSION_HEX < 0x030C0000
+    if (PyUnicode_READY(text) < 0)
+        return NULL;
+#endif
+    Text t = {PyUnicode_KIND(text), PyUnicode_DATA(text), PyUnicode_GET_LENGTH(text)};
+    const Py_ssize_t cap = t.length / 2 + 2;
+    Py_ssize_t *start = PyMem_RawMalloc(cap * sizeof(Py_ssize_t)), *len = PyMem_RawMalloc(cap * sizeof(Py_ssize_t));
+    uint64_t *hash = PyMem_RawMalloc(cap * sizeof(uint64_t));
+    PyObject *result = NULL;
+    long long lines = 0, punct = 0, shorts = 0, chars = 0, dups = 0, dup_chars = 0, words = 0;
+    if (!start || !len || !hash) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i <= t.length;) {
+        Py_ssize_t j = i;
+        while (j < t.length && at(&t, j) != '\n')
+            j++;
+        Py_ssize_t a = i, b = j;
+        i = j + 1;
+        while (a < b && Py_UNICODE_ISSPACE(at(&t, a)))
+            a++;
+        while (b > a && Py_UNICODE_ISSPACE(at(&t, b - 1)))
+            b--;
+        if (a == b)
+            continue;
+        uint64_t h = 1469598103934665603ULL;
+        for (Py_ssize_t k = a; k < b; k++)
+            h = (h ^ at(&t, k)) * 1099511628211ULL;
+        start[lines] = a;
+        len[lines] = b - a;
+        hash[lines++] = h;
+        chars += b - a;
+        shorts += b - a <= short_length;
+        for (Py_ssize_t k = 0; k < n_stops; k++) {
+            PyObject *stop = PyTuple_GET_ITEM(stops, k);
+            const Py_ssize_t n = PyUnicode_GET_LENGTH(stop);
+            if (n > b - a)
+                continue;
+            Py_ssize_t m = 0;
+            while (m < n && at(&t, b - n + m) == PyUnicode_READ_CHAR(stop, m))
+                m++;
+            if (m == n) {
+                punct++;
+                break;
+            }
+        }
+    }
+    Words w = {t.kind, (const char *)t.data, start, len, NULL};
+    if (count_repeats(&w, hash, lines, &dups, &dup_chars) < 0) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < t.length;) { /* str.split() */
+        while (i < t.length && Py_UNICODE_ISSPACE(at(&t, i)))
+            i++;
+        if (i >= t.length)
+            break;
+        words++;
+        while (i < t.length && !Py_UNICODE_ISSPACE(at(&t, i)))
+            i++;
+    }
+    result = Py_BuildValue("LLLLLL", lines, punct, shorts, chars, dup_chars, words);
+done:
+    PyMem_RawFree(start);
+    PyMem_RawFree(len);
+    PyMem_RawFree(hash);
+    return result;
+}
+
+/* ----------------------------------------------------------------------------------------- gopher_quality */
 /* `needle` (a str) at position i of t */
 static int
 starts_with(const Text *t, Py_ssize_t i, Py_ssize_t end, PyObject *needle)
@@ -935,6 +1034,7 @@ normalize_unchanged(PyObject *self, PyObject *args)
 }
 
 static PyMethodDef methods[] = {
+    {"fineweb_counts", fineweb_counts, METH_VARARGS, fineweb_counts_doc},
     {"gopher_lines", gopher_lines, METH_VARARGS, gopher_lines_doc},
     {"normalize_unchanged", normalize_unchanged, METH_VARARGS, normalize_unchanged_doc},
     {"markers_in", markers_in, METH_VARARGS, markers_in_doc},

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from data_pipelines.document import Document
 from data_pipelines.filters.base import DocumentFilter, invalid
+from data_pipelines.filters.native import compiled as _native  # None: the Python counts below
 from data_pipelines.filters.text import find_duplicates, non_empty_lines
 from data_pipelines.stats import StageStats
 
@@ -17,7 +18,7 @@ STOP_CHARS = [".", "'", '"', "!", "?"]
 
 class FineWebFilter(DocumentFilter):
     """Drops ``fineweb_line_punct_ratio``, ``fineweb_short_line_ratio``, ``fineweb_char_dup_ratio``,
-    ``fineweb_list_ratio``; ``null`` disables a rule."""
+    ``fineweb_list_ratio``; ``null`` disables a rule; a text with no line of content is ``fineweb_empty``."""
 
     name = "fineweb"
 
@@ -51,22 +52,26 @@ class FineWebFilter(DocumentFilter):
 
     def apply(self, doc: Document, stats: StageStats) -> str | None:
         text = doc.text
-        lines = [line.strip() for line in non_empty_lines(text)]
-        n_lines = len(lines)
+        if _native is not None:  # the same counts in one compiled pass
+            n_lines, punct, short, content_chars, dup_chars, n_words = _native.fineweb_counts(
+                text, self._stop_chars, self.short_line_length)
+        else:
+            lines = [line.strip() for line in non_empty_lines(text)]
+            n_lines = len(lines)
+            punct = sum(1 for line in lines if line.endswith(self._stop_chars))
+            short = sum(1 for line in lines if len(line) <= self.short_line_length)
+            content_chars, dup_chars = sum(map(len, lines)), find_duplicates(lines)[1]
+            n_words = len(text.split())
+        if not n_lines:  # as datatrove: a text with no line of content is dropped
+            return "fineweb_empty"
         if self.line_punct_thr is not None:
-            ratio = sum(1 for line in lines if line.endswith(self._stop_chars)) / n_lines
+            ratio = punct / n_lines
             if ratio <= self.line_punct_thr and not (ratio == 0 and self.line_punct_exclude_zero):
                 return "fineweb_line_punct_ratio"
-        if self.short_line_thr is not None:
-            ratio = sum(1 for line in lines if len(line) <= self.short_line_length) / n_lines
-            if ratio >= self.short_line_thr:
-                return "fineweb_short_line_ratio"
-        if self.char_duplicates_ratio is not None:
-            content_chars = sum(map(len, lines))
-            if find_duplicates(lines)[1] / content_chars >= self.char_duplicates_ratio:
-                return "fineweb_char_dup_ratio"
-        if self.new_line_ratio is not None:
-            n_words = len(text.split())
-            if (n_lines - 1) / n_words > self.new_line_ratio:
-                return "fineweb_list_ratio"
+        if self.short_line_thr is not None and short / n_lines >= self.short_line_thr:
+            return "fineweb_short_line_ratio"
+        if self.char_duplicates_ratio is not None and dup_chars / content_chars >= self.char_duplicates_ratio:
+            return "fineweb_char_dup_ratio"
+        if self.new_line_ratio is not None and (n_lines - 1) / n_words > self.new_line_ratio:
+            return "fineweb_list_ratio"
         return None

@@ -292,6 +292,36 @@ def test_compiled_repetition_statistics_match_the_reference_loop(sample_docs):
     assert decided == python and {"gopher_top_2_gram", None} <= set(decided)
 
 
+def test_compiled_fineweb_counts_are_the_python_paths(sample_docs, monkeypatch):
+    """``_native.fineweb_counts`` counts FineWebFilter's stripped lines (stop strings of several characters,
+    short lines, repeated lines, every whitespace Python knows) and words as its Python path, and the filter
+    decides the same with several settings; a blank text is ``fineweb_empty`` on both paths."""
+    from data_pipelines import _native
+    from data_pipelines.filters import fineweb
+    from data_pipelines.filters.text import find_duplicates, non_empty_lines
+
+    rng = random.Random(9)
+    pieces = ["a", "b c", "end.", "quote'", '"', "!?", "..", "é", "日本", "😀", " ", "\t", "\n", "\n\n", "\u3000",
+              "\x85", "\u2028", "x" * 40]
+    texts = [t for _, t in check_set()] + [d.text for docs in sample_docs.values() for d in docs]
+    texts += ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 30))) for _ in range(1500)]
+    stops = (".", "'", '"', "!", "?", "..", "😀")
+    for text in texts:
+        lines = [line.strip() for line in non_empty_lines(text)]
+        want = (len(lines), sum(line.endswith(stops) for line in lines), sum(len(line) <= 10 for line in lines),
+                sum(map(len, lines)), find_duplicates(lines)[1], len(text.split()))
+        assert _native.fineweb_counts(text, stops, 10) == want, text[:80]
+    docs = [Document(str(i), t, "x", {}) for i, t in enumerate(texts)]
+    for settings in ({}, {"line_punct_thr": 0.5, "line_punct_exclude_zero": True, "short_line_length": 3},
+                     {"line_punct_thr": None, "short_line_thr": None, "char_duplicates_ratio": 0.5}):
+        block = fineweb.FineWebFilter(**settings)
+        compiled = [block.apply(d, StageStats()) for d in docs]
+        with monkeypatch.context() as m:
+            m.setattr(fineweb, "_native", None)
+            assert [block.apply(d, StageStats()) for d in docs] == compiled, settings
+        assert len(set(compiled)) >= 3 and "fineweb_empty" in compiled, (settings, set(compiled))
+
+
 @pytest.mark.parametrize("path", ["compiled", "python"])
 def test_a_blank_text_has_nothing_repeated(path, monkeypatch):
     """No paragraph and no line: every repetition ratio is 0 (it divided by zero before), on both paths."""
