@@ -24,6 +24,10 @@
  * fineweb_counts: FineWebFilter's line counts (stripped lines with content, ending with a stop string, short, their
  * characters, those of lines repeating an earlier one) and the word count.
  *
+ * c4_lines: C4Filter's line rules for a text whose lines need no citation removal and hold no character whose
+ * lower case is ASCII (U+0130, U+212A): the decision, or the kept text and the removed lines per reason; None
+ * for any other text, which the Python path then judges.
+ *
  * normalize_unchanged: Normalize._unchanged in one pass (no suspect character, no pair of blanks or blank beside
  * a line break, no run of line breaks past the limit, no whitespace at either end).
  *
@@ -1033,7 +1037,236 @@ normalize_unchanged(PyObject *self, PyObject *args)
     Py_RETURN_TRUE;
 }
 
+/* ---------------------------------------------------------------------------------------------- c4_lines */
+/* which of the patterns (ASCII, at most 64; bit k: pats[k]) the ASCII-lowered line `low` (non-ASCII characters
+ * as 0x80) holds, in one scan: head[c] has the bits of the patterns starting with byte c */
+static uint64_t
+held(const char *low, Py_ssize_t n, const char *const *pats, const Py_ssize_t *lens, const uint64_t *head,
+     uint64_t empty)
+{
+    uint64_t found = empty;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint64_t cand = head[(uint8_t)low[i]] & ~found;
+        while (cand) {
+            const int k = __builtin_ctzll(cand);
+            cand &= cand - 1;
+            if (i + lens[k] <= n && memcmp(low + i, pats[k], (size_t)lens[k]) == 0)
+                found |= 1ULL << k;
+        }
+    }
+    return found;
+}
+
+static int
+count_removed(PyObject *removed, const char *reason)
+{
+    PyObject *key = PyUnicode_FromString(reason);
+    if (!key)
+        return -1;
+    PyObject *old = PyDict_GetItemWithError(removed, key);
+    long long n = old ? PyLong_AsLongLong(old) : 0;
+    PyObject *value = (old || !PyErr_Occurred()) ? PyLong_FromLongLong(n + 1) : NULL;
+    int rc = value ? PyDict_SetItem(removed, key, value) : -1;
+    Py_DECREF(key);
+    Py_XDECREF(value);
+    return rc;
+}
+
+static inline int
+is_closer(Py_UCS4 c)
+{
+    return c == '"' || c == '\'' || c == 0x201D || c == 0x2019 || c == ')' || c == ']';
+}
+
+PyDoc_STRVAR(c4_lines_doc,
+"c4_lines(text, remove_citations, no_terminal_punct, min_words, max_word_length, lorem, javascript, curly,\n"
+"policy, policies, min_sentences) -> None or (decision, text, removed)\n\n"
+"C4Filter.apply's line rules (-1: a numeric rule off; policies: the lower-case ASCII policy substrings as\n"
+"bytes). None if the text needs the Python path (a line with '[' while citations are removed, or U+0130 /\n"
+"U+212A). Else decision is a drop reason or None; text is the kept lines joined (None: the text as it was);\n"
+"removed counts the removed lines per reason, in first-seen order.");
+
+static PyObject *
+c4_lines(PyObject *self, PyObject *args)
+{
+    PyObject *text, *policies;
+    int cite, terminal, lorem, js, curly, policy;
+    Py_ssize_t min_words, max_word, min_sentences;
+    if (!PyArg_ParseTuple(args, "UppnnppppO!n", &text, &cite, &terminal, &min_words, &max_word, &lorem, &js, &curly,
+                          &policy, &PyTuple_Type, &policies, &min_sentences))
+        return NULL;
+    const Py_ssize_t n_policies = PyTuple_GET_SIZE(policies);
+    if (n_policies > 62) {
+        PyErr_SetString(PyExc_ValueError, "policies: at most 62");
+        return NULL;
+    }
+    /* the patterns: 0 "lorem ipsum", 1 "javascript", then the policy substrings */
+    const char *pats[64] = {"lorem ipsum", "javascript"};
+    Py_ssize_t lens[64] = {11, 10};
+    uint64_t head[256] = {0}, empty = 0, policy_bits = 0;
+    for (Py_ssize_t k = 0; k < n_policies; k++) {
+        PyObject *pat = PyTuple_GET_ITEM(policies, k);
+        if (!PyBytes_Check(pat)) {
+            PyErr_SetString(PyExc_TypeError, "policies: a tuple of bytes");
+            return NULL;
+        }
+        pats[k + 2] = PyBytes_AS_STRING(pat);
+        lens[k + 2] = PyBytes_GET_SIZE(pat);
+        policy_bits |= 1ULL << (k + 2);
+    }
+    for (Py_ssize_t k = 0; k < n_policies + 2; k++) {
+        if (lens[k] == 0)
+            empty |= 1ULL << k; /* "" in line */
+        else
+            head[(uint8_t)pats[k][0]] |= 1ULL << k;
+    }
+#if PY_VERSION_HEX < 0x030C0000
+    if (PyUnicode_READY(text) < 0)
+        return NULL;
+#endif
+    Text t = {PyUnicode_KIND(text), PyUnicode_DATA(text), PyUnicode_GET_LENGTH(text)};
+    for (Py_ssize_t i = 0; i < t.length; i++) { /* what the Python path judges: citations, Unicode lower-casing */
+        const Py_UCS4 c = at(&t, i);
+        if ((cite && c == '[') || c == 0x130 || c == 0x212A)
+            Py_RETURN_NONE;
+    }
+    PyObject *removed = PyDict_New(), *kept = PyList_New(0), *result = NULL, *joined = NULL;
+    char *low = PyMem_RawMalloc((size_t)t.length + 1);
+    const char *decision = NULL;
+    int blank_before = 0;
+    Py_ssize_t sentences = 0;
+    if (!removed || !kept || !low) {
+        if (!PyErr_Occurred())
+            PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i <= t.length && !decision;) {
+        Py_ssize_t j = i;
+        while (j < t.length && at(&t, j) != '\n')
+            j++;
+        Py_ssize_t a = i, b = j;
+        i = j + 1;
+        while (a < b && Py_UNICODE_ISSPACE(at(&t, a)))
+            a++;
+        while (b > a && Py_UNICODE_ISSPACE(at(&t, b - 1)))
+            b--;
+        if (a == b) {
+            blank_before = PyList_GET_SIZE(kept) > 0;
+            continue;
+        }
+        /* the words of line.split(): how many, and the longest */
+        Py_ssize_t words = 0, longest = 0;
+        for (Py_ssize_t k = a; k < b;) {
+            while (k < b && Py_UNICODE_ISSPACE(at(&t, k)))
+                k++;
+            if (k >= b)
+                break;
+            Py_ssize_t e = k;
+            while (e < b && !Py_UNICODE_ISSPACE(at(&t, e)))
+                e++;
+            words++;
+            longest = e - k > longest ? e - k : longest;
+            k = e;
+        }
+        const char *reason = NULL;
+        int has_curly = 0;
+        for (Py_ssize_t k = a; k < b; k++) {
+            const Py_UCS4 c = at(&t, k);
+            has_curly |= c == '{';
+            low[k - a] = (char)(c < 128 ? (c >= 'A' && c <= 'Z' ? c + 32 : c) : 0x80);
+        }
+        const Py_ssize_t n = b - a;
+        const Py_UCS4 last = at(&t, b - 1);
+        if (max_word >= 0 && n > max_word && longest > max_word)
+            reason = "long_word";
+        else if (terminal && (!(last == '.' || last == '?' || last == '!' || last == '"' || last == '\'' ||
+                                  last == 0x201D || last == 0x2019) ||
+                                (n >= 3 && low[n - 1] == '.' && low[n - 2] == '.' && low[n - 3] == '.')))
+            reason = "no_terminal_punct";
+        else if (min_words >= 0 && words < min_words)
+            reason = "too_few_words";
+        else {
+            const uint64_t found = (lorem || js || policy) ? held(low, n, pats, lens, head, empty) : 0;
+            if (lorem && (found & 1))
+                decision = "c4_lorem_ipsum";
+            else if (js && (found & 2))
+                reason = "javascript";
+            else if (curly && has_curly)
+                decision = "c4_curly_bracket";
+            else if (policy && (found & policy_bits))
+                reason = "policy";
+        }
+        if (decision)
+            break;
+        if (reason) {
+            if (count_removed(removed, reason) < 0)
+                goto done;
+            continue;
+        }
+        if (min_sentences < 0 || sentences < min_sentences) { /* _SENTENCE_END matches, at least 1 */
+            Py_ssize_t found = 0;
+            for (Py_ssize_t k = a; k < b;) {
+                const Py_UCS4 c = at(&t, k);
+                if (c != '.' && c != '!' && c != '?') {
+                    k++;
+                    continue;
+                }
+                Py_ssize_t e = k;
+                while (e < b && (at(&t, e) == '.' || at(&t, e) == '!' || at(&t, e) == '?'))
+                    e++;
+                while (e < b && is_closer(at(&t, e)))
+                    e++;
+                if (e == b || Py_UNICODE_ISSPACE(at(&t, e)))
+                    found++;
+                k = e > k ? e : k + 1;
+            }
+            sentences += found > 1 ? found : 1;
+        }
+        PyObject *line = PyUnicode_Substring(text, a, b);
+        if (!line)
+            goto done;
+        if (blank_before) {
+            PyObject *empty = PyUnicode_FromStringAndSize("", 0);
+            int rc = empty ? PyList_Append(kept, empty) : -1;
+            Py_XDECREF(empty);
+            if (rc < 0) {
+                Py_DECREF(line);
+                goto done;
+            }
+            blank_before = 0;
+        }
+        int rc = PyList_Append(kept, line);
+        Py_DECREF(line);
+        if (rc < 0)
+            goto done;
+    }
+    if (!decision && min_sentences >= 0 && sentences < min_sentences)
+        decision = "c4_too_few_sentences";
+    if (!decision && PyList_GET_SIZE(kept) == 0)
+        decision = "c4_no_lines_left";
+    if (decision) {
+        result = Py_BuildValue("(sOO)", decision, Py_None, removed);
+        goto done;
+    }
+    PyObject *sep = PyUnicode_FromStringAndSize("\n", 1);
+    joined = sep ? PyUnicode_Join(sep, kept) : NULL;
+    Py_XDECREF(sep);
+    if (!joined)
+        goto done;
+    const int same = PyUnicode_Compare(joined, text) == 0;
+    if (PyErr_Occurred())
+        goto done;
+    result = Py_BuildValue("(OOO)", Py_None, same ? Py_None : joined, removed);
+done:
+    PyMem_RawFree(low);
+    Py_XDECREF(removed);
+    Py_XDECREF(kept);
+    Py_XDECREF(joined);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"c4_lines", c4_lines, METH_VARARGS, c4_lines_doc},
     {"fineweb_counts", fineweb_counts, METH_VARARGS, fineweb_counts_doc},
     {"gopher_lines", gopher_lines, METH_VARARGS, gopher_lines_doc},
     {"normalize_unchanged", normalize_unchanged, METH_VARARGS, normalize_unchanged_doc},

@@ -15,6 +15,7 @@ import re
 
 from data_pipelines.document import Document
 from data_pipelines.filters.base import DocumentFilter, add_extra, invalid
+from data_pipelines.filters.native import compiled as _native  # None: the Python line loop below
 from data_pipelines.stats import StageStats
 
 CITATION = re.compile(r"\[\d*\]|\[edit\]|\[citation needed\]", re.IGNORECASE)
@@ -68,6 +69,9 @@ class C4Filter(DocumentFilter):
         self.filter_policy = filter_policy
         self.policy_substrings = [p.lower() for p in (POLICY_SUBSTRINGS if policy_substrings is None
                                                       else policy_substrings)]
+        # the compiled line rules compare ASCII-lowered lines with ASCII policy substrings
+        self._policies = tuple(p.encode() for p in self.policy_substrings) if all(
+            p.isascii() for p in self.policy_substrings) else None
 
     def _line_verdict(self, line: str) -> tuple[str, str]:
         """``(kind, reason)``: kind is "keep" (reason is the cleaned line), "line" (remove) or "doc" (drop)."""
@@ -97,6 +101,23 @@ class C4Filter(DocumentFilter):
         return "keep", line
 
     def apply(self, doc: Document, stats: StageStats) -> str | None:
+        if _native is not None and self._policies is not None:
+            judged = _native.c4_lines(
+                doc.text, self.remove_citations, self.filter_no_terminal_punct,
+                -1 if self.min_words_per_line is None else self.min_words_per_line,
+                -1 if self.max_word_length is None else self.max_word_length, self.filter_lorem_ipsum,
+                self.filter_javascript, self.filter_curly_bracket, self.filter_policy, self._policies,
+                -1 if self.min_num_sentences is None else self.min_num_sentences)
+            if judged is not None:  # else a line needs citation removal or Unicode lower-casing: below
+                decision, text, removed = judged
+                if decision is not None:
+                    return decision
+                add_extra(stats, "c4_lines_removed", removed)
+                for reason in sorted(removed):
+                    stats.modify(f"c4_line_{reason}")
+                if text is not None:
+                    doc.text = text
+                return None
         kept: list[str] = []
         removed: dict[str, int] = {}
         n_sentences = 0

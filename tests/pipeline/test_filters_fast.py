@@ -322,6 +322,46 @@ def test_compiled_fineweb_counts_are_the_python_paths(sample_docs, monkeypatch):
         assert len(set(compiled)) >= 3 and "fineweb_empty" in compiled, (settings, set(compiled))
 
 
+def test_compiled_c4_line_rules_are_the_python_paths(sample_docs, monkeypatch):
+    """``_native.c4_lines`` keeps, removes and drops as C4Filter's Python loop (kept texts, per-reason counts and
+    their order, statistics) with several settings, on texts built from every rule's trigger (sentence ends with
+    closers, "...", curly quotes, long words, policy phrases in any case, blank-line runs, Unicode whitespace);
+    texts with citations or U+0130 / U+212A go to the Python path."""
+    from data_pipelines import _native
+    from data_pipelines.filters import c4
+
+    rng = random.Random(10)
+    lines = ["A short line.", "Three words here.", "two words", "Ends without", "Wait...", "Ask?!", "Quote.\"",
+             "He said ’ok’", "(see this.)", "x" * 30 + ".", "Read the Privacy Policy today.", "We USE COOKIES here.",
+             "Enable JavaScript now.", "lorem IPSUM dolor sit.", "a { b } c.", "café au lait é.", "日本語の文。",
+             "a.b.c d e.", "end.) next. And more!", "Cite [1] this.", "\u212aelvin is here.", "ok .", "  spaced .  ",
+             "\u3000wide space.\u3000", "tab\tin line."]
+    seps = ["\n", "\n", "\n\n", "\n \n", "\n\n\n"]
+    texts = [t for _, t in check_set()] + [d.text for docs in sample_docs.values() for d in docs]
+    texts += ["".join(rng.choice(lines) + rng.choice(seps) for _ in range(rng.randint(1, 12))) for _ in range(1500)]
+    texts += ["", "\n\n", "One. Two. Three. Four. Five."]
+    docs = [Document(str(i), t, "x", {}) for i, t in enumerate(texts)]
+    for settings in ({}, {"filter_no_terminal_punct": False}, {"min_num_sentences": 1, "max_word_length": 20},
+                     {"min_words_per_line": None, "min_num_sentences": None, "remove_citations": False},
+                     {"filter_lorem_ipsum": False, "filter_curly_bracket": False, "filter_javascript": False,
+                      "policy_substrings": ["SEE THIS"]}):
+        block = c4.C4Filter(**settings)
+        runs = {}
+        for path in ("compiled", "python"):
+            with monkeypatch.context() as m:
+                if path == "python":
+                    m.setattr(c4, "_native", None)
+                stats = StageStats()
+                copies = [Document(d.id, d.text, d.source, {}) for d in docs]
+                runs[path] = ([(block.apply(d, stats), d.text) for d in copies], stats.to_dict())
+        assert runs["compiled"] == runs["python"], settings
+        decisions = {r for r, _ in runs["compiled"][0]}
+        assert len(decisions) >= 2 and runs["compiled"][1]["extra"], (settings, decisions)
+    native_judged = sum(_native.c4_lines(t, True, True, 3, 1000, True, True, True, True, (b"policy",), 5) is not None
+                        for t in texts)
+    assert 0.3 * len(texts) < native_judged < len(texts)  # most by the compiled rules, citations by Python
+
+
 @pytest.mark.parametrize("path", ["compiled", "python"])
 def test_a_blank_text_has_nothing_repeated(path, monkeypatch):
     """No paragraph and no line: every repetition ratio is 0 (it divided by zero before), on both paths."""
