@@ -114,6 +114,11 @@ langid_walk(PyObject *self, PyObject *args)
         error = "the last of ends must be the length of data";
         goto done;
     }
+    if (n_docs == 0) {
+        bounds[0] = 0;
+        written = 0;
+        goto done;
+    }
     at = PyMem_RawMalloc((n_data + 1) * sizeof(int32_t));
     if (!at) {
         PyErr_NoMemory();

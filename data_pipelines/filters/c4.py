@@ -69,9 +69,11 @@ class C4Filter(DocumentFilter):
         self.filter_policy = filter_policy
         self.policy_substrings = [p.lower() for p in (POLICY_SUBSTRINGS if policy_substrings is None
                                                       else policy_substrings)]
-        # the compiled line rules compare ASCII-lowered lines with ASCII policy substrings
-        self._policies = tuple(p.encode() for p in self.policy_substrings) if all(
-            p.isascii() for p in self.policy_substrings) else None
+        # the compiled line rules compare ASCII-lowered lines with up to 62 ASCII policy substrings, and take
+        # thresholds as C integers; other settings use the Python loop
+        fits = (len(self.policy_substrings) <= 62 and all(p.isascii() for p in self.policy_substrings)
+                and all(v is None or v < 2**62 for v in (min_num_sentences, min_words_per_line, max_word_length)))
+        self._policies = tuple(p.encode() for p in self.policy_substrings) if fits else None
 
     def _line_verdict(self, line: str) -> tuple[str, str]:
         """``(kind, reason)``: kind is "keep" (reason is the cleaned line), "line" (remove) or "doc" (drop)."""

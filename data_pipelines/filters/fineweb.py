@@ -52,7 +52,7 @@ class FineWebFilter(DocumentFilter):
 
     def apply(self, doc: Document, stats: StageStats) -> str | None:
         text = doc.text
-        if _native is not None:  # the same counts in one compiled pass
+        if _native is not None and self.short_line_length < 2**62:  # the same counts in one compiled pass
             n_lines, punct, short, content_chars, dup_chars, n_words = _native.fineweb_counts(
                 text, self._stop_chars, self.short_line_length)
         else:

@@ -165,6 +165,9 @@ def test_compiled_walk_refuses_tables_that_do_not_fit_together():
     assert not scratch.any()
     with pytest.raises(ValueError, match="items of 8 bytes, expected 4"):
         walk(fast._next.astype(np.int64), fast._rowbase, fast._out)
+    assert _native.langid_walk(b"", np.zeros(0, np.int64), fast._next, fast._rowbase, fast._out,
+                               *np.zeros((2, 1), np.int32), np.ones(1, np.int64), np.zeros(len(fast._ptc), np.int32),
+                               fast.depth) == 0  # no texts
     with pytest.raises(ValueError, match="depth must be at least 1"):
         _native.langid_walk(data, ends, fast._next, fast._rowbase, fast._out, *np.zeros((2, n), np.int32),
                             np.zeros(2, np.int64), np.zeros(len(fast._ptc), np.int32), 0)
@@ -320,6 +323,7 @@ def test_compiled_fineweb_counts_are_the_python_paths(sample_docs, monkeypatch):
             m.setattr(fineweb, "_native", None)
             assert [block.apply(d, StageStats()) for d in docs] == compiled, settings
         assert len(set(compiled)) >= 3 and "fineweb_empty" in compiled, (settings, set(compiled))
+    assert fineweb.FineWebFilter(short_line_length=10**19).apply(docs[0], StageStats()) == "fineweb_short_line_ratio"
 
 
 def test_compiled_c4_line_rules_are_the_python_paths(sample_docs, monkeypatch):
@@ -357,6 +361,11 @@ def test_compiled_c4_line_rules_are_the_python_paths(sample_docs, monkeypatch):
         assert runs["compiled"] == runs["python"], settings
         decisions = {r for r, _ in runs["compiled"][0]}
         assert len(decisions) >= 2 and runs["compiled"][1]["extra"], (settings, decisions)
+    # settings the compiled rules cannot take (63 policy phrases, a threshold past C's integers) use the loop
+    for settings in ({"policy_substrings": [f"p{i}" for i in range(63)]}, {"max_word_length": 10**19}):
+        block = c4.C4Filter(**settings)
+        assert block._policies is None and block.apply(Document("x", "One. Two. Three. Four. Five.", "x", {}),
+                                                       StageStats()) is None
     native_judged = sum(_native.c4_lines(t, True, True, 3, 1000, True, True, True, True, (b"policy",), 5) is not None
                         for t in texts)
     assert 0.3 * len(texts) < native_judged < len(texts)  # most by the compiled rules, citations by Python
