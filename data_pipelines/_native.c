@@ -28,6 +28,9 @@
  * lower case is ASCII (U+0130, U+212A): the decision, or the kept text and the removed lines per reason; None
  * for any other text, which the Python path then judges.
  *
+ * pii_candidates: whether each of PII's candidate patterns (email, IPv4, IPv6, phone) occurs in a text, in one
+ * pass, as the regular expressions' search finds them.
+ *
  * normalize_unchanged: Normalize._unchanged in one pass (no suspect character, no pair of blanks or blank beside
  * a line break, no run of line breaks past the limit, no whitespace at either end).
  *
@@ -948,7 +951,10 @@ markers_in(PyObject *self, PyObject *args)
     if (PyUnicode_READY(text) < 0)
         return NULL;
 #endif
+    /* one-character markers by their character (below 256; `wide` above), longer ones by a hash of their first
+     * two characters: most positions of a text then have no candidate at all */
     uint64_t head[256] = {0}, wide = 0, found = 0;
+    uint64_t pair[512] = {0};
     const uint64_t all = n == 64 ? ~0ULL : ((1ULL << n) - 1);
     for (Py_ssize_t j = 0; j < n; j++) {
         PyObject *m = PyTuple_GET_ITEM(markers, j);
@@ -965,33 +971,52 @@ markers_in(PyObject *self, PyObject *args)
             continue;
         }
         const Py_UCS4 c = PyUnicode_READ_CHAR(m, 0);
-        if (c < 256)
+        if (PyUnicode_GET_LENGTH(m) >= 2)
+            pair[(c * 31 + PyUnicode_READ_CHAR(m, 1)) & 511] |= 1ULL << j;
+        else if (c < 256)
             head[c] |= 1ULL << j;
         else
             wide |= 1ULL << j;
+    }
+    /* the markers' characters, one after another, as UCS4 */
+    Py_ssize_t total = 0, offset[65];
+    for (Py_ssize_t j = 0; j < n; j++) {
+        offset[j] = total;
+        total += PyUnicode_GET_LENGTH(PyTuple_GET_ITEM(markers, j));
+    }
+    offset[n] = total;
+    Py_UCS4 *chars = PyMem_RawMalloc((size_t)(total + 1) * sizeof(Py_UCS4));
+    if (!chars)
+        return PyErr_NoMemory();
+    for (Py_ssize_t j = 0; j < n; j++) {
+        PyObject *m = PyTuple_GET_ITEM(markers, j);
+        for (Py_ssize_t k = 0; k < offset[j + 1] - offset[j]; k++)
+            chars[offset[j] + k] = PyUnicode_READ_CHAR(m, k);
     }
     const int kind = PyUnicode_KIND(text);
     const void *data = PyUnicode_DATA(text);
     const Py_ssize_t length = PyUnicode_GET_LENGTH(text);
     for (Py_ssize_t i = 0; i < length && found != all; i++) {
         const Py_UCS4 c = PyUnicode_READ(kind, data, i);
-        uint64_t cand = (c < 256 ? head[c] : wide) & ~found;
+        uint64_t cand = (c < 256 ? head[c] : wide);
+        if (i + 1 < length)
+            cand |= pair[(c * 31 + PyUnicode_READ(kind, data, i + 1)) & 511];
+        cand &= ~found;
         while (cand) {
             const int j = __builtin_ctzll(cand);
             cand &= cand - 1;
-            PyObject *m = PyTuple_GET_ITEM(markers, j);
-            const Py_ssize_t len = PyUnicode_GET_LENGTH(m);
-            if (i + len > length || PyUnicode_READ_CHAR(m, 0) != c)
+            const Py_UCS4 *m = chars + offset[j];
+            const Py_ssize_t len = offset[j + 1] - offset[j];
+            if (i + len > length || m[0] != c)
                 continue;
-            const int mkind = PyUnicode_KIND(m);
-            const void *mdata = PyUnicode_DATA(m);
             Py_ssize_t k = 1;
-            while (k < len && PyUnicode_READ(kind, data, i + k) == PyUnicode_READ(mkind, mdata, k))
+            while (k < len && PyUnicode_READ(kind, data, i + k) == m[k])
                 k++;
             if (k == len)
                 found |= 1ULL << j;
         }
     }
+    PyMem_RawFree(chars);
     return PyLong_FromUnsignedLongLong(found);
 }
 
@@ -1270,7 +1295,98 @@ done:
     return result;
 }
 
+/* ---------------------------------------------------------------------------------------- pii_candidates */
+static inline int
+ascii_alnum(Py_UCS4 c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+}
+
+static inline int
+hex_digit(Py_UCS4 c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'F') || (c >= 'a' && c <= 'f');
+}
+
+static inline int
+decimal(Py_UCS4 c)
+{
+    return c < 128 ? (c >= '0' && c <= '9') : Py_UNICODE_ISDECIMAL(c);
+}
+
+/* the end of the run of decimal digits (re's \d) from i, at most `most` long */
+static inline Py_ssize_t
+decimals(const Text *t, Py_ssize_t i, Py_ssize_t most)
+{
+    Py_ssize_t j = i;
+    while (j < t->length && j - i < most + 1 && decimal(at(t, j)))
+        j++;
+    return j;
+}
+
+PyDoc_STRVAR(pii_candidates_doc,
+"pii_candidates(text) -> int\n\n"
+"Bit 0: `[A-Za-z0-9._%+-]@[A-Za-z0-9]` occurs in text; bit 1: `\\\\d\\\\.\\\\d{1,3}\\\\.\\\\d{1,3}\\\\.\\\\d`; bit 2:\n"
+"`:[0-9A-Fa-f]{0,4}:`; bit 3: `\\\\+\\\\d|\\\\d\\\\d\\\\d[ .-]\\\\d\\\\d\\\\d\\\\d` (the _*_CANDIDATE patterns of pii.py;\n"
+"\\\\d is re's, any Unicode decimal digit).");
+
+static PyObject *
+pii_candidates(PyObject *self, PyObject *args)
+{
+    PyObject *text;
+    if (!PyArg_ParseTuple(args, "U", &text))
+        return NULL;
+#if PY_VERSION_HEX < 0x030C0000
+    if (PyUnicode_READY(text) < 0)
+        return NULL;
+#endif
+    Text t = {PyUnicode_KIND(text), PyUnicode_DATA(text), PyUnicode_GET_LENGTH(text)};
+    unsigned found = 0;
+    for (Py_ssize_t i = 0; i < t.length && found != 15; i++) {
+        const Py_UCS4 c = at(&t, i);
+        if (c == '@') {
+            if (!(found & 1) && i > 0 && i + 1 < t.length) {
+                const Py_UCS4 p = at(&t, i - 1), q = at(&t, i + 1);
+                if ((ascii_alnum(p) || p == '.' || p == '_' || p == '%' || p == '+' || p == '-') && ascii_alnum(q))
+                    found |= 1;
+            }
+        } else if (c == ':') {
+            if (!(found & 4)) { /* the maximal hex run after ':' is followed by ':' and at most 4 long */
+                Py_ssize_t j = i + 1;
+                while (j < t.length && j - i <= 5 && hex_digit(at(&t, j)))
+                    j++;
+                if (j - i - 1 <= 4 && j < t.length && at(&t, j) == ':')
+                    found |= 4;
+            }
+        } else if (c == '+') {
+            if (!(found & 8) && i + 1 < t.length && decimal(at(&t, i + 1)))
+                found |= 8;
+        } else if (decimal(c)) {
+            if (!(found & 2) && i + 1 < t.length && at(&t, i + 1) == '.') {
+                /* d . d{1,3} . d{1,3} . d: each run maximal (a shorter one is followed by a digit, not '.') */
+                Py_ssize_t a = i + 2, b = decimals(&t, a, 3);
+                if (b - a >= 1 && b - a <= 3 && b < t.length && at(&t, b) == '.') {
+                    Py_ssize_t e = decimals(&t, b + 1, 3);
+                    if (e - b - 1 >= 1 && e - b - 1 <= 3 && e + 1 < t.length && at(&t, e) == '.' &&
+                        decimal(at(&t, e + 1)))
+                        found |= 2;
+                }
+            }
+            if (!(found & 8) && i + 7 < t.length && decimal(at(&t, i + 1)) &&
+                decimal(at(&t, i + 2))) {
+                const Py_UCS4 sep = at(&t, i + 3);
+                if ((sep == ' ' || sep == '.' || sep == '-') && decimal(at(&t, i + 4)) &&
+                    decimal(at(&t, i + 5)) && decimal(at(&t, i + 6)) &&
+                    decimal(at(&t, i + 7)))
+                    found |= 8;
+            }
+        }
+    }
+    return PyLong_FromUnsignedLong(found);
+}
+
 static PyMethodDef methods[] = {
+    {"pii_candidates", pii_candidates, METH_VARARGS, pii_candidates_doc},
     {"c4_lines", c4_lines, METH_VARARGS, c4_lines_doc},
     {"fineweb_counts", fineweb_counts, METH_VARARGS, fineweb_counts_doc},
     {"gopher_lines", gopher_lines, METH_VARARGS, gopher_lines_doc},

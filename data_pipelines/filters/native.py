@@ -13,7 +13,7 @@ import logging
 log = logging.getLogger(__name__)
 
 FUNCTIONS = ("langid_walk", "gopher_ngrams", "gopher_quality", "markers_in", "normalize_unchanged",
-             "gopher_lines", "fineweb_counts", "c4_lines")
+             "gopher_lines", "fineweb_counts", "c4_lines", "pii_candidates")
 
 try:
     from data_pipelines import _native as compiled

@@ -61,6 +61,10 @@ _LITERAL_LED = {
 }
 
 
+# the bit of each candidate pattern in data_pipelines._native.pii_candidates (one compiled pass for all four)
+_CANDIDATE_BITS = {"email": 1, "ipv4": 2, "ipv6": 4, "phone": 8}
+
+
 def _candidate(kind: str, pattern: re.Pattern[str], text: str) -> bool:
     """Whether ``pattern`` (a ``_*_CANDIDATE``) occurs in ``text``; one of ``_LITERAL_LED[kind]`` must first."""
     return any(p.search(text) for p in _LITERAL_LED[kind]) and pattern.search(text) is not None
@@ -223,20 +227,29 @@ class PIIRedactor(DocumentFilter):
 
             return pattern.sub(replace, text)
 
+        scanned: list = [None, 0]  # the text the compiled candidate scan last saw, and its bits
+
+        def candidate(kind: str, pattern: re.Pattern[str], text: str) -> bool:
+            if _native is None:
+                return _candidate(kind, pattern, text)
+            if scanned[0] is not text:  # the text as it is now: a replacement may add or remove candidates
+                scanned[:] = text, _native.pii_candidates(text)
+            return bool(scanned[1] & _CANDIDATE_BITS[kind])
+
         private = self.redact_private_ips
         for kind in self.kinds:
             if kind == "secret":
                 text = self._redact_secrets(text, per_kind, per_secret)
             elif kind == "email":
-                if _candidate("email", _EMAIL_CANDIDATE, text):
+                if candidate("email", _EMAIL_CANDIDATE, text):
                     text = sub("email", EMAIL, text, lambda m: True)
             elif kind == "ip":
-                if _candidate("ipv4", _IPV4_CANDIDATE, text):
+                if candidate("ipv4", _IPV4_CANDIDATE, text):
                     text = sub("ip", IPV4, text, lambda m: _is_ipv4_match(m, private))
-                if _candidate("ipv6", _IPV6_CANDIDATE, text):
+                if candidate("ipv6", _IPV6_CANDIDATE, text):
                     text = sub("ip", IPV6, text, lambda m: _is_ipv6_match(m, private))
             elif kind == "phone":
-                if _candidate("phone", _PHONE_CANDIDATE, text):
+                if candidate("phone", _PHONE_CANDIDATE, text):
                     text = sub("phone", PHONE, text, _is_phone_match)
         return text, per_kind, per_secret
 

@@ -528,6 +528,22 @@ def test_pii_pre_checks_skip_only_passes_that_find_nothing(monkeypatch, sample_d
         texts += [found, f"call {found} now.", f"x{found}x"]
     block = pii.PIIRedactor(kinds=["secret", "email", "ip", "phone"])
     fast = [block.redact(t) for t in texts]
+    # the compiled scan is each candidate pattern's search, on these texts and on Unicode digits and hex runs
+    from data_pipelines import _native
+
+    extra = ["١.٢.٣.٤", "1.2.3.4", "1.2345.6.7", "1.22.333.4", ":abcd:", ":abcde:", "::", "+٣", "٥٥٥-١٢٣٤",
+             "a@b", "@b", "a@", "x.@Y", "12.3.4", "0.1.2.3.", "1a1.1.1.1"]
+    more = alphabet + ["٣", "a", "F", "g"]
+    extra += ["".join(rng.choice(more) for _ in range(rng.randint(1, 20))) for _ in range(4000)]
+    patterns = {"email": pii._EMAIL_CANDIDATE, "ipv4": pii._IPV4_CANDIDATE, "ipv6": pii._IPV6_CANDIDATE,
+                "phone": pii._PHONE_CANDIDATE}
+    for text in texts + extra:
+        want = sum(pii._CANDIDATE_BITS[k] for k, p in patterns.items() if p.search(text))
+        assert _native.pii_candidates(text) == want, text
+    compiled = [block.redact(t) for t in extra]
+    with monkeypatch.context() as m:
+        m.setattr(pii, "_native", None)
+        assert [block.redact(t) for t in texts] == fast and [block.redact(t) for t in extra] == compiled
     everything = re.compile("")
     for name in ("_EMAIL_CANDIDATE", "_IPV4_CANDIDATE", "_IPV6_CANDIDATE", "_PHONE_CANDIDATE"):
         monkeypatch.setattr(pii, name, everything)
