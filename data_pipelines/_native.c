@@ -41,6 +41,37 @@
 #include <stdint.h>
 #include <string.h>
 
+/* a str read as its code units (ready first: see ready) */
+typedef struct {
+    int kind;
+    const void *data;
+    Py_ssize_t length;
+} Text;
+
+/* strings made by the legacy (wchar) API are not ready before Python 3.12: every str read here is made ready */
+static inline int
+ready(PyObject *s)
+{
+#if PY_VERSION_HEX < 0x030C0000
+    return PyUnicode_READY(s);
+#else
+    (void)s;
+    return 0;
+#endif
+}
+
+static inline Text
+text_of(PyObject *s)
+{
+    return (Text){PyUnicode_KIND(s), PyUnicode_DATA(s), PyUnicode_GET_LENGTH(s)};
+}
+
+static inline Py_UCS4
+at(const Text *t, Py_ssize_t i)
+{
+    return PyUnicode_READ(t->kind, t->data, i);
+}
+
 static int
 get_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t itemsize, const char *what)
 {
@@ -350,10 +381,8 @@ gopher_ngrams(PyObject *self, PyObject *args)
         return NULL;
     if (parse_ns(top_seq, top_ns, &n_top, "top_ns") < 0 || parse_ns(dup_seq, dup_ns, &n_dup, "dup_ns") < 0)
         return NULL;
-#if PY_VERSION_HEX < 0x030C0000
-    if (PyUnicode_READY(text) < 0)
+    if (ready(text) < 0)
         return NULL;
-#endif
     const int kind = PyUnicode_KIND(text);
     const void *data = PyUnicode_DATA(text);
     const Py_ssize_t length = PyUnicode_GET_LENGTH(text);
@@ -601,10 +630,8 @@ gopher_lines(PyObject *self, PyObject *args)
     PyObject *text;
     if (!PyArg_ParseTuple(args, "U", &text))
         return NULL;
-#if PY_VERSION_HEX < 0x030C0000
-    if (PyUnicode_READY(text) < 0)
+    if (ready(text) < 0)
         return NULL;
-#endif
     const int kind = PyUnicode_KIND(text);
     const void *data = PyUnicode_DATA(text);
     const Py_ssize_t length = PyUnicode_GET_LENGTH(text);
@@ -648,18 +675,6 @@ done:
     return result;
 }
 
-typedef struct {
-    int kind;
-    const void *data;
-    Py_ssize_t length;
-} Text;
-
-static inline Py_UCS4
-at(const Text *t, Py_ssize_t i)
-{
-    return PyUnicode_READ(t->kind, t->data, i);
-}
-
 /* ----------------------------------------------------------------------------------------- fineweb_counts */
 PyDoc_STRVAR(fineweb_counts_doc,
 "fineweb_counts(text, stop_strings, short_length) -> (lines, ending with a stop string, short, characters,\n"
@@ -681,16 +696,12 @@ fineweb_counts(PyObject *self, PyObject *args)
             PyErr_SetString(PyExc_TypeError, "stop_strings: a tuple of str");
             return NULL;
         }
-#if PY_VERSION_HEX < 0x030C0000
-        if (PyUnicode_READY(PyTuple_GET_ITEM(stops, k)) < 0)
+        if (ready(PyTuple_GET_ITEM(stops, k)) < 0)
             return NULL;
-#endif
     }
-#if PY_VERSION_HEX < 0x030C0000
-    if (PyUnicode_READY(text) < 0)
+    if (ready(text) < 0)
         return NULL;
-#endif
-    Text t = {PyUnicode_KIND(text), PyUnicode_DATA(text), PyUnicode_GET_LENGTH(text)};
+    Text t = text_of(text);
     const Py_ssize_t cap = t.length / 2 + 2;
     Py_ssize_t *start = PyMem_RawMalloc(cap * sizeof(Py_ssize_t)), *len = PyMem_RawMalloc(cap * sizeof(Py_ssize_t));
     uint64_t *hash = PyMem_RawMalloc(cap * sizeof(uint64_t));
@@ -826,14 +837,12 @@ gopher_quality(PyObject *self, PyObject *args)
             return NULL;
         }
     }
-#if PY_VERSION_HEX < 0x030C0000
-    if (PyUnicode_READY(text) < 0 || PyUnicode_READY(punct) < 0)
+    if (ready(text) < 0 || ready(punct) < 0)
         return NULL;
     for (Py_ssize_t k = 0; k < n_bullets; k++)
-        if (PyUnicode_READY(PyTuple_GET_ITEM(bullets, k)) < 0)
+        if (ready(PyTuple_GET_ITEM(bullets, k)) < 0)
             return NULL;
-#endif
-    Text t = {PyUnicode_KIND(text), PyUnicode_DATA(text), PyUnicode_GET_LENGTH(text)};
+    Text t = text_of(text);
     long long words = 0, chars = 0, lettered = 0, stops = 0, hashes = 0, dots = 0, ellipses = 0;
     long long lines = 0, bullet_lines = 0, ellipsis_lines = 0;
     char lower[64];
@@ -947,10 +956,8 @@ markers_in(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "markers: at most 64");
         return NULL;
     }
-#if PY_VERSION_HEX < 0x030C0000
-    if (PyUnicode_READY(text) < 0)
+    if (ready(text) < 0)
         return NULL;
-#endif
     /* one-character markers by their character (below 256; `wide` above), longer ones by a hash of their first
      * two characters: most positions of a text then have no candidate at all */
     uint64_t head[256] = {0}, wide = 0, found = 0;
@@ -962,10 +969,8 @@ markers_in(PyObject *self, PyObject *args)
             PyErr_SetString(PyExc_TypeError, "markers: a tuple of str");
             return NULL;
         }
-#if PY_VERSION_HEX < 0x030C0000
-        if (PyUnicode_READY(m) < 0)
+        if (ready(m) < 0)
             return NULL;
-#endif
         if (PyUnicode_GET_LENGTH(m) == 0) {
             found |= 1ULL << j; /* "" in text */
             continue;
@@ -1035,10 +1040,8 @@ normalize_unchanged(PyObject *self, PyObject *args)
     Py_ssize_t run_limit;
     if (!PyArg_ParseTuple(args, "Un", &text, &run_limit))
         return NULL;
-#if PY_VERSION_HEX < 0x030C0000
-    if (PyUnicode_READY(text) < 0)
+    if (ready(text) < 0)
         return NULL;
-#endif
     const int kind = PyUnicode_KIND(text);
     const void *data = PyUnicode_DATA(text);
     const Py_ssize_t length = PyUnicode_GET_LENGTH(text);
@@ -1150,11 +1153,9 @@ c4_lines(PyObject *self, PyObject *args)
         else
             head[(uint8_t)pats[k][0]] |= 1ULL << k;
     }
-#if PY_VERSION_HEX < 0x030C0000
-    if (PyUnicode_READY(text) < 0)
+    if (ready(text) < 0)
         return NULL;
-#endif
-    Text t = {PyUnicode_KIND(text), PyUnicode_DATA(text), PyUnicode_GET_LENGTH(text)};
+    Text t = text_of(text);
     for (Py_ssize_t i = 0; i < t.length; i++) { /* what the Python path judges: citations, Unicode lower-casing */
         const Py_UCS4 c = at(&t, i);
         if ((cite && c == '[') || c == 0x130 || c == 0x212A)
@@ -1336,11 +1337,9 @@ pii_candidates(PyObject *self, PyObject *args)
     PyObject *text;
     if (!PyArg_ParseTuple(args, "U", &text))
         return NULL;
-#if PY_VERSION_HEX < 0x030C0000
-    if (PyUnicode_READY(text) < 0)
+    if (ready(text) < 0)
         return NULL;
-#endif
-    Text t = {PyUnicode_KIND(text), PyUnicode_DATA(text), PyUnicode_GET_LENGTH(text)};
+    Text t = text_of(text);
     unsigned found = 0;
     for (Py_ssize_t i = 0; i < t.length && found != 15; i++) {
         const Py_UCS4 c = at(&t, i);

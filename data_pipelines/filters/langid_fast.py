@@ -433,11 +433,12 @@ def mark_used(folder: Path, now: float | None = None) -> None:
     now = time.time() if now is None else now
     stamp = folder / _STAMP
     try:
-        if now - stamp.stat().st_mtime < 86400:
-            return
+        stamped = stamp.stat().st_mtime
     except FileNotFoundError:
-        pass
+        stamped = -math.inf  # never stamped: this process is the first user
     except OSError:
+        return
+    if now - stamped < 86400:
         return
     try:
         stamp.touch()
