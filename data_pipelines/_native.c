@@ -34,6 +34,12 @@
  * normalize_unchanged: Normalize._unchanged in one pass (no suspect character, no pair of blanks or blank beside
  * a line break, no run of line breaks past the limit, no whitespace at either end).
  *
+ * find_folded, book_lines, book_join: the books reader's passes over a whole book (the footer's word in either case,
+ * the lines and their right-stripped lengths, the kept paragraphs written as one str), as gutenberg.py's Python
+ * path gives them.
+ *
+ * utf8_len: a str's length in UTF-8, counted (every stage's byte counts; encoding a copy was most of a book's).
+ *
  * Only the CPython buffer protocol and str API are used (no numpy headers): the build needs only a C compiler.
  */
 #define PY_SSIZE_T_CLEAN
@@ -1384,7 +1390,335 @@ pii_candidates(PyObject *self, PyObject *args)
     return PyLong_FromUnsignedLong(found);
 }
 
+/* ------------------------------------------------------------------------------------------------ books */
+PyDoc_STRVAR(find_folded_doc,
+"find_folded(text, needle, start) -> int\n\n"
+"The first index >= start at which text holds `needle` (lower-case ASCII bytes) with its letters in either case,\n"
+"ASCII case only (as bytes.lower() and find on the text's Latin-1 or UTF-8 bytes, counted in characters), or -1.");
+
+static PyObject *
+find_folded(PyObject *self, PyObject *args)
+{
+    PyObject *text;
+    const char *needle;
+    Py_ssize_t size, start;
+    if (!PyArg_ParseTuple(args, "Uy#n", &text, &needle, &size, &start))
+        return NULL;
+    for (Py_ssize_t j = 0; j < size; j++)
+        if ((unsigned char)needle[j] >= 128 || (needle[j] >= 'A' && needle[j] <= 'Z')) {
+            PyErr_SetString(PyExc_ValueError, "find_folded: the needle must be lower-case ASCII");
+            return NULL;
+        }
+    if (ready(text) < 0)
+        return NULL;
+    Text t = text_of(text);
+    if (start < 0)
+        start = 0;
+    if (size == 0)
+        return PyLong_FromSsize_t(start <= t.length ? start : -1);
+#define FOLDED(c) ((c) >= 'A' && (c) <= 'Z' ? (c) + 32 : (c))
+#define FIND_FOLDED(T)                                                                                          \
+    do {                                                                                                        \
+        const T *c = (const T *)t.data;                                                                        \
+        const Py_UCS4 first = (unsigned char)needle[0];                                                         \
+        for (Py_ssize_t i = start; i + size <= t.length; i++) {                                                 \
+            if (FOLDED((Py_UCS4)c[i]) != first)                                                                 \
+                continue;                                                                                       \
+            Py_ssize_t j = 1;                                                                                   \
+            while (j < size && FOLDED((Py_UCS4)c[i + j]) == (unsigned char)needle[j])                           \
+                j++;                                                                                            \
+            if (j == size)                                                                                      \
+                return PyLong_FromSsize_t(i);                                                                   \
+        }                                                                                                       \
+    } while (0)
+    if (t.kind == PyUnicode_1BYTE_KIND) {
+        /* 8 bytes at a time: the blocks without the first character in either case are skipped whole */
+        const unsigned char *c = t.data, n0 = (unsigned char)needle[0];
+        const int letter = n0 >= 'a' && n0 <= 'z';
+        const uint64_t ones = 0x0101010101010101ULL, fold = letter ? ones * 0x20 : 0, want = ones * n0;
+        Py_ssize_t i = start;
+        while (i + 8 <= t.length - size + 1) {
+            uint64_t x;
+            memcpy(&x, c + i, 8);
+            x = (x | fold) ^ want; /* a zero byte where the first character may be */
+            const uint64_t zero = (x - ones) & ~x & (ones * 0x80); /* the lowest set bit is the first zero byte */
+            if (!zero) {
+                i += 8;
+                continue;
+            }
+            i += __builtin_ctzll(zero) / 8; /* little-endian: byte k of the block is bits 8k..8k+7 */
+            Py_ssize_t j = 0;
+            while (j < size && FOLDED((Py_UCS4)c[i + j]) == (unsigned char)needle[j])
+                j++;
+            if (j == size)
+                return PyLong_FromSsize_t(i);
+            i++;
+        }
+        start = i;
+        FIND_FOLDED(Py_UCS1);
+    } else if (t.kind == PyUnicode_2BYTE_KIND)
+        FIND_FOLDED(Py_UCS2);
+    else
+        FIND_FOLDED(Py_UCS4);
+#undef FIND_FOLDED
+#undef FOLDED
+    return PyLong_FromLong(-1);
+}
+
+PyDoc_STRVAR(book_lines_doc,
+"book_lines(text, start, end) -> (bytes, bytes)\n\n"
+"The lines of text[start:end] (split at '\\n'): where each starts in text and how long it is once right-stripped\n"
+"(str.rstrip()), as two bytes objects of native int64 (numpy.frombuffer reads them).");
+
+static PyObject *
+book_lines(PyObject *self, PyObject *args)
+{
+    PyObject *text;
+    Py_ssize_t start, end;
+    if (!PyArg_ParseTuple(args, "Unn", &text, &start, &end))
+        return NULL;
+    if (ready(text) < 0)
+        return NULL;
+    Text t = text_of(text);
+    if (start < 0 || end > t.length || start > end) {
+        PyErr_Format(PyExc_ValueError, "book_lines: [%zd, %zd) is not a range of a text of %zd characters", start,
+                     end, t.length);
+        return NULL;
+    }
+    Py_ssize_t room = 1024, n = 0, a = start;
+    int64_t *offsets = PyMem_Malloc(room * sizeof(int64_t)), *lengths = PyMem_Malloc(room * sizeof(int64_t));
+    PyObject *result = NULL;
+    if (!offsets || !lengths) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (;;) {
+        Py_ssize_t b = a;
+        if (t.kind == PyUnicode_1BYTE_KIND) {
+            const char *nl = memchr((const char *)t.data + a, '\n', end - a);
+            b = nl ? nl - (const char *)t.data : end;
+        } else {
+            while (b < end && at(&t, b) != '\n')
+                b++;
+        }
+        if (n == room) {
+            room *= 2;
+            int64_t *o = PyMem_Realloc(offsets, room * sizeof(int64_t));
+            if (o)
+                offsets = o;
+            int64_t *l = o ? PyMem_Realloc(lengths, room * sizeof(int64_t)) : NULL;
+            if (!l) {
+                PyErr_NoMemory();
+                goto done;
+            }
+            lengths = l;
+        }
+        Py_ssize_t e = b;
+        while (e > a && Py_UNICODE_ISSPACE(at(&t, e - 1)))
+            e--;
+        offsets[n] = a;
+        lengths[n] = e - a;
+        n++;
+        if (b == end)
+            break;
+        a = b + 1;
+    }
+    result = Py_BuildValue("(y#y#)", (const char *)offsets, n * (Py_ssize_t)sizeof(int64_t), (const char *)lengths,
+                           n * (Py_ssize_t)sizeof(int64_t));
+done:
+    PyMem_Free(offsets);
+    PyMem_Free(lengths);
+    return result;
+}
+
+PyDoc_STRVAR(book_join_doc,
+"book_join(text, offsets, lengths, first, count, wrapped) -> str\n\n"
+"Paragraph p of the lines book_lines gave (offsets, lengths: int64) is lines first[p] to first[p] + count[p] - 1\n"
+"(int64); a blank line goes between paragraphs. Paragraph p with wrapped[p] (uint8) is its lines stripped and\n"
+"joined by spaces, or by nothing after a line ending in a letter and '-' (gutenberg._join_wrapped); any other\n"
+"paragraph keeps its right-stripped lines.");
+
+/* the [a, e) ranges of text book_join writes, in order, and the separator before each: 0 none, 1 ' ', 2 '\n',
+   3 "\n\n"; visit(...) returns < 0 to stop */
+typedef int (*BookVisit)(void *state, Py_ssize_t a, Py_ssize_t e, int sep);
+
+static int
+book_walk(const Text *t, const int64_t *offsets, const int64_t *lengths, const int64_t *first, const int64_t *count,
+          const uint8_t *wrapped, Py_ssize_t paragraphs, Py_ssize_t lines, BookVisit visit, void *state)
+{
+    for (Py_ssize_t p = 0; p < paragraphs; p++) {
+        if (first[p] < 0 || count[p] < 1 || first[p] > lines - count[p]) {
+            PyErr_Format(PyExc_ValueError, "book_join: paragraph %zd (lines %lld to %lld) is not within the %zd lines",
+                         p, (long long)first[p], (long long)(first[p] + count[p] - 1), lines);
+            return -1;
+        }
+        Py_ssize_t prev_a = 0, prev_e = 0;
+        for (Py_ssize_t r = first[p]; r < first[p] + count[p]; r++) {
+            Py_ssize_t a = offsets[r], e = a + lengths[r];
+            if (offsets[r] < 0 || lengths[r] < 0 || e > t->length) {
+                PyErr_Format(PyExc_ValueError, "book_join: line %zd is not within the text", r);
+                return -1;
+            }
+            int sep = r > first[p] ? 2 : (p ? 3 : 0);
+            if (wrapped[p]) {
+                while (a < e && Py_UNICODE_ISSPACE(at(t, a)))
+                    a++;
+                /* the paragraph so far ends with the previous line; only one of 2+ characters ending in
+                   "<letter>-" glues (after a 1-character line the one before it is ' ' or '-') */
+                if (r > first[p])
+                    sep = prev_e - prev_a >= 2 && at(t, prev_e - 1) == '-' && Py_UNICODE_ISALPHA(at(t, prev_e - 2))
+                              ? 0 : 1;
+            }
+            if (visit(state, a, e, sep) < 0)
+                return -1;
+            prev_a = a;
+            prev_e = e;
+        }
+    }
+    return 0;
+}
+
+typedef struct {
+    const Text *t;
+    Py_ssize_t size;
+    Py_UCS4 maxchar, limit; /* past limit, the result's kind is the text's: no need to look further */
+} BookSize;
+
+static int
+book_size(void *state, Py_ssize_t a, Py_ssize_t e, int sep)
+{
+    BookSize *s = state;
+    s->size += (sep == 3 ? 2 : sep ? 1 : 0) + e - a;
+    if (s->maxchar >= s->limit)
+        return 0;
+    if (s->t->kind == PyUnicode_1BYTE_KIND) { /* only whether a byte >= 0x80 is there matters: 8 at a time */
+        const unsigned char *c = s->t->data;
+        for (Py_ssize_t i = a; i < e; i += 8) {
+            uint64_t x = 0;
+            memcpy(&x, c + i, e - i < 8 ? (size_t)(e - i) : 8);
+            if (x & 0x8080808080808080ULL) {
+                s->maxchar = 255;
+                break;
+            }
+        }
+        return 0;
+    }
+    for (Py_ssize_t i = a; i < e; i++) {
+        const Py_UCS4 c = at(s->t, i);
+        if (c > s->maxchar)
+            s->maxchar = c;
+    }
+    return 0;
+}
+
+typedef struct {
+    const Text *t;
+    PyObject *out;
+    Py_ssize_t n;
+} BookWrite;
+
+static int
+book_write(void *state, Py_ssize_t a, Py_ssize_t e, int sep)
+{
+    BookWrite *w = state;
+    const int kind = PyUnicode_KIND(w->out);
+    void *data = PyUnicode_DATA(w->out);
+    if (sep == 3) {
+        PyUnicode_WRITE(kind, data, w->n, '\n');
+        PyUnicode_WRITE(kind, data, w->n + 1, '\n');
+        w->n += 2;
+    } else if (sep) {
+        PyUnicode_WRITE(kind, data, w->n, sep == 1 ? ' ' : '\n');
+        w->n++;
+    }
+    if (kind == w->t->kind) {
+        memcpy((char *)data + w->n * kind, (const char *)w->t->data + a * kind, (size_t)(e - a) * kind);
+    } else {
+        for (Py_ssize_t i = a; i < e; i++)
+            PyUnicode_WRITE(kind, data, w->n + i - a, at(w->t, i));
+    }
+    w->n += e - a;
+    return 0;
+}
+
+static PyObject *
+book_join(PyObject *self, PyObject *args)
+{
+    PyObject *text, *o[5], *out = NULL;
+    if (!PyArg_ParseTuple(args, "UOOOOO", &text, &o[0], &o[1], &o[2], &o[3], &o[4]))
+        return NULL;
+    if (ready(text) < 0)
+        return NULL;
+    static const char *names[5] = {"offsets", "lengths", "first", "count", "wrapped"};
+    Py_buffer v[5];
+    int got = 0;
+    for (; got < 5; got++)
+        if (get_buffer(o[got], &v[got], 0, got == 4 ? 1 : 8, names[got]) < 0)
+            goto done;
+    const Py_ssize_t lines = v[0].len / 8, paragraphs = v[2].len / 8;
+    if (v[1].len / 8 != lines || v[3].len / 8 != paragraphs || v[4].len != paragraphs) {
+        PyErr_SetString(PyExc_ValueError, "book_join: offsets and lengths (one per line), first, count and wrapped "
+                                          "(one per paragraph) differ in length");
+        goto done;
+    }
+    Text t = text_of(text);
+    BookSize size = {&t, 0, 127, PyUnicode_IS_ASCII(text) ? 127 : t.kind == PyUnicode_1BYTE_KIND ? 128
+                                 : t.kind == PyUnicode_2BYTE_KIND ? 256 : 65536};
+    if (book_walk(&t, v[0].buf, v[1].buf, v[2].buf, v[3].buf, v[4].buf, paragraphs, lines, book_size, &size) < 0)
+        goto done;
+    out = PyUnicode_New(size.size, size.maxchar);
+    if (!out)
+        goto done;
+    BookWrite write = {&t, out, 0};
+    if (book_walk(&t, v[0].buf, v[1].buf, v[2].buf, v[3].buf, v[4].buf, paragraphs, lines, book_write, &write) < 0)
+        Py_CLEAR(out);
+done:
+    while (got-- > 0)
+        PyBuffer_Release(&v[got]);
+    return out;
+}
+
+PyDoc_STRVAR(utf8_len_doc,
+"utf8_len(text) -> int\n\n"
+"len(text.encode('utf-8', 'surrogatepass')), without making the copy.");
+
+static PyObject *
+utf8_len(PyObject *self, PyObject *text)
+{
+    if (!PyUnicode_Check(text)) {
+        PyErr_Format(PyExc_TypeError, "utf8_len: expected a str, got %.100s", Py_TYPE(text)->tp_name);
+        return NULL;
+    }
+    if (ready(text) < 0)
+        return NULL;
+    Text t = text_of(text);
+    Py_ssize_t n = t.length;
+    if (PyUnicode_IS_ASCII(text))
+        return PyLong_FromSsize_t(n);
+    if (t.kind == PyUnicode_1BYTE_KIND) { /* one more byte per character >= 0x80: 8 at a time */
+        const unsigned char *c = t.data;
+        Py_ssize_t i = 0;
+        for (; i + 8 <= t.length; i += 8) {
+            uint64_t x;
+            memcpy(&x, c + i, 8);
+            n += __builtin_popcountll(x & 0x8080808080808080ULL);
+        }
+        for (; i < t.length; i++)
+            n += c[i] >> 7;
+    } else {
+        for (Py_ssize_t i = 0; i < t.length; i++) {
+            const Py_UCS4 c = at(&t, i);
+            n += (c >= 0x80) + (c >= 0x800) + (c >= 0x10000);
+        }
+    }
+    return PyLong_FromSsize_t(n);
+}
+
 static PyMethodDef methods[] = {
+    {"utf8_len", utf8_len, METH_O, utf8_len_doc},
+    {"find_folded", find_folded, METH_VARARGS, find_folded_doc},
+    {"book_lines", book_lines, METH_VARARGS, book_lines_doc},
+    {"book_join", book_join, METH_VARARGS, book_join_doc},
     {"pii_candidates", pii_candidates, METH_VARARGS, pii_candidates_doc},
     {"c4_lines", c4_lines, METH_VARARGS, c4_lines_doc},
     {"fineweb_counts", fineweb_counts, METH_VARARGS, fineweb_counts_doc},

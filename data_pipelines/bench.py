@@ -234,16 +234,15 @@ def book_sized(src: Path, dest: Path, min_bytes: int = 300_000) -> list[str]:
     out = []
     for path in sorted(p for p in src.rglob("*.txt") if p.is_file()):
         text = path.read_bytes().decode("latin-1")  # one character per byte: the bytes are written back as read
-        lines = text.split("\n")
-        header = gutenberg._header_lines(text, lines, 800)
-        nl = text.find("\n", header[1]) if header else -1
-        end = gutenberg._footer_line(text, lines, nl + 1) if nl >= 0 else None
-        if header is None or end is None:
-            raise ValueError(f"{path}: a book-sized copy needs a Project Gutenberg START marker and footer")
-        body = lines[header[0] + 1:end]
-        repeat = -(-min_bytes // max(1, len("\n".join(body))))
+        k = gutenberg._header_marker(text, 800)
+        nl = len(text) if k is None else gutenberg._line_end(text, k)
+        end = gutenberg._footer_line(text, nl + 1) if nl < len(text) else None
+        if end is None or end <= nl + 1:
+            raise ValueError(f"{path}: a book-sized copy needs a Project Gutenberg START marker, a body and a footer")
+        body = text[nl + 1:end - 1]
+        repeat = -(-min_bytes // max(1, len(body)))
         target = dest / "-".join(path.relative_to(src).parts)  # books of the same name in two folders stay two
-        target.write_bytes("\n".join(lines[:header[0] + 1] + body * repeat + lines[end:]).encode("latin-1"))
+        target.write_bytes("\n".join([text[:nl]] + [body] * repeat + [text[end:]]).encode("latin-1"))
         out.append(str(target))
     return out
 
@@ -270,7 +269,8 @@ def reader_table(inputs: dict[str, Path], repeats: int = 3) -> str:
 
     2026-12-01, ``--readers --copies 20``, 2 shared cores (``docs/benchmarks.md``), x floor before -> after the
     readers were made fast: web 0.9 -> 0.9, wiki 2.6 -> 1.2 (old floor 16.6 -> 9.6), books 11.9 -> 6.8 (old
-    floor 19.9 -> 11.1); later, books at 0.3 MB+ 8.5-9.5 -> 5.9-6.4 (the 8 KB samples 9 -> 12)."""
+    floor 19.9 -> 11.1); later, books at 0.3 MB+ 8.5-9.5 -> 5.9-6.4 (the 8 KB samples 9 -> 12), then with the
+    compiled book passes 5.4-6.4 -> 1.8-1.9 (the 8 KB samples 11 -> 7)."""
     import time
 
     from fastwarc.warc import ArchiveIterator, WarcRecordType

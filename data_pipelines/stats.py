@@ -12,11 +12,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from data_pipelines.native import compiled as _native
+
 
 def utf8_len(text: str) -> int:
     """Bytes of ``text`` in UTF-8 (lone surrogates as 3 bytes each). An ASCII string (``isascii`` reads a flag
-    CPython keeps) has one byte per character: no copy is encoded for it."""
-    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+    CPython keeps) has one byte per character; any other is counted by the compiled loop where it is built,
+    else encoded."""
+    if text.isascii():
+        return len(text)
+    return _native.utf8_len(text) if _native is not None else len(text.encode("utf-8", "surrogatepass"))
 
 
 @dataclass

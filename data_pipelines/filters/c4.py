@@ -15,7 +15,7 @@ import re
 
 from data_pipelines.document import Document
 from data_pipelines.filters.base import DocumentFilter, add_extra, invalid
-from data_pipelines.filters.native import compiled as _native  # None: the Python line loop below
+from data_pipelines.native import compiled as _native  # None: the Python line loop below
 from data_pipelines.stats import StageStats
 
 CITATION = re.compile(r"\[\d*\]|\[edit\]|\[citation needed\]", re.IGNORECASE)

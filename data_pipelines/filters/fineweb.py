@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from data_pipelines.document import Document
 from data_pipelines.filters.base import DocumentFilter, invalid
-from data_pipelines.filters.native import compiled as _native  # None: the Python counts below
 from data_pipelines.filters.text import find_duplicates, non_empty_lines
+from data_pipelines.native import compiled as _native  # None: the Python counts below
 from data_pipelines.stats import StageStats
 
 STOP_CHARS = [".", "'", '"', "!", "?"]

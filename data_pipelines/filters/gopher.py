@@ -27,7 +27,6 @@ import numpy as np
 
 from data_pipelines.document import Document
 from data_pipelines.filters.base import DocumentFilter, invalid
-from data_pipelines.filters.native import compiled as _native  # None: the numpy paths
 from data_pipelines.filters.ngram_batch import BatchNGrams
 from data_pipelines.filters.text import (
     PARAGRAPH_SPLIT,
@@ -37,6 +36,7 @@ from data_pipelines.filters.text import (
     non_empty_lines,
     words_of,
 )
+from data_pipelines.native import compiled as _native  # None: the numpy paths
 from data_pipelines.stats import StageStats
 
 STOP_WORDS = ["the", "be", "to", "of", "and", "that", "have", "with"]

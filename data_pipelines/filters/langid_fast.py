@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from data_pipelines.filters.native import compiled as _native  # None: the numpy paths
+from data_pipelines.native import compiled as _native  # None: the numpy paths
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import unicodedata
 
 from data_pipelines.document import Document
 from data_pipelines.filters.base import DocumentFilter, invalid
-from data_pipelines.filters.native import compiled as _native  # None: the substring tests below
+from data_pipelines.native import compiled as _native  # None: the substring tests below
 from data_pipelines.stats import StageStats
 
 _FORMS = ("NFC", "NFD", "NFKC", "NFKD")

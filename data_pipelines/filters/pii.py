@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 
 from data_pipelines.document import Document
 from data_pipelines.filters.base import DocumentFilter, add_extra, invalid
-from data_pipelines.filters.native import compiled as _native  # None: one `in` test per marker
+from data_pipelines.native import compiled as _native  # None: one `in` test per marker
 from data_pipelines.stats import StageStats
 
 PLACEHOLDERS = {"email": "<EMAIL>", "ip": "<IP_ADDRESS>", "phone": "<PHONE>", "secret": "<SECRET>"}

@@ -8,12 +8,14 @@ Gutenberg EBook of ...`` footer line. No maintained package does this without do
 hence these few regular expressions.
 
 Speed (the reader's floor is decompress + decode + splitting the book into lines, ``python -m data_pipelines.bench``):
-the book is split into lines once and every other pass runs in C (``map`` over the lines, ``str`` methods, numpy
-over the line lengths). The licence markers are looked for only on the lines that hold the words every marker has
-(``gutenberg``, ``mall pr``: found with ``str.find`` in the lower-cased text) instead of matching each of
-thousands of lines; paragraphs are line ranges, and the book's text is one ``join`` of its kept lines and the
-separators between them (:func:`assemble`). The output is the same as the line-by-line version
-(``tests/pipeline/test_readers_fast.py`` checks it against that one).
+the licence markers are looked for only on the lines that hold what every marker has (a ``*`` at the start of a
+header line; ``gutenberg`` in any ASCII case on a footer line) instead of matching each of thousands of lines. With
+the compiled passes (``data_pipelines/_native.c``, built by the install) the body is never split: one pass finds
+its lines and their right-stripped lengths, numpy marks the paragraphs and the wrapped ones, and one more pass
+writes the kept paragraphs as the book's text (:func:`_assemble_compiled`). Without them the body is split once and
+every other pass runs in C all the same (``map`` over the lines, ``str`` methods, numpy over the line lengths, one
+``join``: :func:`assemble`). Both give what the line-by-line version gave (``tests/pipeline/test_readers_fast.py``
+checks each against that one).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import re
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from data_pipelines.native import compiled as _native
 
 HEADER_END = re.compile(
     r"^\s*(\*{3}\s*START OF (THE|THIS) PROJECT GUTENBERG"
@@ -75,9 +79,15 @@ _has_colon = operator.methodcaller("__contains__", ":")
 _has_hash = operator.methodcaller("__contains__", "#")
 
 
-def _header_lines(text: str, lines: list[str], limit: int) -> tuple[int, int] | None:
-    """``(index, offset)`` of the last of the first ``limit`` lines that matches ``HEADER_END``: every alternative
-    of it starts with ``*`` after the line's leading white space, so only such lines are tried."""
+def _line_end(text: str, at: int) -> int:
+    """The offset of the newline ending the line at offset ``at`` (or the text's end)."""
+    nl = text.find("\n", at)
+    return len(text) if nl < 0 else nl
+
+
+def _header_marker(text: str, limit: int) -> int | None:
+    """The offset of the marker of the last of the first ``limit`` lines that matches ``HEADER_END``: every
+    alternative of it starts with ``*`` after the line's leading white space, so only such lines are tried."""
     best = None
     at = line = 0
     while (k := text.find("*", at)) >= 0:
@@ -85,68 +95,94 @@ def _header_lines(text: str, lines: list[str], limit: int) -> tuple[int, int] | 
         if line >= limit:
             break
         start = text.rfind("\n", 0, k) + 1
-        nl = text.find("\n", k)
-        if (start == k or text[start:k].isspace()) and HEADER_END.match(lines[line]):
-            best = (line, k)  # the last marker within the header wins (old texts repeat them)
-        if nl < 0:
-            break
+        nl = _line_end(text, k)
+        if (start == k or text[start:k].isspace()) and HEADER_END.match(text[start:nl]):
+            best = k  # the last marker within the header wins (old texts repeat them)
         at = nl + 1
         line += 1
     return best
 
 
-def _footer_line(text: str, lines: list[str], at: int) -> int | None:
-    """The index of the first line from character offset ``at`` on that matches ``FOOTER_START``. The candidates
-    are the lines with ``gutenberg`` in the ASCII-lower-cased Latin-1 or UTF-8 bytes (fast for any text; a newline
-    byte is a newline character there), counted back from the end of the text."""
+def _footer_line(text: str, at: int) -> int | None:
+    """The offset of the first line from offset ``at`` (a line's start) on that matches ``FOOTER_START``. The
+    candidates are the lines with ``gutenberg`` in any ASCII case: found compiled where it is built, else in the
+    ASCII-lower-cased Latin-1 or UTF-8 bytes (a newline byte is a newline character there)."""
+    if _native is not None:
+        while (k := _native.find_folded(text, _FOOTER_WORD, at)) >= 0:
+            start = text.rfind("\n", 0, k) + 1
+            nl = _line_end(text, k)
+            if FOOTER_START.match(text[start:nl]):
+                return start
+            at = nl + 1
+        return None
     try:
-        low, pos = text.encode("latin-1").lower(), at  # one byte per character: offsets stay
+        data = text.encode("latin-1")  # one byte per character: offsets stay
+        latin = True
     except UnicodeEncodeError:
-        low, pos = text.encode("utf-8", "surrogatepass").lower(), len(text[:at].encode("utf-8", "surrogatepass"))
-    last = len(lines) - 1
-    while (k := low.find(_FOOTER_WORD, pos)) >= 0:
-        index = last - low.count(b"\n", k)
-        if FOOTER_START.match(lines[index]):
-            return index
-        pos = low.find(b"\n", k) + 1
-        if pos == 0:
-            return None
+        data, at, latin = text.encode("utf-8", "surrogatepass"), len(text[:at].encode("utf-8", "surrogatepass")), False
+    low = data.lower()
+    while (k := low.find(_FOOTER_WORD, at)) >= 0:
+        start = low.rfind(b"\n", 0, k) + 1
+        nl = low.find(b"\n", k)
+        nl = len(low) if nl < 0 else nl
+        line = text[start:nl] if latin else data[start:nl].decode("utf-8", "surrogatepass")
+        if FOOTER_START.match(line):
+            return start if latin else len(data[:start].decode("utf-8", "surrogatepass"))
+        at = nl + 1
     return None
 
 
-def _split(text: str, header_search_lines: int = 800) -> tuple[Book, list[str]]:
-    """:func:`split_gutenberg` with the body as its lines (and no body text)."""
-    lines = text.split("\n")
-    header = _header_lines(text, lines, header_search_lines)
-    if header is None:
-        return Book(text=text, gutenberg=False), lines
-    start, k = header
-    fields, book_id = parse_header(lines[:start + 1])
-    nl = text.find("\n", k)
-    end = _footer_line(text, lines, nl + 1) if nl >= 0 else None
+def _split(text: str, header_search_lines: int = 800) -> tuple[Book, int, int]:
+    """:func:`split_gutenberg` with the body as its place ``[a, b)`` in ``text`` (its lines:
+    ``text[a:b].split("\\n")``) and no body text."""
+    k = _header_marker(text, header_search_lines)
+    if k is None:
+        return Book(text=text, gutenberg=False), 0, len(text)
+    nl = _line_end(text, k)
+    fields, book_id = parse_header(text[:nl].split("\n"))
+    end = _footer_line(text, nl + 1) if nl < len(text) else None
     if end is None:
-        end = len(lines)
+        return Book(text="", gutenberg=True, header=fields, book_id=book_id), min(nl + 1, len(text)), len(text)
     if not book_id:  # the newer footer repeats it
-        _, book_id = parse_header(lines[end:end + 40])
-    return Book(text="", gutenberg=True, header=fields, book_id=book_id), lines[start + 1:end]
+        _, book_id = parse_header(text[end:].split("\n", 40)[:40])
+    return Book(text="", gutenberg=True, header=fields, book_id=book_id), nl + 1, max(nl + 1, end - 1)
 
 
 def split_gutenberg(text: str, header_search_lines: int = 800) -> Book:
     """Cut the licence header and footer. A text without a START marker is returned as it is."""
-    book, body = _split(text, header_search_lines)
+    book, a, b = _split(text, header_search_lines)
     if book.gutenberg:
-        book.text = "\n".join(body)
+        book.text = text[a:b]
     return book
 
 
 def _layout(lines: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The lengths of right-stripped ``lines`` and the ``[start, end)`` line ranges of their paragraphs (runs of
-    non-blank lines; a blank line is empty)."""
+    """The lengths of right-stripped ``lines`` and the ``[start, end)`` line ranges of their paragraphs."""
     lengths = np.fromiter(map(len, lines), dtype=np.int64, count=len(lines))
-    filled = np.zeros(len(lines) + 2, dtype=np.int8)
+    return (lengths, *_paragraphs(lengths))
+
+
+def _paragraphs(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ``[start, end)`` line ranges of the paragraphs (runs of non-blank lines) of right-stripped lines of
+    these ``lengths`` (a blank line is empty)."""
+    filled = np.zeros(len(lengths) + 2, dtype=np.int8)
     filled[1:-1] = lengths > 0
     edges = filled[1:] - filled[:-1]
-    return lengths, np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    return np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+
+
+class _Lines:
+    """The right-stripped lines of ``text`` that :func:`_native.book_lines` found, made on demand: the front
+    matter rules look at a few of them only (``lines[i]``, ``lines[i:j]``)."""
+
+    def __init__(self, text: str, offsets: np.ndarray, lengths: np.ndarray):
+        self.text, self.offsets, self.lengths = text, offsets, lengths
+
+    def __getitem__(self, i: int | slice) -> str | list[str]:
+        if isinstance(i, slice):
+            return [self.text[a:a + n] for a, n in zip(self.offsets[i].tolist(), self.lengths[i].tolist())]
+        a = int(self.offsets[i])
+        return self.text[a:a + int(self.lengths[i])]
 
 
 def _norm(line: str) -> str:
@@ -199,42 +235,46 @@ def _join_wrapped(lines: list[str]) -> str:
 _LINE_END_DASH = re.compile(r"-\n")
 
 
+def _wrapped(lengths: np.ndarray, first_line: np.ndarray, n_lines: np.ndarray) -> np.ndarray:
+    """Which of the paragraphs (lines ``first_line[p]`` on, ``n_lines[p]`` of them, of right-stripped lines of
+    these ``lengths``) are wrapped prose: every line but the last reaches 55% of the book's typical line width
+    (the 90th-percentile length, the lower one by index, of the paragraphs' lines)."""
+    first = np.cumsum(n_lines) - n_lines  # where each paragraph starts among the kept lines
+    total = int(n_lines.sum())
+    inner = lengths[np.repeat(first_line - first, n_lines) + np.arange(total)]
+    width = int(np.partition(inner, (k := int(0.9 * (total - 1))))[k])
+    inner[first + n_lines - 1] = np.iinfo(np.int64).max  # the last line may be short
+    return (n_lines > 1) & (np.minimum.reduceat(inner, first) >= 0.55 * width)
+
+
 def assemble(lines: list[str], lengths: np.ndarray, starts: np.ndarray, ends: np.ndarray, kept: list[int],
              rejoin_lines: bool = True) -> str:
     """The text of the ``kept`` paragraphs of right-stripped ``lines`` (see :func:`_layout`), a blank line
-    between paragraphs; with ``rejoin_lines``, hard-wrapped prose is joined into one line per paragraph while
-    verse, lists and tables keep their line breaks.
-
-    A paragraph is wrapped prose when every line but the last reaches at least 55% of the book's typical
-    line width (the 90th-percentile length, the lower one by index, of the kept lines); verse and tables have
-    short or ragged lines. Its lines are stripped and joined by spaces (:func:`_join_wrapped` where a line but
-    the last ends in ``-``).
+    between paragraphs; with ``rejoin_lines``, hard-wrapped prose (:func:`_wrapped`) is joined into one line per
+    paragraph while verse, lists and tables keep their line breaks. A wrapped paragraph's lines are stripped and
+    joined by spaces (:func:`_join_wrapped` where a line but the last ends in ``-``).
 
     The whole book is laid out at once: the kept lines as one array, the separator after each of them (``" "``
     in wrapped prose, ``"\\n"`` in other paragraphs, ``"\\n\\n"`` after a paragraph's last line) as another, and
-    one ``join`` of both; Python runs per paragraph only where a line ends in ``-``."""
+    one ``join`` of both; Python runs per paragraph only where a line ends in ``-``. (:func:`_assemble_compiled`
+    does the same in one compiled pass over the text.)"""
     if not kept:
         return ""
     kept_at = np.array(kept, dtype=np.int64)
     first_line, n_lines = starts[kept_at], ends[kept_at] - starts[kept_at]
-    first = np.cumsum(n_lines) - n_lines  # where each paragraph starts among the kept lines
+    first = np.cumsum(n_lines) - n_lines
     last = first + n_lines - 1
     total = int(n_lines.sum())
     rows = np.repeat(first_line - first, n_lines) + np.arange(total)  # the kept lines' indices in ``lines``
     pieces = np.array(lines, dtype=object)[rows]
     seps = np.full(total, "\n", dtype=object)
-    wrapped = None
-    if rejoin_lines:
-        inner = lengths[rows]
-        width = int(np.partition(inner, (k := int(0.9 * (total - 1))))[k])
-        inner[last] = np.iinfo(np.int64).max  # the last line may be short
-        wrapped = (n_lines > 1) & (np.minimum.reduceat(inner, first) >= 0.55 * width)
-        if wrapped.any():
-            at = np.flatnonzero(np.repeat(wrapped, n_lines))
-            seps[at] = " "
-            pieces[at] = list(map(str.lstrip, pieces[at].tolist()))
-        else:
-            wrapped = None
+    wrapped = _wrapped(lengths, first_line, n_lines) if rejoin_lines else None
+    if wrapped is not None and wrapped.any():
+        at = np.flatnonzero(np.repeat(wrapped, n_lines))
+        seps[at] = " "
+        pieces[at] = list(map(str.lstrip, pieces[at].tolist()))
+    else:
+        wrapped = None
     seps[last] = "\n\n"
     seps[-1] = ""
     if wrapped is not None:
@@ -242,6 +282,20 @@ def assemble(lines: list[str], lengths: np.ndarray, starts: np.ndarray, ends: np
     out = np.empty(2 * total, dtype=object)
     out[0::2], out[1::2] = pieces, seps
     return "".join(out.tolist())
+
+
+def _assemble_compiled(text: str, a: int, b: int, rejoin_lines: bool) -> str:
+    """:func:`_layout`, :func:`strip_front_matter` and :func:`assemble` of the lines of ``text[a:b]``, with the
+    lines found and the book's text written by compiled passes over ``text`` (:mod:`data_pipelines._native`)."""
+    offsets, lengths = (np.frombuffer(x, dtype=np.int64) for x in _native.book_lines(text, a, b))
+    starts, ends = _paragraphs(lengths)
+    kept = strip_front_matter(_Lines(text, offsets, lengths), starts, ends)
+    if not kept:
+        return ""
+    kept_at = np.array(kept, dtype=np.int64)
+    first_line, n_lines = starts[kept_at], ends[kept_at] - starts[kept_at]
+    wrapped = _wrapped(lengths, first_line, n_lines) if rejoin_lines else np.zeros(len(kept), dtype=bool)
+    return _native.book_join(text, offsets, lengths, first_line, n_lines, wrapped.view(np.uint8))
 
 
 def _rejoin_hyphens(lines: list[str], lengths: np.ndarray, rows: np.ndarray, pieces: np.ndarray, seps: np.ndarray,
@@ -267,11 +321,14 @@ def clean_book(text: str, rejoin_lines: bool = True) -> Book:
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = text.lstrip("\ufeff")
-    book, body = _split(text)
+    book, a, b = _split(text)
     if not book.gutenberg:
         book.text = text.strip()
         return book
-    stripped = list(map(str.rstrip, body))
+    if _native is not None:
+        book.text = _assemble_compiled(text, a, b, rejoin_lines)
+        return book
+    stripped = list(map(str.rstrip, text[a:b].split("\n")))
     lengths, starts, ends = _layout(stripped)
     kept = strip_front_matter(stripped, starts, ends)
     book.text = assemble(stripped, lengths, starts, ends, kept, rejoin_lines)

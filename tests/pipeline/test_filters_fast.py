@@ -210,7 +210,7 @@ def test_a_build_older_than_the_source_is_not_used(monkeypatch, caplog):
     import sys
     import types
 
-    from data_pipelines.filters import native
+    from data_pipelines import native
 
     stale = types.ModuleType("data_pipelines._native")
     stale.langid_walk = stale.gopher_ngrams = lambda *a: None

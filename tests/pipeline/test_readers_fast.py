@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from data_pipelines.samples.make_samples import WikiPage, write_wiki_dump
@@ -137,7 +138,10 @@ def test_disambiguation_precheck_never_misses_one():
 PROSE = ("It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
          "foolishness, it was the epoch of belief, it was the epoch of incredulity, it was the season of Light, "
          "it was the season of Darkness, a well-known and long-standing story of non- existing things -- or -"
-         " a- --- x-").split()  # words that end in dashes: the hyphen rule of rejoined lines
+         " a- --- x- caf\u00e9- \u00e9- 1- \u03a9\u03bc\u03ad\u03b3\u03b1 \u6587\u5b57- \U0001d4b3-"
+         " GUTENBERG gUtEnBeRg").split()  # words ending in dashes: the hyphen rule of rejoined lines; other
+# alphabets (the compiled passes read every str kind) and the footer's word in mixed case mid-book
+PROSE_ASCII = [w for w in PROSE if w.isascii()]
 HEADERS = [
     "*** START OF THE PROJECT GUTENBERG EBOOK {t} ***", "*** START OF THIS PROJECT GUTENBERG EBOOK {t} ***",
     "  ***START OF THE COPYRIGHTED PROJECT GUTENBERG EBOOK***", "*END*THE SMALL PRINT! FOR PUBLIC DOMAIN ETEXTS*",
@@ -173,7 +177,8 @@ def random_book(rng: random.Random) -> str:
         for _ in range(rng.randint(1, 6)):
             kind = rng.random()
             width = rng.choice([40, 60, 72])
-            words = [rng.choice(PROSE) for _ in range(rng.randint(3, 120))]
+            vocabulary = PROSE if rng.random() < 0.3 else PROSE_ASCII
+            words = [rng.choice(vocabulary) for _ in range(rng.randint(3, 120))]
             lines, cur = [], ""
             for w in words:
                 if cur and len(cur) + 1 + len(w) > (width if kind < 0.7 else rng.randint(5, width)):
@@ -182,8 +187,8 @@ def random_book(rng: random.Random) -> str:
                 else:
                     cur = f"{cur} {w}" if cur else w
             lines.append(cur)
-            lines = [rng.choice(["", "  ", "\t"]) + line + rng.choice(["", "", " ", "\t", "\u00a0", "\x0c"])
-                     for line in lines]
+            lines = [rng.choice(["", "  ", "\t", "\u3000"]) + line
+                     + rng.choice(["", "", " ", "\t", "\u00a0", "\x0c", "\x1c", "\u2028"]) for line in lines]
             if rng.random() < 0.2:
                 lines[0] = lines[0] + " Gutenberg-" if rng.random() < 0.5 else "*" + lines[0]
             body += lines + [rng.choice(["", " ", "\t", "\u2003", ""])]
@@ -198,7 +203,18 @@ def random_book(rng: random.Random) -> str:
     return text
 
 
-def test_books_random_texts_match_reference():
+@pytest.fixture(params=["compiled", "python"])
+def book_path(request, monkeypatch) -> str:
+    """Each books test runs on the compiled passes (data_pipelines/_native.c, built by the install) and on the
+    Python path an install without a C compiler takes."""
+    if request.param == "compiled":
+        assert gutenberg._native is not None, "data_pipelines._native is not built: pip install -e . needs gcc"
+    else:
+        monkeypatch.setattr(gutenberg, "_native", None)
+    return request.param
+
+
+def test_books_random_texts_match_reference(book_path):
     rng = random.Random(90001)
     gutenberg_books = 0
     for i in range(150):
@@ -216,14 +232,14 @@ def test_books_random_texts_match_reference():
     assert 50 < gutenberg_books < 150  # both kinds of text were tried
 
 
-def test_books_header_search_limit_matches_reference():
+def test_books_header_search_limit_matches_reference(book_path):
     for before in (798, 799, 800):  # the marker on the 800th line is found, on the 801st not
         text = "x\n" * before + "*** START OF THE PROJECT GUTENBERG EBOOK X ***\nThe body.\n"
         fast, slow = gutenberg.clean_book(text), ref.clean_book(text)
         assert (fast.text, fast.gutenberg) == (slow.text, slow.gutenberg) and fast.gutenberg == (before < 800)
 
 
-def test_books_samples_match_reference(tmp_path):
+def test_books_samples_match_reference(tmp_path, book_path):
     from data_pipelines.bench import book_sized
 
     long_books = book_sized(Path(package_path("data_pipelines/samples/books")), tmp_path / "long")  # the bench's
@@ -236,6 +252,58 @@ def test_books_samples_match_reference(tmp_path):
         (_, long_text, _, long_meta), = read(make_reader("books", {"kind": "books", "paths": [long]}), long)[0]
         assert long_meta == {**meta, "file": long_meta["file"]} and len(long_text) > 30 * len(text)
         assert long_text.count(text.split("\n\n")[-1]) > 30
+
+
+ALPHABET = ["g", "G", "u", "U", "t", "e", "N", "b", "R", "gutenberg", "GuTeNbErG", "\n", " ", "\t", "\u00a0", "\x1c",
+            "\u2028", "\u3000", "-", "\u00e9", "\u00ff", "\u0130", "\u03a9", "\ud800", "\U0001d4b3", "x"]
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def test_compiled_book_passes_match_python():
+    """find_folded, book_lines and utf8_len (data_pipelines/_native.c) against what they stand for, on random
+    strings of every str kind (and the 8-byte blocks the 1-byte scans take); book_join through clean_book above."""
+    from data_pipelines import _native
+
+    rng = random.Random(17)
+    for i in range(3000):
+        letters = ALPHABET[:rng.randint(4, len(ALPHABET))]
+        text = "".join(rng.choice(letters) for _ in range(rng.randint(0, 60)))
+        start = rng.randint(-2, len(text) + 2)
+        needle = rng.choice([b"gutenberg", b"g", b"ut", b"-x", b""])
+        expected = text.translate(_ASCII_LOWER).find(needle.decode(), max(start, 0))
+        assert _native.find_folded(text, needle, start) == expected, (text, needle, start)
+        a = rng.randint(0, len(text))
+        b = rng.randint(a, len(text))
+        offsets, lengths = (np.frombuffer(x, dtype=np.int64) for x in _native.book_lines(text, a, b))
+        lines = text[a:b].split("\n")
+        assert [text[o:o + n] for o, n in zip(offsets.tolist(), lengths.tolist())] == [x.rstrip() for x in lines]
+        assert offsets[0] == a and len(offsets) == len(lines)
+        assert _native.utf8_len(text) == len(text.encode("utf-8", "surrogatepass")), i
+
+
+def test_compiled_book_passes_reject_bad_input():
+    from data_pipelines import _native
+
+    ints = np.zeros(2, dtype=np.int64)
+    with pytest.raises(ValueError, match="lower-case ASCII"):
+        _native.find_folded("Gutenberg", b"Gutenberg", 0)
+    with pytest.raises(ValueError, match="not a range"):
+        _native.book_lines("abc", 2, 1)
+    with pytest.raises(ValueError, match="not a range"):
+        _native.book_lines("abc", 0, 4)
+    offsets, lengths = np.array([0, 4], dtype=np.int64), np.array([3, 3], dtype=np.int64)  # "abc\ndef"
+    one = np.ones(1, dtype=np.uint8)
+    assert _native.book_join("abc\ndef", offsets, lengths, np.array([0]), np.array([2]), one) == "abc def"
+    with pytest.raises(ValueError, match="paragraph 0 .* is not within the 2 lines"):
+        _native.book_join("abc\ndef", offsets, lengths, np.array([1]), np.array([2]), one)
+    with pytest.raises(ValueError, match="line 1 is not within the text"):
+        _native.book_join("abc\nde", offsets, lengths, np.array([0]), np.array([2]), one)
+    with pytest.raises(ValueError, match="differ in length"):
+        _native.book_join("abc\ndef", offsets, lengths[:1], np.array([0]), np.array([2]), one)
+    with pytest.raises(ValueError, match="wrapped: items of 8 bytes, expected 1"):
+        _native.book_join("abc\ndef", offsets, lengths, np.array([0]), np.array([2]), ints[:1])
+    with pytest.raises(TypeError, match="expected a str"):
+        _native.utf8_len(b"abc")
 
 
 def test_declared_charset_matches_reference():
