@@ -24,9 +24,9 @@
  * fineweb_counts: FineWebFilter's line counts (stripped lines with content, ending with a stop string, short, their
  * characters, those of lines repeating an earlier one) and the word count.
  *
- * c4_lines: C4Filter's line rules for a text whose lines need no citation removal and hold no character whose
- * lower case is ASCII (U+0130, U+212A): the decision, or the kept text and the removed lines per reason; None
- * for any other text, which the Python path then judges.
+ * c4_lines: C4Filter's line rules for a text with no character whose lower case is ASCII (U+0130, U+212A), and
+ * citations removed in Latin-1 texts: the decision, or the kept text and the removed lines per reason; None for
+ * any other text, which the Python path then judges.
  *
  * pii_candidates: whether each of PII's candidate patterns (email, IPv4, IPv6, phone) occurs in a text, in one
  * pass, as the regular expressions' search finds them.
@@ -1121,9 +1121,34 @@ PyDoc_STRVAR(c4_lines_doc,
 "c4_lines(text, remove_citations, no_terminal_punct, min_words, max_word_length, lorem, javascript, curly,\n"
 "policy, policies, min_sentences) -> None or (decision, text, removed)\n\n"
 "C4Filter.apply's line rules (-1: a numeric rule off; policies: the lower-case ASCII policy substrings as\n"
-"bytes). None if the text needs the Python path (a line with '[' while citations are removed, or U+0130 /\n"
-"U+212A). Else decision is a drop reason or None; text is the kept lines joined (None: the text as it was);\n"
-"removed counts the removed lines per reason, in first-seen order.");
+"bytes). None if the text needs the Python path (U+0130 or U+212A, or a '[' while citations are removed in a text\n"
+"that is not Latin-1). Else decision is a drop reason or None; text is the kept lines joined (None: the text as\n"
+"it was); removed counts the removed lines per reason, in first-seen order; citations: whether a kept line lost\n"
+"a citation.");
+
+/* the end of the CITATION match at c[k] == '[' (`\\[\\d*\\]|\\[edit\\]|\\[citation needed\\]`, re.IGNORECASE) in
+ * c[k:b], or 0. Latin-1 only: there \\d is [0-9] and a letter matches only its ASCII case twin */
+static Py_ssize_t
+citation_end(const Py_UCS1 *c, Py_ssize_t k, Py_ssize_t b)
+{
+    Py_ssize_t j = k + 1;
+    while (j < b && c[j] >= '0' && c[j] <= '9')
+        j++;
+    if (j < b && c[j] == ']')
+        return j + 1;
+    static const char *words[2] = {"edit]", "citation needed]"};
+    for (int w = 0; w < 2; w++) {
+        const Py_ssize_t n = (Py_ssize_t)strlen(words[w]);
+        if (k + 1 + n > b)
+            continue;
+        Py_ssize_t i = 0;
+        while (i < n && (c[k + 1 + i] >= 'A' && c[k + 1 + i] <= 'Z' ? c[k + 1 + i] + 32 : c[k + 1 + i]) == words[w][i])
+            i++;
+        if (i == n)
+            return k + 1 + n;
+    }
+    return 0;
+}
 
 static PyObject *
 c4_lines(PyObject *self, PyObject *args)
@@ -1162,17 +1187,22 @@ c4_lines(PyObject *self, PyObject *args)
     if (ready(text) < 0)
         return NULL;
     Text t = text_of(text);
-    for (Py_ssize_t i = 0; i < t.length; i++) { /* what the Python path judges: citations, Unicode lower-casing */
+    const int latin1 = t.kind == PyUnicode_1BYTE_KIND;
+    int brackets = 0;
+    for (Py_ssize_t i = 0; i < t.length; i++) { /* what the Python path judges: see the doc */
         const Py_UCS4 c = at(&t, i);
-        if ((cite && c == '[') || c == 0x130 || c == 0x212A)
+        if ((cite && c == '[' && !latin1) || c == 0x130 || c == 0x212A)
             Py_RETURN_NONE;
+        brackets |= c == '[';
     }
+    cite &= brackets;
     PyObject *removed = PyDict_New(), *kept = PyList_New(0), *result = NULL, *joined = NULL;
     char *low = PyMem_RawMalloc((size_t)t.length + 1);
+    Py_UCS1 *clean = cite ? PyMem_RawMalloc((size_t)t.length + 1) : NULL; /* a line with its citations removed */
     const char *decision = NULL;
-    int blank_before = 0;
+    int blank_before = 0, citations = 0;
     Py_ssize_t sentences = 0;
-    if (!removed || !kept || !low) {
+    if (!removed || !kept || !low || (cite && !clean)) {
         if (!PyErr_Occurred())
             PyErr_NoMemory();
         goto done;
@@ -1206,23 +1236,48 @@ c4_lines(PyObject *self, PyObject *args)
             k = e;
         }
         const char *reason = NULL;
-        int has_curly = 0;
-        for (Py_ssize_t k = a; k < b; k++) {
-            const Py_UCS4 c = at(&t, k);
-            has_curly |= c == '{';
-            low[k - a] = (char)(c < 128 ? (c >= 'A' && c <= 'Z' ? c + 32 : c) : 0x80);
-        }
-        const Py_ssize_t n = b - a;
-        const Py_UCS4 last = at(&t, b - 1);
-        if (max_word >= 0 && n > max_word && longest > max_word)
+        Text line = t; /* the line the rules after the citations look at: [la, lb) of `line` */
+        Py_ssize_t la = a, lb = b;
+        if (max_word >= 0 && b - a > max_word && longest > max_word)
             reason = "long_word";
-        else if (terminal && (!(last == '.' || last == '?' || last == '!' || last == '"' || last == '\'' ||
+        else if (cite && memchr((const Py_UCS1 *)t.data + a, '[', (size_t)(b - a))) {
+            const Py_UCS1 *c = t.data;
+            Py_ssize_t n = 0;
+            for (Py_ssize_t k = a; k < b;) {
+                const Py_ssize_t e = c[k] == '[' ? citation_end(c, k, b) : 0;
+                if (e) {
+                    k = e;
+                } else {
+                    clean[n++] = c[k++];
+                }
+            }
+            line = (Text){PyUnicode_1BYTE_KIND, clean, n};
+            la = 0;
+            lb = n;
+            while (la < lb && Py_UNICODE_ISSPACE(clean[la]))
+                la++;
+            while (lb > la && Py_UNICODE_ISSPACE(clean[lb - 1]))
+                lb--;
+            if (la == lb)
+                reason = "citation_only";
+        }
+        int has_curly = 0;
+        const Py_ssize_t n = lb - la;
+        for (Py_ssize_t k = la; k < lb && !reason; k++) {
+            const Py_UCS4 c = at(&line, k);
+            has_curly |= c == '{';
+            low[k - la] = (char)(c < 128 ? (c >= 'A' && c <= 'Z' ? c + 32 : c) : 0x80);
+        }
+        const Py_UCS4 last = n ? at(&line, lb - 1) : 0;
+        if (reason) {
+            /* long_word or citation_only: counted below */
+        } else if (terminal && (!(last == '.' || last == '?' || last == '!' || last == '"' || last == '\'' ||
                                   last == 0x201D || last == 0x2019) ||
-                                (n >= 3 && low[n - 1] == '.' && low[n - 2] == '.' && low[n - 3] == '.')))
+                                (n >= 3 && low[n - 1] == '.' && low[n - 2] == '.' && low[n - 3] == '.'))) {
             reason = "no_terminal_punct";
-        else if (min_words >= 0 && words < min_words)
+        } else if (min_words >= 0 && words < min_words) {
             reason = "too_few_words";
-        else {
+        } else {
             const uint64_t found = (lorem || js || policy) ? held(low, n, pats, lens, head, empty) : 0;
             if (lorem && (found & 1))
                 decision = "c4_lorem_ipsum";
@@ -1242,38 +1297,41 @@ c4_lines(PyObject *self, PyObject *args)
         }
         if (min_sentences < 0 || sentences < min_sentences) { /* _SENTENCE_END matches, at least 1 */
             Py_ssize_t found = 0;
-            for (Py_ssize_t k = a; k < b;) {
-                const Py_UCS4 c = at(&t, k);
+            for (Py_ssize_t k = la; k < lb;) {
+                const Py_UCS4 c = at(&line, k);
                 if (c != '.' && c != '!' && c != '?') {
                     k++;
                     continue;
                 }
                 Py_ssize_t e = k;
-                while (e < b && (at(&t, e) == '.' || at(&t, e) == '!' || at(&t, e) == '?'))
+                while (e < lb && (at(&line, e) == '.' || at(&line, e) == '!' || at(&line, e) == '?'))
                     e++;
-                while (e < b && is_closer(at(&t, e)))
+                while (e < lb && is_closer(at(&line, e)))
                     e++;
-                if (e == b || Py_UNICODE_ISSPACE(at(&t, e)))
+                if (e == lb || Py_UNICODE_ISSPACE(at(&line, e)))
                     found++;
                 k = e > k ? e : k + 1;
             }
             sentences += found > 1 ? found : 1;
         }
-        PyObject *line = PyUnicode_Substring(text, a, b);
-        if (!line)
+        const int cleaned = line.data != t.data;
+        citations |= cleaned && lb - la != b - a; /* result != line: only a removed citation shortens it */
+        PyObject *kept_line = cleaned ? PyUnicode_FromKindAndData(PyUnicode_1BYTE_KIND, clean + la, lb - la)
+                                      : PyUnicode_Substring(text, a, b);
+        if (!kept_line)
             goto done;
         if (blank_before) {
             PyObject *empty = PyUnicode_FromStringAndSize("", 0);
             int rc = empty ? PyList_Append(kept, empty) : -1;
             Py_XDECREF(empty);
             if (rc < 0) {
-                Py_DECREF(line);
+                Py_DECREF(kept_line);
                 goto done;
             }
             blank_before = 0;
         }
-        int rc = PyList_Append(kept, line);
-        Py_DECREF(line);
+        int rc = PyList_Append(kept, kept_line);
+        Py_DECREF(kept_line);
         if (rc < 0)
             goto done;
     }
@@ -1282,7 +1340,7 @@ c4_lines(PyObject *self, PyObject *args)
     if (!decision && PyList_GET_SIZE(kept) == 0)
         decision = "c4_no_lines_left";
     if (decision) {
-        result = Py_BuildValue("(sOO)", decision, Py_None, removed);
+        result = Py_BuildValue("(sOOO)", decision, Py_None, removed, Py_False);
         goto done;
     }
     PyObject *sep = PyUnicode_FromStringAndSize("\n", 1);
@@ -1293,9 +1351,10 @@ c4_lines(PyObject *self, PyObject *args)
     const int same = PyUnicode_Compare(joined, text) == 0;
     if (PyErr_Occurred())
         goto done;
-    result = Py_BuildValue("(OOO)", Py_None, same ? Py_None : joined, removed);
+    result = Py_BuildValue("(OOOO)", Py_None, same ? Py_None : joined, removed, citations ? Py_True : Py_False);
 done:
     PyMem_RawFree(low);
+    PyMem_RawFree(clean);
     Py_XDECREF(removed);
     Py_XDECREF(kept);
     Py_XDECREF(joined);

@@ -110,13 +110,15 @@ class C4Filter(DocumentFilter):
                 -1 if self.max_word_length is None else self.max_word_length, self.filter_lorem_ipsum,
                 self.filter_javascript, self.filter_curly_bracket, self.filter_policy, self._policies,
                 -1 if self.min_num_sentences is None else self.min_num_sentences)
-            if judged is not None:  # else a line needs citation removal or Unicode lower-casing: below
-                decision, text, removed = judged
+            if judged is not None:  # else Unicode lower-casing or citations beyond Latin-1: below
+                decision, text, removed, citations = judged
                 if decision is not None:
                     return decision
                 add_extra(stats, "c4_lines_removed", removed)
                 for reason in sorted(removed):
                     stats.modify(f"c4_line_{reason}")
+                if citations:
+                    stats.modify("c4_citations_removed")
                 if text is not None:
                     doc.text = text
                 return None

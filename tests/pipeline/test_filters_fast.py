@@ -329,8 +329,9 @@ def test_compiled_fineweb_counts_are_the_python_paths(sample_docs, monkeypatch):
 def test_compiled_c4_line_rules_are_the_python_paths(sample_docs, monkeypatch):
     """``_native.c4_lines`` keeps, removes and drops as C4Filter's Python loop (kept texts, per-reason counts and
     their order, statistics) with several settings, on texts built from every rule's trigger (sentence ends with
-    closers, "...", curly quotes, long words, policy phrases in any case, blank-line runs, Unicode whitespace);
-    texts with citations or U+0130 / U+212A go to the Python path."""
+    closers, "...", curly quotes, long words, policy phrases in any case, blank-line runs, Unicode whitespace,
+    citations in any case and what looks like one); texts with U+0130 / U+212A, or citations and characters
+    beyond Latin-1, go to the Python path."""
     from data_pipelines import _native
     from data_pipelines.filters import c4
 
@@ -339,7 +340,10 @@ def test_compiled_c4_line_rules_are_the_python_paths(sample_docs, monkeypatch):
              "He said ’ok’", "(see this.)", "x" * 30 + ".", "Read the Privacy Policy today.", "We USE COOKIES here.",
              "Enable JavaScript now.", "lorem IPSUM dolor sit.", "a { b } c.", "café au lait é.", "日本語の文。",
              "a.b.c d e.", "end.) next. And more!", "Cite [1] this.", "\u212aelvin is here.", "ok .", "  spaced .  ",
-             "\u3000wide space.\u3000", "tab\tin line."]
+             "\u3000wide space.\u3000", "tab\tin line.", "[edit]", " [Citation Needed] ", "x [12][EDIT] y z.",
+             "Empty [] and [ ] kept.", "Fact[3].", "ends with [4]", "Wait a bit [citation needed]...", "{[1]}",
+             "Read [1] the privacy [2] policy.", "lorem[1] ipsum dolor sit.", "Caf\u00e9 [5] au lait.",
+             "\u00a0[6]\u00a0", "Half [citation need] [7", "日本 [1] 語で。"]  # the last: citations beyond Latin-1
     seps = ["\n", "\n", "\n\n", "\n \n", "\n\n\n"]
     texts = [t for _, t in check_set()] + [d.text for docs in sample_docs.values() for d in docs]
     texts += ["".join(rng.choice(lines) + rng.choice(seps) for _ in range(rng.randint(1, 12))) for _ in range(1500)]
@@ -368,7 +372,10 @@ def test_compiled_c4_line_rules_are_the_python_paths(sample_docs, monkeypatch):
                                                        StageStats()) is None
     native_judged = sum(_native.c4_lines(t, True, True, 3, 1000, True, True, True, True, (b"policy",), 5) is not None
                         for t in texts)
-    assert 0.3 * len(texts) < native_judged < len(texts)  # most by the compiled rules, citations by Python
+    assert 0.3 * len(texts) < native_judged < len(texts)  # most by the compiled rules, the rest by Python
+    citing = [t for t in texts if "[" in t and t.isascii()]
+    assert citing and all(_native.c4_lines(t, True, True, 3, 1000, True, True, True, True, (b"policy",), 5)
+                          is not None for t in citing)
 
 
 @pytest.mark.parametrize("path", ["compiled", "python"])
