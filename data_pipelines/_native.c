@@ -42,6 +42,7 @@
  *
  * Only the CPython buffer protocol and str API are used (no numpy headers): the build needs only a C compiler.
  */
+#define NATIVE_VERSION 2 /* data_pipelines/native.py's VERSION */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
@@ -1505,7 +1506,10 @@ find_folded(PyObject *self, PyObject *args)
                 i += 8;
                 continue;
             }
-            i += __builtin_ctzll(zero) / 8; /* little-endian: byte k of the block is bits 8k..8k+7 */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+            i += __builtin_ctzll(zero) / 8; /* byte k of the block is bits 8k..8k+7: the first candidate */
+#endif
+            /* (big-endian: the block's first byte, and on from there) */
             Py_ssize_t j = 0;
             while (j < size && FOLDED((Py_UCS4)c[i + j]) == (unsigned char)needle[j])
                 j++;
@@ -1613,11 +1617,11 @@ book_walk(const Text *t, const int64_t *offsets, const int64_t *lengths, const i
         }
         Py_ssize_t prev_a = 0, prev_e = 0;
         for (Py_ssize_t r = first[p]; r < first[p] + count[p]; r++) {
-            Py_ssize_t a = offsets[r], e = a + lengths[r];
-            if (offsets[r] < 0 || lengths[r] < 0 || e > t->length) {
+            if (offsets[r] < 0 || lengths[r] < 0 || offsets[r] > t->length || lengths[r] > t->length - offsets[r]) {
                 PyErr_Format(PyExc_ValueError, "book_join: line %zd is not within the text", r);
                 return -1;
             }
+            Py_ssize_t a = offsets[r], e = a + lengths[r];
             int sep = r > first[p] ? 2 : (p ? 3 : 0);
             if (wrapped[p]) {
                 while (a < e && Py_UNICODE_ISSPACE(at(t, a)))
@@ -1773,7 +1777,162 @@ utf8_len(PyObject *self, PyObject *text)
     return PyLong_FromSsize_t(n);
 }
 
+/* ------------------------------------------------------------------------------------------ langid_scores */
+PyDoc_STRVAR(langid_scores_doc,
+"langid_scores(table, classes, feats, x, bounds, prior, out) -> bool\n\n"
+"The naive-Bayes scores of every text: for text i, out[i] = x[lo:hi] @ table[feats[lo:hi]] + prior with lo, hi =\n"
+"bounds[i], bounds[i+1] (table: float32 rows of `classes` values; feats int32; x float32; bounds int64; prior\n"
+"float32 of `classes`; out float32, one row per text), each product summed in the order OpenBLAS's\n"
+"single-threaded sgemv_n kernels for SkylakeX sum it, so that the float32 bits are numpy's (its `@` calls that\n"
+"kernel) without gathering the rows. The caller checks the bits against numpy's at load and uses this only if\n"
+"they agree. False (nothing written) where this build cannot run it: no x86-64 FMA.");
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define LANGID_FMA 1
+/* one text's product, y[0:m] (m < 4096 classes), columns rows[j] scaled by x[j], j < n */
+__attribute__((target("avx2,fma"))) static void
+sgemv_rows(const float *table, Py_ssize_t m, const int32_t *feats, const float *x, Py_ssize_t n, float *restrict y)
+{
+    for (Py_ssize_t i = 0; i < m; i++)
+        y[i] = 0.0f;
+    if (n <= 48 && n != 4) { /* sgemv_kernel_n_128: each row one fused chain over the columns from 0 */
+        for (Py_ssize_t j = 0; j < n; j++) {
+            const float *restrict r = table + (size_t)feats[j] * (size_t)m;
+            const float xj = x[j];
+            for (Py_ssize_t i = 0; i < m; i++)
+                y[i] = __builtin_fmaf(r[i], xj, y[i]);
+        }
+        for (Py_ssize_t i = 0; i < m; i++)
+            y[i] = y[i] + 0.0f; /* y = acc * alpha + y (y zero) */
+        return;
+    }
+    /* sgemv_n_4.c: rows [0, nb) in blocks of columns (8, then 4, 2, 1: kernels 4x8, 4x4 and n_64), the first
+       `head` of them summing even and odd columns apart (the kernels' 4- and 8-row heads); rows [nb, m) one fused
+       chain each over all the columns (the scalar tail loop) */
+    const Py_ssize_t nb = m & ~(Py_ssize_t)3, head = (nb & 4) + ((nb - (nb & 4)) & 8);
+    float tail[3] = {0.0f, 0.0f, 0.0f};
+    Py_ssize_t j = 0;
+    for (int width = 8; width >= 1; width /= 2) {
+        const int blocks = width == 8 ? (int)(n >> 3) : (n & width) ? 1 : 0;
+        for (int b = 0; b < blocks; b++, j += width) {
+            const float *r[8];
+            float xs[8];
+            for (int k = 0; k < width; k++) {
+                r[k] = table + (size_t)feats[j + k] * (size_t)m;
+                xs[k] = x[j + k];
+            }
+            if (width >= 4) {
+                for (Py_ssize_t i = 0; i < head; i++) {
+                    float e = __builtin_fmaf(r[0][i], xs[0], 0.0f), o = __builtin_fmaf(r[1][i], xs[1], 0.0f);
+                    e = __builtin_fmaf(r[2][i], xs[2], e);
+                    o = __builtin_fmaf(r[3][i], xs[3], o);
+                    if (width == 8) {
+                        e = __builtin_fmaf(r[4][i], xs[4], e);
+                        o = __builtin_fmaf(r[5][i], xs[5], o);
+                        e = __builtin_fmaf(r[6][i], xs[6], e);
+                        o = __builtin_fmaf(r[7][i], xs[7], o);
+                    }
+                    y[i] = y[i] + (o + e);
+                }
+            }
+            if (width == 8) {
+                if (j + 16 <= n) /* the next block's rows: random rows of a table far larger than the caches */
+                    for (int k = 0; k < 8; k++)
+                        for (Py_ssize_t c = 0; c < m; c += 16)
+                            __builtin_prefetch(table + (size_t)feats[j + 8 + k] * (size_t)m + c);
+                for (Py_ssize_t i = head; i < nb; i++) {
+                    float acc = __builtin_fmaf(r[0][i], xs[0], 0.0f);
+                    acc = __builtin_fmaf(r[1][i], xs[1], acc);
+                    acc = __builtin_fmaf(r[2][i], xs[2], acc);
+                    acc = __builtin_fmaf(r[3][i], xs[3], acc);
+                    acc = __builtin_fmaf(r[4][i], xs[4], acc);
+                    acc = __builtin_fmaf(r[5][i], xs[5], acc);
+                    acc = __builtin_fmaf(r[6][i], xs[6], acc);
+                    acc = __builtin_fmaf(r[7][i], xs[7], acc);
+                    y[i] = y[i] + acc;
+                }
+            } else {
+                for (Py_ssize_t i = width >= 4 ? head : 0; i < nb; i++) {
+                    float acc = __builtin_fmaf(r[0][i], xs[0], 0.0f);
+                    for (int k = 1; k < width; k++)
+                        acc = __builtin_fmaf(r[k][i], xs[k], acc);
+                    y[i] = y[i] + acc;
+                }
+            }
+            for (Py_ssize_t i = nb; i < m; i++)
+                for (int k = 0; k < width; k++)
+                    tail[i - nb] = __builtin_fmaf(r[k][i], xs[k], tail[i - nb]);
+        }
+    }
+    for (Py_ssize_t i = nb; i < m; i++)
+        y[i] = y[i] + tail[i - nb];
+}
+#endif
+
+static PyObject *
+langid_scores(PyObject *self, PyObject *args)
+{
+    PyObject *o[6];
+    Py_ssize_t classes;
+    if (!PyArg_ParseTuple(args, "OnOOOOO", &o[0], &classes, &o[1], &o[2], &o[3], &o[4], &o[5]))
+        return NULL;
+#ifndef LANGID_FMA
+    Py_RETURN_FALSE;
+#else
+    if (!__builtin_cpu_supports("fma") || !__builtin_cpu_supports("avx2"))
+        Py_RETURN_FALSE;
+    if (classes < 1 || classes >= 4096) {
+        PyErr_Format(PyExc_ValueError, "langid_scores: %zd classes, expected 1 to 4095", classes);
+        return NULL;
+    }
+    static const char *names[6] = {"table", "feats", "x", "bounds", "prior", "out"};
+    static const Py_ssize_t sizes[6] = {4, 4, 4, 8, 4, 4};
+    Py_buffer v[6];
+    int got = 0;
+    PyObject *result = NULL;
+    for (; got < 6; got++)
+        if (get_buffer(o[got], &v[got], got == 5, sizes[got], names[got]) < 0)
+            goto done;
+    const Py_ssize_t rows = v[0].len / 4 / classes, n_feats = v[1].len / 4, texts = v[3].len / 8 - 1;
+    const int64_t *bounds = v[3].buf;
+    const int32_t *feats = v[1].buf;
+    if (v[2].len / 4 != n_feats || v[4].len / 4 != classes || texts < 0 || v[5].len / 4 != texts * classes) {
+        PyErr_SetString(PyExc_ValueError, "langid_scores: x (one per feature), prior (one per class) or out (a row "
+                                          "per text) has the wrong length");
+        goto done;
+    }
+    for (Py_ssize_t t = 0; t < texts; t++)
+        if (bounds[t] < 0 || bounds[t] > bounds[t + 1] || bounds[t + 1] > n_feats) {
+            PyErr_Format(PyExc_ValueError, "langid_scores: bounds[%zd:%zd] is not a range of the features", t, t + 2);
+            goto done;
+        }
+    for (Py_ssize_t k = 0; k < n_feats; k++)
+        if (feats[k] < 0 || feats[k] >= rows) {
+            PyErr_Format(PyExc_ValueError, "langid_scores: feature %zd is %d, the table has %zd rows", k, feats[k],
+                         rows);
+            goto done;
+        }
+    Py_BEGIN_ALLOW_THREADS
+    const float *table = v[0].buf, *x = v[2].buf, *prior = v[4].buf;
+    float *out = v[5].buf;
+    for (Py_ssize_t t = 0; t < texts; t++) {
+        float *y = out + t * classes;
+        sgemv_rows(table, classes, feats + bounds[t], x + bounds[t], (Py_ssize_t)(bounds[t + 1] - bounds[t]), y);
+        for (Py_ssize_t i = 0; i < classes; i++)
+            y[i] = y[i] + prior[i];
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_True;
+    Py_INCREF(result);
+done:
+    while (got-- > 0)
+        PyBuffer_Release(&v[got]);
+    return result;
+#endif
+}
+
 static PyMethodDef methods[] = {
+    {"langid_scores", langid_scores, METH_VARARGS, langid_scores_doc},
     {"utf8_len", utf8_len, METH_O, utf8_len_doc},
     {"find_folded", find_folded, METH_VARARGS, find_folded_doc},
     {"book_lines", book_lines, METH_VARARGS, book_lines_doc},
@@ -1798,5 +1957,10 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__native(void)
 {
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    /* data_pipelines/native.py uses a build whose VERSION is its own: raise it with any change of a function's
+       arguments or results */
+    if (m && PyModule_AddIntConstant(m, "VERSION", NATIVE_VERSION) < 0)
+        Py_CLEAR(m);
+    return m;
 }

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 _ITEMSIZE = {2: np.uint16, 4: np.uint32, 8: np.uint64}
 WALK_BYTES = 4 << 20  # bytes of text per vectorised walk of detect_many: ~90 MB of arrays at most
+FUSED_MAX = 3200  # distinct features of a text the compiled product takes (checked at load; more: numpy's)
 CACHE_FORMAT = 2  # 2: meta.json holds a checksum of every table
 STALE_AFTER_DAYS = 30  # a cached copy that no process has loaded for this long is removed (another environment's)
 _STAMP = "last_used"  # touched in a copy at most once a day by the processes that load it
@@ -94,6 +95,37 @@ class FastLanguageIdentifier:
         self._reset = next((b for b in (0xFF, 0x00) if not self._next[self._rowbase + b].any()), None)
         if self._reset is not None and self._out[0] >= 0:
             self._reset = None
+        self._fused = _native is not None and self._fused_product_is_numpys()
+
+    def _fused_product_is_numpys(self) -> bool:
+        """Whether the compiled product (``_native.langid_scores``: OpenBLAS's summation order, no rows gathered)
+        gives :meth:`_product`'s float32 bits here, for texts of 1 to :data:`FUSED_MAX` distinct features: on
+        another BLAS, CPU kernel or thread setting it may not (or not run at all), and then numpy's stays."""
+        rng = np.random.default_rng(0)
+        sizes = [*range(1, 65), 100, 255, 517, 1000, 2000, FUSED_MAX]
+        feats = [rng.integers(0, len(self._ptc), size=n).astype(np.int32) for n in sizes]
+        counts = [rng.integers(1, 60, size=n).astype(np.int32) for n in sizes]
+        want = np.stack([self._product(f, c) for f, c in zip(feats, counts)])
+        try:
+            got = self._fused_scores(np.concatenate(feats), np.concatenate(counts),
+                                     np.concatenate(([0], np.cumsum(sizes))).astype(np.int64))
+        except ValueError as exc:  # a table this build cannot take
+            log.info("language ID: the compiled product cannot take this model (%s); numpy's is used", exc)
+            return False
+        same = got is not None and np.array_equal(got.view(np.uint32), want.view(np.uint32))
+        if not same:
+            log.info("language ID: the compiled product %s; numpy's is used",
+                     "does not run on this CPU" if got is None else "does not give numpy's bits here")
+        return same
+
+    def _fused_scores(self, feats: np.ndarray, counts: np.ndarray, bounds: np.ndarray) -> np.ndarray | None:
+        """``_product`` of every text (features ``feats[bounds[i]:bounds[i+1]]``, their counts) by the compiled
+        product, or ``None`` where it does not run."""
+        x = np.log1p(counts.astype(np.float32))  # elementwise: the bits of each text's own call
+        out = np.empty((len(bounds) - 1, self._ptc.shape[1]), dtype=np.float32)
+        ok = _native.langid_scores(self._ptc_rows, self._ptc.shape[1], feats, x, bounds,
+                                   np.ascontiguousarray(self.ident.nb_pc, dtype=np.float32), out)
+        return out if ok else None
 
     # -- the tables cached on disk (see fast_identifier)
     def save(self, folder: Path) -> None:
@@ -300,9 +332,15 @@ class FastLanguageIdentifier:
             _native.langid_walk(buf, ends, self._next, self._rowbase, self._out, feats, counts, bounds, scratch,
                                 self.depth)
             b = bounds.tolist()
+            fused = self._fused_scores(feats[:b[-1]], counts[:b[-1]], bounds) if self._fused else None
             for k in range(j - i):
                 lo, hi = b[k], b[k + 1]
-                out.append(self._product(feats[lo:hi], counts[lo:hi]) if hi > lo else empty.copy())
+                if hi == lo:
+                    out.append(empty.copy())
+                elif fused is not None and hi - lo <= FUSED_MAX:
+                    out.append(fused[k])
+                else:
+                    out.append(self._product(feats[lo:hi], counts[lo:hi]))
             i = j
         return out
 

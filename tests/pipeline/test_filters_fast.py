@@ -202,9 +202,11 @@ def test_threads_sharing_the_identifier_get_their_own_results():
             assert list(pool.map(lambda b: fast.detect_many(b, ["en"]), batches)) == expected
 
 
-def test_a_build_older_than_the_source_is_not_used(monkeypatch, caplog):
-    """An extension lacking a function the filters call (a checkout ahead of its last ``pip install -e .``) is
-    left out with a warning saying how to rebuild it, rather than failing on every document."""
+@pytest.mark.parametrize("version", [None, 1])
+def test_a_build_from_another_source_is_not_used(monkeypatch, caplog, version):
+    """An extension built from another version of the source (a checkout ahead of its last ``pip install -e .``:
+    functions missing, or taking other arguments) is left out with a warning saying how to rebuild it, rather than
+    failing on every document."""
     import importlib
     import logging
     import sys
@@ -213,7 +215,9 @@ def test_a_build_older_than_the_source_is_not_used(monkeypatch, caplog):
     from data_pipelines import native
 
     stale = types.ModuleType("data_pipelines._native")
-    stale.langid_walk = stale.gopher_ngrams = lambda *a: None
+    stale.langid_walk = stale.gopher_ngrams = stale.c4_lines = lambda *a: None
+    if version is not None:
+        stale.VERSION = version
     stale.__file__ = "/old/_native.so"
     import data_pipelines
 
@@ -222,7 +226,8 @@ def test_a_build_older_than_the_source_is_not_used(monkeypatch, caplog):
     try:
         with caplog.at_level(logging.WARNING, logger=native.__name__):
             assert importlib.reload(native).compiled is None
-        assert "lacks gopher_quality" in caplog.text and "pip install -e ." in caplog.text
+        assert f"(version {version or '1 or older'}, expected {native.VERSION})" in caplog.text
+        assert "pip install -e ." in caplog.text
     finally:
         monkeypatch.undo()
         assert importlib.reload(native).compiled is not None
