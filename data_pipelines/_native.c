@@ -4,7 +4,11 @@
  * langid_walk: py3langid's byte walk through its Aho-Corasick automaton and the feature counts of each text, in
  * the order a Python Counter would hold them (first occurrence). numpy does the walk in `depth` vectorised
  * passes and the counting with ufunc.at, about 40 ms of the 0.47 MB benchmark corpus; here it is one pass over
- * the bytes. The naive-Bayes product stays in numpy (BLAS), so the scores keep py3langid's bits.
+ * the bytes.
+ *
+ * langid_scores: the naive-Bayes product of every text, summed in the order of OpenBLAS's sgemv_n kernels (the
+ * SkylakeX or the Haswell/Zen ones), which numpy's `@` calls: py3langid's bits, without gathering each text's
+ * rows of the 57 MB table first (langid_fast checks the bits against numpy's at load and uses it only then).
  *
  * gopher_ngrams: the Gopher repetition n-gram statistics of one text (the most frequent n-gram's characters,
  * the characters of n-grams repeating an earlier one): str.split()'s words, n-grams keyed exactly (hashed,
@@ -42,7 +46,7 @@
  *
  * Only the CPython buffer protocol and str API are used (no numpy headers): the build needs only a C compiler.
  */
-#define NATIVE_VERSION 2 /* data_pipelines/native.py's VERSION */
+#define NATIVE_VERSION 3 /* data_pipelines/native.py's VERSION */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
@@ -1779,23 +1783,25 @@ utf8_len(PyObject *self, PyObject *text)
 
 /* ------------------------------------------------------------------------------------------ langid_scores */
 PyDoc_STRVAR(langid_scores_doc,
-"langid_scores(table, classes, feats, x, bounds, prior, out) -> bool\n\n"
+"langid_scores(table, classes, feats, x, bounds, prior, out, kernels) -> bool\n\n"
 "The naive-Bayes scores of every text: for text i, out[i] = x[lo:hi] @ table[feats[lo:hi]] + prior with lo, hi =\n"
 "bounds[i], bounds[i+1] (table: float32 rows of `classes` values; feats int32; x float32; bounds int64; prior\n"
 "float32 of `classes`; out float32, one row per text), each product summed in the order OpenBLAS's\n"
-"single-threaded sgemv_n kernels for SkylakeX sum it, so that the float32 bits are numpy's (its `@` calls that\n"
-"kernel) without gathering the rows. The caller checks the bits against numpy's at load and uses this only if\n"
-"they agree. False (nothing written) where this build cannot run it: no x86-64 FMA.");
+"single-threaded sgemv_n kernels sum it (kernels 0: SkylakeX and its successors; 1: Haswell and Zen), so that the\n"
+"float32 bits are numpy's (its `@` calls that kernel) without gathering the rows. The caller checks the bits\n"
+"against numpy's at load and uses this only if they agree. False (nothing written) where this build cannot run\n"
+"it: no x86-64 FMA. Built with -ffp-contract=off: what the kernels fuse is written as fmaf, the rest is not.");
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define LANGID_FMA 1
 /* one text's product, y[0:m] (m < 4096 classes), columns rows[j] scaled by x[j], j < n */
 __attribute__((target("avx2,fma"))) static void
-sgemv_rows(const float *table, Py_ssize_t m, const int32_t *feats, const float *x, Py_ssize_t n, float *restrict y)
+sgemv_rows(const float *table, Py_ssize_t m, const int32_t *feats, const float *x, Py_ssize_t n, float *restrict y,
+           int haswell)
 {
     for (Py_ssize_t i = 0; i < m; i++)
         y[i] = 0.0f;
-    if (n <= 48 && n != 4) { /* sgemv_kernel_n_128: each row one fused chain over the columns from 0 */
+    if (!haswell && n <= 48 && n != 4) { /* sgemv_kernel_n_128: each row one fused chain over the columns from 0 */
         for (Py_ssize_t j = 0; j < n; j++) {
             const float *restrict r = table + (size_t)feats[j] * (size_t)m;
             const float xj = x[j];
@@ -1808,7 +1814,8 @@ sgemv_rows(const float *table, Py_ssize_t m, const int32_t *feats, const float *
     }
     /* sgemv_n_4.c: rows [0, nb) in blocks of columns (8, then 4, 2, 1: kernels 4x8, 4x4 and n_64), the first
        `head` of them summing even and odd columns apart (the kernels' 4- and 8-row heads); rows [nb, m) one fused
-       chain each over all the columns (the scalar tail loop) */
+       chain each over all the columns (the scalar tail loop). Haswell's 2- and 1-column kernels (4x2, 4x1) add
+       each rounded product to y, SkylakeX's (n_64) a fused chain; Haswell's tail loop is not fused. */
     const Py_ssize_t nb = m & ~(Py_ssize_t)3, head = (nb & 4) + ((nb - (nb & 4)) & 8);
     float tail[3] = {0.0f, 0.0f, 0.0f};
     Py_ssize_t j = 0;
@@ -1851,6 +1858,12 @@ sgemv_rows(const float *table, Py_ssize_t m, const int32_t *feats, const float *
                     acc = __builtin_fmaf(r[7][i], xs[7], acc);
                     y[i] = y[i] + acc;
                 }
+            } else if (haswell && width == 2) {
+                for (Py_ssize_t i = 0; i < nb; i++)
+                    y[i] = (y[i] + r[0][i] * xs[0]) + r[1][i] * xs[1];
+            } else if (haswell && width == 1) {
+                for (Py_ssize_t i = 0; i < nb; i++)
+                    y[i] = y[i] + r[0][i] * xs[0];
             } else {
                 for (Py_ssize_t i = width >= 4 ? head : 0; i < nb; i++) {
                     float acc = __builtin_fmaf(r[0][i], xs[0], 0.0f);
@@ -1861,7 +1874,8 @@ sgemv_rows(const float *table, Py_ssize_t m, const int32_t *feats, const float *
             }
             for (Py_ssize_t i = nb; i < m; i++)
                 for (int k = 0; k < width; k++)
-                    tail[i - nb] = __builtin_fmaf(r[k][i], xs[k], tail[i - nb]);
+                    tail[i - nb] = haswell ? tail[i - nb] + r[k][i] * xs[k] /* (built without FMA there) */
+                                           : __builtin_fmaf(r[k][i], xs[k], tail[i - nb]);
         }
     }
     for (Py_ssize_t i = nb; i < m; i++)
@@ -1874,8 +1888,13 @@ langid_scores(PyObject *self, PyObject *args)
 {
     PyObject *o[6];
     Py_ssize_t classes;
-    if (!PyArg_ParseTuple(args, "OnOOOOO", &o[0], &classes, &o[1], &o[2], &o[3], &o[4], &o[5]))
+    int kernels;
+    if (!PyArg_ParseTuple(args, "OnOOOOOi", &o[0], &classes, &o[1], &o[2], &o[3], &o[4], &o[5], &kernels))
         return NULL;
+    if (kernels != 0 && kernels != 1) {
+        PyErr_Format(PyExc_ValueError, "langid_scores: kernels %d, expected 0 (SkylakeX) or 1 (Haswell)", kernels);
+        return NULL;
+    }
 #ifndef LANGID_FMA
     Py_RETURN_FALSE;
 #else
@@ -1917,7 +1936,8 @@ langid_scores(PyObject *self, PyObject *args)
     float *out = v[5].buf;
     for (Py_ssize_t t = 0; t < texts; t++) {
         float *y = out + t * classes;
-        sgemv_rows(table, classes, feats + bounds[t], x + bounds[t], (Py_ssize_t)(bounds[t + 1] - bounds[t]), y);
+        sgemv_rows(table, classes, feats + bounds[t], x + bounds[t], (Py_ssize_t)(bounds[t + 1] - bounds[t]), y,
+                   kernels);
         for (Py_ssize_t i = 0; i < classes; i++)
             y[i] = y[i] + prior[i];
     }

@@ -13,8 +13,11 @@ the 39 MB transition table overlap, and counts each text's features in the same 
 Feature counts then go into py3langid's own naive-Bayes product in the order its ``Counter`` would hold
 them (first occurrence), so the float32 sums, and thus every probability, are identical to
 ``LanguageIdentifier.rank``; ``tests/pipeline/test_filters_fast.py`` checks that on the bundled samples and
-a multilingual check set. :func:`fast_identifier` falls back to py3langid's own ``rank`` if the model does
-not have the shape this relies on.
+a multilingual check set. The product is numpy's ``@`` (OpenBLAS's sgemv) on each text's gathered rows, or the
+compiled one (``_native.langid_scores``), which sums in the order of OpenBLAS's SkylakeX or Haswell/Zen kernels
+straight from the table: it is used only when a check at load finds numpy's bits with one of those orders.
+:func:`fast_identifier` falls back to py3langid's own ``rank`` if the model does not have the shape this relies
+on.
 """
 
 from __future__ import annotations
@@ -95,36 +98,41 @@ class FastLanguageIdentifier:
         self._reset = next((b for b in (0xFF, 0x00) if not self._next[self._rowbase + b].any()), None)
         if self._reset is not None and self._out[0] >= 0:
             self._reset = None
-        self._fused = _native is not None and self._fused_product_is_numpys()
+        self._fused = self._fused_kernels() if _native is not None else None
 
-    def _fused_product_is_numpys(self) -> bool:
-        """Whether the compiled product (``_native.langid_scores``: OpenBLAS's summation order, no rows gathered)
-        gives :meth:`_product`'s float32 bits here, for texts of 1 to :data:`FUSED_MAX` distinct features: on
-        another BLAS, CPU kernel or thread setting it may not (or not run at all), and then numpy's stays."""
+    def _fused_kernels(self) -> int | None:
+        """Which summation order of the compiled product (``_native.langid_scores``: OpenBLAS's, no rows gathered)
+        gives :meth:`_product`'s float32 bits here, for texts of 1 to :data:`FUSED_MAX` distinct features: that of
+        the SkylakeX kernels (0) or the Haswell/Zen ones (1). ``None`` if neither (another BLAS or CPU, or no FMA
+        at all): then numpy's product stays."""
         rng = np.random.default_rng(0)
         sizes = [*range(1, 65), 100, 255, 517, 1000, 2000, FUSED_MAX]
         feats = [rng.integers(0, len(self._ptc), size=n).astype(np.int32) for n in sizes]
         counts = [rng.integers(1, 60, size=n).astype(np.int32) for n in sizes]
-        want = np.stack([self._product(f, c) for f, c in zip(feats, counts)])
-        try:
-            got = self._fused_scores(np.concatenate(feats), np.concatenate(counts),
-                                     np.concatenate(([0], np.cumsum(sizes))).astype(np.int64))
-        except ValueError as exc:  # a table this build cannot take
-            log.info("language ID: the compiled product cannot take this model (%s); numpy's is used", exc)
-            return False
-        same = got is not None and np.array_equal(got.view(np.uint32), want.view(np.uint32))
-        if not same:
-            log.info("language ID: the compiled product %s; numpy's is used",
-                     "does not run on this CPU" if got is None else "does not give numpy's bits here")
-        return same
+        want = np.stack([self._product(f, c) for f, c in zip(feats, counts)]).view(np.uint32)
+        bounds = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
+        for kernels in (0, 1):
+            try:
+                got = self._fused_scores(np.concatenate(feats), np.concatenate(counts), bounds, kernels)
+            except ValueError as exc:  # a table this build cannot take
+                log.info("language ID: the compiled product cannot take this model (%s); numpy's is used", exc)
+                return None
+            if got is None:
+                log.info("language ID: the compiled product does not run on this CPU; numpy's is used")
+                return None
+            if np.array_equal(got.view(np.uint32), want):
+                return kernels
+        log.info("language ID: the compiled product does not give numpy's bits here; numpy's is used")
+        return None
 
-    def _fused_scores(self, feats: np.ndarray, counts: np.ndarray, bounds: np.ndarray) -> np.ndarray | None:
+    def _fused_scores(self, feats: np.ndarray, counts: np.ndarray, bounds: np.ndarray,
+                      kernels: int) -> np.ndarray | None:
         """``_product`` of every text (features ``feats[bounds[i]:bounds[i+1]]``, their counts) by the compiled
-        product, or ``None`` where it does not run."""
+        product in the summation order of OpenBLAS's ``kernels``, or ``None`` where it does not run."""
         x = np.log1p(counts.astype(np.float32))  # elementwise: the bits of each text's own call
         out = np.empty((len(bounds) - 1, self._ptc.shape[1]), dtype=np.float32)
         ok = _native.langid_scores(self._ptc_rows, self._ptc.shape[1], feats, x, bounds,
-                                   np.ascontiguousarray(self.ident.nb_pc, dtype=np.float32), out)
+                                   np.ascontiguousarray(self.ident.nb_pc, dtype=np.float32), out, kernels)
         return out if ok else None
 
     # -- the tables cached on disk (see fast_identifier)
@@ -332,7 +340,8 @@ class FastLanguageIdentifier:
             _native.langid_walk(buf, ends, self._next, self._rowbase, self._out, feats, counts, bounds, scratch,
                                 self.depth)
             b = bounds.tolist()
-            fused = self._fused_scores(feats[:b[-1]], counts[:b[-1]], bounds) if self._fused else None
+            fused = (None if self._fused is None else
+                     self._fused_scores(feats[:b[-1]], counts[:b[-1]], bounds, self._fused))
             for k in range(j - i):
                 lo, hi = b[k], b[k + 1]
                 if hi == lo:

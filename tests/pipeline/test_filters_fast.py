@@ -3,6 +3,7 @@ code, on a multilingual check set (tests/pipeline/multilingual.py, 14 languages)
 
 from __future__ import annotations
 
+import os
 import random
 from collections import Counter
 from pathlib import Path
@@ -84,15 +85,67 @@ def test_check_set_covers_ten_languages(reference_langid):
     assert len(detected) >= 10 and detected == set(PROSE), detected
 
 
-@pytest.fixture(params=["compiled", "numpy"])
+@pytest.fixture(params=["compiled", "compiled walk, numpy product", "numpy"])
 def walk(request, monkeypatch) -> str:
-    """Each language-ID test runs on the compiled walk (built by the install: data_pipelines/_native.c) and on
-    the numpy walk an install without a C compiler takes."""
-    if request.param == "compiled":
-        assert langid_fast._native is not None, "data_pipelines._native is not built: pip install -e . needs gcc"
-    else:
+    """Each language-ID test runs on the compiled walk and product (built by the install:
+    data_pipelines/_native.c), on the compiled walk with numpy's product (a CPU or BLAS whose summation order
+    the compiled product does not follow), and on the numpy walk an install without a C compiler takes."""
+    if request.param == "numpy":
         monkeypatch.setattr(langid_fast, "_native", None)
+    else:
+        assert langid_fast._native is not None, "data_pipelines._native is not built: pip install -e . needs gcc"
+        if request.param != "compiled":
+            monkeypatch.setattr(fast_identifier(), "_fused", None)
     return request.param
+
+
+def _product_runs_here() -> bool:
+    """Whether this CPU runs the compiled product at all (x86-64 with AVX2 and FMA)."""
+    from data_pipelines import _native
+
+    out = np.empty((1, 1), dtype=np.float32)
+    one = np.ones(1, dtype=np.float32)
+    return _native.langid_scores(one, 1, np.zeros(1, dtype=np.int32), one, np.array([0, 1]), one, out, 0)
+
+
+def test_compiled_product_has_numpys_bits_or_is_not_used(monkeypatch):
+    """The load-time check picks the compiled product's summation order (OpenBLAS's SkylakeX or Haswell/Zen
+    kernels) that gives numpy's float32 bits, and refuses one that is off by a unit in the last place."""
+    from data_pipelines import _native
+
+    fast = fast_identifier()
+    assert fast._fused in ((0, 1) if _product_runs_here() else (None,))
+
+    class OneUlpOff:
+        def langid_scores(self, *args):
+            ok = _native.langid_scores(*args)
+            out = args[6]
+            out[0, 0] = np.nextafter(out[0, 0], np.float32(np.inf))
+            return ok
+
+    monkeypatch.setattr(langid_fast, "_native", OneUlpOff())
+    assert fast._fused_kernels() is None
+
+
+def test_compiled_product_follows_the_haswell_kernels(sample_docs):
+    """OpenBLAS runs its Haswell kernels on Haswell to Zen 4 CPUs (OPENBLAS_CORETYPE picks them here): the
+    check then picks that summation order, and the scores are py3langid's bits with those kernels."""
+    import json
+    import subprocess
+    import sys
+
+    texts = [t for _, t in check_set()][:40] + [d.text[:3000] for docs in sample_docs.values() for d in docs][:20]
+    code = ("import json, sys\n"
+            "from py3langid.langid import MODEL_FILE, LanguageIdentifier\n"
+            "from data_pipelines.filters.langid_fast import fast_identifier\n"
+            "fast, ref = fast_identifier(), LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)\n"
+            "texts = json.load(sys.stdin)\n"
+            "print(json.dumps([fast._fused, sum(fast.rank(t) == ref.rank(t) for t in texts)]))")
+    run = subprocess.run([sys.executable, "-c", code], input=json.dumps(texts), capture_output=True, text=True,
+                         env={**os.environ, "OPENBLAS_CORETYPE": "Haswell"}, timeout=120, check=True)
+    fused, same = json.loads(run.stdout)
+    assert fused == (1 if _product_runs_here() else None), run.stderr
+    assert same == len(texts)
 
 
 def test_vectorised_langid_gives_identical_scores(reference_langid, sample_docs, walk):
