@@ -1201,13 +1201,22 @@ c4_lines(PyObject *self, PyObject *args)
         brackets |= c == '[';
     }
     cite &= brackets;
-    PyObject *removed = PyDict_New(), *kept = PyList_New(0), *result = NULL, *joined = NULL;
+    PyObject *removed = PyDict_New(), *result = NULL, *joined = NULL;
     char *low = PyMem_RawMalloc((size_t)t.length + 1);
-    Py_UCS1 *clean = cite ? PyMem_RawMalloc((size_t)t.length + 1) : NULL; /* a line with its citations removed */
+    /* the lines with citations removed, one after another (no longer than the text) */
+    Py_UCS1 *clean = cite ? PyMem_RawMalloc((size_t)t.length + 1) : NULL;
+    Py_ssize_t clean_used = 0;
+    /* the kept lines, as the Python loop's `kept` list: ranges of the text (src 0) or of `clean` (src 1), and ""
+       (src -1) for a paragraph break; at most two per line */
+    const Py_ssize_t room = 2 * (t.length + 1);
+    Py_ssize_t *ka = PyMem_RawMalloc((size_t)room * sizeof(Py_ssize_t)), *kb = PyMem_RawMalloc((size_t)room *
+                                                                                                   sizeof(Py_ssize_t));
+    signed char *ksrc = PyMem_RawMalloc((size_t)room);
+    Py_ssize_t n_kept = 0;
     const char *decision = NULL;
     int blank_before = 0, citations = 0;
     Py_ssize_t sentences = 0;
-    if (!removed || !kept || !low || (cite && !clean)) {
+    if (!removed || !low || (cite && !clean) || !ka || !kb || !ksrc) {
         if (!PyErr_Occurred())
             PyErr_NoMemory();
         goto done;
@@ -1223,7 +1232,7 @@ c4_lines(PyObject *self, PyObject *args)
         while (b > a && Py_UNICODE_ISSPACE(at(&t, b - 1)))
             b--;
         if (a == b) {
-            blank_before = PyList_GET_SIZE(kept) > 0;
+            blank_before = n_kept > 0;
             continue;
         }
         /* the words of line.split(): how many, and the longest */
@@ -1247,21 +1256,22 @@ c4_lines(PyObject *self, PyObject *args)
             reason = "long_word";
         else if (cite && memchr((const Py_UCS1 *)t.data + a, '[', (size_t)(b - a))) {
             const Py_UCS1 *c = t.data;
+            Py_UCS1 *out = clean + clean_used;
             Py_ssize_t n = 0;
             for (Py_ssize_t k = a; k < b;) {
                 const Py_ssize_t e = c[k] == '[' ? citation_end(c, k, b) : 0;
                 if (e) {
                     k = e;
                 } else {
-                    clean[n++] = c[k++];
+                    out[n++] = c[k++];
                 }
             }
-            line = (Text){PyUnicode_1BYTE_KIND, clean, n};
+            line = (Text){PyUnicode_1BYTE_KIND, out, n};
             la = 0;
             lb = n;
-            while (la < lb && Py_UNICODE_ISSPACE(clean[la]))
+            while (la < lb && Py_UNICODE_ISSPACE(out[la]))
                 la++;
-            while (lb > la && Py_UNICODE_ISSPACE(clean[lb - 1]))
+            while (lb > la && Py_UNICODE_ISSPACE(out[lb - 1]))
                 lb--;
             if (la == lb)
                 reason = "citation_only";
@@ -1319,49 +1329,94 @@ c4_lines(PyObject *self, PyObject *args)
             }
             sentences += found > 1 ? found : 1;
         }
-        const int cleaned = line.data != t.data;
-        citations |= cleaned && lb - la != b - a; /* result != line: only a removed citation shortens it */
-        PyObject *kept_line = cleaned ? PyUnicode_FromKindAndData(PyUnicode_1BYTE_KIND, clean + la, lb - la)
-                                      : PyUnicode_Substring(text, a, b);
-        if (!kept_line)
-            goto done;
         if (blank_before) {
-            PyObject *empty = PyUnicode_FromStringAndSize("", 0);
-            int rc = empty ? PyList_Append(kept, empty) : -1;
-            Py_XDECREF(empty);
-            if (rc < 0) {
-                Py_DECREF(kept_line);
-                goto done;
-            }
+            ksrc[n_kept] = -1;
+            ka[n_kept] = kb[n_kept] = 0;
+            n_kept++;
             blank_before = 0;
         }
-        int rc = PyList_Append(kept, kept_line);
-        Py_DECREF(kept_line);
-        if (rc < 0)
-            goto done;
+        /* result != line only where a citation was removed (it is shorter): else the text's own range */
+        if (line.data != t.data && lb - la != b - a) {
+            citations = 1;
+            const Py_ssize_t base = (const Py_UCS1 *)line.data - clean;
+            ksrc[n_kept] = 1;
+            ka[n_kept] = base + la;
+            kb[n_kept] = base + lb;
+            clean_used = base + lb;
+        } else {
+            ksrc[n_kept] = 0;
+            ka[n_kept] = a;
+            kb[n_kept] = b;
+        }
+        n_kept++;
     }
     if (!decision && min_sentences >= 0 && sentences < min_sentences)
         decision = "c4_too_few_sentences";
-    if (!decision && PyList_GET_SIZE(kept) == 0)
+    if (!decision && n_kept == 0)
         decision = "c4_no_lines_left";
     if (decision) {
         result = Py_BuildValue("(sOOO)", decision, Py_None, removed, Py_False);
         goto done;
     }
-    PyObject *sep = PyUnicode_FromStringAndSize("\n", 1);
-    joined = sep ? PyUnicode_Join(sep, kept) : NULL;
-    Py_XDECREF(sep);
+    /* "\n".join(kept) == text: every line kept whole, in place, one newline apart */
+    Py_ssize_t pos = 0, size = n_kept - 1;
+    int same = 1;
+    for (Py_ssize_t k = 0; k < n_kept; k++) {
+        if (k) {
+            same &= pos < t.length && at(&t, pos) == '\n';
+            pos++;
+        }
+        if (ksrc[k] == 0) {
+            same &= ka[k] == pos;
+            pos = kb[k];
+        } else if (ksrc[k] == 1) {
+            same = 0;
+        }
+        size += kb[k] - ka[k];
+    }
+    if (same && pos == t.length) {
+        result = Py_BuildValue("(OOOO)", Py_None, Py_None, removed, citations ? Py_True : Py_False);
+        goto done;
+    }
+    /* else the join, written at once: its widest character first (a str's kind is that of its widest) */
+    const Text cleaned = {PyUnicode_1BYTE_KIND, clean, clean_used};
+    Py_UCS4 maxchar = 127;
+    for (Py_ssize_t k = 0; k < n_kept && maxchar < 0x10000 && !PyUnicode_IS_ASCII(text); k++) {
+        const Text *src = ksrc[k] == 1 ? &cleaned : &t;
+        if (ksrc[k] < 0 || (src->kind == PyUnicode_1BYTE_KIND && maxchar >= 128) ||
+            (src->kind == PyUnicode_2BYTE_KIND && maxchar >= 256))
+            continue; /* nothing there can widen the result */
+        for (Py_ssize_t i = ka[k]; i < kb[k]; i++) {
+            const Py_UCS4 c = at(src, i);
+            maxchar = c > maxchar ? c : maxchar;
+        }
+    }
+    joined = PyUnicode_New(size, maxchar);
     if (!joined)
         goto done;
-    const int same = PyUnicode_Compare(joined, text) == 0;
-    if (PyErr_Occurred())
-        goto done;
-    result = Py_BuildValue("(OOOO)", Py_None, same ? Py_None : joined, removed, citations ? Py_True : Py_False);
+    const int okind = PyUnicode_KIND(joined);
+    char *odata = PyUnicode_DATA(joined);
+    pos = 0;
+    for (Py_ssize_t k = 0; k < n_kept; k++) {
+        if (k)
+            PyUnicode_WRITE(okind, odata, pos++, '\n');
+        const Text *src = ksrc[k] == 1 ? &cleaned : &t;
+        if (src->kind == okind) {
+            memcpy(odata + pos * okind, (const char *)src->data + ka[k] * okind, (size_t)(kb[k] - ka[k]) * okind);
+            pos += kb[k] - ka[k];
+        } else {
+            for (Py_ssize_t i = ka[k]; i < kb[k]; i++)
+                PyUnicode_WRITE(okind, odata, pos++, at(src, i));
+        }
+    }
+    result = Py_BuildValue("(OOOO)", Py_None, joined, removed, citations ? Py_True : Py_False);
 done:
     PyMem_RawFree(low);
     PyMem_RawFree(clean);
+    PyMem_RawFree(ka);
+    PyMem_RawFree(kb);
+    PyMem_RawFree(ksrc);
     Py_XDECREF(removed);
-    Py_XDECREF(kept);
     Py_XDECREF(joined);
     return result;
 }
