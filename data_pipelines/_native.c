@@ -475,12 +475,43 @@ gopher_ngrams(PyObject *self, PyObject *args)
     /* Level by level, over only the positions that can repeat: an n-gram occurring twice has its (n-1)-gram
      * occurring twice at the same places. cand[0 .. n_cand) are the positions whose (n-1)-gram repeats, in
      * order (all of them at level 1); gh[p] is the hash of the n-gram at p, extended by one word per level. */
-    Py_ssize_t n_cand = n_words;
-    for (Py_ssize_t p = 0; p < n_words; p++) {
-        cand[p] = (int32_t)p;
-        gh[p] = (uint64_t)n_words;
+    Py_ssize_t n_cand = 0;
+    if (max_n >= 1 && n_words >= 1) {
+        /* level 1 needs no table: a word's id names it, so slot_of[id] counts it (and marks it seen, below) */
+        int32_t *count = slot_of;
+        for (Py_ssize_t p = 0; p < n_words; p++)
+            count[p] = 0;
+        int32_t best = 1;
+        for (Py_ssize_t p = 0; p < n_words; p++)
+            if (++count[id[p]] > best)
+                best = count[id[p]];
+        Py_ssize_t best_pos = 0;
+        if (best > 1)
+            while (count[id[best_pos]] != best)
+                best_pos++;
+        for (int t = 0; t < n_top; t++)
+            if (top_ns[t] == 1)
+                tops[t] = (long long)len[best_pos] * best;
+        for (Py_ssize_t p = 0; p < n_words; p++)
+            if (count[id[p]] > 1) {
+                cand[n_cand++] = (int32_t)p;
+                gh[p] = mix64((uint64_t)n_words ^ ((uint64_t)(uint32_t)id[p] + 0x9e3779b97f4a7c15ULL));
+            }
+        for (int t = 0; t < n_dup; t++) {
+            if (dup_ns[t] != 1)
+                continue;
+            long long chars = 0; /* n = 1: no positions to skip after a repeat */
+            for (Py_ssize_t c = 0; c < n_cand; c++) {
+                int32_t *seen = &count[id[cand[c]]];
+                if (*seen < 0)
+                    chars += len[cand[c]];
+                else
+                    *seen = -1;
+            }
+            dups[t] = chars;
+        }
     }
-    for (int n = 1; n <= max_n && n <= n_words; n++) {
+    for (int n = 2; n <= max_n && n <= n_words; n++) {
         const Py_ssize_t last = n_words - n; /* the last position with an n-gram */
         while (n_cand > 0 && cand[n_cand - 1] > last)
             n_cand--;
@@ -880,7 +911,8 @@ gopher_quality(PyObject *self, PyObject *args)
         for (Py_ssize_t k = a; k < b; k++) {
             const Py_UCS4 c = at(&t, k);
             ascii &= c < 128;
-            if (!letter && Py_UNICODE_ISALNUM(c) && !Py_UNICODE_ISDECIMAL(c))
+            if (!letter && (c < 128 ? ((c | 32) >= 'a' && (c | 32) <= 'z') /* an ASCII letter */
+                                    : Py_UNICODE_ISALNUM(c) && !Py_UNICODE_ISDECIMAL(c)))
                 letter = 1;
         }
         lettered += letter;
