@@ -46,7 +46,7 @@
  *
  * Only the CPython buffer protocol and str API are used (no numpy headers): the build needs only a C compiler.
  */
-#define NATIVE_VERSION 3 /* data_pipelines/native.py's VERSION */
+#define NATIVE_VERSION 4 /* data_pipelines/native.py's VERSION */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
@@ -1472,6 +1472,13 @@ decimal(Py_UCS4 c)
     return c < 128 ? (c >= '0' && c <= '9') : Py_UNICODE_ISDECIMAL(c);
 }
 
+/* re's \w in a str pattern */
+static inline int
+word_char(Py_UCS4 c)
+{
+    return c < 128 ? ascii_alnum(c) || c == '_' : Py_UNICODE_ISALNUM(c);
+}
+
 /* the end of the run of decimal digits (re's \d) from i, at most `most` long */
 static inline Py_ssize_t
 decimals(const Text *t, Py_ssize_t i, Py_ssize_t most)
@@ -1484,9 +1491,8 @@ decimals(const Text *t, Py_ssize_t i, Py_ssize_t most)
 
 PyDoc_STRVAR(pii_candidates_doc,
 "pii_candidates(text) -> int\n\n"
-"Bit 0: `[A-Za-z0-9._%+-]@[A-Za-z0-9]` occurs in text; bit 1: `\\\\d\\\\.\\\\d{1,3}\\\\.\\\\d{1,3}\\\\.\\\\d`; bit 2:\n"
-"`:[0-9A-Fa-f]{0,4}:`; bit 3: `\\\\+\\\\d|\\\\d\\\\d\\\\d[ .-]\\\\d\\\\d\\\\d\\\\d` (the _*_CANDIDATE patterns of pii.py;\n"
-"\\\\d is re's, any Unicode decimal digit).");
+"Whether each of the _*_CANDIDATE patterns of pii.py occurs in text, with re's digit and word classes (Unicode).\n"
+"Bit 0: email, bit 1: IPv4, bit 2: IPv6, bit 3: phone.");
 
 static PyObject *
 pii_candidates(PyObject *self, PyObject *args)
@@ -1507,16 +1513,27 @@ pii_candidates(PyObject *self, PyObject *args)
                     found |= 1;
             }
         } else if (c == ':') {
-            if (!(found & 4)) { /* the maximal hex run after ':' is followed by ':' and at most 4 long */
-                Py_ssize_t j = i + 1;
+            /* (?<![\w:.])[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}: with this ':' the first: the maximal hex runs
+               after it (then ':') and before it at most 4 long, and the one before not after \w, ':' or '.' (a
+               start inside a hex run follows \w) */
+            if (!(found & 4)) {
+                Py_ssize_t j = i + 1, r = i;
                 while (j < t.length && j - i <= 5 && hex_digit(at(&t, j)))
                     j++;
-                if (j - i - 1 <= 4 && j < t.length && at(&t, j) == ':')
-                    found |= 4;
+                while (r > 0 && i - r <= 4 && hex_digit(at(&t, r - 1)))
+                    r--;
+                if (j - i - 1 <= 4 && j < t.length && at(&t, j) == ':' && i - r <= 4) {
+                    const Py_UCS4 before = r > 0 ? at(&t, r - 1) : ' ';
+                    if (!word_char(before) && before != ':' && before != '.')
+                        found |= 4;
+                }
             }
-        } else if (c == '+') {
-            if (!(found & 8) && i + 1 < t.length && decimal(at(&t, i + 1)))
-                found |= 8;
+        } else if (c == '+') { /* (?<![\w+-])\+\d */
+            if (!(found & 8) && i + 1 < t.length && decimal(at(&t, i + 1))) {
+                const Py_UCS4 before = i > 0 ? at(&t, i - 1) : ' ';
+                if (!word_char(before) && before != '+' && before != '-')
+                    found |= 8;
+            }
         } else if (decimal(c)) {
             if (!(found & 2) && i + 1 < t.length && at(&t, i + 1) == '.') {
                 /* d . d{1,3} . d{1,3} . d: each run maximal (a shorter one is followed by a digit, not '.') */
@@ -1533,8 +1550,12 @@ pii_candidates(PyObject *self, PyObject *args)
                 const Py_UCS4 sep = at(&t, i + 3);
                 if ((sep == ' ' || sep == '.' || sep == '-') && decimal(at(&t, i + 4)) &&
                     decimal(at(&t, i + 5)) && decimal(at(&t, i + 6)) &&
-                    decimal(at(&t, i + 7)))
-                    found |= 8;
+                    decimal(at(&t, i + 7))) { /* then (?![\w-]|[.]\d) */
+                    const Py_UCS4 next = i + 8 < t.length ? at(&t, i + 8) : ' ';
+                    if (!word_char(next) && next != '-' &&
+                        !(next == '.' && i + 9 < t.length && decimal(at(&t, i + 9))))
+                        found |= 8;
+                }
             }
         }
     }

@@ -51,8 +51,10 @@ _DIGITS = re.compile(r"\d")
 # each check first scans for a literal-led piece that every candidate contains, then for the candidate.
 _EMAIL_CANDIDATE = re.compile(r"[A-Za-z0-9._%+-]@[A-Za-z0-9]")  # not "@property" or " @ "
 _IPV4_CANDIDATE = re.compile(r"\d\.\d{1,3}\.\d{1,3}\.\d")  # four octets of 1-3 digits (not "3.11" or "1.2.3")
-_IPV6_CANDIDATE = re.compile(r":[0-9A-Fa-f]{0,4}:")  # at least two groups of "hex:"
-_PHONE_CANDIDATE = re.compile(r"\+\d|\d\d\d[ .-]\d\d\d\d")  # "+" and the country code, or the last 3 + 4 digits
+# two groups of "hex:" where IPV6 may start (not "e.g.::" or "value::", reST's literal blocks)
+_IPV6_CANDIDATE = re.compile(r"(?<![\w:.])[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:")
+# "+" and the country code where PHONE may start, or the last 3 + 4 digits where it may end
+_PHONE_CANDIDATE = re.compile(r"(?<![\w+-])\+\d|\d\d\d[ .-]\d\d\d\d(?![\w-]|[.]\d)")
 _LITERAL_LED = {
     "email": (re.compile(r"@[A-Za-z0-9]"),),
     "ipv4": (re.compile(r"\.\d{1,3}\.\d{1,3}\.\d"),),

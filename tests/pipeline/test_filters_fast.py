@@ -584,8 +584,8 @@ def test_pii_pre_checks_skip_only_passes_that_find_nothing(monkeypatch, sample_d
     from data_pipelines.filters import pii
 
     rng = random.Random(5)
-    alphabet = list("0123456789") * 3 + list(".:-+ ()@_%abcdefAF\n") + ["1.2.3.4", "::", "+44 ", "(415) ", "415.",
-                                                                      "555-", "2671", "a@b.co"]
+    alphabet = list("0123456789") * 3 + list(".:-+ ()@_%abcdefAFgx\n") + ["1.2.3.4", "::", "+44 ", "(415) ", "415.",
+                                                                        "555-", "2671", "a@b.co", "e.g.::", "é"]
     texts = [t for _, t in check_set()] + [d.text for docs in sample_docs.values() for d in docs]
     texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 30))) for _ in range(3000)]
     for found in ("+44 20 7946 0958", "(415) 555-2671", "415.555.2671", "1-415-555-2671", "ann@example.org",
@@ -597,7 +597,9 @@ def test_pii_pre_checks_skip_only_passes_that_find_nothing(monkeypatch, sample_d
     from data_pipelines import _native
 
     extra = ["١.٢.٣.٤", "1.2.3.4", "1.2345.6.7", "1.22.333.4", ":abcd:", ":abcde:", "::", "+٣", "٥٥٥-١٢٣٤",
-             "a@b", "@b", "a@", "x.@Y", "12.3.4", "0.1.2.3.", "1a1.1.1.1"]
+             "a@b", "@b", "a@", "x.@Y", "12.3.4", "0.1.2.3.", "1a1.1.1.1", "x::", "e.g.::", ".::", "_::", "é::",
+             "٣::", "abcd::", "abcde::", " abcd:1:", "g+1", "_+1", "-+1", "++1", "é+1", " +1", "555-1234-",
+             "555-1234.5", "555-1234.", "555-1234x", "555-1234é", "555-1234_", "555-1234 ", "555-1234٣"]
     more = alphabet + ["٣", "a", "F", "g"]
     extra += ["".join(rng.choice(more) for _ in range(rng.randint(1, 20))) for _ in range(4000)]
     patterns = {"email": pii._EMAIL_CANDIDATE, "ipv4": pii._IPV4_CANDIDATE, "ipv6": pii._IPV6_CANDIDATE,
