@@ -46,7 +46,7 @@
  *
  * Only the CPython buffer protocol and str API are used (no numpy headers): the build needs only a C compiler.
  */
-#define NATIVE_VERSION 4 /* data_pipelines/native.py's VERSION */
+#define NATIVE_VERSION 5 /* data_pipelines/native.py's VERSION */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
@@ -97,9 +97,11 @@ get_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t itemsize, co
 }
 
 PyDoc_STRVAR(langid_walk_doc,
-"langid_walk(data, ends, nextmove, rowbase, output, feats, counts, bounds, scratch, depth) -> int\n\n"
+"langid_walk(data, ends, nextmove, states, feats, counts, bounds, scratch, depth) -> int\n\n"
 "Walk each text of `data` (uint8; text i ends at ends[i], int64) through the automaton from the start state:\n"
-"state = nextmove[rowbase[state] + byte] (int32 tables), feature output[state] (int64, -1: none). Text i's\n"
+"state = nextmove[rowbase + byte] (int32) where states[2 * state] is the state's row base and\n"
+"states[2 * state + 1] its feature (-1: none): one int32 pair per state, so the feature of the state a byte\n"
+"reaches and the row the next byte reads share a cache line. Text i's\n"
 "distinct features go to feats[bounds[i]:bounds[i+1]] (int32) in first-occurrence order, their counts to the\n"
 "same slots of counts (int32). scratch (int32, one per feature) must be zero and is zero again on return.\n"
 "`depth` is the automaton's trie depth: the state after a byte depends on the last `depth` bytes only, so the\n"
@@ -116,37 +118,34 @@ typedef struct {
 static PyObject *
 langid_walk(PyObject *self, PyObject *args)
 {
-    PyObject *o[9];
-    Py_buffer b[9];
-    static const Py_ssize_t itemsize[9] = {1, 8, 4, 4, 8, 4, 4, 8, 4};
-    static const int writable[9] = {0, 0, 0, 0, 0, 1, 1, 1, 1};
-    static const char *names[9] = {"data", "ends", "nextmove", "rowbase", "output", "feats", "counts", "bounds",
-                                   "scratch"};
+    PyObject *o[8];
+    Py_buffer b[8];
+    static const Py_ssize_t itemsize[8] = {1, 8, 4, 4, 4, 4, 8, 4};
+    static const int writable[8] = {0, 0, 0, 0, 1, 1, 1, 1};
+    static const char *names[8] = {"data", "ends", "nextmove", "states", "feats", "counts", "bounds", "scratch"};
     int got = 0, depth = 0;
     long long written = -1;
     const char *error = NULL;
     int32_t *at = NULL; /* the feature at every byte of data (-1: none) */
 
-    if (!PyArg_ParseTuple(args, "OOOOOOOOOi", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8],
-                          &depth))
+    if (!PyArg_ParseTuple(args, "OOOOOOOOi", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &depth))
         return NULL;
     if (depth < 1) {
         PyErr_SetString(PyExc_ValueError, "depth must be at least 1");
         return NULL;
     }
-    for (; got < 9; got++)
+    for (; got < 8; got++)
         if (get_buffer(o[got], &b[got], writable[got], itemsize[got], names[got]) < 0)
             goto done;
 
     const uint8_t *data = b[0].buf;
     const int64_t *ends = b[1].buf;
-    const int32_t *nextmove = b[2].buf, *rowbase = b[3].buf;
-    const int64_t *output = b[4].buf;
-    int32_t *feats = b[5].buf, *counts = b[6].buf, *scratch = b[8].buf;
-    int64_t *bounds = b[7].buf;
-    const Py_ssize_t n_data = b[0].len, n_docs = b[1].len / 8, n_next = b[2].len / 4, n_states = b[3].len / 4;
-    const Py_ssize_t n_feats = b[8].len / 4, n_out = b[5].len / 4;
-    if (b[4].len / 8 != n_states || b[6].len != b[5].len || b[7].len / 8 != n_docs + 1) {
+    const int32_t *nextmove = b[2].buf, *states = b[3].buf;
+    int32_t *feats = b[4].buf, *counts = b[5].buf, *scratch = b[7].buf;
+    int64_t *bounds = b[6].buf;
+    const Py_ssize_t n_data = b[0].len, n_docs = b[1].len / 8, n_next = b[2].len / 4, n_states = b[3].len / 8;
+    const Py_ssize_t n_feats = b[7].len / 4, n_out = b[4].len / 4;
+    if (b[3].len % 8 || b[5].len != b[4].len || b[6].len / 8 != n_docs + 1) {
         error = "the tables or output arrays do not fit together";
         goto done;
     }
@@ -202,7 +201,7 @@ langid_walk(PyObject *self, PyObject *args)
                 s->doc++;
                 s->doc_end = ends[s->doc];
             }
-            const int64_t i = (int64_t)rowbase[s->state] + data[s->pos];
+            const int64_t i = (int64_t)states[2 * s->state] + data[s->pos];
             if (i < 0 || i >= n_next) {
                 error = "a rowbase entry points outside nextmove";
                 break;
@@ -214,12 +213,12 @@ langid_walk(PyObject *self, PyObject *args)
             }
             s->state = state;
             if (s->pos >= s->record_from) {
-                const int64_t f = output[state];
+                const int32_t f = states[2 * state + 1];
                 if (f >= n_feats) {
                     error = "an output entry is not a feature";
                     break;
                 }
-                at[s->pos] = (int32_t)(f < 0 ? -1 : f);
+                at[s->pos] = f < 0 ? -1 : f;
             }
             s->pos++;
         }

@@ -13,7 +13,7 @@ import logging
 
 log = logging.getLogger(__name__)
 
-VERSION = 4  # _native.c's NATIVE_VERSION
+VERSION = 5  # _native.c's NATIVE_VERSION
 
 try:
     from data_pipelines import _native as compiled

@@ -98,6 +98,10 @@ class FastLanguageIdentifier:
         self._reset = next((b for b in (0xFF, 0x00) if not self._next[self._rowbase + b].any()), None)
         if self._reset is not None and self._out[0] >= 0:
             self._reset = None
+        # the compiled walk's per-state pairs (row base, feature or -1): both in one cache line
+        if len(self._out) and int(self._out.max()) >= len(self._ptc):
+            raise ValueError("the model's output table names features its naive-Bayes table does not have")
+        self._states = np.stack((self._rowbase, np.maximum(self._out, -1).astype(np.int32)), axis=1)
         self._fused = self._fused_kernels() if _native is not None else None
 
     def _fused_kernels(self) -> int | None:
@@ -337,7 +341,7 @@ class FastLanguageIdentifier:
             bounds = np.empty(j - i + 1, dtype=np.int64)
             # scratch counts of its own per call: the walk runs without the GIL, and threads share the identifier
             scratch = np.zeros(len(self._ptc), dtype=np.int32)
-            _native.langid_walk(buf, ends, self._next, self._rowbase, self._out, feats, counts, bounds, scratch,
+            _native.langid_walk(buf, ends, self._next, self._states, feats, counts, bounds, scratch,
                                 self.depth)
             b = bounds.tolist()
             fused = (None if self._fused is None else

@@ -193,36 +193,39 @@ def test_compiled_walk_refuses_tables_that_do_not_fit_together():
     n = len(data)
     ends = np.array([n], dtype=np.int64)
 
-    def walk(nextmove, rowbase, output, feats_len=n, scratch=None):
+    def pairs(rowbase, output):
+        return np.stack((rowbase, np.maximum(output, -1).astype(np.int32)), axis=1)
+
+    def walk(nextmove, states, feats_len=n, scratch=None):
         scratch = np.zeros(len(fast._ptc), dtype=np.int32) if scratch is None else scratch
         feats, counts, bounds = (np.zeros(feats_len, np.int32), np.zeros(feats_len, np.int32),
                                  np.zeros(2, np.int64))
-        k = _native.langid_walk(data, ends, nextmove, rowbase, output, feats, counts, bounds, scratch, fast.depth)
+        k = _native.langid_walk(data, ends, nextmove, states, feats, counts, bounds, scratch, fast.depth)
         return k, feats[:k], counts[:k], scratch
 
-    k, feats, counts, scratch = walk(fast._next, fast._rowbase, fast._out)
+    k, feats, counts, scratch = walk(fast._next, fast._states)
     assert k > 0 and counts.sum() == int((fast._features(data) >= 0).sum()) and not scratch.any()
     bad_next = np.array(fast._next)
     bad_next[fast._rowbase[0] + data[0]] = len(fast._rowbase)  # not a state
     bad_out = np.array(fast._out)
     bad_out[bad_out >= 0] = len(fast._ptc)  # not a feature
-    for args, message in (((bad_next, fast._rowbase, fast._out), "not a state"),
-                          ((fast._next, fast._rowbase, bad_out), "not a feature"),
-                          ((fast._next, fast._rowbase + len(fast._next), fast._out), "outside nextmove"),
-                          ((fast._next, fast._rowbase, fast._out[:-1]), "do not fit together")):
+    for args, message in (((bad_next, fast._states), "not a state"),
+                          ((fast._next, pairs(fast._rowbase, bad_out)), "not a feature"),
+                          ((fast._next, pairs(fast._rowbase + len(fast._next), fast._out)), "outside nextmove"),
+                          ((fast._next, fast._states.ravel()[:-1]), "do not fit together")):
         with pytest.raises(ValueError, match=message):
             walk(*args)
     scratch = np.zeros(len(fast._ptc), dtype=np.int32)
     with pytest.raises(ValueError, match="feats is too short"):
-        walk(fast._next, fast._rowbase, fast._out, feats_len=2, scratch=scratch)
+        walk(fast._next, fast._states, feats_len=2, scratch=scratch)
     assert not scratch.any()
     with pytest.raises(ValueError, match="items of 8 bytes, expected 4"):
-        walk(fast._next.astype(np.int64), fast._rowbase, fast._out)
-    assert _native.langid_walk(b"", np.zeros(0, np.int64), fast._next, fast._rowbase, fast._out,
+        walk(fast._next.astype(np.int64), fast._states)
+    assert _native.langid_walk(b"", np.zeros(0, np.int64), fast._next, fast._states,
                                *np.zeros((2, 1), np.int32), np.ones(1, np.int64), np.zeros(len(fast._ptc), np.int32),
                                fast.depth) == 0  # no texts
     with pytest.raises(ValueError, match="depth must be at least 1"):
-        _native.langid_walk(data, ends, fast._next, fast._rowbase, fast._out, *np.zeros((2, n), np.int32),
+        _native.langid_walk(data, ends, fast._next, fast._states, *np.zeros((2, n), np.int32),
                             np.zeros(2, np.int64), np.zeros(len(fast._ptc), np.int32), 0)
 
 
