@@ -6,6 +6,8 @@ in datatrove's ``LanguageFilter``) means the same for short and long documents.
 
 from __future__ import annotations
 
+from collections import Counter
+
 from data_pipelines.document import Document
 from data_pipelines.filters.base import DocumentFilter, add_extra, invalid
 from data_pipelines.filters.langid_fast import FastLanguageIdentifier, fast_identifier
@@ -56,7 +58,9 @@ class LanguageFilter(DocumentFilter):
         return best, scores[best], top
 
     def apply(self, doc: Document, stats: StageStats) -> str | None:
-        return self._judge(doc, self.detect(doc.text), stats)
+        found = self.detect(doc.text)
+        add_extra(stats, "lang_detected", {found[2]: 1})
+        return self._judge(doc, found)
 
     batch_size = 256
 
@@ -65,11 +69,11 @@ class LanguageFilter(DocumentFilter):
         if not isinstance(ident, FastLanguageIdentifier):
             return super().apply_batch(docs, stats)
         found = ident.detect_many([doc.text[: self.max_chars] for doc in docs], self.languages)
-        return [self._judge(doc, result, stats) for doc, result in zip(docs, found)]
+        add_extra(stats, "lang_detected", Counter(top for _, _, top in found))
+        return [self._judge(doc, result) for doc, result in zip(docs, found)]
 
-    def _judge(self, doc: Document, found: tuple[str, float, str], stats: StageStats) -> str | None:
-        lang, score, top = found
-        add_extra(stats, "lang_detected", {top: 1})
+    def _judge(self, doc: Document, found: tuple[str, float, str]) -> str | None:
+        lang, score, _ = found
         if score < self.threshold:
             return "lang_below_threshold"
         doc.metadata["lang"] = lang
