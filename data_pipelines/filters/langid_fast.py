@@ -322,12 +322,11 @@ class FastLanguageIdentifier:
         counts: its float32 product, through the same BLAS call."""
         return np.log1p(found.astype(np.float32)) @ self._ptc_rows[idx] + self.ident.nb_pc
 
-    def _native_scores(self, datas: list[bytes]) -> list[np.ndarray]:
-        """The raw scores of every text, walked and counted by the compiled loop (:mod:`data_pipelines._native`)
-        in one call per at most :data:`WALK_BYTES` of text."""
-        empty = np.full(len(self.ident.nb_classes), 0.0 if self.ident._norm_probs else np.finfo(np.float32).min,
-                        dtype=np.float32)
-        out: list[np.ndarray] = []
+    def _native_scores(self, datas: list[bytes]) -> np.ndarray:
+        """The raw scores of every text (a row each), walked and counted by the compiled loop
+        (:mod:`data_pipelines._native`) in one call per at most :data:`WALK_BYTES` of text."""
+        fill = 0.0 if self.ident._norm_probs else np.finfo(np.float32).min  # a text with no feature
+        out = np.empty((len(datas), len(self.ident.nb_classes)), dtype=np.float32)
         i = 0
         while i < len(datas):
             j, size = i + 1, len(datas[i])
@@ -343,17 +342,16 @@ class FastLanguageIdentifier:
             scratch = np.zeros(len(self._ptc), dtype=np.int32)
             _native.langid_walk(buf, ends, self._next, self._states, feats, counts, bounds, scratch,
                                 self.depth)
-            b = bounds.tolist()
+            sizes = np.diff(bounds)
             fused = (None if self._fused is None else
-                     self._fused_scores(feats[:b[-1]], counts[:b[-1]], bounds, self._fused))
-            for k in range(j - i):
-                lo, hi = b[k], b[k + 1]
-                if hi == lo:
-                    out.append(empty.copy())
-                elif fused is not None and hi - lo <= FUSED_MAX:
-                    out.append(fused[k])
-                else:
-                    out.append(self._product(feats[lo:hi], counts[lo:hi]))
+                     self._fused_scores(feats[:bounds[-1]], counts[:bounds[-1]], bounds, self._fused))
+            if fused is not None:
+                out[i:j] = fused
+            left = sizes > FUSED_MAX if fused is not None else np.ones(len(sizes), dtype=bool)  # numpy's product
+            out[i:j][sizes == 0] = fill
+            b = bounds.tolist()
+            for k in np.flatnonzero(left & (sizes > 0)).tolist():
+                out[i + k] = self._product(feats[b[k]:b[k + 1]], counts[b[k]:b[k + 1]])
             i = j
         return out
 
@@ -364,7 +362,7 @@ class FastLanguageIdentifier:
         if _native is not None:
             if not datas:
                 return []
-            scores = np.stack(self._native_scores(datas))
+            scores = self._native_scores(datas)
             return self._pick_many(self._normalise_many(scores, [len(d) for d in datas]), languages)
         if self._reset is None:
             return [self.detect(t, languages) for t in texts]

@@ -181,6 +181,9 @@ def test_batched_langid_walk_gives_each_texts_own_scores(reference_langid, sampl
         with monkeypatch.context() as m:  # walks cut by bytes (a text longer than the cut walks alone)
             m.setattr(langid_fast, "WALK_BYTES", 200)
             assert fast.detect_many(texts, languages) == expected
+        with monkeypatch.context() as m:  # texts past the compiled product's sizes mixed with the others
+            m.setattr(langid_fast, "FUSED_MAX", 40)
+            assert fast.detect_many(texts, languages) == expected
 
 
 def test_compiled_walk_refuses_tables_that_do_not_fit_together():
