@@ -1224,12 +1224,11 @@ c4_lines(PyObject *self, PyObject *args)
         return NULL;
     Text t = text_of(text);
     const int latin1 = t.kind == PyUnicode_1BYTE_KIND;
-    int brackets = 0;
-    for (Py_ssize_t i = 0; i < t.length; i++) { /* what the Python path judges: see the doc */
+    int brackets = latin1 && memchr(t.data, '[', (size_t)t.length) != NULL;
+    for (Py_ssize_t i = 0; i < t.length && !latin1; i++) { /* what the Python path judges: see the doc */
         const Py_UCS4 c = at(&t, i);
-        if ((cite && c == '[' && !latin1) || c == 0x130 || c == 0x212A)
+        if ((cite && c == '[') || c == 0x130 || c == 0x212A)
             Py_RETURN_NONE;
-        brackets |= c == '[';
     }
     cite &= brackets;
     PyObject *removed = PyDict_New(), *result = NULL, *joined = NULL;
@@ -1254,8 +1253,13 @@ c4_lines(PyObject *self, PyObject *args)
     }
     for (Py_ssize_t i = 0; i <= t.length && !decision;) {
         Py_ssize_t j = i;
-        while (j < t.length && at(&t, j) != '\n')
-            j++;
+        if (latin1) {
+            const char *nl = memchr((const char *)t.data + i, '\n', (size_t)(t.length - i));
+            j = nl ? nl - (const char *)t.data : t.length;
+        } else {
+            while (j < t.length && at(&t, j) != '\n')
+                j++;
+        }
         Py_ssize_t a = i, b = j;
         i = j + 1;
         while (a < b && Py_UNICODE_ISSPACE(at(&t, a)))
@@ -1266,24 +1270,30 @@ c4_lines(PyObject *self, PyObject *args)
             blank_before = n_kept > 0;
             continue;
         }
-        /* the words of line.split(): how many, and the longest */
-        Py_ssize_t words = 0, longest = 0;
-        for (Py_ssize_t k = a; k < b;) {
-            while (k < b && Py_UNICODE_ISSPACE(at(&t, k)))
-                k++;
-            if (k >= b)
-                break;
-            Py_ssize_t e = k;
-            while (e < b && !Py_UNICODE_ISSPACE(at(&t, e)))
-                e++;
-            words++;
-            longest = e - k > longest ? e - k : longest;
-            k = e;
-        }
+        /* the words of line.split() (how many, and the longest): counted only for a rule that needs them */
+        Py_ssize_t words = -1, longest = 0;
+#define COUNT_WORDS()                                                                                         \
+        do {                                                                                                  \
+            words = 0;                                                                                        \
+            for (Py_ssize_t k = a; k < b;) {                                                                  \
+                while (k < b && Py_UNICODE_ISSPACE(at(&t, k)))                                                \
+                    k++;                                                                                      \
+                if (k >= b)                                                                                   \
+                    break;                                                                                    \
+                Py_ssize_t e = k;                                                                             \
+                while (e < b && !Py_UNICODE_ISSPACE(at(&t, e)))                                               \
+                    e++;                                                                                      \
+                words++;                                                                                      \
+                longest = e - k > longest ? e - k : longest;                                                  \
+                k = e;                                                                                        \
+            }                                                                                                 \
+        } while (0)
         const char *reason = NULL;
         Text line = t; /* the line the rules after the citations look at: [la, lb) of `line` */
         Py_ssize_t la = a, lb = b;
-        if (max_word >= 0 && b - a > max_word && longest > max_word)
+        if (max_word >= 0 && b - a > max_word) /* a line no longer than max_word has no longer word */
+            COUNT_WORDS();
+        if (words >= 0 && longest > max_word)
             reason = "long_word";
         else if (cite && memchr((const Py_UCS1 *)t.data + a, '[', (size_t)(b - a))) {
             const Py_UCS1 *c = t.data;
@@ -1307,23 +1317,29 @@ c4_lines(PyObject *self, PyObject *args)
             if (la == lb)
                 reason = "citation_only";
         }
-        int has_curly = 0;
         const Py_ssize_t n = lb - la;
-        for (Py_ssize_t k = la; k < lb && !reason; k++) {
-            const Py_UCS4 c = at(&line, k);
-            has_curly |= c == '{';
-            low[k - la] = (char)(c < 128 ? (c >= 'A' && c <= 'Z' ? c + 32 : c) : 0x80);
-        }
         const Py_UCS4 last = n ? at(&line, lb - 1) : 0;
         if (reason) {
             /* long_word or citation_only: counted below */
         } else if (terminal && (!(last == '.' || last == '?' || last == '!' || last == '"' || last == '\'' ||
                                   last == 0x201D || last == 0x2019) ||
-                                (n >= 3 && low[n - 1] == '.' && low[n - 2] == '.' && low[n - 3] == '.'))) {
+                                (n >= 3 && last == '.' && at(&line, lb - 2) == '.' && at(&line, lb - 3) == '.'))) {
             reason = "no_terminal_punct";
+        } else if (min_words >= 0 && words < 0) {
+            COUNT_WORDS();
+        }
+#undef COUNT_WORDS
+        if (reason) {
+            /* counted below */
         } else if (min_words >= 0 && words < min_words) {
             reason = "too_few_words";
         } else {
+            int has_curly = 0; /* the rules that read the lower-cased line */
+            for (Py_ssize_t k = la; k < lb; k++) {
+                const Py_UCS4 c = at(&line, k);
+                has_curly |= c == '{';
+                low[k - la] = (char)(c < 128 ? (c >= 'A' && c <= 'Z' ? c + 32 : c) : 0x80);
+            }
             const uint64_t found = (lorem || js || policy) ? held(low, n, pats, lens, head, empty) : 0;
             if (lorem && (found & 1))
                 decision = "c4_lorem_ipsum";
