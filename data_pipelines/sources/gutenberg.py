@@ -257,7 +257,7 @@ def assemble(lines: list[str], lengths: np.ndarray, starts: np.ndarray, ends: np
     The whole book is laid out at once: the kept lines as one array, the separator after each of them (``" "``
     in wrapped prose, ``"\\n"`` in other paragraphs, ``"\\n\\n"`` after a paragraph's last line) as another, and
     one ``join`` of both; Python runs per paragraph only where a line ends in ``-``. (:func:`_assemble_compiled`
-    does the same in one compiled pass over the text.)"""
+    does the same with compiled passes over the text.)"""
     if not kept:
         return ""
     kept_at = np.array(kept, dtype=np.int64)
