@@ -1237,8 +1237,8 @@ c4_lines(PyObject *self, PyObject *args)
     Py_UCS1 *clean = cite ? PyMem_RawMalloc((size_t)t.length + 1) : NULL;
     Py_ssize_t clean_used = 0;
     /* the kept lines, as the Python loop's `kept` list: ranges of the text (src 0) or of `clean` (src 1), and ""
-       (src -1) for a paragraph break; at most two per line */
-    const Py_ssize_t room = 2 * (t.length + 1);
+       (src -1) for a paragraph break; at most two per line, grown as lines are kept */
+    Py_ssize_t room = 64;
     Py_ssize_t *ka = PyMem_RawMalloc((size_t)room * sizeof(Py_ssize_t)), *kb = PyMem_RawMalloc((size_t)room *
                                                                                                    sizeof(Py_ssize_t));
     signed char *ksrc = PyMem_RawMalloc((size_t)room);
@@ -1375,6 +1375,19 @@ c4_lines(PyObject *self, PyObject *args)
                 k = e > k ? e : k + 1;
             }
             sentences += found > 1 ? found : 1;
+        }
+        if (n_kept + 2 > room) {
+            room *= 2;
+            Py_ssize_t *na = PyMem_RawRealloc(ka, (size_t)room * sizeof(Py_ssize_t));
+            ka = na ? na : ka;
+            Py_ssize_t *nb = na ? PyMem_RawRealloc(kb, (size_t)room * sizeof(Py_ssize_t)) : NULL;
+            kb = nb ? nb : kb;
+            signed char *ns = nb ? PyMem_RawRealloc(ksrc, (size_t)room) : NULL;
+            ksrc = ns ? ns : ksrc;
+            if (!ns) {
+                PyErr_NoMemory();
+                goto done;
+            }
         }
         if (blank_before) {
             ksrc[n_kept] = -1;

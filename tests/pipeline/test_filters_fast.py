@@ -412,6 +412,7 @@ def test_compiled_c4_line_rules_are_the_python_paths(sample_docs, monkeypatch):
     texts = [t for _, t in check_set()] + [d.text for docs in sample_docs.values() for d in docs]
     texts += ["".join(rng.choice(lines) + rng.choice(seps) for _ in range(rng.randint(1, 12))) for _ in range(1500)]
     texts += ["", "\n\n", "One. Two. Three. Four. Five."]
+    texts += ["\n\n".join(rng.choice(lines) for _ in range(400)) for _ in range(3)]  # past the first 64 kept lines
     docs = [Document(str(i), t, "x", {}) for i, t in enumerate(texts)]
     for settings in ({}, {"filter_no_terminal_punct": False}, {"min_num_sentences": 1, "max_word_length": 20},
                      {"min_words_per_line": None, "min_num_sentences": None, "remove_citations": False},
