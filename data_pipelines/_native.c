@@ -83,6 +83,46 @@ at(const Text *t, Py_ssize_t i)
     return PyUnicode_READ(t->kind, t->data, i);
 }
 
+/* `widest`, or the widest character of t[a:e] if that is wider, as far as a str's kind goes (a str is of the kind
+ * of its widest character): the scan stops once nothing in t can make it wider */
+static Py_UCS4
+widest_of(const Text *t, Py_ssize_t a, Py_ssize_t e, Py_UCS4 widest)
+{
+    const Py_UCS4 enough = t->kind == PyUnicode_1BYTE_KIND ? 0x80 : t->kind == PyUnicode_2BYTE_KIND ? 0x100 : 0x10000;
+    if (widest >= enough)
+        return widest;
+    if (t->kind == PyUnicode_1BYTE_KIND) { /* only whether a byte >= 0x80 is there matters: 8 at a time */
+        const unsigned char *c = t->data;
+        for (Py_ssize_t i = a; i < e; i += 8) {
+            uint64_t x = 0;
+            memcpy(&x, c + i, e - i < 8 ? (size_t)(e - i) : 8);
+            if (x & 0x8080808080808080ULL)
+                return 0xFF;
+        }
+        return widest;
+    }
+    for (Py_ssize_t i = a; i < e && widest < enough; i++) {
+        const Py_UCS4 c = at(t, i);
+        widest = c > widest ? c : widest;
+    }
+    return widest;
+}
+
+/* t[a:e] written into `out` (made wide enough) from position pos; returns the position after it */
+static Py_ssize_t
+write_range(PyObject *out, Py_ssize_t pos, const Text *t, Py_ssize_t a, Py_ssize_t e)
+{
+    const int kind = PyUnicode_KIND(out);
+    char *data = PyUnicode_DATA(out);
+    if (kind == t->kind) {
+        memcpy(data + pos * kind, (const char *)t->data + a * kind, (size_t)(e - a) * kind);
+        return pos + e - a;
+    }
+    for (Py_ssize_t i = a; i < e; i++)
+        PyUnicode_WRITE(kind, data, pos++, at(t, i));
+    return pos;
+}
+
 static int
 get_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t itemsize, const char *what)
 {
@@ -1441,33 +1481,17 @@ c4_lines(PyObject *self, PyObject *args)
     /* else the join, written at once: its widest character first (a str's kind is that of its widest) */
     const Text cleaned = {PyUnicode_1BYTE_KIND, clean, clean_used};
     Py_UCS4 maxchar = 127;
-    for (Py_ssize_t k = 0; k < n_kept && maxchar < 0x10000 && !PyUnicode_IS_ASCII(text); k++) {
-        const Text *src = ksrc[k] == 1 ? &cleaned : &t;
-        if (ksrc[k] < 0 || (src->kind == PyUnicode_1BYTE_KIND && maxchar >= 128) ||
-            (src->kind == PyUnicode_2BYTE_KIND && maxchar >= 256))
-            continue; /* nothing there can widen the result */
-        for (Py_ssize_t i = ka[k]; i < kb[k]; i++) {
-            const Py_UCS4 c = at(src, i);
-            maxchar = c > maxchar ? c : maxchar;
-        }
-    }
+    for (Py_ssize_t k = 0; k < n_kept && !PyUnicode_IS_ASCII(text); k++)
+        if (ksrc[k] >= 0)
+            maxchar = widest_of(ksrc[k] == 1 ? &cleaned : &t, ka[k], kb[k], maxchar);
     joined = PyUnicode_New(size, maxchar);
     if (!joined)
         goto done;
-    const int okind = PyUnicode_KIND(joined);
-    char *odata = PyUnicode_DATA(joined);
     pos = 0;
     for (Py_ssize_t k = 0; k < n_kept; k++) {
         if (k)
-            PyUnicode_WRITE(okind, odata, pos++, '\n');
-        const Text *src = ksrc[k] == 1 ? &cleaned : &t;
-        if (src->kind == okind) {
-            memcpy(odata + pos * okind, (const char *)src->data + ka[k] * okind, (size_t)(kb[k] - ka[k]) * okind);
-            pos += kb[k] - ka[k];
-        } else {
-            for (Py_ssize_t i = ka[k]; i < kb[k]; i++)
-                PyUnicode_WRITE(okind, odata, pos++, at(src, i));
-        }
+            PyUnicode_WRITE(PyUnicode_KIND(joined), PyUnicode_DATA(joined), pos++, '\n');
+        pos = write_range(joined, pos, ksrc[k] == 1 ? &cleaned : &t, ka[k], kb[k]);
     }
     result = Py_BuildValue("(OOOO)", Py_None, joined, removed, citations ? Py_True : Py_False);
 done:
@@ -1784,7 +1808,8 @@ book_walk(const Text *t, const int64_t *offsets, const int64_t *lengths, const i
 typedef struct {
     const Text *t;
     Py_ssize_t size;
-    Py_UCS4 maxchar, limit; /* past limit, the result's kind is the text's: no need to look further */
+    Py_UCS4 maxchar;
+    int ascii; /* the text is: nothing to look at */
 } BookSize;
 
 static int
@@ -1792,25 +1817,8 @@ book_size(void *state, Py_ssize_t a, Py_ssize_t e, int sep)
 {
     BookSize *s = state;
     s->size += (sep == 3 ? 2 : sep ? 1 : 0) + e - a;
-    if (s->maxchar >= s->limit)
-        return 0;
-    if (s->t->kind == PyUnicode_1BYTE_KIND) { /* only whether a byte >= 0x80 is there matters: 8 at a time */
-        const unsigned char *c = s->t->data;
-        for (Py_ssize_t i = a; i < e; i += 8) {
-            uint64_t x = 0;
-            memcpy(&x, c + i, e - i < 8 ? (size_t)(e - i) : 8);
-            if (x & 0x8080808080808080ULL) {
-                s->maxchar = 255;
-                break;
-            }
-        }
-        return 0;
-    }
-    for (Py_ssize_t i = a; i < e; i++) {
-        const Py_UCS4 c = at(s->t, i);
-        if (c > s->maxchar)
-            s->maxchar = c;
-    }
+    if (!s->ascii)
+        s->maxchar = widest_of(s->t, a, e, s->maxchar);
     return 0;
 }
 
@@ -1834,13 +1842,7 @@ book_write(void *state, Py_ssize_t a, Py_ssize_t e, int sep)
         PyUnicode_WRITE(kind, data, w->n, sep == 1 ? ' ' : '\n');
         w->n++;
     }
-    if (kind == w->t->kind) {
-        memcpy((char *)data + w->n * kind, (const char *)w->t->data + a * kind, (size_t)(e - a) * kind);
-    } else {
-        for (Py_ssize_t i = a; i < e; i++)
-            PyUnicode_WRITE(kind, data, w->n + i - a, at(w->t, i));
-    }
-    w->n += e - a;
+    w->n = write_range(w->out, w->n, w->t, a, e);
     return 0;
 }
 
@@ -1865,8 +1867,7 @@ book_join(PyObject *self, PyObject *args)
         goto done;
     }
     Text t = text_of(text);
-    BookSize size = {&t, 0, 127, PyUnicode_IS_ASCII(text) ? 127 : t.kind == PyUnicode_1BYTE_KIND ? 128
-                                 : t.kind == PyUnicode_2BYTE_KIND ? 256 : 65536};
+    BookSize size = {&t, 0, 127, PyUnicode_IS_ASCII(text)};
     if (book_walk(&t, v[0].buf, v[1].buf, v[2].buf, v[3].buf, v[4].buf, paragraphs, lines, book_size, &size) < 0)
         goto done;
     out = PyUnicode_New(size.size, size.maxchar);
