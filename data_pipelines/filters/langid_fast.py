@@ -102,6 +102,7 @@ class FastLanguageIdentifier:
         if len(self._out) and int(self._out.max()) >= len(self._ptc):
             raise ValueError("the model's output table names features its naive-Bayes table does not have")
         self._states = np.stack((self._rowbase, np.maximum(self._out, -1).astype(np.int32)), axis=1)
+        self._prior = np.ascontiguousarray(self.ident.nb_pc, dtype=np.float32)  # the compiled product's
         self._fused = self._fused_kernels() if _native is not None else None
 
     def _fused_kernels(self) -> int | None:
@@ -135,8 +136,7 @@ class FastLanguageIdentifier:
         product in the summation order of OpenBLAS's ``kernels``, or ``None`` where it does not run."""
         x = np.log1p(counts.astype(np.float32))  # elementwise: the bits of each text's own call
         out = np.empty((len(bounds) - 1, self._ptc.shape[1]), dtype=np.float32)
-        ok = _native.langid_scores(self._ptc_rows, self._ptc.shape[1], feats, x, bounds,
-                                   np.ascontiguousarray(self.ident.nb_pc, dtype=np.float32), out, kernels)
+        ok = _native.langid_scores(self._ptc_rows, self._ptc.shape[1], feats, x, bounds, self._prior, out, kernels)
         return out if ok else None
 
     # -- the tables cached on disk (see fast_identifier)
